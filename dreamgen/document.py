@@ -1,0 +1,84 @@
+"""The result of generation: ordered text and image blocks, with what made them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass
+class TextBlock:
+    text: str
+    type: str = "text"
+
+    def to_dict(self) -> dict:
+        return {"type": "text", "text": self.text}
+
+
+@dataclass
+class ImageBlock:
+    """One picture the model placed. `image` is held in memory until storage writes it to `path`."""
+
+    index: int
+    width: int
+    height: int
+    seed: int  # the seed that drove this image's initial noise (diffusers-compatible)
+    image: Image.Image | None = None
+    path: str | None = None  # relative to the document folder, e.g. images/00.png
+    sha256: str | None = None
+    type: str = "image"
+
+    def to_dict(self) -> dict:
+        return {"type": "image", "index": self.index, "width": self.width, "height": self.height,
+                "seed": self.seed, "path": self.path, "sha256": self.sha256}
+
+
+Block = TextBlock | ImageBlock
+
+
+@dataclass
+class Document:
+    id: str
+    prompt: str
+    model: str
+    params: dict
+    blocks: list = field(default_factory=list)
+    title: str | None = None
+    stop_reason: str = ""  # eos | max_new_tokens | context_full
+    timings: dict = field(default_factory=dict)
+    input_images: list = field(default_factory=list)
+    created: str | None = None
+    job_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(b.text for b in self.blocks if isinstance(b, TextBlock))
+
+    @property
+    def images(self) -> list[ImageBlock]:
+        return [b for b in self.blocks if isinstance(b, ImageBlock)]
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "job_id": self.job_id, "title": self.title, "prompt": self.prompt,
+            "model": self.model, "params": self.params, "input_images": self.input_images,
+            "blocks": [b.to_dict() for b in self.blocks], "stop_reason": self.stop_reason,
+            "timings": self.timings, "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Document":
+        blocks = []
+        for b in data.get("blocks", []):
+            if b["type"] == "text":
+                blocks.append(TextBlock(b["text"]))
+            elif b["type"] == "image":
+                blocks.append(ImageBlock(index=b["index"], width=b["width"], height=b["height"],
+                                         seed=b.get("seed", 0), path=b.get("path"), sha256=b.get("sha256")))
+            else:
+                raise ValueError(f"unknown block type {b['type']!r}")
+        return cls(id=data["id"], prompt=data["prompt"], model=data["model"], params=data.get("params", {}),
+                   blocks=blocks, title=data.get("title"), stop_reason=data.get("stop_reason", ""),
+                   timings=data.get("timings", {}), input_images=data.get("input_images", []),
+                   created=data.get("created"), job_id=data.get("job_id"))

@@ -1,0 +1,394 @@
+"""Interleaved document generation: DreamLLM writes, decides where pictures go, paints them, and reads them back.
+
+Many documents run in lockstep. Each forward pass feeds every active document a segment: one sampled token, a dream
+block (`<dream_start>` + Q queries + `<dream_end>`), or an image block (`<im_start>` + P image features + `<im_end>`).
+Segments are left-padded to the longest; pads are masked, positions are each document's own, so a document's result
+does not depend on its neighbours. Images asked for at the same step are denoised in one UNet batch.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .components import Components, TorchComponents
+from .diffusion import ImageJob, denoise_group, group_key, image_seed
+from .document import Document, ImageBlock, TextBlock
+from .errors import DreamgenError, ParamsError
+from .model import DreamLLM
+from .params import GenerationParams
+from .special_tokens import IMAGE_PLACEHOLDER
+
+log = logging.getLogger(__name__)
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")
+CHAT_TEMPLATES = {
+    "vicuna": VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:",
+    "none": "{instruction}",
+}
+COMPACT_MIN_LEN = 64  # compact the KV cache once it is this long and at least half holes
+
+
+class GenerationCancelled(DreamgenError):
+    """The caller's should_stop() said stop; documents not finished are not returned."""
+
+
+@dataclass
+class DocumentRequest:
+    prompt: str
+    params: GenerationParams = field(default_factory=GenerationParams)
+    id: str | None = None
+    title: str | None = None
+    images: list = field(default_factory=list)  # input pictures (PIL) the model reads
+    image_only: bool = False  # text-to-image as the reference pipeline does it: `<s>` + caption + dream block
+
+
+@dataclass
+class _Row:
+    """One document's place in the lockstep batch."""
+
+    index: int
+    request: DocumentRequest
+    text_gen: torch.Generator
+    real_len: int = 0
+    new_tokens: int = 0
+    text_ids: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
+    logits: torch.Tensor | None = None
+    segment: torch.Tensor | None = None  # (T, H) embeddings to feed next
+    forced: torch.Tensor | None = None  # a segment the loop must feed next (the image block after a picture)
+    dreaming: bool = False  # the segment being fed ends with a dream block
+    stop_reason: str = ""
+
+    @property
+    def params(self) -> GenerationParams:
+        return self.request.params
+
+    @property
+    def images_done(self) -> int:
+        return sum(isinstance(b, ImageBlock) for b in self.blocks)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)  # (3, h, w) in [0, 1]
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    array = (image.detach().float().cpu().permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    return Image.fromarray(array)
+
+
+def sample_token(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> int:
+    """Greedy at temperature 0; otherwise temperature + nucleus sampling with the document's own generator."""
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p  # always keeps the top token
+        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+        return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class Generator:
+    """Writes illustrated documents with one model on one backend."""
+
+    def __init__(self, model: DreamLLM, components: Components | None = None):
+        self.model = model
+        self.components = components or TorchComponents(model)
+        self.special = model.special
+        self._uncond_cache: dict[str, torch.Tensor] = {}
+        tok = model.tokenizer
+        s = self.special
+        banned = set(tok.all_special_ids) | {s.pad, s.im_start, s.im_end, s.im_patch, s.dream_end, s.bos}
+        for placeholder in ("<image>", "<dream>"):
+            banned.add(tok.convert_tokens_to_ids(placeholder))
+        banned -= {s.eos, s.dream_start}
+        # The model never learned to emit block tokens: the loop forces them, so sampling must not.
+        self._banned = torch.tensor(sorted(i for i in banned if i is not None and 0 <= i < self._vocab_size()))
+
+    def _vocab_size(self) -> int:
+        return self.model.llm.config.vocab_size
+
+    # ------------------------------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def generate(self, requests: list[DocumentRequest], on_progress: Callable[[str, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> list[Document]:
+        """Generate one document per request, in lockstep. on_progress(event, index) with event in
+        {"image", "document"}; should_stop() is polled between decode steps and denoising steps."""
+        # 1. check inputs
+        for i, request in enumerate(requests):
+            self.check_request(request, i)
+        if not requests:
+            return []
+        started = time.perf_counter()
+
+        def check_cancel():
+            if should_stop and should_stop():
+                raise GenerationCancelled("generation cancelled")
+
+        # 2. encode prompts (text, input images, or caption + dream block)
+        rows = []
+        for i, request in enumerate(requests):
+            row = _Row(index=i, request=request, text_gen=torch.Generator("cpu").manual_seed(request.params.seed))
+            row.segment, row.dreaming = self.encode_prompt(request), request.image_only
+            rows.append(row)
+        finished: dict[int, _Row] = {}
+
+        # 3. prefill, then 4. decode until every document stops
+        self._past, self._mask = None, None
+        active = rows
+        while active:
+            check_cancel()
+            self._forward(active)
+            self._paint_dreams(active, check_cancel, on_progress)
+            for row in active:
+                if not row.stop_reason and row.forced is None:
+                    self._next_segment(row)
+                elif row.forced is not None:
+                    row.segment, row.forced = row.forced, None
+            still = []
+            for pos, row in enumerate(active):
+                if row.stop_reason:
+                    self._flush_text(row)
+                    finished[row.index] = row
+                    if on_progress:
+                        on_progress("document", row.index)
+                else:
+                    still.append(pos)
+            if len(still) < len(active):
+                self._select_rows(still)
+            active = [active[p] for p in still]
+            self._maybe_compact()
+
+        # 5. documents
+        elapsed = time.perf_counter() - started
+        return [self._document(finished[i], elapsed, len(requests)) for i in range(len(requests))]
+
+    def check_request(self, request: DocumentRequest, index: int = 0) -> None:
+        where = f"request {index}" + (f" ({request.id})" if request.id else "")
+        if not isinstance(request.prompt, str) or not request.prompt.strip():
+            raise ParamsError(f"{where}: prompt is empty")
+        size = request.params.image_size
+        factor = self.model.head.vae_scale_factor
+        if size is not None and size % factor:
+            raise ParamsError(f"{where}: image_size={size} is not a multiple of the VAE factor {factor}")
+        placeholders = request.prompt.count(IMAGE_PLACEHOLDER)
+        if placeholders and placeholders != len(request.images):
+            raise ParamsError(f"{where}: the prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) "
+                              f"but {len(request.images)} input image(s)")
+        if request.image_only and request.images:
+            raise ParamsError(f"{where}: image_only takes a caption, not input images")
+
+    # ------------------------------------------------------------------------------------------ prompts
+    def _tokens(self, text: str) -> list[int]:
+        # split_special_tokens: a prompt that spells "<dream_start>" must not become the control token.
+        return self.model.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        return self.model.embed_tokens(torch.tensor(ids, device=self.model.device))  # (T, H)
+
+    def dream_block_embeddings(self) -> torch.Tensor:
+        """`<dream_start>` + the learned queries + `<dream_end>`: (Q + 2, H)."""
+        s = self.special
+        ends = self._embed([s.dream_start, s.dream_end])
+        return torch.cat([ends[:1], self.model.query_embeddings(1)[0], ends[1:]])
+
+    def image_block_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """`<im_start>` + image features (P, H) + `<im_end>`: (P + 2, H)."""
+        ends = self._embed([self.special.im_start, self.special.im_end])
+        return torch.cat([ends[:1], features.to(ends.dtype), ends[1:]])
+
+    def render_instruction(self, request: DocumentRequest) -> str:
+        from .prompt_templates import render
+
+        instruction = render(request.params.template, request.prompt)
+        if request.images and IMAGE_PLACEHOLDER not in instruction:
+            instruction = (IMAGE_PLACEHOLDER + "\n") * len(request.images) + instruction
+        return CHAT_TEMPLATES[request.params.chat].format(instruction=instruction)
+
+    def encode_prompt(self, request: DocumentRequest) -> torch.Tensor:
+        """The context embeddings of one request, (T, H), image blocks in place of placeholders."""
+        bos = [self.special.bos]
+        if request.image_only:
+            return torch.cat([self._embed(bos + self._tokens(request.prompt)), self.dream_block_embeddings()])
+        pieces = self.render_instruction(request).split(IMAGE_PLACEHOLDER)
+        features = []
+        if request.images:
+            pixels = [pil_to_tensor(im) for im in request.images]
+            features = [self.components.encode_images(p[None].to(self.model.device))[0] for p in pixels]
+        parts = [self._embed(bos + self._tokens(pieces[0]))]
+        for feats, piece in zip(features, pieces[1:]):
+            parts.append(self.image_block_embeddings(feats))
+            ids = self._tokens(piece)
+            if ids:
+                parts.append(self._embed(ids))
+        return torch.cat(parts)
+
+    # ------------------------------------------------------------------------------------------ the LLM
+    def _forward(self, rows: list[_Row]) -> None:
+        """Feed every row its segment, right-aligned in one left-padded chunk; keep last logits and dream states."""
+        lengths = [r.segment.shape[0] for r in rows]
+        T, B = max(lengths), len(rows)
+        pad = self._embed([self.special.pad])[0]
+        embeds = pad.expand(B, T, -1).clone()
+        chunk_mask = torch.zeros(B, T, dtype=torch.long, device=self.model.device)
+        positions = torch.zeros(B, T, dtype=torch.long, device=self.model.device)
+        for i, (row, n) in enumerate(zip(rows, lengths)):
+            embeds[i, T - n:] = row.segment
+            chunk_mask[i, T - n:] = 1
+            positions[i, T - n:] = torch.arange(row.real_len, row.real_len + n)
+            row.real_len += n
+        mask = chunk_mask if self._mask is None else torch.cat([self._mask, chunk_mask], dim=1)
+        logits, hidden, self._past = self.components.lm_step(embeds, mask, positions, self._past)
+        self._mask = mask
+        q = self.special.num_dream_queries
+        for i, row in enumerate(rows):
+            row.segment = None
+            row.logits = logits[i]
+            if row.dreaming:
+                # the queries sit just before `<dream_end>`, the last position of the chunk
+                row.query_states = hidden[i, T - 1 - q:T - 1]  # (Q, H)
+
+    def _next_segment(self, row: _Row) -> None:
+        """Sample the row's next token and decide what it feeds next (or that it stops)."""
+        p, s = row.params, self.special
+        if row.new_tokens >= p.max_new_tokens:
+            row.stop_reason = "max_new_tokens"
+            return
+        logits = row.logits.clone()
+        if len(self._banned):
+            logits[self._banned.to(logits.device)] = float("-inf")
+        room_for_image = row.real_len + 1 + s.image_cost + 1 <= self.model.max_positions
+        if row.images_done >= p.max_images or not room_for_image:
+            logits[s.dream_start] = float("-inf")
+        token = sample_token(logits, p, row.text_gen)
+        row.new_tokens += 1
+        if token == s.eos:
+            row.stop_reason = "eos"
+            return
+        if token == s.dream_start:
+            self._flush_text(row)
+            row.segment, row.dreaming = self.dream_block_embeddings(), True
+            return
+        row.text_ids.append(token)
+        if row.real_len + 1 > self.model.max_positions:
+            row.stop_reason = "context_full"
+            return
+        row.segment = self._embed([token])
+
+    def _flush_text(self, row: _Row) -> None:
+        if row.text_ids:
+            text = self.model.tokenizer.decode(row.text_ids, skip_special_tokens=True)
+            if text.strip():
+                row.blocks.append(TextBlock(text))
+            row.text_ids = []
+
+    # ------------------------------------------------------------------------------------------ pictures
+    def unconditional(self, negative_prompt: str = "") -> torch.Tensor:
+        """The guidance condition: the queries after `<s>` alone (or `<s>` + a negative prompt). Prompt-independent,
+        so computed once per negative prompt and cached. (Q, cross_dim)."""
+        if negative_prompt not in self._uncond_cache:
+            embeds = torch.cat([self._embed([self.special.bos] + self._tokens(negative_prompt)),
+                                self.dream_block_embeddings()])[None]
+            n = embeds.shape[1]
+            mask = torch.ones(1, n, dtype=torch.long, device=embeds.device)
+            positions = torch.arange(n, device=embeds.device)[None]
+            _, hidden, _ = self.components.lm_step(embeds, mask, positions, None)
+            q = self.special.num_dream_queries
+            self._uncond_cache[negative_prompt] = self.model.condition(hidden[0, n - 1 - q:n - 1])
+        return self._uncond_cache[negative_prompt]
+
+    def _paint_dreams(self, rows: list[_Row], check_cancel, on_progress) -> None:
+        dreamers = [r for r in rows if r.dreaming]
+        if not dreamers:
+            return
+        conds = self.model.condition(torch.stack([r.query_states for r in dreamers]))  # (N, Q, cross_dim)
+        default_size = self.model.head.default_image_size
+        jobs = []
+        for row, cond in zip(dreamers, conds):
+            p = row.params
+            size = p.image_size or default_size
+            jobs.append(ImageJob(cond=cond, uncond=self.unconditional(p.negative_prompt),
+                                 seed=image_seed(p.seed, row.images_done), steps=p.steps, guidance=p.guidance,
+                                 scheduler=p.scheduler, height=size, width=size))
+        images = self.paint(jobs, check_cancel)
+        # Feed back the picture as stored (8-bit), so a resumed or re-read document sees the same pixels.
+        images = (images * 255).round() / 255
+        features = self.components.encode_images(images) if any(not r.request.image_only for r in dreamers) else None
+        for k, (row, job) in enumerate(zip(dreamers, jobs)):
+            row.dreaming = False
+            row.blocks.append(ImageBlock(index=row.images_done, width=job.width, height=job.height, seed=job.seed,
+                                         image=tensor_to_pil(images[k])))
+            if on_progress:
+                on_progress("image", row.index)
+            if row.request.image_only:
+                row.stop_reason = "image_only"
+            else:
+                row.forced = self.image_block_embeddings(features[k])
+                if row.real_len + row.forced.shape[0] > self.model.max_positions:
+                    row.forced, row.stop_reason = None, "context_full"
+
+    def paint(self, jobs: list[ImageJob], check_cancel=None) -> torch.Tensor:
+        """Denoise every job, batching those that share timesteps and size; returns (N, 3, H, W) in [0, 1]."""
+        head = self.model.head
+        results: list[torch.Tensor | None] = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(group_key(job), []).append(i)
+        for indices in groups.values():
+            images = denoise_group([jobs[i] for i in indices], self.components.unet, self.components.vae_decode,
+                                   head.scheduler_config, head.unet.config.in_channels, head.vae_scale_factor,
+                                   self.model.device, self.model.dtype, check_cancel)
+            for i, image in zip(indices, images):
+                results[i] = image
+        if len({tuple(r.shape) for r in results}) > 1:
+            return results  # mixed sizes stay a list
+        return torch.stack(results)
+
+    # ------------------------------------------------------------------------------------------ the KV cache
+    def _select_rows(self, keep: list[int]) -> None:
+        idx = torch.tensor(keep, dtype=torch.long, device=self.model.device)
+        self._past = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._past]
+        self._mask = self._mask.index_select(0, idx)
+
+    def _maybe_compact(self) -> None:
+        """Drop the holes other documents' blocks left in each row, once they are half the cache.
+        Keys are stored after RoPE, so moving them keeps every attention score the same."""
+        if self._mask is None or self._mask.shape[0] == 0 or self._mask.shape[1] < COMPACT_MIN_LEN:
+            return
+        real = self._mask.sum(dim=1)
+        length = int(real.max())
+        if length * 2 > self._mask.shape[1]:
+            return
+        B = self._mask.shape[0]
+        index = torch.zeros(B, length, dtype=torch.long, device=self._mask.device)
+        mask = torch.zeros(B, length, dtype=self._mask.dtype, device=self._mask.device)
+        for b in range(B):
+            kept = torch.nonzero(self._mask[b], as_tuple=False)[:, 0]
+            index[b, length - len(kept):] = kept
+            mask[b, length - len(kept):] = 1
+        self._past = [(self._gather(k, index), self._gather(v, index)) for k, v in self._past]
+        self._mask = mask
+
+    @staticmethod
+    def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        b, h, _, d = x.shape
+        return torch.gather(x, 2, index[:, None, :, None].expand(b, h, index.shape[1], d))
+
+    # ------------------------------------------------------------------------------------------ results
+    def _document(self, row: _Row, elapsed: float, batch_size: int) -> Document:
+        request = row.request
+        return Document(
+            id=request.id or f"doc-{row.index}", prompt=request.prompt, model=self.model.info.name,
+            params=request.params.to_dict(), blocks=row.blocks, title=request.title, stop_reason=row.stop_reason,
+            timings={"batch_seconds": round(elapsed, 4), "batch_size": batch_size, "new_tokens": row.new_tokens,
+                     "images": row.images_done, "backend": self.components.name})

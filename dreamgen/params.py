@@ -1,0 +1,82 @@
+"""Per-document generation parameters, checked early and loudly (one error per bad value, naming it)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ParamsError
+
+SCHEDULERS = ("ddpm", "ddim", "dpm-solver")
+CHAT_FORMATS = ("vicuna", "none")
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What decides one document, besides the model and the prompt.
+
+    Defaults follow the reference: DDPM, 50 steps, guidance 7.5. `template` names a prompt template of
+    templates/prompts/ (how a topic becomes an instruction); `chat` the chat format around it (vicuna_v1.1 for
+    the released chat models, or none).
+    `image_size=None` means the model's native size (sample_size x VAE factor).
+    """
+
+    seed: int = 0
+    temperature: float = 0.0  # 0 = greedy, so an unseeded run is still reproducible
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    max_images: int = 4
+    steps: int = 50
+    guidance: float = 7.5
+    scheduler: str = "ddpm"
+    image_size: int | None = None
+    negative_prompt: str = ""
+    template: str = "none"
+    chat: str = "vicuna"
+
+    def __post_init__(self):
+        check_params(self)
+
+    def replace(self, **changes) -> "GenerationParams":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationParams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ParamsError(f"unknown parameter(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+PARAM_NAMES = tuple(f.name for f in dataclasses.fields(GenerationParams))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_params(p: GenerationParams) -> None:
+    def need(ok, name, rule):
+        if not ok:
+            raise ParamsError(f"{name}={getattr(p, name)!r}: {rule}")
+
+    need(_is_int(p.seed) and 0 <= p.seed < 2**63, "seed", "must be an integer in [0, 2^63)")
+    need(_is_number(p.temperature) and 0 <= p.temperature <= 10, "temperature", "must be a number in [0, 10]")
+    need(_is_number(p.top_p) and 0 < p.top_p <= 1, "top_p", "must be a number in (0, 1]")
+    need(_is_int(p.max_new_tokens) and 1 <= p.max_new_tokens <= 32768, "max_new_tokens", "must be an integer in [1, 32768]")
+    need(_is_int(p.max_images) and 0 <= p.max_images <= 64, "max_images", "must be an integer in [0, 64]")
+    need(_is_int(p.steps) and 1 <= p.steps <= 1000, "steps", "must be an integer in [1, 1000]")
+    need(_is_number(p.guidance) and 0 <= p.guidance <= 50, "guidance", "must be a number in [0, 50]")
+    need(p.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+    need(p.image_size is None or (_is_int(p.image_size) and 8 <= p.image_size <= 2048),
+         "image_size", "must be an integer in [8, 2048] (or unset for the model's size)")
+    need(isinstance(p.negative_prompt, str), "negative_prompt", "must be a string")
+    need(isinstance(p.template, str) and p.template != "", "template", "must be a template name")
+    need(p.chat in CHAT_FORMATS, "chat", f"must be one of {', '.join(CHAT_FORMATS)}")
