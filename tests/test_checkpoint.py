@@ -1,0 +1,131 @@
+"""Checkpoints in the released layout: round trips, safetensors, and clear errors for anything missing."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from dreamgen.checkpoint import load_model, save_checkpoint
+from dreamgen.errors import CheckpointError
+from tests.helpers import request, tiny_model
+
+RELEASED_FILES = {"config.json", "pytorch_model.bin", "clip_vision_embedding.bin", "dream_embedding.bin",
+                  "stable_diffusion_head.bin"}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(tiny_model(), out)
+    return out
+
+
+def assert_same_tensors(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_released_layout_round_trip_gives_identical_tensors(saved):
+    names = {p.name for p in saved.iterdir()}
+    assert RELEASED_FILES <= names
+    assert {"unet", "vae", "scheduler", "clip_vision", "tokenizer_config.json"} <= names
+    config = json.loads((saved / "config.json").read_text())
+    assert config["architectures"] == ["DreamLLMForCausalMLM"]
+    assert set(config["plugins_init_kwargs"]) == {"clip_vision_embedding", "dream_embedding", "stable_diffusion_head"}
+    assert config["plugins_init_kwargs"]["dream_embedding"]["num_dream_queries"] == 8
+    assert config["special_tokens2ids_dict"]["additional_special_tokens"]["<dream_start>"] == 32003
+    # the part files hold the released key names
+    assert set(torch.load(saved / "dream_embedding.bin")) == {"dream_queries"}
+    head_keys = set(torch.load(saved / "stable_diffusion_head.bin"))
+    assert "projector.projector.weight" in head_keys and any(k.startswith("unet.") for k in head_keys)
+    assert {"projector.projector.weight", "projector.projector.bias"} <= set(torch.load(saved / "clip_vision_embedding.bin"))
+    assert "lm_head.weight" in torch.load(saved / "pytorch_model.bin")
+
+    loaded = load_model(str(saved))
+    assert_same_tensors(tiny_model(), loaded)
+    assert loaded.special == tiny_model().special
+
+
+def test_safetensors_round_trip(tmp_path):
+    save_checkpoint(tiny_model(), tmp_path, safetensors=True)
+    assert {"model.safetensors", "dream_embedding.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    assert_same_tensors(tiny_model(), load_model(str(tmp_path)))
+
+
+def test_a_loaded_checkpoint_generates_the_same_document(saved):
+    from dreamgen.generation import Generator
+    req = request(seed=3, max_images=2, max_new_tokens=40)
+    a = Generator(tiny_model()).generate([req])[0]
+    b = Generator(load_model(str(saved))).generate([req])[0]
+    assert a.text == b.text and len(a.images) == len(b.images)
+
+
+def test_missing_dream_queries_is_an_error_never_random_weights(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    (broken / "dream_embedding.bin").unlink()
+    with pytest.raises(CheckpointError, match=r"missing dream_embedding.safetensors or dream_embedding.bin"):
+        load_model(str(broken))
+
+
+def test_missing_keys_are_named(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    state = torch.load(broken / "stable_diffusion_head.bin")
+    del state["projector.projector.weight"]
+    torch.save(state, broken / "stable_diffusion_head.bin")
+    with pytest.raises(CheckpointError, match=r"stable_diffusion_head.bin lacks 1 key\(s\).*projector.projector.weight"):
+        load_model(str(broken))
+
+
+def test_wrong_shapes_are_named(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    torch.save({"dream_queries": torch.zeros(1, 4, 64)}, broken / "dream_embedding.bin")
+    with pytest.raises(CheckpointError, match=r"dream_queries has shape \(1, 4, 64\)"):
+        load_model(str(broken))
+
+
+def test_missing_config_and_tokenizer_are_named(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (broken / name).unlink()
+    with pytest.raises(CheckpointError, match="missing tokenizer files"):
+        load_model(str(broken))
+    (broken / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"missing .*config.json"):
+        load_model(str(broken))
+
+
+def test_released_checkpoints_use_the_packaged_sd21_and_clip_configs(saved, tmp_path):
+    # A checkpoint naming the hub ids (as the released ones do) needs no config files of its own.
+    from dreamgen.checkpoint import _clip_config, _diffusion_dir, _read_json
+    assert _clip_config(tmp_path, "openai/clip-vit-large-patch14").hidden_size == 1024
+    sd = _diffusion_dir(tmp_path, "stabilityai/stable-diffusion-2-1-base")
+    unet = _read_json(sd / "unet" / "config.json")
+    assert unet["cross_attention_dim"] == 1024 and unet["sample_size"] == 64
+    assert _read_json(sd / "scheduler" / "scheduler_config.json")["prediction_type"] == "epsilon"
+    with pytest.raises(CheckpointError, match="not packaged with dreamgen"):
+        _diffusion_dir(tmp_path, "someone/other-diffusion")
+
+
+def test_hub_id_offline_gives_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match=r"could not download 'nobody/no-such-model'.*--local-dir DIR"):
+        load_model("nobody/no-such-model")
+
+
+def test_dtype_and_device_are_checked():
+    with pytest.raises(CheckpointError, match="unknown dtype 'fp8'"):
+        load_model("tiny-random", dtype="fp8")
+    with pytest.raises(CheckpointError, match="unknown device 'tpu'"):
+        load_model("tiny-random", device="tpu")
+
+
+def test_bf16_load_keeps_the_vae_in_fp32(saved):
+    model = load_model(str(saved), dtype="bf16")
+    assert model.llm.dtype == torch.bfloat16 and model.head.unet.dtype == torch.bfloat16
+    assert model.head.vae.dtype == torch.float32
