@@ -215,8 +215,9 @@ def load_model(name_or_path: str, dtype: str = "fp32", device: str = "cpu") -> D
                      dtype=dtype, device=str(torch_device))
     model = DreamLLM(llm, vision, dream, head, tokenizer, special, info, config.get("plugins_init_kwargs", {}))
     model.eval().requires_grad_(False)
-    model.to(device=torch_device, dtype=torch_dtype)
-    model.head.vae.to(torch.float32)  # the VAE overflows in fp16; it is a small share of the cost
+    for part in (llm, vision, dream, head.unet, head.projector):
+        part.to(device=torch_device, dtype=torch_dtype)
+    head.vae.to(device=torch_device, dtype=torch.float32)  # the VAE overflows in fp16; a small share of the cost
     return model
 
 

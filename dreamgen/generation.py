@@ -121,9 +121,11 @@ class Generator:
     # ------------------------------------------------------------------------------------------ public API
     @torch.no_grad()
     def generate(self, requests: list[DocumentRequest], on_progress: Callable[[str, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> list[Document]:
+                 should_stop: Callable[[], bool] | None = None,
+                 on_document: Callable[[int, Document], None] | None = None) -> list[Document]:
         """Generate one document per request, in lockstep. on_progress(event, index) with event in
-        {"image", "document"}; should_stop() is polled between decode steps and denoising steps."""
+        {"image", "document"}; on_document(index, document) as soon as a document is finished, so the caller
+        can store it while the others go on; should_stop() is polled between decode and denoising steps."""
         # 1. check inputs
         for i, request in enumerate(requests):
             self.check_request(request, i)
@@ -141,7 +143,7 @@ class Generator:
             row = _Row(index=i, request=request, text_gen=torch.Generator("cpu").manual_seed(request.params.seed))
             row.segment, row.dreaming = self.encode_prompt(request), request.image_only
             rows.append(row)
-        finished: dict[int, _Row] = {}
+        finished: dict[int, Document] = {}
 
         # 3. prefill, then 4. decode until every document stops
         self._past, self._mask = None, None
@@ -159,9 +161,11 @@ class Generator:
             for pos, row in enumerate(active):
                 if row.stop_reason:
                     self._flush_text(row)
-                    finished[row.index] = row
+                    finished[row.index] = doc = self._document(row, time.perf_counter() - started, len(requests))
                     if on_progress:
                         on_progress("document", row.index)
+                    if on_document:
+                        on_document(row.index, doc)
                 else:
                     still.append(pos)
             if len(still) < len(active):
@@ -169,9 +173,8 @@ class Generator:
             active = [active[p] for p in still]
             self._maybe_compact()
 
-        # 5. documents
-        elapsed = time.perf_counter() - started
-        return [self._document(finished[i], elapsed, len(requests)) for i in range(len(requests))]
+        # 5. documents, in request order
+        return [finished[i] for i in range(len(requests))]
 
     def check_request(self, request: DocumentRequest, index: int = 0) -> None:
         where = f"request {index}" + (f" ({request.id})" if request.id else "")
@@ -390,5 +393,5 @@ class Generator:
         return Document(
             id=request.id or f"doc-{row.index}", prompt=request.prompt, model=self.model.info.name,
             params=request.params.to_dict(), blocks=row.blocks, title=request.title, stop_reason=row.stop_reason,
-            timings={"batch_seconds": round(elapsed, 4), "batch_size": batch_size, "new_tokens": row.new_tokens,
+            timings={"seconds": round(elapsed, 4), "batch_size": batch_size, "new_tokens": row.new_tokens,
                      "images": row.images_done, "backend": self.components.name})

@@ -1,0 +1,48 @@
+"""What a checkpoint holds, read from its files without building the model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoint import PART_FILES, read_part, resolve_checkpoint
+from .errors import CheckpointError
+from .special_tokens import RELEASED_IDS
+
+# The tensors worth showing by name; the rest are summarised by count.
+NOTABLE = ("model.embed_tokens.weight", "lm_head.weight", "dream_queries", "projector.projector.weight",
+           "projector.projector.bias", "clip_vision_model.vision_model.embeddings.patch_embedding.weight",
+           "unet.conv_in.weight", "vae.decoder.conv_out.weight")
+
+
+def inspect_checkpoint(name_or_path: str) -> dict:
+    ckpt = resolve_checkpoint(name_or_path)
+    config_path = ckpt / "config.json"
+    if not config_path.exists():
+        raise CheckpointError(f"missing {config_path}")
+    config = json.loads(config_path.read_text())
+    parts = {}
+    for part in PART_FILES:
+        try:
+            state, file = read_part(ckpt, part)
+        except CheckpointError as e:
+            parts[part] = {"error": str(e)}
+            continue
+        parts[part] = {
+            "file": file, "tensors": len(state), "parameters": sum(t.numel() for t in state.values()),
+            "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in state.values()}),
+            "shapes": {k: list(state[k].shape) for k in NOTABLE if k in state},
+        }
+    flat = {}
+    for key, value in (config.get("special_tokens2ids_dict") or {}).items():
+        flat.update(value) if isinstance(value, dict) else flat.__setitem__(key, value)
+    return {
+        "path": str(ckpt),
+        "llm": {k: config.get(k) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                           "max_position_embeddings")},
+        "plugins": {name: {k: v for k, v in kw.items() if k != "_target_"}
+                    for name, kw in (config.get("plugins_init_kwargs") or {}).items()},
+        "special_tokens": {t: flat.get(t) for t in RELEASED_IDS},
+        "parts": parts,
+        "tokenizer": sorted(p.name for p in Path(ckpt).glob("tokenizer*")) + sorted(
+            p.name for p in Path(ckpt).glob("special_tokens_map.json")),
+    }
