@@ -37,23 +37,39 @@ time year day people world life work place home school water food light color sh
 """.split("\n")
 
 TINY_SIZES = dict(hidden=64, layers=2, heads=4, queries=8, clip_hidden=32, clip_image=32, clip_patch=8,
-                  cross_dim=32, latent=8, max_positions=1024)
+                  cross_dim=32, latent=8, max_positions=1024, unet_blocks=(32, 64))
+# Sized so compute dominates (the benchmarks' "small" configuration); same classes, same structure.
+SMALL_SIZES = dict(hidden=512, layers=8, heads=8, queries=16, clip_hidden=128, clip_image=64, clip_patch=8,
+                   cross_dim=256, latent=64, max_positions=2048, unet_blocks=(64, 128))
 
 
-def _shape_output_head(llm: LlamaForCausalLM, tokenizer, seed: int) -> None:
-    """Give the random model's output head a shape that exercises the whole loop: trained word pieces get
-    logits of a few units, unused and byte pieces none, and `<dream_start>` and `</s>` rows large enough that
-    documents place pictures and end at a useful rate. Random weights, but not an inert model."""
+def _shape_output_head(llm: LlamaForCausalLM, tokenizer, seed: int, corpus: list[str]) -> None:
+    """Give the random model's output head a shape that exercises the whole loop at any size: trained word pieces
+    get random rows, unused and byte pieces none, and the `<dream_start>` and `</s>` rows are calibrated on the
+    corpus' hidden states so a document places a picture every ~20 tokens and ends after ~80 on average.
+    Random weights, but not an inert model: every path of the generation loop runs."""
     weight = llm.lm_head.weight.data
     vocab = tokenizer.get_vocab()
     first_piece = 3 + 256  # after <unk> <s> </s> and the byte pieces
     last_piece = max(i for t, i in vocab.items() if i < 32000 and not t.startswith("<unused_")) + 1
     g = torch.Generator().manual_seed(seed + 1)
     hidden = weight.shape[1]
+    scale = (64 / hidden) ** 0.5  # the same logit spread at any width (post-norm states have norm ~ sqrt(hidden))
     weight.zero_()
-    weight[first_piece:last_piece] = torch.randn(last_piece - first_piece, hidden, generator=g) * 0.5
-    weight[tokenizer.convert_tokens_to_ids("<dream_start>")] = torch.randn(hidden, generator=g) * 0.7
-    weight[tokenizer.eos_token_id] = torch.randn(hidden, generator=g) * 0.5
+    weight[first_piece:last_piece] = torch.randn(last_piece - first_piece, hidden, generator=g) * 0.5 * scale
+
+    with torch.no_grad():
+        states = torch.cat([llm.model(input_ids=torch.tensor([tokenizer(line).input_ids])).last_hidden_state[0]
+                            for line in corpus])  # (N, H)
+    best_piece = (states @ weight.T).max(dim=1).values  # (N,) the logit to beat at each position
+    for token, rate in (("<dream_start>", 0.06), ("</s>", 0.004)):
+        direction = torch.randn(hidden, generator=g)
+        low, high = 0.0, 64.0  # bisect the row's length until it wins at `rate` of the positions
+        for _ in range(40):
+            mid = (low + high) / 2
+            wins = ((states @ (mid * direction)) > best_piece).float().mean()
+            low, high = (mid, high) if wins < rate else (low, mid)
+        weight[tokenizer.convert_tokens_to_ids(token)] = high * direction
 
 
 def build_tiny_model(seed: int = 0, name: str = "tiny-random", sizes: dict | None = None) -> DreamLLM:
@@ -73,7 +89,7 @@ def build_tiny_model(seed: int = 0, name: str = "tiny-random", sizes: dict | Non
     torch.nn.init.normal_(dream.dream_queries, std=0.02)  # as the reference initialises them
     unet = UNet2DConditionModel(
         sample_size=s["latent"], in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        block_out_channels=tuple(s["unet_blocks"]), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=s["cross_dim"],
         attention_head_dim=8, norm_num_groups=8, use_linear_projection=True)
     vae = AutoencoderKL(
@@ -81,7 +97,7 @@ def build_tiny_model(seed: int = 0, name: str = "tiny-random", sizes: dict | Non
         block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=s["latent"] * 8)
     head = StableDiffusionHead(unet, vae, s["hidden"], SD_SCHEDULER_CONFIG)
-    _shape_output_head(llm, tokenizer, seed)
+    _shape_output_head(llm, tokenizer, seed, [line for line in TOKENIZER_CORPUS if line.strip()])
     torch.nn.init.normal_(head.projector.projector.weight, std=0.02)
     torch.nn.init.normal_(vision.projector.projector.weight, std=0.02)
     torch.nn.init.zeros_(vision.projector.projector.bias)

@@ -1,0 +1,113 @@
+"""Documents per minute: dreamgen's lockstep batch vs the naive way, in one run, on the same model and prompts.
+
+The naive way is what the reference scripts do: one prompt at a time, `LlamaForCausalLM.generate` until
+`<dream_start>` or `</s>`, then a separate diffusers `StableDiffusionPipeline` call per image, the context
+re-encoded from scratch after each picture. Both write the same documents (greedy decoding; checked below).
+
+    python bench/generation.py [--config tiny|small|both] [--docs 8] [--steps 10]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dreamgen.diffusion import image_seed, make_scheduler
+from dreamgen.generation import DocumentRequest, Generator, tensor_to_pil, pil_to_tensor
+from dreamgen.params import GenerationParams
+from dreamgen.tiny import SMALL_SIZES, build_tiny_model
+
+TOPICS = ["how to build a bird house", "the history of the river", "a story about the moon", "growing tomatoes",
+          "learning to swim", "a guide to painting a room", "travel by train", "baking bread at home"]
+
+
+def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentRequest):
+    """One document the reference scripts' way; returns (text, number of images)."""
+    model, s, p = gen.model, gen.special, req.params
+    context = gen.encode_prompt(req)  # (T, H)
+    suppress = gen._banned.tolist()
+    text_ids, images, new_tokens = [], 0, 0
+    size = p.image_size or model.head.default_image_size
+    while new_tokens < p.max_new_tokens:
+        allow_dream = images < p.max_images and context.shape[0] + 1 + s.image_cost + 1 <= model.max_positions
+        out = model.llm.generate(inputs_embeds=context[None], attention_mask=torch.ones(1, context.shape[0], dtype=torch.long),
+                                 max_new_tokens=p.max_new_tokens - new_tokens, do_sample=False,
+                                 eos_token_id=[s.eos, s.dream_start], pad_token_id=s.pad,
+                                 suppress_tokens=suppress + ([] if allow_dream else [s.dream_start]))
+        new = out[0].tolist()
+        new_tokens += len(new)
+        if not new or new[-1] != s.dream_start:
+            text_ids += [t for t in new if t != s.eos]
+            break
+        text_ids += new[:-1]
+        # the condition: a full forward over context + new tokens + dream block (no cache kept between calls)
+        context = torch.cat([context, gen._embed(new[:-1])]) if len(new) > 1 else context
+        dream = gen.dream_block_embeddings()
+        full = torch.cat([context, dream])
+        n, q = full.shape[0], s.num_dream_queries
+        hidden = model.llm.model(inputs_embeds=full[None], attention_mask=torch.ones(1, n, dtype=torch.long),
+                                 position_ids=torch.arange(n)[None]).last_hidden_state
+        cond = model.condition(hidden[:, n - 1 - q:n - 1])
+        pipe.scheduler = make_scheduler(p.scheduler, model.head.scheduler_config)
+        image = pipe(prompt_embeds=cond, negative_prompt_embeds=gen.unconditional(p.negative_prompt)[None],
+                     num_inference_steps=p.steps, guidance_scale=p.guidance, height=size, width=size,
+                     generator=torch.Generator("cpu").manual_seed(image_seed(p.seed, images)), output_type="pil").images[0]
+        images += 1
+        feats = model.encode_images(pil_to_tensor(image)[None])[0]
+        context = torch.cat([full, gen.image_block_embeddings(feats)])
+    return model.tokenizer.decode(text_ids, skip_special_tokens=True), images
+
+
+def bench(name: str, sizes: dict | None, docs: int, steps: int, max_new_tokens: int) -> dict:
+    torch.manual_seed(0)
+    model = build_tiny_model(seed=0, sizes=sizes, name=name)
+    gen = Generator(model)
+    pipe = StableDiffusionPipeline(vae=model.head.vae, text_encoder=None, tokenizer=None, unet=model.head.unet,
+                                   scheduler=make_scheduler("ddpm", model.head.scheduler_config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    params = [GenerationParams(seed=i, steps=steps, max_new_tokens=max_new_tokens, max_images=3) for i in range(docs)]
+    requests = [DocumentRequest(prompt=TOPICS[i % len(TOPICS)], params=p) for i, p in enumerate(params)]
+    gen.unconditional()  # computed once per model by both ways; keep it out of both timings
+
+    with torch.no_grad():
+        start = time.perf_counter()
+        naive = [naive_document(gen, pipe, r) for r in requests]
+        naive_s = time.perf_counter() - start
+        start = time.perf_counter()
+        ours = []
+        for i in range(0, docs, 8):
+            ours += gen.generate(requests[i:i + 8])
+        ours_s = time.perf_counter() - start
+
+    same = sum(t == d.text and n == len(d.images) for (t, n), d in zip(naive, ours))
+    images = sum(len(d.images) for d in ours)
+    return {"config": name, "docs": docs, "images": images, "same_documents": f"{same}/{docs}",
+            "naive_docs_per_min": 60 * docs / naive_s, "ours_docs_per_min": 60 * docs / ours_s,
+            "naive_images_per_min": 60 * images / naive_s, "ours_images_per_min": 60 * images / ours_s,
+            "speedup": naive_s / ours_s}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=["tiny", "small", "both"], default="both")
+    ap.add_argument("--docs", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    configs = {"tiny": None, "small": SMALL_SIZES}
+    names = ["tiny", "small"] if args.config == "both" else [args.config]
+    print(f"{'config':8} {'docs':>4} {'images':>6} {'same':>6} {'naive docs/min':>15} {'ours docs/min':>14} "
+          f"{'naive img/min':>14} {'ours img/min':>13} {'speedup':>8}")
+    for name in names:
+        r = bench(name, configs[name], args.docs, args.steps, args.max_new_tokens)
+        print(f"{r['config']:8} {r['docs']:>4} {r['images']:>6} {r['same_documents']:>6} {r['naive_docs_per_min']:>15.1f} "
+              f"{r['ours_docs_per_min']:>14.1f} {r['naive_images_per_min']:>14.1f} {r['ours_images_per_min']:>13.1f} "
+              f"{r['speedup']:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
