@@ -50,6 +50,7 @@ class Document:
     input_images: list = field(default_factory=list)
     created: str | None = None
     job_id: str | None = None
+    custom_id: str | None = None  # the id as the user wrote it in the prompt file, if they did
 
     @property
     def text(self) -> str:
@@ -61,7 +62,8 @@ class Document:
 
     def to_dict(self) -> dict:
         return {
-            "id": self.id, "job_id": self.job_id, "title": self.title, "prompt": self.prompt,
+            "id": self.id, "custom_id": self.custom_id, "job_id": self.job_id, "title": self.title,
+            "prompt": self.prompt,
             "model": self.model, "params": self.params, "input_images": self.input_images,
             "blocks": [b.to_dict() for b in self.blocks], "stop_reason": self.stop_reason,
             "timings": self.timings, "created": self.created,
@@ -81,4 +83,4 @@ class Document:
         return cls(id=data["id"], prompt=data["prompt"], model=data["model"], params=data.get("params", {}),
                    blocks=blocks, title=data.get("title"), stop_reason=data.get("stop_reason", ""),
                    timings=data.get("timings", {}), input_images=data.get("input_images", []),
-                   created=data.get("created"), job_id=data.get("job_id"))
+                   created=data.get("created"), job_id=data.get("job_id"), custom_id=data.get("custom_id"))

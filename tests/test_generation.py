@@ -76,9 +76,11 @@ def test_cache_compaction_changes_nothing(monkeypatch):
 
 
 def test_max_images_zero_means_text_only_and_max_new_tokens_stops():
-    docs = tiny_generator().generate([request(seed=s, max_images=0, max_new_tokens=25) for s in range(4)])
+    docs = tiny_generator().generate([request(topic, max_images=0, max_new_tokens=5)
+                                      for topic in ("trains", "the sea", "bread", "gold and silver")])
     assert all(not d.images for d in docs)
-    assert any(d.stop_reason == "max_new_tokens" and d.timings["new_tokens"] == 25 for d in docs)
+    assert all(d.timings["new_tokens"] <= 5 for d in docs)
+    assert any(d.stop_reason == "max_new_tokens" and d.timings["new_tokens"] == 5 for d in docs)
 
 
 def test_context_full_stops_a_document(monkeypatch):

@@ -1,0 +1,196 @@
+"""The output layout of one job, over any Storage:
+
+    <job>/job.json                       what was asked (written by the runner)
+    <job>/<doc>/images/NN.png            pictures, generation parameters in PNG text chunks
+    <job>/<doc>/document.json            the Document
+    <job>/<doc>/index.md, index.html     exports
+    <job>/_done/<doc>.json               written create-once LAST: the document is finished
+    <job>/_failed/<doc>.json             the last failure of a document that is not finished
+    <job>/manifest.jsonl, errors.jsonl, index.html   rebuilt from the markers by finalize()
+
+S3 has no append, and several workers may finish documents at once, so the per-document markers are the
+source of truth; a marker appears only after all of its document's files are stored, so nothing listed
+is half-written. Document ids are safe path parts and never start with "_", so they cannot meet the
+marker folders.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from exporters import FORMATS, parse_formats
+from exporters.html import document_page, job_index_page
+from exporters.markdown import to_markdown
+from exporters.text import document_title
+
+from .document import Document
+from .errors import StorageError
+from .ids import check_job_id, is_safe_id
+from .png_params import encode_png
+from .storage import KeyNotFound, Storage, open_storage
+
+DONE_DIR = "_done"
+FAILED_DIR = "_failed"
+MESSAGE_MAX = 4000
+_READERS = 16  # parallel reads of markers: S3 answers each in tens of milliseconds
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class JobOutput:
+    """Reads and writes one job's files; safe to use from several processes at once."""
+
+    def __init__(self, storage: Storage, job_id: str):
+        self.storage = storage
+        self.job_id = check_job_id(job_id)
+
+    # ------------------------------------------------------------------------------------ keys
+    def key(self, *parts: str) -> str:
+        return "/".join((self.job_id,) + parts)
+
+    def doc_key(self, doc_id: str, *parts: str) -> str:
+        if not is_safe_id(doc_id):
+            raise StorageError(f"document id {doc_id!r} is not a safe folder name")
+        return self.key(doc_id, *parts)
+
+    def marker_key(self, folder: str, doc_id: str) -> str:
+        self.doc_key(doc_id)  # the same check as a document folder
+        return self.key(folder, f"{doc_id}.json")
+
+    def url_for(self, *parts: str) -> str:
+        """Where a person opens a file of the job, e.g. url_for("index.html")."""
+        return self.storage.url_for(self.key(*parts))
+
+    # ------------------------------------------------------------------------------------ the job
+    def write_job(self, job_record: dict) -> None:
+        self.storage.write_bytes(self.key("job.json"), _json_bytes(job_record))
+
+    def read_job(self) -> dict | None:
+        try:
+            return json.loads(self.storage.read_bytes(self.key("job.json")))
+        except KeyNotFound:
+            return None
+
+    # ------------------------------------------------------------------------------------ documents
+    def save_document(self, doc: Document, formats=FORMATS, self_contained: bool = False) -> dict:
+        """Store a generated document: images, document.json, exports, then its done marker.
+        Sets each ImageBlock's path and sha256. Returns its manifest entry."""
+        doc.job_id = doc.job_id or self.job_id
+        doc.created = doc.created or utc_now()
+        stored = {}
+        for block in doc.images:  # 1. pictures, with their parameters inside
+            if block.image is None:
+                if not block.path:
+                    raise ValueError(f"document {doc.id}: image {block.index} has neither pixels nor a path")
+                continue
+            data = encode_png(doc, block)
+            block.path, block.sha256 = f"images/{block.index:02d}.png", hashlib.sha256(data).hexdigest()
+            self.storage.write_bytes(self.doc_key(doc.id, block.path), data, "image/png")
+            stored[block.path] = data
+        # 2. the document itself
+        self.storage.write_bytes(self.doc_key(doc.id, "document.json"), _json_bytes(doc.to_dict()))
+        # 3. exports (a self-contained page embeds the bytes just written rather than reading them back)
+        self.write_exports(doc, formats, self_contained, read_image=lambda path: stored.get(path)
+                           or self.storage.read_bytes(self.doc_key(doc.id, path)))
+        # 4. last: the marker that says every file above is in place
+        entry = self.manifest_entry(doc)
+        self.storage.create_once(self.marker_key(DONE_DIR, doc.id), _json_bytes(entry))
+        self.storage.delete(self.marker_key(FAILED_DIR, doc.id))  # a retry that succeeded
+        return entry
+
+    def write_exports(self, doc: Document, formats=FORMATS, self_contained: bool = False, read_image=None) -> None:
+        """(Re)write a stored document's index.md / index.html."""
+        formats = parse_formats(formats)
+        if "md" in formats:
+            self.storage.write_bytes(self.doc_key(doc.id, "index.md"), to_markdown(doc, self.job_id).encode())
+        if "html" in formats:
+            read_image = read_image or (lambda path: self.storage.read_bytes(self.doc_key(doc.id, path)))
+            page = document_page(doc, self.job_id, self_contained=self_contained, read_image=read_image)
+            self.storage.write_bytes(self.doc_key(doc.id, "index.html"), page.encode())
+
+    def manifest_entry(self, doc: Document) -> dict:
+        return {"id": doc.id, "custom_id": doc.custom_id, "title": document_title(doc), "prompt": doc.prompt,
+                "path": doc.id, "images": [f"{doc.id}/{b.path}" for b in doc.images], "finished": utc_now()}
+
+    def load_document(self, doc_id: str) -> Document:
+        return Document.from_dict(json.loads(self.storage.read_bytes(self.doc_key(doc_id, "document.json"))))
+
+    # ------------------------------------------------------------------------------------ failures
+    def record_error(self, doc_id: str, custom_id: str | None, error, message: str | None = None) -> dict:
+        """Note that a document failed (an exception, or an error type name and a message); the job goes on.
+        The latest failure of a document wins; a later success removes it."""
+        error_type = error if isinstance(error, str) else type(error).__name__
+        if message is None:
+            message = "" if isinstance(error, str) else str(error)
+        if len(message) > MESSAGE_MAX:
+            message = message[:MESSAGE_MAX - 1] + "…"
+        entry = {"id": doc_id, "custom_id": custom_id, "error": error_type, "message": message, "time": utc_now()}
+        self.storage.write_bytes(self.marker_key(FAILED_DIR, doc_id), _json_bytes(entry))
+        return entry
+
+    # ------------------------------------------------------------------------------------ state
+    def done_ids(self) -> set[str]:
+        return set(self._marker_ids(DONE_DIR))
+
+    def manifest(self) -> list[dict]:
+        """Every finished document's entry, oldest first."""
+        entries = self._read_markers(DONE_DIR, self._marker_ids(DONE_DIR))
+        return sorted(entries, key=lambda e: (e.get("finished") or "", e["id"]))
+
+    def failed(self) -> list[dict]:
+        """Failures of documents that are not (yet) finished, by id."""
+        done = self.done_ids()
+        ids = [i for i in self._marker_ids(FAILED_DIR) if i not in done]
+        return sorted(self._read_markers(FAILED_DIR, ids), key=lambda e: e["id"])
+
+    def finalize(self, formats=FORMATS) -> dict:
+        """Rebuild manifest.jsonl, errors.jsonl and (with html) the job index from the markers.
+        Idempotent; call it at the end of a run, a resume or an export. Returns the counts."""
+        formats = parse_formats(formats)
+        entries, failed = self.manifest(), self.failed()
+        self.storage.write_bytes(self.key("manifest.jsonl"), _jsonl_bytes(entries))
+        self.storage.write_bytes(self.key("errors.jsonl"), _jsonl_bytes(failed))
+        if "html" in formats:
+            record = self.read_job() or {"id": self.job_id}
+            page = job_index_page({"id": self.job_id, **record}, entries, failed)
+            self.storage.write_bytes(self.key("index.html"), page.encode())
+        return {"done": len(entries), "failed": len(failed)}
+
+    def _marker_ids(self, folder: str) -> list[str]:
+        prefix = self.key(folder) + "/"
+        return [k[len(prefix):-len(".json")] for k in self.storage.list(prefix) if k.endswith(".json")]
+
+    def _read_markers(self, folder: str, ids: list[str]) -> list[dict]:
+        def read(doc_id):
+            try:
+                return json.loads(self.storage.read_bytes(self.marker_key(folder, doc_id)))
+            except KeyNotFound:  # removed between list and read (a failure that was just retried)
+                return None
+
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            return [entry for entry in pool.map(read, ids) if entry is not None]
+
+
+def open_job_output(job_url: str, endpoint_url: str | None = None) -> JobOutput:
+    """A JobOutput for a job folder given whole: `out/job-1` or `s3://bucket/prefix/job-1`."""
+    url = job_url.rstrip("/")
+    if url.startswith("s3://"):
+        parent, _, job_id = url.rpartition("/")
+        if parent == "s3:/" or "/" not in url[len("s3://"):]:
+            raise StorageError(f"{job_url!r} names a bucket, not a job folder: s3://bucket/[prefix/]JOB")
+        return JobOutput(open_storage(parent, endpoint_url), job_id)
+    path = Path(url).expanduser().resolve()
+    return JobOutput(open_storage(str(path.parent), endpoint_url), path.name)
+
+
+def _json_bytes(value) -> bytes:
+    return (json.dumps(value, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def _jsonl_bytes(entries: list[dict]) -> bytes:
+    return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode("utf-8")

@@ -1,0 +1,302 @@
+"""Prompt file formats: each reader yields (line, item) with values typed as JSON would type them.
+
+What a prompt file may contain (its fields and their types) is defined here too; `prompts.py` checks
+the values. Every reader streams: one line (or one YAML item) at a time.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from .errors import PromptFileError
+from .params import PARAM_NAMES
+
+DEFAULT_FIELDS = PARAM_NAMES  # what job defaults and a YAML `defaults:` may set
+ID_FIELDS = ("id", "custom_id")
+FIELDS = ID_FIELDS + ("prompt", "title", "images") + PARAM_NAMES
+
+INT_FIELDS = {"seed", "steps", "max_images", "max_new_tokens", "image_size"}
+NUMBER_FIELDS = {"guidance", "temperature", "top_p"}
+STRING_FIELDS = {"id", "custom_id", "prompt", "title", "template", "chat", "negative_prompt", "scheduler"}
+LIST_FIELDS = {"images"}
+
+EXTENSIONS = (".txt", ".jsonl", ".csv", ".yaml", ".yml")
+
+
+@dataclass
+class FileDefaults:
+    """A YAML file's `defaults:` mapping, yielded before its prompts."""
+
+    values: dict
+
+
+def reader_for(path: Path):
+    if not path.exists():
+        raise PromptFileError(path, None, "no such file")
+    if path.is_dir():
+        raise PromptFileError(path, None, "is a directory, not a prompt file")
+    suffix = path.suffix.lower()
+    readers = {".txt": _read_txt, ".jsonl": _read_jsonl, ".csv": _read_csv, ".yaml": _read_yaml, ".yml": _read_yaml}
+    if suffix not in readers:
+        hint = " (JSON Lines files end in .jsonl)" if suffix == ".json" else ""
+        raise PromptFileError(path, None, f"unsupported extension {suffix or '(none)'!r}; use one of "
+                                          f"{', '.join(EXTENSIONS)}{hint}")
+    return readers[suffix]
+
+
+def decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text with its line ending), decoding each line on its own to name a bad one."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PromptFileError(path, number, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                                    f"{e.start + 1}); save the file as UTF-8") from None
+            if number == 1 and text.startswith("\ufeff"):  # a byte-order mark some editors write
+                text = text[1:]
+            yield number, text
+
+
+def _read_txt(path: Path):
+    for number, text in decoded_lines(path):
+        text = text.strip()
+        if text and not text.startswith("#"):
+            yield number, {"prompt": text}
+
+
+def _read_jsonl(path: Path):
+    for number, text in decoded_lines(path):
+        if not text.strip():
+            continue
+        try:
+            item = json.loads(text, object_pairs_hook=_object_without_repeated_keys)
+        except json.JSONDecodeError as e:
+            raise PromptFileError(path, number, f"invalid JSON: {e.msg} (column {e.colno})") from None
+        except _RepeatedKey as e:
+            raise PromptFileError(path, number, "appears twice in the same object", field=e.key) from None
+        if not isinstance(item, dict):
+            raise PromptFileError(path, number, 'each line must be a JSON object like {"prompt": "..."}, '
+                                                f"got {_kind(item)}")
+        yield number, item
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key):
+        self.key = key
+
+
+def _object_without_repeated_keys(pairs):
+    item = dict(pairs)
+    if len(item) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return item
+
+
+def _read_csv(path: Path):
+    reader = csv.reader(text for _, text in decoded_lines(path))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        columns = [name.strip() for name in header]
+        _check_csv_header(path, columns)
+        while True:
+            start = reader.line_num + 1  # the line where this record begins (a quoted cell may span lines)
+            row = next(reader, None)
+            if row is None:
+                return
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) > len(columns):
+                raise PromptFileError(path, start, f"row has {len(row)} cells but the header has {len(columns)} "
+                                                   "columns (quote cells that contain commas)")
+            yield start, {name: _csv_value(path, start, name, cell) for name, cell in zip(columns, row)
+                          if cell.strip() or name == "prompt"}
+    except csv.Error as e:
+        raise PromptFileError(path, reader.line_num, f"invalid CSV: {e}") from None
+
+
+def _check_csv_header(path: Path, columns: list[str]) -> None:
+    seen = set()
+    for number, name in enumerate(columns, 1):
+        if not name:
+            raise PromptFileError(path, 1, f"header column {number} has no name")
+        if name in seen:
+            raise PromptFileError(path, 1, "header names this column twice", field=name)
+        if name not in FIELDS:
+            raise PromptFileError(path, 1, unknown_field_reason(name, "column"), field=name)
+        seen.add(name)
+    if "prompt" not in seen:
+        raise PromptFileError(path, 1, "header has no 'prompt' column")
+
+
+def _csv_value(path: Path, line: int, name: str, cell: str):
+    """A CSV cell is text; give it the type the same value would have in JSON."""
+    text = cell.strip()
+    if name in INT_FIELDS:
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise PromptFileError(path, line, f"must be an integer, got {_show(text)}", field=name)
+        return int(text)
+    if name in NUMBER_FIELDS:
+        try:
+            return float(text)
+        except ValueError:
+            raise PromptFileError(path, line, f"must be a number, got {_show(text)}", field=name) from None
+    if name in LIST_FIELDS:
+        return [part.strip() for part in re.split(r"[|;]", text) if part.strip()]
+    return text
+
+
+def _read_yaml(path: Path):
+    """Items one at a time from the event stream, so a long list is never built whole."""
+    try:
+        with open(path, encoding="utf-8-sig") as stream:
+            loader = yaml.SafeLoader(stream)
+            try:
+                yield from _yaml_items(path, loader)
+            finally:
+                loader.dispose()
+    except UnicodeDecodeError:
+        for _ in decoded_lines(path):  # raises with the line number of the bad bytes
+            pass
+        raise
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise PromptFileError(path, mark.line + 1 if mark else None,
+                              f"invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise PromptFileError(path, None, f"invalid YAML: {e}") from None
+
+
+def _yaml_items(path: Path, loader: yaml.SafeLoader):
+    loader.get_event()  # stream start
+    if loader.check_event(yaml.StreamEndEvent):
+        return
+    loader.get_event()  # document start
+    if loader.check_event(yaml.SequenceStartEvent):
+        yield from _yaml_sequence(path, loader)
+    elif loader.check_event(yaml.MappingStartEvent):
+        yield from _yaml_mapping(path, loader)
+    elif loader.check_event(yaml.ScalarEvent) and loader.peek_event().value == "":
+        loader.get_event()  # a file of comments only: no prompts
+    else:
+        line = loader.peek_event().start_mark.line + 1
+        raise PromptFileError(path, line, "a YAML prompt file is a list of prompts, or a mapping with "
+                                          "'defaults:' and 'prompts:'")
+    loader.get_event()  # document end
+    if not loader.check_event(yaml.StreamEndEvent):
+        line = loader.peek_event().start_mark.line + 1
+        raise PromptFileError(path, line, "only one YAML document is allowed (remove the extra '---')")
+
+
+def _yaml_mapping(path: Path, loader: yaml.SafeLoader):
+    loader.get_event()  # mapping start
+    seen = set()
+    while not loader.check_event(yaml.MappingEndEvent):
+        key_node = loader.compose_node(None, None)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise PromptFileError(path, line, "top-level keys must be 'defaults' or 'prompts'")
+        key = key_node.value
+        if key in seen:
+            raise PromptFileError(path, line, f"'{key}:' appears twice")
+        seen.add(key)
+        if key == "defaults":
+            if "prompts" in seen:
+                raise PromptFileError(path, line, "'defaults:' must come before 'prompts:'")
+            values = _construct(path, loader, loader.compose_node(None, None))
+            if not isinstance(values, dict):
+                raise PromptFileError(path, line, f"'defaults:' must be a mapping, got {_kind(values)}")
+            yield line, FileDefaults(values)
+        elif key == "prompts":
+            if not loader.check_event(yaml.SequenceStartEvent):
+                raise PromptFileError(path, line, "'prompts:' must be a list")
+            yield from _yaml_sequence(path, loader)
+        else:
+            raise PromptFileError(path, line, f"unknown top-level key {key!r}; use 'defaults:' and 'prompts:'")
+    loader.get_event()  # mapping end
+
+
+def _yaml_sequence(path: Path, loader: yaml.SafeLoader):
+    loader.get_event()  # sequence start
+    while not loader.check_event(yaml.SequenceEndEvent):
+        node = loader.compose_node(None, None)
+        line, value = node.start_mark.line + 1, _construct(path, loader, node)
+        if isinstance(value, str):
+            value = {"prompt": value}
+        elif not isinstance(value, dict):
+            raise PromptFileError(path, line, f"each item must be a prompt string or a mapping, got {_kind(value)}")
+        yield line, value
+    loader.get_event()  # sequence end
+
+
+def _construct(path: Path, loader: yaml.SafeLoader, node):
+    if isinstance(node, yaml.MappingNode):  # PyYAML would let a repeated key silently win
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value in seen:
+                raise PromptFileError(path, key_node.start_mark.line + 1, "appears twice in the same item",
+                                      field=key_node.value)
+            seen.add(getattr(key_node, "value", None) if isinstance(key_node, yaml.ScalarNode) else id(key_node))
+    value = loader.construct_object(node, deep=True)
+    loader.constructed_objects.clear()  # the loader would otherwise keep every item it built
+    return value
+
+
+def type_problem(name: str, value) -> str | None:
+    """Why `value` has the wrong type for field `name`, or None if it is fine."""
+    if name in INT_FIELDS:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"must be an integer, got {_show(value)}"
+    if name in NUMBER_FIELDS:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"must be a number, got {_show(value)}"
+    if name in STRING_FIELDS:
+        if isinstance(value, str):
+            return None
+        hint = " (put it in quotes)" if isinstance(value, (int, float)) else ""
+        return f"must be a string, got {_show(value)}{hint}"
+    if name in LIST_FIELDS:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return None if ok else f"must be a list of local paths or s3:// URLs, got {_show(value)}"
+    return None
+
+
+def unknown_field_reason(name, what: str, known=FIELDS) -> str:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown {what}; {hint}known: {', '.join(known)}"
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    names = {int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _show(value) -> str:
+    """A short, unambiguous rendering of a bad value for a message."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (str, int, float, list, dict)) or value is None:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    else:  # e.g. a date YAML read from 2024-01-01
+        text = str(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return text if isinstance(value, str) else f"{text} ({_kind(value)})"

@@ -1,0 +1,47 @@
+"""Prompt templates: wrap a topic into the instruction the model sees (`--template NAME`, or per line).
+
+A template is a text file `templates/prompts/NAME.txt` with `{topic}` where the topic goes.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import ParamsError
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates" / "prompts"
+NO_TEMPLATE = "none"  # the topic is the instruction, unchanged
+TOPIC = "{topic}"
+# Names are file stems; a strict pattern keeps "../x" from ever reaching the file system.
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # used with fullmatch
+
+
+def available() -> list[str]:
+    """Every name `render` accepts, "none" first."""
+    return [NO_TEMPLATE] + sorted(p.stem for p in TEMPLATES_DIR.glob("*.txt") if _NAME.fullmatch(p.stem))
+
+
+def check_template(name: str) -> str:
+    """Return `name` if it is a known template; otherwise raise ParamsError listing the known ones."""
+    if name == NO_TEMPLATE:
+        return name
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or not (TEMPLATES_DIR / f"{name}.txt").is_file():
+        raise ParamsError(f"unknown prompt template {name!r}; available: {', '.join(available())}")
+    return name
+
+
+def render(name: str, topic: str) -> str:
+    """The instruction for `topic` under template `name` ("none" returns the topic unchanged)."""
+    if check_template(name) == NO_TEMPLATE:
+        return topic
+    # str.replace, not str.format: braces in a topic or a template are plain text.
+    return _load(name).replace(TOPIC, topic)
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> str:
+    text = (TEMPLATES_DIR / f"{name}.txt").read_text(encoding="utf-8").strip()
+    if TOPIC not in text:
+        raise ParamsError(f"prompt template {name!r} ({TEMPLATES_DIR / name}.txt) has no {TOPIC} placeholder")
+    return text

@@ -1,0 +1,256 @@
+"""Prompt files (.txt, .jsonl, .csv, .yaml): read one item at a time, check everything, yield PromptSpecs.
+
+A file is validated whole before anything runs (`validate_prompt_file`), then read again to run
+(`iter_prompt_file`); both stream, so a 100,000-line file is never held in memory, only its set of ids.
+
+Where a value comes from, weakest first: GenerationParams defaults, the job's defaults (CLI flags),
+a YAML file's `defaults:`, the item itself. `template` is a parameter like the others: the generator
+applies the prompt template, so `PromptSpec.prompt` is the topic as the user wrote it.
+The file formats themselves are read in `prompt_readers.py`.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from PIL import Image, UnidentifiedImageError
+
+from . import prompt_templates
+from .errors import ParamsError, PromptFileError
+from .ids import document_id, safe_document_id
+from .params import PARAM_NAMES, GenerationParams
+from .prompt_readers import (DEFAULT_FIELDS, FIELDS, EXTENSIONS, FileDefaults, reader_for, type_problem,
+                             unknown_field_reason)
+
+VAE_SCALE_FACTOR = 8  # images are decoded from latents 8x smaller, so sizes must divide by 8
+
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+__all__ = ["EXTENSIONS", "FIELDS", "PromptSpec", "VAE_SCALE_FACTOR", "iter_prompt_file", "validate_prompt_file"]
+
+
+@dataclass
+class PromptSpec:
+    """One document to generate, fully checked."""
+
+    line: int  # 1-based line (txt, jsonl, csv) or line where the YAML item starts
+    id: str  # safe as a path part
+    custom_id: str | None  # the id as the user wrote it, if they did
+    prompt: str  # as the user wrote it (stripped); params.template says how it becomes the instruction
+    title: str | None
+    params: GenerationParams
+    images: list[str] = field(default_factory=list)  # absolute local paths or s3:// URLs
+
+
+def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str) -> int:
+    """Check the whole file in one streaming pass; return how many prompts it holds.
+
+    Raises the first problem as PromptFileError (file, line, field), or ParamsError for bad `defaults`.
+    """
+    return sum(1 for _ in iter_prompt_file(path, defaults, model_id))
+
+
+def iter_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str) -> Iterator[PromptSpec]:
+    """Yield one PromptSpec per prompt, streaming. Call `validate_prompt_file` first so a bad file
+    is rejected before anything is written."""
+    path = Path(path)
+    read_items = reader_for(path)
+    builder = _SpecBuilder(path, _check_job_defaults(defaults or {}), model_id)
+    count = 0
+    for line, item in read_items(path):
+        if isinstance(item, FileDefaults):
+            builder.set_file_defaults(line, item.values)
+            continue
+        yield builder.build(line, item)
+        count += 1
+    if count == 0:
+        raise PromptFileError(path, None, "no prompts in the file")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: one item dict -> PromptSpec, or the first problem as PromptFileError.
+
+
+def _check_job_defaults(defaults: Mapping[str, Any]) -> dict:
+    """Job-wide values from CLI flags; None means the flag was not given. Problems are ParamsError."""
+    values = {name: value for name, value in defaults.items() if value is not None}
+    for name, value in values.items():
+        if name not in DEFAULT_FIELDS:
+            raise ParamsError(f"unknown default parameter {name!r}; known: {', '.join(DEFAULT_FIELDS)}")
+        problem = type_problem(name, value)
+        if problem:
+            raise ParamsError(f"{name}={value!r}: {problem}")
+    if "template" in values:
+        prompt_templates.check_template(values["template"])
+    params = GenerationParams(**values)
+    size_problem = _image_size_problem(params)
+    if size_problem:
+        raise ParamsError(f"image_size={params.image_size!r}: {size_problem}")
+    return values
+
+
+class _SpecBuilder:
+    def __init__(self, path: Path, job_defaults: dict, model_id: str):
+        self.path, self.model_id = path, model_id
+        self.defaults = dict(job_defaults)
+        self.images = _ImageResolver(path)
+        self.seen = _SeenIds()
+
+    def fail(self, line, reason, field=None):
+        raise PromptFileError(self.path, line, reason, field=field)
+
+    def set_file_defaults(self, line: int, values: dict) -> None:
+        for name, value in values.items():
+            if name not in DEFAULT_FIELDS:
+                self.fail(line, unknown_field_reason(name, "default", DEFAULT_FIELDS), field=str(name))
+        merged = {**self.defaults, **self._typed(line, values)}
+        self._params(line, merged)  # out-of-range defaults are reported here, on the defaults' line
+        self.defaults = merged
+
+    def build(self, line: int, item: dict) -> PromptSpec:
+        for name in item:
+            if name not in FIELDS:
+                self.fail(line, unknown_field_reason(name, "field"), field=str(name))
+        values = {**self.defaults, **self._typed(line, item)}
+
+        if "id" in values and "custom_id" in values:
+            self.fail(line, "give either 'id' or 'custom_id', not both", field="custom_id")
+        id_field = "id" if "id" in values else "custom_id" if "custom_id" in values else None
+        custom_id = values.get(id_field) if id_field else None
+        if custom_id is not None and not custom_id.strip():
+            self.fail(line, "is empty", field=id_field)
+
+        if "prompt" not in values:
+            self.fail(line, "is missing", field="prompt")
+        prompt = values["prompt"].strip()
+        if not prompt:
+            self.fail(line, "is empty", field="prompt")
+        title = values.get("title")
+        params = self._params(line, values)
+        located = [self.images.resolve(line, ref) for ref in values.get("images", [])]
+
+        if custom_id is not None:
+            doc_id = safe_document_id(custom_id)
+        else:
+            doc_id = document_id(self.model_id, prompt, params, [identity for _, identity in located], title)
+        self._check_unique(line, doc_id, custom_id, id_field)
+        return PromptSpec(line=line, id=doc_id, custom_id=custom_id, prompt=prompt, title=title, params=params,
+                          images=[location for location, _ in located])
+
+    def _typed(self, line: int, values: dict) -> dict:
+        """Drop nulls (= not given) and check each value's type."""
+        typed = {}
+        for name, value in values.items():
+            if value is None:
+                continue
+            problem = type_problem(name, value)
+            if problem:
+                self.fail(line, problem, field=name)
+            typed[name] = value
+        return typed
+
+    def _params(self, line: int, values: dict) -> GenerationParams:
+        try:
+            params = GenerationParams(**{k: v for k, v in values.items() if k in PARAM_NAMES})
+            prompt_templates.check_template(params.template)
+        except ParamsError as e:
+            if str(e).startswith("unknown prompt template"):
+                self.fail(line, str(e), field="template")
+            # check_params words its errors "name=value: rule"; say it as "rule, got value"
+            match = re.fullmatch(r"(\w+)=(.*?): (.*)", str(e), flags=re.S)
+            if match and match.group(1) in PARAM_NAMES:
+                self.fail(line, f"{match.group(3)}, got {match.group(2)}", field=match.group(1))
+            self.fail(line, str(e))
+        size_problem = _image_size_problem(params)
+        if size_problem:
+            self.fail(line, f"{size_problem}, got {params.image_size}", field="image_size")
+        return params
+
+    def _check_unique(self, line: int, doc_id: str, custom_id: str | None, id_field: str | None) -> None:
+        earlier = self.seen.add(doc_id, line)
+        if earlier is None:
+            return
+        first_line, first_id = earlier
+        if custom_id is None:
+            self.fail(line, f"same prompt and parameters as line {first_line} (document id {doc_id}); "
+                            "give one of them an id or a different seed")
+        if first_id != doc_id:
+            self.fail(line, f"id {custom_id!r} and the id {first_id!r} on line {first_line} differ only in case; "
+                            "they would share a folder on case-insensitive file systems", field=id_field)
+        shown = f"{custom_id!r}" + (f" (document id {doc_id!r})" if doc_id != custom_id else "")
+        self.fail(line, f"duplicate id {shown}: line {first_line} has the same id", field=id_field)
+
+
+class _SeenIds:
+    """Ids seen so far, compared ignoring case. Stores a 64-bit hash and a line per id, not the id
+    itself, so 100,000 ids take a few MB."""
+
+    def __init__(self):
+        self._lines: dict[int, int] = {}
+        self._cased: dict[int, str] = {}  # the few ids with capitals, to name them exactly
+
+    def add(self, doc_id: str, line: int) -> tuple[int, str] | None:
+        """Record `doc_id`; if an id equal ignoring case was seen, return (its line, its id) instead."""
+        folded = doc_id.lower()  # safe ids are ASCII, where lower() is case folding
+        key = hash(folded)
+        if key in self._lines:
+            return self._lines[key], self._cased.get(key, folded)
+        self._lines[key] = line
+        if folded != doc_id:
+            self._cased[key] = doc_id
+        return None
+
+
+class _ImageResolver:
+    """Input pictures: s3:// URLs are kept; local paths are resolved against the prompt file's folder,
+    must exist and be images, and are identified by their content (so a moved folder keeps its ids)."""
+
+    def __init__(self, prompt_file: Path):
+        self.prompt_file = prompt_file
+        self.base = prompt_file.resolve().parent
+
+    def resolve(self, line: int, ref: str) -> tuple[str, str]:
+        """(where the picture is, what identifies it in the document id)."""
+        if not ref.strip():
+            raise PromptFileError(self.prompt_file, line, "has an empty entry", field="images")
+        if ref.startswith("s3://"):
+            bucket, _, key = ref[len("s3://"):].partition("/")
+            if not bucket or not key:
+                raise PromptFileError(self.prompt_file, line, f"{ref!r} needs a bucket and a key: "
+                                                              "s3://bucket/path/to/picture.png", field="images")
+            return ref, ref
+        if _URL_SCHEME.match(ref):
+            raise PromptFileError(self.prompt_file, line, f"unsupported URL {ref!r}: use a local path or "
+                                                          "an s3:// URL", field="images")
+        location = (self.base / ref).resolve()
+        if not location.is_file():
+            raise PromptFileError(self.prompt_file, line, f"input image not found: {location}", field="images")
+        stat = location.stat()
+        identity = _image_identity(str(location), stat.st_mtime_ns, stat.st_size)
+        if identity is None:
+            raise PromptFileError(self.prompt_file, line, f"not an image file: {location}", field="images")
+        return str(location), identity
+
+
+@lru_cache(maxsize=4096)  # many lines often share a picture; keyed on mtime so an edit is seen
+def _image_identity(location: str, mtime_ns: int, size: int) -> str | None:
+    try:
+        with Image.open(location):  # reads the header only
+            pass
+    except (UnidentifiedImageError, OSError):
+        return None
+    digest = hashlib.sha256()
+    with open(location, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _image_size_problem(params: GenerationParams) -> str | None:
+    if params.image_size is not None and params.image_size % VAE_SCALE_FACTOR:
+        return f"must be a multiple of {VAE_SCALE_FACTOR} (the VAE's scale factor)"
+    return None

@@ -1,0 +1,325 @@
+"""Storage (local directory and a real S3 endpoint) and the job output layout on top of it."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from PIL import Image
+
+from dreamgen.errors import StorageError
+from dreamgen.joboutput import JobOutput, open_job_output
+from dreamgen.png_params import read_png_parameters
+from dreamgen.storage import KeyNotFound, LocalStorage, S3Storage, open_storage
+from exporters import export_job
+
+# ------------------------------------------------------------------------------------- the Storage contract
+# The same checks run on a local directory and on a bucket of a real moto_server.
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(tmp_path / "out")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return S3Storage(request.getfixturevalue("s3_bucket"), "some/prefix", endpoint_url=endpoint)
+
+
+def test_write_read_exists_list_delete(storage):
+    storage.write_bytes("job/a.json", b"{}")
+    storage.write_bytes("job/doc/images/00.png", b"png")
+    storage.write_bytes("job/doc/images/00.png", b"png2")  # overwrite
+    storage.write_bytes("other/x", b"x")
+    assert storage.read_bytes("job/doc/images/00.png") == b"png2"
+    assert storage.exists("job/a.json") and not storage.exists("job/missing")
+    assert storage.list("job/") == ["job/a.json", "job/doc/images/00.png"]
+    assert storage.list("job/doc/im") == ["job/doc/images/00.png"]
+    assert storage.list("nothing/") == []
+    storage.delete("job/a.json")
+    storage.delete("job/a.json")  # missing is fine
+    assert not storage.exists("job/a.json")
+    with pytest.raises(KeyNotFound):
+        storage.read_bytes("job/a.json")
+
+
+def test_create_once(storage):
+    assert storage.create_once("job/_done/d.json", b"first") is True
+    assert storage.create_once("job/_done/d.json", b"second") is False
+    assert storage.read_bytes("job/_done/d.json") == b"first"
+
+
+def test_concurrent_create_once_has_exactly_one_winner(storage):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: storage.create_once("job/race.json", str(i).encode()), range(16)))
+    assert results.count(True) == 1
+    assert storage.read_bytes("job/race.json") == str(results.index(True)).encode()
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/./b", "a\\b", "", "a/.."])
+def test_unsafe_keys_are_refused(storage, key):
+    with pytest.raises(StorageError, match="unsafe storage key"):
+        storage.write_bytes(key, b"x")
+
+
+# ------------------------------------------------------------------------------------- local specifics
+
+def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path):
+    storage = LocalStorage(tmp_path)
+    for i in range(5):
+        storage.write_bytes("j/d/document.json", json.dumps({"i": i}).encode())
+        storage.create_once(f"j/_done/{i}.json", b"{}")
+        storage.create_once(f"j/_done/{i}.json", b"{}")
+    names = [name for _, _, files in os.walk(tmp_path) for name in files]
+    assert sorted(names) == ["0.json", "1.json", "2.json", "3.json", "4.json", "document.json"]
+    assert storage.url_for("j/d/document.json") == (tmp_path / "j/d/document.json").resolve().as_uri()
+
+
+def test_open_storage_picks_by_url(tmp_path, monkeypatch):
+    local = open_storage(str(tmp_path / "out"))
+    assert isinstance(local, LocalStorage) and local.location == str(tmp_path / "out")
+    monkeypatch.setenv("DREAMGEN_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    s3 = open_storage("s3://bucket/a/b/")
+    assert isinstance(s3, S3Storage) and (s3.bucket, s3.prefix, s3.endpoint_url) == ("bucket", "a/b", "http://127.0.0.1:9")
+    assert s3.location == "s3://bucket/a/b"
+    assert open_storage("s3://bucket", endpoint_url="http://other:1").endpoint_url == "http://other:1"
+    with pytest.raises(StorageError, match="names no bucket"):
+        open_storage("s3:///x")
+    with pytest.raises(StorageError, match="unsupported output location"):
+        open_storage("gs://bucket/x")
+
+
+def test_s3_client_settings_for_custom_endpoints():
+    config = S3Storage("b", endpoint_url="http://127.0.0.1:9").client.meta.config
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
+    assert config.retries["mode"] == "standard" and config.retries["total_max_attempts"] >= 5
+
+
+# ------------------------------------------------------------------------------------- S3 specifics
+
+def test_s3_keys_live_under_the_prefix(s3_endpoint, s3_bucket):
+    import boto3
+
+    storage = S3Storage(s3_bucket, "runs/2026", endpoint_url=s3_endpoint)
+    storage.write_bytes("job/doc/index.html", b"<p>hi</p>")
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    head = client.head_object(Bucket=s3_bucket, Key="runs/2026/job/doc/index.html")
+    assert head["ContentType"].startswith("text/html")
+    assert storage.url_for("job/doc/index.html") == f"{s3_endpoint}/{s3_bucket}/runs/2026/job/doc/index.html"
+    assert S3Storage(s3_bucket, "", endpoint_url=s3_endpoint).list("runs/") == ["runs/2026/job/doc/index.html"]
+
+
+def test_s3_missing_bucket_is_one_clear_line(s3_endpoint, fake_secret):
+    storage = S3Storage("no-such-bucket-dreamgen", "p", endpoint_url=s3_endpoint)
+    for action in (storage.check, lambda: storage.write_bytes("k", b"x"), lambda: storage.read_bytes("k"),
+                   lambda: storage.list("k"), lambda: storage.create_once("k", b"x")):
+        with pytest.raises(StorageError) as caught:
+            action()
+        message = str(caught.value)
+        assert "S3 bucket 'no-such-bucket-dreamgen' does not exist" in message, message
+        assert "\n" not in message and fake_secret not in message and "testing" not in message
+
+
+def test_s3_denied_access_is_one_clear_line(s3_endpoint_denying, fake_secret):
+    storage = S3Storage("private-bucket", "p", endpoint_url=s3_endpoint_denying)
+    for action in (storage.check, lambda: storage.write_bytes("k", b"x"), lambda: storage.list(""),
+                   lambda: storage.exists("k"), lambda: storage.create_once("k", b"x")):
+        with pytest.raises(StorageError) as caught:
+            action()
+        message = str(caught.value)
+        assert message.startswith("access denied to S3 bucket 'private-bucket'"), message
+        assert "\n" not in message and fake_secret not in message and "testing" not in message
+
+
+def test_s3_create_once_without_conditional_writes_falls_back(s3_endpoint, s3_bucket):
+    storage = S3Storage(s3_bucket, endpoint_url=s3_endpoint)
+    storage._conditional_writes = False  # as after a server answered NotImplemented to IfNoneMatch
+    assert storage.create_once("k", b"1") is True
+    assert storage.create_once("k", b"2") is False
+    assert storage.read_bytes("k") == b"1"
+
+
+# ------------------------------------------------------------------------------------- the job layout
+
+class RecordingStorage(LocalStorage):
+    """A real local storage that also notes the order of writes (and can fail on one key)."""
+
+    def __init__(self, root, fail_on=None):
+        super().__init__(root)
+        self.writes, self.fail_on = [], fail_on
+
+    def write_bytes(self, key, data, content_type=None):
+        if self.fail_on and key.endswith(self.fail_on):
+            raise StorageError(f"disk full writing {key}")
+        self.writes.append(key)
+        super().write_bytes(key, data, content_type)
+
+    def create_once(self, key, data, content_type=None):
+        self.writes.append(key)
+        return super().create_once(key, data, content_type)
+
+
+def test_save_document_writes_the_layout_in_order_and_marks_done_last(make_doc, tmp_path):
+    storage = RecordingStorage(tmp_path)
+    job = JobOutput(storage, "job-1")
+    job.write_job({"id": "job-1", "model": "tiny-dreamllm"})
+    doc = make_doc("doc-1", custom_id="Doc 1")
+    entry = job.save_document(doc)
+    assert storage.writes == ["job-1/job.json", "job-1/doc-1/images/00.png", "job-1/doc-1/images/01.png",
+                              "job-1/doc-1/document.json", "job-1/doc-1/index.md", "job-1/doc-1/index.html",
+                              "job-1/_done/doc-1.json"]
+    assert entry["id"] == "doc-1" and entry["custom_id"] == "Doc 1" and entry["title"] == "Autumn forest"
+    assert entry["path"] == "doc-1" and entry["images"] == ["doc-1/images/00.png", "doc-1/images/01.png"]
+    for block in doc.images:
+        data = storage.read_bytes(f"job-1/doc-1/{block.path}")
+        assert block.sha256 == hashlib.sha256(data).hexdigest()
+    assert job.done_ids() == {"doc-1"}
+    assert job.load_document("doc-1").to_dict() == doc.to_dict()
+
+
+def _png_text_chunks(data: bytes) -> dict[str, tuple[bytes, str]]:
+    """{keyword: (chunk type, text)} for the tEXt/iTXt chunks of a PNG, read straight from its bytes."""
+    chunks, at = {}, 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        body = data[at + 8:at + 8 + length]
+        if kind == b"tEXt":
+            key, _, text = body.partition(b"\0")
+            chunks[key.decode("latin-1")] = (kind, text.decode("latin-1"))
+        elif kind == b"iTXt":
+            key, _, rest = body.partition(b"\0")
+            text = rest[2:].split(b"\0", 2)[2]
+            chunks[key.decode("latin-1")] = (kind, text.decode("utf-8"))
+        at += length + 12
+    return chunks
+
+
+def test_pngs_carry_their_generation_parameters(make_doc, tmp_path):
+    storage = LocalStorage(tmp_path)
+    doc = make_doc("doc-1", prompt="A walk, café included")
+    doc.params["negative_prompt"] = "blurry"
+    JobOutput(storage, "job-1").save_document(doc)
+    data = storage.read_bytes("job-1/doc-1/images/01.png")
+    chunks = _png_text_chunks(data)
+    kind, meta_text = chunks["dreamgen"]
+    assert kind == b"tEXt"
+    meta = json.loads(meta_text)
+    assert meta == read_png_parameters(data)
+    assert (meta["prompt"], meta["model"], meta["seed"], meta["document"], meta["image_index"]) == (
+        "A walk, café included", "tiny-dreamllm", 8, "doc-1", 1)
+    assert meta["params"] == doc.params
+    parameters = chunks["parameters"][1]
+    assert parameters.startswith("A walk, café included\nNegative prompt: blurry\nSteps: 50, Sampler: DDPM")
+    assert "CFG scale: 7.5, Seed: 8, Size: 16x16, Model: tiny-dreamllm" in parameters
+    assert Image.open(io.BytesIO(data)).size == (16, 16)
+
+
+def test_a_failed_save_leaves_the_document_unfinished_and_a_retry_finishes_it(make_doc, tmp_path):
+    broken = RecordingStorage(tmp_path, fail_on="index.html")
+    with pytest.raises(StorageError):
+        JobOutput(broken, "job-1").save_document(make_doc("doc-1"))
+    job = JobOutput(LocalStorage(tmp_path), "job-1")
+    assert job.done_ids() == set() and job.finalize()["done"] == 0
+    job.record_error("doc-1", None, RuntimeError("disk full"))
+    job.save_document(make_doc("doc-1"))
+    assert job.done_ids() == {"doc-1"} and job.failed() == []
+
+
+def test_manifest_and_errors(make_doc, tmp_path):
+    job = JobOutput(LocalStorage(tmp_path), "job-1")
+    job.write_job({"id": "job-1"})
+    for name in ("a", "b"):
+        job.save_document(make_doc(name))
+    job.save_document(make_doc("a"))  # saved again (a retry or a second worker): still one line
+    job.record_error("c", "my-c", ValueError("prompt too long"))
+    job.record_error("d", None, "CUDAOutOfMemory", "out of memory at step 3")
+    job.record_error("d", None, "CUDAOutOfMemory", "out of memory again")  # the latest failure wins
+    counts = job.finalize()
+    assert counts == {"done": 2, "failed": 2}
+    manifest = [json.loads(line) for line in (tmp_path / "job-1/manifest.jsonl").read_text().splitlines()]
+    assert sorted(e["id"] for e in manifest) == ["a", "b"]
+    assert set(manifest[0]) >= {"id", "custom_id", "title", "path", "images", "finished"}
+    errors = [json.loads(line) for line in (tmp_path / "job-1/errors.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["custom_id"], e["error"], e["message"]) for e in errors] == [
+        ("c", "my-c", "ValueError", "prompt too long"), ("d", None, "CUDAOutOfMemory", "out of memory again")]
+    assert (tmp_path / "job-1/index.html").is_file()
+
+
+def test_a_rerun_skipping_done_documents_produces_each_once(make_doc, tmp_path):
+    names = [f"doc-{i}" for i in range(5)]
+    first = JobOutput(LocalStorage(tmp_path), "job-1")
+    for name in names[:3]:  # then the run stops (Ctrl-C, a crash)
+        first.save_document(make_doc(name))
+    rerun = JobOutput(LocalStorage(tmp_path), "job-1")
+    done = rerun.done_ids()
+    saved = [name for name in names if name not in done and rerun.save_document(make_doc(name))]
+    assert saved == names[3:]
+    rerun.finalize()
+    lines = (tmp_path / "job-1/manifest.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == names
+
+
+def _worker_saves(root, names, make_doc):
+    job = JobOutput(LocalStorage(root), "job-1")
+    for name in names:
+        job.save_document(make_doc(name))
+
+
+def test_concurrent_worker_processes_never_lose_or_double_a_line(make_doc, tmp_path):
+    # Four processes; each saves its own documents plus a shared one, as redelivered tasks would.
+    context = multiprocessing.get_context("fork")
+    names = [[f"w{w}-{i}" for i in range(4)] + ["shared"] for w in range(4)]
+    workers = [context.Process(target=_worker_saves, args=(str(tmp_path), n, make_doc)) for n in names]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    job = JobOutput(LocalStorage(tmp_path), "job-1")
+    assert job.finalize() == {"done": 17, "failed": 0}
+    ids = [json.loads(line)["id"] for line in (tmp_path / "job-1/manifest.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 17
+
+
+def test_ids_that_are_not_safe_never_reach_a_key(make_doc, tmp_path):
+    job = JobOutput(LocalStorage(tmp_path), "job-1")
+    with pytest.raises(StorageError):
+        job.record_error("../escape", None, "X", "y")
+    with pytest.raises(StorageError):
+        job.save_document(make_doc("../escape"))
+    assert not (tmp_path / "escape").exists()
+
+
+def test_open_job_output_splits_a_job_folder(tmp_path, monkeypatch):
+    local = open_job_output(str(tmp_path / "out" / "job-7") + "/")
+    assert local.job_id == "job-7" and local.storage.location == str(tmp_path / "out")
+    s3 = open_job_output("s3://bucket/prefix/job-7", endpoint_url="http://127.0.0.1:9")
+    assert (s3.job_id, s3.storage.bucket, s3.storage.prefix) == ("job-7", "bucket", "prefix")
+    with pytest.raises(StorageError, match="names a bucket, not a job folder"):
+        open_job_output("s3://bucket")
+
+
+def test_the_whole_job_on_s3(make_doc, s3_endpoint, s3_bucket):
+    storage = S3Storage(s3_bucket, "out", endpoint_url=s3_endpoint)
+    job = JobOutput(storage, "job-s3")
+    job.write_job({"id": "job-s3", "model": "tiny-dreamllm"})
+    job.save_document(make_doc("doc-a"))
+    job.save_document(make_doc("doc-b"))
+    job.record_error("doc-c", "c", RuntimeError("boom"))
+    assert job.finalize() == {"done": 2, "failed": 1}
+    keys = storage.list("job-s3/")
+    for key in ("job.json", "manifest.jsonl", "errors.jsonl", "index.html", "doc-a/document.json",
+                "doc-a/images/00.png", "doc-a/index.md", "doc-a/index.html", "_done/doc-a.json"):
+        assert f"job-s3/{key}" in keys
+    # a second worker (a new client, as in another process) sees the same state
+    other = JobOutput(S3Storage(s3_bucket, "out", endpoint_url=s3_endpoint), "job-s3")
+    assert other.done_ids() == {"doc-a", "doc-b"} and [e["id"] for e in other.failed()] == ["doc-c"]
+    assert other.load_document("doc-a").images[1].path == "images/01.png"
+    storage.delete("job-s3/doc-a/index.md")
+    assert export_job(storage, "job-s3", ["md"]) == 2
+    assert storage.read_bytes("job-s3/doc-a/index.md").startswith(b"---\ntitle: Autumn forest\n")
