@@ -161,7 +161,9 @@ def open_job(config: JobConfig) -> tuple[JobOutput, int]:
     total = validate_prompt_file(config.prompts, config.defaults, config.model)
     job_id = config.job_id or new_job_id()
     config.job_id = job_id
-    output = JobOutput(open_storage(config.out, config.endpoint_url), job_id)
+    storage = open_storage(config.out, config.endpoint_url)
+    storage.check()  # a missing bucket or a read-only folder is reported now, not after the first document
+    output = JobOutput(storage, job_id)
     previous = output.read_job() or {}
     output.write_job(config.record(created=previous.get("created") or utc_now(), total=total, status="running"))
     return output, total
@@ -198,9 +200,10 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
                            on_event, should_stop)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
+    record = {**(output.read_job() or config.record()), "status": status, "finished": utc_now()}
+    output.write_job(record)  # first, so the index page shows when the job finished
     counts = output.finalize(config.formats)
-    record = output.read_job() or config.record()
-    output.write_job({**record, "status": status, "finished": utc_now(), **counts})
+    output.write_job({**record, **counts})
     summary = JobSummary(job_id=config.job_id, total=total, done=counts["done"], failed=counts["failed"],
                          skipped=len(done_before), location=output.url_for("index.html" if "html" in config.formats
                                                                            else "manifest.jsonl"),

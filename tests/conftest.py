@@ -141,3 +141,26 @@ def s3_bucket(s3_endpoint):
         for item in page.get("Contents", []):
             client.delete_object(Bucket=name, Key=item["Key"])
     client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def dreamgen_home(tmp_path_factory):
+    """Built-in models and engine caches go to a folder of the test session, never the user's cache."""
+    home = tmp_path_factory.mktemp("dreamgen-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DREAMGEN_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="session")
+def installed_tiny(dreamgen_home):
+    """The built-in tiny-random model written into DREAMGEN_HOME from the model already built in this process,
+    so commands that load it by name (CLI, worker processes) start at once."""
+    from dreamgen.checkpoint import save_checkpoint
+    from tests.helpers import tiny_model
+
+    target = dreamgen_home / "models" / "tiny-random"
+    if not (target / ".complete").exists():
+        save_checkpoint(tiny_model(), target, safetensors=True)
+        (target / ".complete").write_text("ok\n")
+    return target

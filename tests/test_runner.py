@@ -1,0 +1,192 @@
+"""Whole jobs in one process: storage layout, re-runs, interruption and resume, failures, S3, the command."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import cli
+from dreamgen.errors import StorageError
+from dreamgen.runner import JobConfig, JobInterrupted, resume_config, run_job
+from tests.helpers import tiny_generator
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = {"steps": 2, "max_new_tokens": 30}
+
+
+def write_jsonl(path: Path, n: int, **extra) -> Path:
+    path.write_text("".join(json.dumps({"id": f"doc-{i}", "prompt": f"topic number {i}", "seed": i, **extra}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+class CountingGenerator:
+    """The real tiny generator, counting the documents it is asked for."""
+
+    def __init__(self):
+        self.inner, self.requests = tiny_generator(), 0
+
+    def generate(self, requests, **kwargs):
+        self.requests += len(requests)
+        return self.inner.generate(requests, **kwargs)
+
+
+def manifest_ids(job_dir: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in (job_dir / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_a_job_writes_the_documented_layout(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", 5)
+    summary = run_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), job_id="j1", defaults=FAST,
+                                batch_size=3), make_generator=lambda c: tiny_generator())
+    assert (summary.done, summary.failed, summary.total, summary.status) == (5, 0, 5, "finished")
+    job = tmp_path / "out" / "j1"
+    for name in ("job.json", "manifest.jsonl", "errors.jsonl", "index.html"):
+        assert (job / name).is_file(), name
+    assert sorted(manifest_ids(job)) == [f"doc-{i}" for i in range(5)]
+    for i in range(5):
+        doc = json.loads((job / f"doc-{i}" / "document.json").read_text())
+        assert doc["job_id"] == "j1" and doc["params"]["seed"] == i and doc["params"]["steps"] == 2
+        for block in doc["blocks"]:
+            if block["type"] == "image":
+                assert (job / f"doc-{i}" / block["path"]).is_file()
+        assert (job / f"doc-{i}" / "index.md").is_file() and (job / f"doc-{i}" / "index.html").is_file()
+    record = json.loads((job / "job.json").read_text())
+    assert record["status"] == "finished" and record["done"] == 5 and record["total"] == 5
+    assert summary.location.endswith("/j1/index.html")
+
+
+def test_running_a_job_again_generates_nothing_twice(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", 4)
+    config = dict(prompts=str(prompts), out=str(tmp_path / "out"), job_id="again", defaults=FAST)
+    first, second = CountingGenerator(), CountingGenerator()
+    run_job(JobConfig(**config), make_generator=lambda c: first)
+    summary = run_job(JobConfig(**config), make_generator=lambda c: second)
+    assert first.requests == 4 and second.requests == 0
+    assert summary.skipped == 4 and summary.done == 4
+    assert sorted(manifest_ids(tmp_path / "out" / "again")) == [f"doc-{i}" for i in range(4)]
+
+
+def test_interrupted_job_resumes_and_produces_each_document_once(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", 7)
+    stored = []
+
+    def on_event(kind, info):
+        if kind == "document":
+            stored.append(info["id"])
+
+    config = JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), job_id="stop", defaults=FAST, batch_size=2)
+    with pytest.raises(JobInterrupted) as caught:
+        run_job(config, on_event=on_event, make_generator=lambda c: tiny_generator(),
+                should_stop=lambda: len(stored) >= 3)
+    assert caught.value.summary.status == "interrupted"
+    assert 3 <= caught.value.summary.done < 7
+    job = tmp_path / "out" / "stop"
+    assert json.loads((job / "job.json").read_text())["status"] == "interrupted"
+
+    counting = CountingGenerator()
+    resumed = resume_config("stop", str(tmp_path / "out"))
+    assert resumed.defaults == FAST and resumed.batch_size == 2
+    summary = run_job(resumed, make_generator=lambda c: counting)
+    assert summary.done == 7 and summary.status == "finished"
+    assert counting.requests == 7 - caught.value.summary.done
+    ids = manifest_ids(job)
+    assert sorted(ids) == [f"doc-{i}" for i in range(7)] and len(ids) == len(set(ids))
+
+
+def test_a_failing_document_is_recorded_and_the_job_goes_on(tmp_path):
+    picture = tmp_path / "cat.png"
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(picture)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "fine", "prompt": "a walk"}) + "\n"
+                       + json.dumps({"id": "broken", "prompt": "describe <image>", "images": ["cat.png"]}) + "\n")
+
+    config = JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), job_id="f", defaults=FAST)
+
+    def make(c):
+        picture.write_bytes(b"not a png any more")  # spoilt after validation, before generation
+        return tiny_generator()
+
+    summary = run_job(config, make_generator=make)
+    assert (summary.done, summary.failed) == (1, 1)
+    errors = [json.loads(line) for line in (tmp_path / "out" / "f" / "errors.jsonl").read_text().splitlines()]
+    assert errors[0]["id"] == "broken" and "input image" in errors[0]["message"]
+    assert manifest_ids(tmp_path / "out" / "f") == ["fine"]
+
+
+def test_a_job_to_s3_over_http(tmp_path, s3_endpoint, s3_bucket):
+    import boto3
+    prompts = write_jsonl(tmp_path / "p.jsonl", 3)
+    summary = run_job(JobConfig(prompts=str(prompts), out=f"s3://{s3_bucket}/articles", job_id="s3job",
+                                defaults=FAST, endpoint_url=s3_endpoint), make_generator=lambda c: tiny_generator())
+    assert summary.done == 3
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert {"articles/s3job/job.json", "articles/s3job/manifest.jsonl", "articles/s3job/index.html",
+            "articles/s3job/doc-0/document.json", "articles/s3job/doc-2/index.md"} <= keys
+    manifest = client.get_object(Bucket=s3_bucket, Key="articles/s3job/manifest.jsonl")["Body"].read().decode()
+    assert sorted(json.loads(line)["id"] for line in manifest.splitlines()) == ["doc-0", "doc-1", "doc-2"]
+
+
+def test_a_missing_bucket_fails_before_anything_is_generated(tmp_path, s3_endpoint):
+    prompts = write_jsonl(tmp_path / "p.jsonl", 2)
+    counting = CountingGenerator()
+    with pytest.raises(StorageError, match="no-such-bucket-here"):
+        run_job(JobConfig(prompts=str(prompts), out="s3://no-such-bucket-here/x", endpoint_url=s3_endpoint,
+                          defaults=FAST), make_generator=lambda c: counting)
+    assert counting.requests == 0
+
+
+def test_dreamgen_run_on_the_readme_example_from_a_clean_directory(tmp_path, installed_tiny, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["run", str(REPO / "examples" / "prompts.jsonl"), "--out", "out",
+                                      "--job-id", "readme", "--steps", "2", "--max-new-tokens", "30"])
+    assert result.exit_code == 0, result.output
+    assert "Job readme: 4 done, 0 failed, 4 in the file" in result.output
+    assert f"Open: file://{tmp_path}/out/readme/index.html" in result.output
+    assert len(manifest_ids(tmp_path / "out" / "readme")) == 4
+
+
+def test_a_bad_prompt_file_is_rejected_whole_and_nothing_is_written(tmp_path):
+    prompts = tmp_path / "bad.jsonl"
+    prompts.write_text('{"prompt": "fine"}\n{"prompt": "bad", "steps": "ten"}\n')
+    result = CliRunner().invoke(cli, ["run", str(prompts), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert f"Error: {prompts}:2: field 'steps':" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, installed_tiny):
+    prompts = write_jsonl(tmp_path / "p.jsonl", 10)
+    dreamgen = Path(sys.executable).parent / "dreamgen"
+    out = tmp_path / "out"
+    args = [str(dreamgen), "run", str(prompts), "--out", str(out), "--job-id", "ctrlc", "--batch-size", "2",
+            "--steps", "25", "--max-new-tokens", "40"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "COLUMNS": "120"})
+    done_dir = out / "ctrlc" / "_done"
+    deadline = time.monotonic() + 120
+    while not (done_dir.exists() and any(done_dir.iterdir())):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 130, output
+    assert "Resume with: dreamgen run --resume ctrlc" in output
+    assert "Traceback" not in output
+    partial = manifest_ids(out / "ctrlc")
+    assert 1 <= len(partial) < 10
+
+    resumed = subprocess.run([str(dreamgen), "run", "--resume", "ctrlc", "--out", str(out)], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    ids = manifest_ids(out / "ctrlc")
+    assert sorted(ids) == sorted(f"doc-{i}" for i in range(10)) and len(set(ids)) == 10
+    assert f"({len(partial)} already done before)" in resumed.stdout
