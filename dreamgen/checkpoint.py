@@ -215,9 +215,16 @@ def load_model(name_or_path: str, dtype: str = "fp32", device: str = "cpu") -> D
                      dtype=dtype, device=str(torch_device))
     model = DreamLLM(llm, vision, dream, head, tokenizer, special, info, config.get("plugins_init_kwargs", {}))
     model.eval().requires_grad_(False)
-    for part in (llm, vision, dream, head.unet, head.projector):
-        part.to(device=torch_device, dtype=torch_dtype)
-    head.vae.to(device=torch_device, dtype=torch.float32)  # the VAE overflows in fp16; a small share of the cost
+    # Weights are built in fp32; cast only when asked (diffusers warns, needlessly, on every .to(dtype=...)).
+    from diffusers.utils import logging as diffusers_logging
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        for part in (llm, vision, dream, head.unet, head.projector):
+            part.to(device=torch_device, dtype=torch_dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    head.vae.to(torch_device)  # stays fp32: the VAE overflows in fp16, and it is a small share of the cost
     return model
 
 

@@ -1,0 +1,83 @@
+"""The commands as a user meets them: exit codes and the exact lines they print."""
+import json
+
+from click.testing import CliRunner
+
+from cli import cli
+from dreamgen.checkpoint import load_model
+from tests.helpers import tiny_model
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_every_command_has_help_with_an_example():
+    for command in (["run"], ["generate"], ["export"], ["model", "init-tiny"], ["model", "inspect"]):
+        result = invoke(*command, "--help")
+        assert result.exit_code == 0
+        assert "Example" in result.output, command
+
+
+def test_model_init_tiny_writes_a_loadable_deterministic_checkpoint(tmp_path):
+    result = invoke("model", "init-tiny", str(tmp_path / "a"))
+    assert result.exit_code == 0
+    assert result.output == f"Wrote a tiny DreamLLM to {tmp_path / 'a'}\n"
+    invoke("model", "init-tiny", str(tmp_path / "b"), "--safetensors")
+    a, b = load_model(str(tmp_path / "a")), load_model(str(tmp_path / "b"))
+    for (key, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert x.equal(y), key  # same seed, same weights, whatever the file format
+    # and the same weights as the built-in tiny-random model
+    assert a.dream.dream_queries.equal(tiny_model().dream.dream_queries)
+
+
+def test_model_inspect_prints_parts_shapes_and_token_ids(tmp_path):
+    invoke("model", "init-tiny", str(tmp_path / "ck"))
+    result = invoke("model", "inspect", str(tmp_path / "ck"))
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == f"Checkpoint {tmp_path / 'ck'}"
+    assert "  LLM: vocab 32008, hidden 64, 2 layers, 4 heads, 1024 positions" in lines
+    assert "      dream_queries (1, 8, 64)" in lines
+    assert "    dream_embedding.bin: 1 tensors, 512 parameters, float32" in lines
+    assert ("  special tokens: [PAD]=32000 <im_start>=32001 <dream_end>=32002 <dream_start>=32003 <im_patch>=32004 "
+            "<im_end>=32005 <image>=32006 <dream>=32007") in lines
+    data = json.loads(invoke("model", "inspect", str(tmp_path / "ck"), "--json").output)
+    assert data["parts"]["stable_diffusion_head"]["shapes"]["projector.projector.weight"] == [32, 64]
+
+
+def test_model_inspect_names_a_missing_part(tmp_path):
+    invoke("model", "init-tiny", str(tmp_path / "ck"))
+    (tmp_path / "ck" / "dream_embedding.bin").unlink()
+    result = invoke("model", "inspect", str(tmp_path / "ck"))
+    assert "    dream_embedding: MISSING (" in result.output
+
+
+def test_generate_writes_one_document(tmp_path, installed_tiny):
+    result = invoke("generate", "How to build a bird house", "--out", str(tmp_path / "g"), "--steps", "2",
+                    "--max-new-tokens", "40", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    doc_id = first.split(":")[0]
+    doc = json.loads((tmp_path / "g" / doc_id / "document.json").read_text())
+    assert doc["prompt"] == "How to build a bird house" and doc["params"]["seed"] == 3
+    images = [b for b in doc["blocks"] if b["type"] == "image"]
+    assert first == f"{doc_id}: {len(''.join(b['text'] for b in doc['blocks'] if b['type'] == 'text').split())} words, " \
+                    f"{len(images)} images ({doc['stop_reason']})."
+    assert all((tmp_path / "g" / doc_id / b["path"]).is_file() for b in images)
+
+
+def test_generate_image_only_paints_one_picture(tmp_path, installed_tiny):
+    result = invoke("generate", "--image-only", "a red circle", "--out", str(tmp_path / "g"), "--steps", "2")
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0].endswith(": 0 words, 1 images (image_only).")
+
+
+def test_bad_flags_name_the_flag(tmp_path):
+    result = CliRunner().invoke(cli, ["generate", "x", "--steps", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Error: steps=0: must be an integer in [1, 1000]" in result.output
+    result = CliRunner().invoke(cli, ["run", "--resume", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "Error: no job nope in" in result.output
+    result = CliRunner().invoke(cli, ["generate", "x", "--model", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "no checkpoint directory at" in result.output
