@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dreamgen run examples/prompts.jsonl --out out
+	$(BIN)/dreamgen run examples/prompts.jsonl --out out --job-id demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
