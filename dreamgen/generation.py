@@ -226,8 +226,7 @@ class Generator:
         pieces = self.render_instruction(request).split(IMAGE_PLACEHOLDER)
         features = []
         if request.images:
-            pixels = [pil_to_tensor(im) for im in request.images]
-            features = [self.components.encode_images(p[None].to(self.model.device))[0] for p in pixels]
+            features = self.read_images([pil_to_tensor(im).to(self.model.device) for im in request.images])
         parts = [self._embed(bos + self._tokens(pieces[0]))]
         for feats, piece in zip(features, pieces[1:]):
             parts.append(self.image_block_embeddings(feats))
@@ -323,10 +322,10 @@ class Generator:
             jobs.append(ImageJob(cond=cond, uncond=self.unconditional(p.negative_prompt),
                                  seed=image_seed(p.seed, row.images_done), steps=p.steps, guidance=p.guidance,
                                  scheduler=p.scheduler, height=size, width=size))
-        images = self.paint(jobs, check_cancel)
         # Feed back the picture as stored (8-bit), so a resumed or re-read document sees the same pixels.
-        images = (images * 255).round() / 255
-        features = self.components.encode_images(images) if any(not r.request.image_only for r in dreamers) else None
+        images = [(image * 255).round() / 255 for image in self.paint(jobs, check_cancel)]
+        readers = [k for k, r in enumerate(dreamers) if not r.request.image_only]
+        features = dict(zip(readers, self.read_images([images[k] for k in readers])))
         for k, (row, job) in enumerate(zip(dreamers, jobs)):
             row.dreaming = False
             row.blocks.append(ImageBlock(index=row.images_done, width=job.width, height=job.height, seed=job.seed,
@@ -340,8 +339,20 @@ class Generator:
                 if row.real_len + row.forced.shape[0] > self.model.max_positions:
                     row.forced, row.stop_reason = None, "context_full"
 
-    def paint(self, jobs: list[ImageJob], check_cancel=None) -> torch.Tensor:
-        """Denoise every job, batching those that share timesteps and size; returns (N, 3, H, W) in [0, 1]."""
+    def read_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Image-block features (P, H) of pictures (3, h, w) in [0, 1], encoded in one batch per size."""
+        features: list[torch.Tensor | None] = [None] * len(images)
+        by_size: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape), []).append(i)
+        for indices in by_size.values():
+            encoded = self.components.encode_images(torch.stack([images[i] for i in indices]))
+            for i, f in zip(indices, encoded):
+                features[i] = f
+        return features
+
+    def paint(self, jobs: list[ImageJob], check_cancel=None) -> list[torch.Tensor]:
+        """Denoise every job, batching those that share timesteps and size; returns (3, H, W) images in [0, 1]."""
         head = self.model.head
         results: list[torch.Tensor | None] = [None] * len(jobs)
         groups: dict[tuple, list[int]] = {}
@@ -353,9 +364,7 @@ class Generator:
                                    self.model.device, self.model.dtype, check_cancel)
             for i, image in zip(indices, images):
                 results[i] = image
-        if len({tuple(r.shape) for r in results}) > 1:
-            return results  # mixed sizes stay a list
-        return torch.stack(results)
+        return results
 
     # ------------------------------------------------------------------------------------------ the KV cache
     def _select_rows(self, keep: list[int]) -> None:

@@ -159,3 +159,18 @@ def test_document_serialises_to_json():
     data = json.loads(json.dumps(doc.to_dict()))
     assert data["model"] == tiny_model().info.name and data["params"]["seed"] == 1
     assert [b["type"] for b in data["blocks"]] == [b.type for b in doc.blocks]
+
+
+def test_pictures_of_different_sizes_in_one_step():
+    gen = tiny_generator()
+    requests = [DocumentRequest("a red circle", GenerationParams(seed=1, steps=2, image_size=size), image_only=True)
+                for size in (64, 32, 64, 48)]
+    docs = gen.generate(requests)
+    assert [d.images[0].image.size for d in docs] == [(64, 64), (32, 32), (64, 64), (48, 48)]
+    alone = gen.generate([requests[1]])[0]
+    assert max_pixel_diff(alone.images[0].image, docs[1].images[0].image) <= 1
+    # and they are read back in one batch per size, as each would be alone
+    pictures = [torch.rand(3, s, s) for s in (64, 32, 64)]
+    together = gen.read_images(pictures)
+    for picture, features in zip(pictures, together):
+        torch.testing.assert_close(features, gen.components.encode_images(picture[None])[0], rtol=1e-4, atol=1e-5)
