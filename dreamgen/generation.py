@@ -64,6 +64,7 @@ class _Row:
     segment: torch.Tensor | None = None  # (T, H) embeddings to feed next
     forced: torch.Tensor | None = None  # a segment the loop must feed next (the image block after a picture)
     dreaming: bool = False  # the segment being fed ends with a dream block
+    query_states: torch.Tensor | None = None  # (Q, H) post-norm states at the queries of that dream block
     stop_reason: str = ""
 
     @property

@@ -134,7 +134,6 @@ class DreamLLM(nn.Module):
         self.special = special
         self.info = info
         self.plugin_config = plugin_config  # the checkpoint's plugins_init_kwargs, kept for saving
-        self._uncond_cache: dict = {}
 
     @property
     def device(self) -> torch.device:
