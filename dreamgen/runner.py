@@ -213,7 +213,12 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     return summary
 
 
-def default_generator(config: JobConfig) -> Generator:
+def default_generator(config: JobConfig, report: Callable[[str], None] | None = None) -> Generator:
+    """The model on the job's backend; report(line) hears which backend was chosen and why."""
     from .checkpoint import load_model
+    from .engines import select_backend
 
-    return Generator(load_model(config.model, dtype=config.dtype, device=config.device))
+    model = load_model(config.model, dtype=config.dtype, device=config.device)
+    components, message = select_backend(config.backend, model)
+    (report or log.info)(message)
+    return Generator(model, components)
