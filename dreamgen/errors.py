@@ -29,3 +29,29 @@ class StorageError(DreamgenError):
 
 class EngineError(DreamgenError):
     """A compiled engine cannot be built, loaded or run (backend missing, cache mismatch)."""
+
+
+class BrokerUnavailable(DreamgenError):
+    """The Redis broker cannot be reached; the message names the URL (password hidden) and the reason."""
+
+
+class JobNotFound(DreamgenError):
+    """No record of a job, in Redis or in the storage given."""
+
+
+class JobStateError(DreamgenError):
+    """An operation that the job's current state does not allow (e.g. retrying a job that is still running)."""
+
+
+class ScheduleFileError(DreamgenError):
+    """A schedules file cannot be used; the message names the file, the entry and the field."""
+
+    def __init__(self, path, entry, reason, field=None):
+        self.path, self.entry, self.field, self.reason = str(path), entry, field, reason
+        where = self.path + (f": schedule {entry}" if entry is not None else "")
+        what = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{what} {reason}")
+
+
+class TrainingError(DreamgenError):
+    """A training config or data set cannot be used; the message names the file, line or key and the reason."""

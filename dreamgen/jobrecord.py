@@ -1,0 +1,250 @@
+"""A distributed job's live state in Redis. Storage (job.json, the done markers) stays the source of truth for
+documents; this record is what makes `status`, `cancel` and `retry` cheap while a job runs, and it expires.
+
+Each class names the keys it owns; nothing else writes them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from enum import Enum
+
+from .broker import key_prefix
+
+DEFAULT_TTL_S = 7 * 24 * 3600  # long enough to look back on last week's jobs; job.json keeps the rest
+
+
+def record_ttl() -> int:
+    return int(os.environ.get("DREAMGEN_JOB_TTL", DEFAULT_TTL_S))
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"  # chunks are on the queue, none has started
+    RUNNING = "running"
+    CANCELLING = "cancelling"  # the flag is set; chunks still on the queue drain without generating
+    FINISHED = "finished"  # every chunk ended; some documents may have failed (see the failures)
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobStatus.FINISHED, JobStatus.CANCELLED)
+
+
+class ChunkState(str, Enum):
+    RUNNING = "running"
+    FINISHED = "finished"  # every document done or recorded as failed
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed-out"
+    GAVE_UP = "gave-up"  # started too many times without ending (it kept killing its worker)
+    ERROR = "error"  # could not run at all (model or storage unusable); its documents are recorded failed
+
+    @property
+    def final(self) -> bool:
+        return self is not ChunkState.RUNNING
+
+
+# Compare the status and set it in one step, so a late chunk cannot turn a cancelled job back to running.
+_SET_STATUS_IF = """
+if redis.call('HGET', KEYS[1], 'status') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class JobRecord:
+    """One job's record. Keys (all expire together, `DREAMGEN_JOB_TTL`, default 7 days):
+
+        <prefix>:job:<id>             hash: status, out, location, total, round, chunks, created, started, finished,
+                                      done, failed (counts at the end), config (JSON, to retry)
+        <prefix>:job:<id>:done        set of the ids of finished documents
+        <prefix>:job:<id>:failed      hash: document id -> its last error (removed when it later succeeds)
+        <prefix>:job:<id>:chunks      hash: chunk key "<round>.<n>" -> JSON state (state, worker, counts, result)
+        <prefix>:job:<id>:attempts    hash: chunk key -> how many times a worker started it
+        <prefix>:job:<id>:cancel      set while the job is being cancelled
+        <prefix>:job:<id>:lock:<key>  held by the worker running a chunk (SET NX with expiry)
+    """
+
+    def __init__(self, client, job_id: str):
+        self.client = client
+        self.job_id = job_id
+        self.key = f"{key_prefix()}:job:{job_id}"
+        self.done_key = f"{self.key}:done"
+        self.failed_key = f"{self.key}:failed"
+        self.chunks_key = f"{self.key}:chunks"
+        self.attempts_key = f"{self.key}:attempts"
+        self.cancel_key = f"{self.key}:cancel"
+
+    def lock_key(self, chunk: str) -> str:
+        return f"{self.key}:lock:{chunk}"
+
+    @property
+    def _record_keys(self) -> list[str]:
+        """The keys that live as long as the record (the cancel flag and the locks have their own expiry)."""
+        return [self.key, self.done_key, self.failed_key, self.chunks_key, self.attempts_key]
+
+    # ------------------------------------------------------------------------------------ the job
+    def exists(self) -> bool:
+        return bool(self.client.exists(self.key))
+
+    def read(self) -> dict:
+        """The hash, decoded ({} when there is no record)."""
+        data = self.client.hgetall(self.key)
+        if data.get("config"):
+            data["config"] = json.loads(data["config"])
+        return data
+
+    @property
+    def status(self) -> JobStatus | None:
+        value = self.client.hget(self.key, "status")
+        return JobStatus(value) if value else None
+
+    def start_round(self, fields: dict, done_ids=()) -> int:
+        """(Re)start the job: set its fields, status queued, a new round number; clear the cancel flag and the
+        failures (their documents are queued again). `done_ids` are documents stored before this round."""
+        ttl = record_ttl()
+        now = time.time()
+        rnd = self.client.hincrby(self.key, "round", 1)
+        pipe = self.client.pipeline(transaction=False)
+        values = {**fields, "status": JobStatus.QUEUED.value, "updated": now}
+        if isinstance(values.get("config"), dict):
+            values["config"] = json.dumps(values["config"])
+        pipe.hset(self.key, mapping={k: ("" if v is None else v) for k, v in values.items()})
+        pipe.hdel(self.key, "started", "finished", "done", "failed")
+        pipe.delete(self.cancel_key, self.failed_key)  # every document not done is queued again
+        ids = list(done_ids)
+        for start in range(0, len(ids), 5000):
+            pipe.sadd(self.done_key, *ids[start:start + 5000])
+        for key in self._record_keys:
+            pipe.expire(key, ttl)
+        recent = RecentJobs(self.client)
+        pipe.zadd(recent.key, {self.job_id: now})
+        pipe.zremrangebyrank(recent.key, 0, -recent.KEEP - 1)
+        pipe.execute()
+        return rnd
+
+    def set_fields(self, **fields) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key, mapping={k: ("" if v is None else v) for k, v in fields.items()})
+        pipe.expire(self.key, record_ttl())
+        pipe.execute()
+
+    def set_status_if(self, expected: JobStatus, new: JobStatus) -> bool:
+        return bool(self.client.eval(_SET_STATUS_IF, 1, self.key, expected.value, new.value))
+
+    def mark_started(self) -> None:
+        """The first chunk to start moves a queued job to running."""
+        if self.set_status_if(JobStatus.QUEUED, JobStatus.RUNNING):
+            self.client.hsetnx(self.key, "started", time.time())
+
+    def finish(self, status: JobStatus, counts: dict, rnd: int | None = None) -> bool:
+        """Record the end of round `rnd` (ignored if a newer round has begun since). Refreshes the expiry."""
+        if rnd is not None and str(rnd) != (self.client.hget(self.key, "round") or ""):
+            return False
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key, mapping={"status": status.value, "finished": time.time(), "updated": time.time(),
+                                     **{k: v for k, v in counts.items()}})
+        pipe.delete(self.cancel_key)
+        for key in self._record_keys:
+            pipe.expire(key, record_ttl())
+        pipe.execute()
+        return True
+
+    # ------------------------------------------------------------------------------------ cancel
+    def request_cancel(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.cancel_key, time.time(), ex=record_ttl())
+        pipe.hset(self.key, "status", JobStatus.CANCELLING.value)
+        pipe.execute()
+
+    def cancel_requested(self) -> bool:
+        return bool(self.client.exists(self.cancel_key))
+
+    # ------------------------------------------------------------------------------------ documents
+    def document_done(self, doc_id: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(self.done_key, doc_id)
+        pipe.hdel(self.failed_key, doc_id)
+        pipe.expire(self.done_key, record_ttl())
+        pipe.execute()
+
+    def document_failed(self, doc_id: str, error: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.failed_key, doc_id, error)
+        pipe.expire(self.failed_key, record_ttl())
+        pipe.execute()
+
+    def counts(self) -> tuple[int, int]:
+        """(done, failed) documents so far."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.scard(self.done_key)
+        pipe.hlen(self.failed_key)
+        done, failed = pipe.execute()
+        return done, failed
+
+    def failures(self, limit: int | None = None) -> dict[str, str]:
+        if limit is None:
+            return self.client.hgetall(self.failed_key)
+        found = {}
+        for doc_id, error in self.client.hscan_iter(self.failed_key, count=max(limit, 10)):
+            found[doc_id] = error
+            if len(found) >= limit:
+                break
+        return found
+
+    # ------------------------------------------------------------------------------------ chunks
+    def chunk_state(self, chunk: str) -> dict | None:
+        value = self.client.hget(self.chunks_key, chunk)
+        return json.loads(value) if value else None
+
+    def chunk_states(self) -> dict[str, dict]:
+        return {k: json.loads(v) for k, v in self.client.hgetall(self.chunks_key).items()}
+
+    def set_chunk_state(self, chunk: str, state: dict) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.chunks_key, chunk, json.dumps({**state, "updated": time.time()}))
+        pipe.expire(self.chunks_key, record_ttl())
+        pipe.expire(self.key, record_ttl())  # a job that runs for longer than the TTL keeps its record
+        pipe.execute()
+
+    def count_attempt(self, chunk: str) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(self.attempts_key, chunk, 1)
+        pipe.expire(self.attempts_key, record_ttl())
+        return pipe.execute()[0]
+
+    def chunk_lock(self, chunk: str, ttl_s: float):
+        """A redis-py Lock (SET NX PX with a token; extended and released only by its owner)."""
+        return self.client.lock(self.lock_key(chunk), timeout=ttl_s, blocking=False, thread_local=False)
+
+
+class RecentJobs:
+    """Owns <prefix>:jobs, a sorted set of job ids by creation time: what `dreamgen jobs` lists.
+    Ids whose record has expired are dropped as they are met."""
+
+    KEEP = 10_000  # the oldest ids beyond these are forgotten (their records have long expired)
+
+    def __init__(self, client):
+        self.client = client
+        self.key = f"{key_prefix()}:jobs"
+
+    def newest(self, limit: int) -> list[dict]:
+        ids = self.client.zrevrange(self.key, 0, max(limit, 1) * 2 - 1)
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(JobRecord(self.client, job_id).key)
+            pipe.scard(JobRecord(self.client, job_id).done_key)
+            pipe.hlen(JobRecord(self.client, job_id).failed_key)
+        answers = pipe.execute()
+        found, expired = [], []
+        for index, job_id in enumerate(ids):
+            data, done, failed = answers[3 * index: 3 * index + 3]
+            if not data:
+                expired.append(job_id)
+                continue
+            found.append({**data, "id": job_id, "done_now": done, "failed_now": failed})
+        if expired:
+            self.client.zrem(self.key, *expired)
+        return found[:limit]

@@ -1,0 +1,299 @@
+"""Scheduled jobs: a schedules file, checked whole, and the firing of one schedule.
+
+    schedules:
+      - name: morning-news             # letters, digits, . _ -; names its jobs: morning-news-20261128-0600
+        cron: "0 6 * * *"              # minute hour day-of-month month day-of-week, in UTC
+        prompts: news.jsonl            # a prompt file, relative to the schedules file ...
+        out: s3://my-bucket/news       # where its jobs are written
+        params: {template: news, steps: 30}   # defaults for every prompt, like the flags of `dreamgen run`
+      - name: weekly-howto
+        cron: "30 9 * * 1"
+        prompts:                       # ... or the prompts themselves: text, or items like a .jsonl line
+          - How to build a bird house
+          - {prompt: How to fix a bicycle chain, seed: 3}
+        out: out/weekly
+        batch_size: 4                  # optional: batch_size, model, dtype, formats
+
+Firing is idempotent per (schedule, fire time): the job id is made of both, and a SET NX in Redis claims it,
+so a schedule fired twice for the same time (two beats, a restart) produces one job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import yaml
+
+from . import broker
+from .errors import ParamsError, PromptFileError, ScheduleFileError
+from .ids import is_safe_id
+from .params import GenerationParams
+from .prompt_readers import DEFAULT_FIELDS
+from .registry import DEFAULT_MODEL, home
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("name", "cron", "prompts", "out")
+OPTIONAL = ("params", "batch_size", "model", "dtype", "formats")
+NAME_MAX = 80  # leaves room for "-YYYYmmdd-HHMM" within a job id's 100 characters
+CRON_FIELDS = "minute hour day-of-month month day-of-week"
+_SEARCH_LIMIT = 6000  # steps of the fire-time search; a few hundred cover any real cron string
+
+
+@dataclass
+class Schedule:
+    name: str
+    cron: str
+    prompts: str | list  # an absolute prompt file path, or inline items
+    out: str
+    params: dict = field(default_factory=dict)
+    batch_size: int = 8
+    model: str = DEFAULT_MODEL
+    dtype: str = "fp32"
+    formats: str | list = "md,html"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Schedule":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def crontab(self):
+        return parse_cron(self.cron)
+
+    def job_id(self, fire_time: datetime) -> str:
+        return f"{self.name}-{fire_time:%Y%m%d-%H%M}"
+
+    def prompt_file(self) -> Path:
+        """The prompt file of its jobs; inline prompts are written once to a file named by their content
+        (under $DREAMGEN_HOME/schedules), so a job's job.json points at a file that stays."""
+        if isinstance(self.prompts, str):
+            return Path(self.prompts)
+        text = "".join(json.dumps({"prompt": p} if isinstance(p, str) else p, ensure_ascii=False, sort_keys=True)
+                       + "\n" for p in self.prompts)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        path = home() / "schedules" / f"{self.name}-{digest}.jsonl"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_suffix(".tmp")
+            temp.write_text(text, encoding="utf-8")
+            temp.replace(path)
+        return path
+
+
+# -------------------------------------------------------------------------------------------- loading
+def load_schedules(path, check_prompts: bool = True) -> list[Schedule]:
+    """Read and check a schedules file. Every problem is a ScheduleFileError naming the file, the schedule and
+    the field. With `check_prompts`, each schedule's prompts are validated whole too (as `dreamgen run` would)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScheduleFileError(path, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScheduleFileError(path, None, f"cannot read it: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ScheduleFileError(path, None, f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("schedules"), list):
+        raise ScheduleFileError(path, None, "needs a top-level 'schedules:' list")
+    if not data["schedules"]:
+        raise ScheduleFileError(path, None, "the 'schedules' list is empty")
+    unknown_top = sorted(set(data) - {"schedules"})
+    if unknown_top:
+        raise ScheduleFileError(path, None, f"unknown top-level key(s): {', '.join(map(str, unknown_top))}")
+    schedules, seen = [], {}
+    for index, entry in enumerate(data["schedules"], start=1):
+        schedule = _check_entry(path, index, entry, check_prompts)
+        if schedule.name in seen:
+            raise ScheduleFileError(path, f"'{schedule.name}'",
+                                    f"duplicate name: schedule #{seen[schedule.name]} has it", field="name")
+        seen[schedule.name] = index
+        schedules.append(schedule)
+    return schedules
+
+
+def _check_entry(path: Path, index: int, entry, check_prompts: bool) -> Schedule:
+    if not isinstance(entry, dict):
+        raise ScheduleFileError(path, f"#{index}", "must be a mapping with name, cron, prompts and out")
+    label = f"'{entry['name']}'" if isinstance(entry.get("name"), str) else f"#{index}"
+
+    def fail(reason, field_name=None):
+        raise ScheduleFileError(path, label, reason, field=field_name)
+
+    for name in entry:
+        if name not in REQUIRED + OPTIONAL:
+            fail(f"unknown field; known: {', '.join(REQUIRED + OPTIONAL)}", str(name))
+    for name in REQUIRED:
+        if entry.get(name) in (None, "", []):
+            fail("is missing", name)
+    name = entry["name"]
+    if not isinstance(name, str) or not is_safe_id(name) or len(name) > NAME_MAX:
+        fail(f"{name!r} must be 1-{NAME_MAX} letters, digits, '.', '_' or '-', starting with a letter or digit",
+             "name")
+    cron = entry["cron"]
+    if not isinstance(cron, str):
+        fail(f"must be a cron string ({CRON_FIELDS}), got {cron!r}", "cron")
+    try:
+        parse_cron(cron)
+    except ValueError as e:
+        fail(str(e), "cron")
+    out = entry["out"]
+    if not isinstance(out, str):
+        fail(f"must be a folder or s3://bucket/prefix, got {out!r}", "out")
+    if not out.startswith("s3://"):
+        out = str((path.resolve().parent / out).resolve())
+    params = entry.get("params") or {}
+    _check_params(params, fail)
+    batch_size = entry.get("batch_size", 8)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        fail(f"must be a positive integer, got {batch_size!r}", "batch_size")
+    prompts = entry["prompts"]
+    if isinstance(prompts, str):
+        prompts = str((path.resolve().parent / prompts).resolve())
+    elif not isinstance(prompts, list) or not all(isinstance(p, (str, dict)) for p in prompts):
+        fail("must be a prompt file path, or a list of prompts (text, or mappings like a .jsonl line)", "prompts")
+    schedule = Schedule(name=name, cron=cron, prompts=prompts, out=out, params=dict(params), batch_size=batch_size,
+                        model=str(entry.get("model") or DEFAULT_MODEL), dtype=str(entry.get("dtype") or "fp32"),
+                        formats=entry.get("formats") or "md,html")
+    if check_prompts or isinstance(prompts, list):
+        _check_prompts(schedule, fail)
+    return schedule
+
+
+def _check_params(params, fail) -> None:
+    if not isinstance(params, dict):
+        fail(f"must be a mapping of parameter: value, got {params!r}", "params")
+    for key in params:
+        if key not in DEFAULT_FIELDS:
+            fail(f"unknown parameter; known: {', '.join(DEFAULT_FIELDS)}", f"params.{key}")
+    try:
+        GenerationParams(**params)
+    except ParamsError as e:
+        match = re.match(r"(\w+)=", str(e))
+        fail(str(e), f"params.{match.group(1)}" if match else "params")
+
+
+def _check_prompts(schedule: Schedule, fail) -> None:
+    from .prompts import validate_prompt_file
+
+    try:
+        validate_prompt_file(schedule.prompt_file(), schedule.params, schedule.model)
+    except PromptFileError as e:
+        if isinstance(schedule.prompts, str):
+            fail(str(e), "prompts")
+        where = f"prompts[{e.line - 1}]" if e.line else "prompts"
+        fail(e.reason, f"{where}.{e.field}" if e.field else where)
+    except ParamsError as e:
+        fail(str(e), "params")
+
+
+# -------------------------------------------------------------------------------------------- fire times
+def parse_cron(cron: str):
+    """A Celery crontab from a 5-field cron string; ValueError saying what is wrong."""
+    from celery.schedules import crontab
+
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ValueError(f"{cron!r} needs 5 fields ({CRON_FIELDS}), got {len(fields)}")
+    try:
+        return crontab.from_string(cron)
+    except ValueError as e:
+        raise ValueError(f"{cron!r}: {e}") from None
+
+
+def _matches_day(tab, t: datetime) -> bool:
+    # Celery's crontab requires both day-of-month and day-of-week (Sunday = 0), where classic cron takes either.
+    return t.month in tab.month_of_year and t.day in tab.day_of_month and t.isoweekday() % 7 in tab.day_of_week
+
+
+def previous_fire_time(schedule: Schedule, now: datetime) -> datetime:
+    """The latest fire time at or before `now` (UTC, whole minutes): the time a firing stands for, even when
+    its task runs a little late."""
+    tab, t = schedule.crontab, _minute(now)
+    for _ in range(_SEARCH_LIMIT):
+        if not _matches_day(tab, t):
+            t = t.replace(hour=0, minute=0) - timedelta(minutes=1)  # the last minute of the day before
+        elif t.hour not in tab.hour:
+            t = t.replace(minute=0) - timedelta(minutes=1)
+        elif t.minute not in tab.minute:
+            t -= timedelta(minutes=1)
+        else:
+            return t
+    raise ValueError(f"schedule {schedule.name}: no fire time of {schedule.cron!r} found before {now}")
+
+
+def next_fire_times(schedule: Schedule, count: int = 3, now: datetime | None = None) -> list[datetime]:
+    """The next `count` fire times after `now` (UTC)."""
+    tab = schedule.crontab
+    t = _minute(now or datetime.now(timezone.utc)) + timedelta(minutes=1)
+    found = []
+    for _ in range(_SEARCH_LIMIT * max(count, 1)):
+        if len(found) == count:
+            break
+        if not _matches_day(tab, t):
+            t = t.replace(hour=0, minute=0) + timedelta(days=1)
+        elif t.hour not in tab.hour:
+            t = t.replace(minute=0) + timedelta(hours=1)
+        elif t.minute not in tab.minute:
+            t += timedelta(minutes=1)
+        else:
+            found.append(t)
+            t += timedelta(minutes=1)
+    return found
+
+
+def _minute(t: datetime) -> datetime:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc).replace(second=0, microsecond=0)
+
+
+# -------------------------------------------------------------------------------------------- firing
+class ScheduleFire:
+    """Owns <prefix>:schedule:<name>:<YYYYmmddHHMM>: the claim of one fire time, holding its job id."""
+
+    TTL_S = 7 * 24 * 3600
+
+    def __init__(self, client, name: str, fire_time: datetime):
+        self.client = client
+        self.key = f"{broker.key_prefix()}:schedule:{name}:{fire_time:%Y%m%d%H%M}"
+
+    def claim(self, job_id: str) -> bool:
+        return bool(self.client.set(self.key, job_id, nx=True, ex=self.TTL_S))
+
+    def release(self) -> None:
+        self.client.delete(self.key)
+
+
+def fire(schedule: Schedule, now: datetime | None = None, broker_url: str | None = None) -> str | None:
+    """Submit the job of `schedule` for its latest fire time at or before `now`. Returns its id, or None when
+    that fire time already has its job."""
+    from .jobs import submit_job
+    from .runner import JobConfig
+
+    when = previous_fire_time(schedule, now or datetime.now(timezone.utc))
+    job_id = schedule.job_id(when)
+    url = broker.broker_url(broker_url)
+    claim = ScheduleFire(broker.connect(url), schedule.name, when)
+    if not claim.claim(job_id):
+        log.info("schedule %s: %s already fired (job %s)", schedule.name, f"{when:%Y-%m-%d %H:%M}", job_id)
+        return None
+    try:
+        config = JobConfig(prompts=str(schedule.prompt_file()), out=schedule.out, job_id=job_id, model=schedule.model,
+                           defaults=dict(schedule.params), batch_size=schedule.batch_size, formats=schedule.formats,
+                           dtype=schedule.dtype)
+        submit_job(config, url)
+    except BaseException:  # let a later fire of the same time try again
+        claim.release()
+        raise
+    log.info("schedule %s: submitted job %s", schedule.name, job_id)
+    return job_id
