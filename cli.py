@@ -37,18 +37,47 @@ def param_options(f):
 
 
 def model_options(f):
-    f = click.option("-m", "--model", default=DEFAULT_MODEL, envvar="DREAMGEN_MODEL", show_default=True,
-                     help="Checkpoint directory, built-in name, or hub id.")(f)
-    f = click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", envvar="DREAMGEN_DTYPE",
-                     show_default=True, help="Weights' precision (the VAE stays fp32).")(f)
-    f = click.option("--device", default="cpu", envvar="DREAMGEN_DEVICE", show_default=True,
-                     help="cpu, cuda or cuda:N.")(f)
+    """Which model, in which precision, on which device."""
+    options = [
+        click.option("-m", "--model", default=DEFAULT_MODEL, envvar="DREAMGEN_MODEL", show_default=True,
+                     help="Checkpoint directory, built-in name, or hub id."),
+        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", envvar="DREAMGEN_DTYPE",
+                     show_default=True, help="Weights' precision (the VAE stays fp32)."),
+        click.option("--device", default="cpu", envvar="DREAMGEN_DEVICE", show_default=True, help="cpu, cuda or cuda:N."),
+    ]
+    for option in reversed(options):  # decorators apply bottom-up; --help lists them in this order
+        f = option(f)
     return f
+
+
+BACKEND_CHOICES = ["auto", "torch", "onnx", "tensorrt"]
+
+
+def backend_option(f):
+    """--backend. Default torch: the same documents on every run; auto picks by what is installed and built,
+    so its output can change when engines appear in the cache."""
+    return click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", envvar="DREAMGEN_BACKEND",
+                        show_default=True,
+                        help="Where the model runs: torch, onnx (ONNX Runtime), tensorrt, or auto (tensorrt if it "
+                             "imports and a GPU holds the model, else onnx if engines are built, else torch).")(f)
 
 
 def given_params(kwargs: dict) -> dict:
     """The parameter flags the user gave (the others stay unset, so file values and defaults apply)."""
     return {name: kwargs[name] for name in PARAM_NAMES if kwargs.get(name) is not None}
+
+
+def output_options(f):
+    """How a job's documents are exported and where its S3 endpoint is."""
+    options = [
+        click.option("-f", "--format", "formats", default="md,html", show_default=True, help="Exports: md, html or both."),
+        click.option("--self-contained", is_flag=True, help="Embed images in the HTML pages as data URIs."),
+        click.option("--s3-endpoint-url", envvar="DREAMGEN_S3_ENDPOINT_URL", default=None,
+                     help="Endpoint of an S3-compatible server."),
+    ]
+    for option in reversed(options):  # decorators apply bottom-up; --help lists them in this order
+        f = option(f)
+    return f
 
 
 def friendly_errors(f):
@@ -85,16 +114,14 @@ def cli(verbose):
 @click.option("--job-id", default=None, help="Name the job (default: a new time-stamped id). Same id = skip done documents.")
 @click.option("--resume", "resume", default=None, metavar="JOB", help="Finish a stopped job from its job.json.")
 @model_options
+@backend_option
 @click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Documents generated together in lockstep.")
-@click.option("-f", "--format", "formats", default="md,html", show_default=True, help="Exports: md, html or both.")
-@click.option("--self-contained", is_flag=True, help="Embed images in the HTML pages as data URIs.")
-@click.option("--s3-endpoint-url", envvar="DREAMGEN_S3_ENDPOINT_URL", default=None,
-              help="Endpoint of an S3-compatible server.")
+@output_options
 @param_options
 @friendly_errors
-def run(prompts, out, job_id, resume, model, dtype, device, batch_size, formats, self_contained, s3_endpoint_url,
-        **params):
+def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size, formats, self_contained,
+        s3_endpoint_url, **params):
     """Generate a document for every prompt in PROMPTS, in this process.
 
     PROMPTS is a .txt (one prompt a line), .jsonl, .csv or .yaml file. The whole file is checked first;
@@ -106,8 +133,9 @@ def run(prompts, out, job_id, resume, model, dtype, device, batch_size, formats,
         dreamgen run examples/prompts.jsonl --out out
         dreamgen run topics.txt --template howto --steps 30 --out s3://my-bucket/articles
         dreamgen run --resume job-20261128-101500-3fa9c1 --out out
+        dreamgen run topics.txt --backend onnx --out out
     """
-    from dreamgen.runner import JobConfig, JobInterrupted, resume_config, run_job
+    from dreamgen.runner import JobConfig, JobInterrupted, default_generator, resume_config, run_job
 
     defaults = given_params(params)
     if resume:
@@ -119,10 +147,14 @@ def run(prompts, out, job_id, resume, model, dtype, device, batch_size, formats,
     else:
         config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=defaults,
                            batch_size=batch_size, formats=formats, self_contained=self_contained,
-                           endpoint_url=s3_endpoint_url, dtype=dtype, device=device)
+                           endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend)
     with JobProgress() as progress:
         try:
-            summary = run_job(config, on_event=progress.event)
+            # markup off: the backend line may hold "[tensorrt]" (the pip extra), which is not a rich style
+            report = functools.partial(progress.progress.console.log, markup=False) \
+                if config.backend != "torch" else None
+            summary = run_job(config, on_event=progress.event,
+                              make_generator=functools.partial(default_generator, report=report))
         except JobInterrupted as e:
             summary = e.summary
     print_summary(summary)
@@ -182,19 +214,22 @@ def print_summary(summary):
 @click.option("-i", "--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An input picture for the model to read (repeatable; placed at <image> or before the prompt).")
 @model_options
+@backend_option
 @param_options
 @friendly_errors
-def generate(prompt, out, image_only, images, model, dtype, device, **params):
+def generate(prompt, out, image_only, images, model, dtype, device, backend, **params):
     """Write one illustrated document for PROMPT into a folder (document.json, images/, index.md, index.html).
 
     \b
     Examples:
         dreamgen generate "How to build a bird house" --out out/birdhouse
         dreamgen generate --image-only "a red circle on a blue background" --seed 7
+        dreamgen generate "A day at the sea" --backend auto
     """
     from rich.console import Console
 
     from dreamgen.checkpoint import load_model
+    from dreamgen.engines import select_backend
     from dreamgen.generation import DocumentRequest, Generator
     from dreamgen.ids import document_id
     from dreamgen.joboutput import open_job_output
@@ -204,7 +239,11 @@ def generate(prompt, out, image_only, images, model, dtype, device, **params):
     gen_params = GenerationParams(**given_params(params))
     console = Console(stderr=True)
     with console.status("loading model"):
-        generator = Generator(load_model(model, dtype=dtype, device=device))
+        loaded = load_model(model, dtype=dtype, device=device)
+        components, message = select_backend(backend, loaded)
+        generator = Generator(loaded, components)
+    if backend != "torch":  # say what auto chose, or where the engines came from; plain torch needs no word
+        click.echo(message, err=True)
     request = DocumentRequest(prompt=prompt, params=gen_params, image_only=image_only,
                               images=[load_input_image(p) for p in images],
                               id=document_id(model, prompt, gen_params, list(images)))
@@ -308,6 +347,509 @@ def model_list():
     from dreamgen.registry import BUILTIN
     for name, what in BUILTIN.items():
         click.echo(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: {what}")
+
+
+# ------------------------------------------------------------------------------------------------ engines
+@cli.group()
+def engines():
+    """Compiled engines: ONNX graphs for ONNX Runtime and TensorRT engines, kept in DREAMGEN_HOME/engines."""
+
+
+@engines.command("build")
+@model_options
+@click.option("--backend", type=click.Choice(["onnx", "tensorrt"]), required=True,
+              help="onnx: export the graphs; tensorrt: export them and build engines for this GPU.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None,
+              help="Graph precision (default: fp32 for --dtype fp32, else fp16). The VAE is always fp32.")
+@click.option("--max-batch", default=4, show_default=True, type=click.IntRange(min=1),
+              help="TensorRT: most documents in lockstep (the UNet takes twice as many, for guidance).")
+@click.option("--image-size", type=click.IntRange(min=8), default=None,
+              help="TensorRT: largest image side in pixels (default: the model's).")
+@friendly_errors
+def engines_build(model, dtype, device, backend, precision, max_batch, image_size):
+    """Export a model's graphs into the engine cache, and for tensorrt build engines from them.
+
+    Each engine is keyed by what it was built from; one already in the cache is reused. ONNX graphs take any
+    batch and image size; --max-batch and --image-size set the TensorRT optimization profiles.
+
+    \b
+    Examples:
+        dreamgen engines build --model tiny-random --backend onnx
+        dreamgen engines build -m models/dreamllm-7b --dtype fp16 --device cuda --backend tensorrt --max-batch 8
+    """
+    from dreamgen.checkpoint import load_model
+    from dreamgen.engines import EngineCache, EngineLimits, default_precision, ensure_onnx_graphs
+
+    loaded = load_model(model, dtype=dtype, device=device)
+    precision = precision or default_precision(loaded)
+    cache = EngineCache()
+    if backend == "onnx":
+        built = ensure_onnx_graphs(loaded, precision, cache)
+    else:
+        from dreamgen.engines.tensorrt_backend import ensure_tensorrt_engines
+
+        built = ensure_tensorrt_engines(loaded, precision, cache, limits=EngineLimits(max_batch, image_size))
+    for part, engine in built.items():
+        how = f"built in {engine.seconds:.1f} s" if engine.built else "already built"
+        click.echo(f"{backend} {part} ({engine.entry.precision}): {how}: {engine.path}")
+
+
+@engines.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
+def engines_list(as_json):
+    """List the engines in the cache: backend, part, precision, model, size, and where they are.
+
+    \b
+    Example:
+        dreamgen engines list
+    """
+    from dreamgen.engines import EngineCache
+
+    cache = EngineCache()
+    rows = cache.listing()
+    if as_json:
+        click.echo(json.dumps([{"path": str(path), "manifest": manifest, "problem": problem}
+                               for path, manifest, problem in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"No engines in {cache.root}.")
+        return
+    for path, manifest, problem in rows:
+        if manifest is None:
+            click.echo(f"{path}: unusable ({problem})")
+            continue
+        megabytes = sum(f.get("bytes", 0) for f in manifest.get("files", {}).values()) / 1e6
+        # onnx graphs: their flavour (onnxruntime | portable); TensorRT engines: the GPU they were built for
+        flavor = manifest.get("key_inputs", {}).get("compute_capability", "?") \
+            if manifest.get("backend") == "tensorrt" else manifest.get("flavor", "?")
+        click.echo(f"{manifest.get('backend', '?'):9} {manifest.get('part', '?'):12} {manifest.get('precision', '?'):5} "
+                   f"{flavor:12} {manifest.get('label') or '?'}  {megabytes:.1f} MB  {manifest.get('created', '?')}  {path}")
+
+
+@engines.command("verify")
+@model_options
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Only this precision (default: both).")
+@friendly_errors
+def engines_verify(model, dtype, device, precision):
+    """Run every built graph of a model against torch on random inputs and print each part's largest error.
+
+    Files are checked against their manifests' sha256 first. Exits with 1 if an error is over its tolerance.
+
+    \b
+    Example:
+        dreamgen engines verify --model tiny-random
+    """
+    from dreamgen.checkpoint import load_model
+    from dreamgen.engines import EngineCache, verify_cache
+
+    loaded = load_model(model, dtype=dtype, device=device)
+    cache = EngineCache()
+    checks = verify_cache(loaded, cache, precisions=(precision,) if precision else ("fp32", "fp16"))
+    if not checks:
+        raise click.ClickException(f"no engines of {model} in {cache.root}; build them with: "
+                                   f"dreamgen engines build --model {model} --backend onnx")
+    for check in checks:
+        click.echo(check.line())
+    if any(not c.ok and not c.skipped for c in checks):
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ distributed jobs
+def broker_option(f):
+    return click.option("--broker-url", envvar="DREAMGEN_BROKER_URL", default=None, metavar="URL",
+                        help="Redis of the workers: redis[s]://[:password@]host:port/db "
+                             "(default redis://localhost:6379/0).")(f)
+
+
+@cli.command()
+@click.argument("prompts", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", default="out", envvar="DREAMGEN_OUT", show_default=True,
+              help="Output folder the workers share, or s3://bucket/prefix.")
+@click.option("--job-id", default=None,
+              help="Name the job (default: a new time-stamped id). Same id = skip done documents.")
+@click.option("-m", "--model", default=DEFAULT_MODEL, envvar="DREAMGEN_MODEL", show_default=True,
+              help="Checkpoint directory (as the workers see it), built-in name, or hub id.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", envvar="DREAMGEN_DTYPE",
+              show_default=True, help="Weights' precision (the VAE stays fp32).")
+@backend_option
+@click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Documents per chunk: one task, generated together in lockstep.")
+@output_options
+@broker_option
+@click.option("-w", "--wait", is_flag=True, help="Show progress until the job ends.")
+@param_options
+@friendly_errors
+def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, self_contained, s3_endpoint_url,
+           broker_url, wait, **params):
+    """Send a job to the Celery workers and print its id.
+
+    The whole of PROMPTS is checked first, as by `dreamgen run`; a bad file is rejected and nothing is
+    queued. Workers run the job on their own device (see `dreamgen worker`). They receive the prompts
+    themselves, but must be able to write --out (a shared folder or S3) and read any input images at
+    the same paths.
+
+    \b
+    Examples:
+        dreamgen submit examples/prompts.jsonl --out s3://my-bucket/articles
+        dreamgen submit topics.txt --steps 30 --out /shared/out --wait
+        JOB=$(dreamgen submit topics.txt --out /shared/out) && dreamgen status $JOB --watch
+    """
+    from dreamgen.broker import connect
+    from dreamgen.jobs import submit_job
+
+    connect(broker_url)  # a down broker answers in a second, before the runner's heavy imports
+    from dreamgen.runner import JobConfig
+
+    config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=given_params(params),
+                       batch_size=batch_size, formats=formats, self_contained=self_contained,
+                       endpoint_url=s3_endpoint_url, dtype=dtype, backend=backend)
+    job = submit_job(config, broker_url)
+    click.echo(job)
+    if wait:
+        report = wait_for_job(job, broker_url)
+        print_job_report(report)
+        if report.status == "cancelled":
+            sys.exit(1)
+
+
+def wait_for_job(job: str, broker_url: str | None, poll_s: float = 0.5):
+    """A progress bar over the job's counts until it ends; Ctrl-C stops watching, not the job."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dreamgen.jobs import job_status
+
+    report = job_status(job, broker_url)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("docs · {task.fields[failed]} failed · {task.fields[state]}"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=Console(stderr=True)) as progress:
+            task = progress.add_task(job, total=report.total, failed=0, state=report.status)
+            while not report.final:
+                progress.update(task, completed=report.done + report.failed, failed=report.failed,
+                                state=report.status)
+                time.sleep(poll_s)
+                report = job_status(job, broker_url)
+            progress.update(task, completed=report.done + report.failed, failed=report.failed, state=report.status)
+    except KeyboardInterrupt:
+        click.echo(f"Stopped watching; the job goes on. Follow it with: dreamgen status {job} --watch", err=True)
+        sys.exit(130)
+    return report
+
+
+def print_job_report(report) -> None:
+    click.echo(f"Job {report.id}: {report.status}")
+    click.echo(f"  documents: {report.done} done, {report.failed} failed, {report.pending} pending, "
+               f"{report.total} in all")
+    if report.chunks:
+        click.echo("  chunks: " + ", ".join(f"{n} {state}" for state, n in sorted(report.chunks.items())))
+    for chunk in report.running:
+        click.echo(f"    {chunk['chunk']} on {chunk['worker']}: {chunk['done'] + chunk['skipped']}/{chunk['total']} "
+                   f"done, {chunk['failed']} failed (attempt {chunk['attempt']})")
+    if report.failures:
+        click.echo("  failures:" + (f" (first {len(report.failures)})" if report.failed > len(report.failures) else ""))
+        for doc_id, error in sorted(report.failures.items()):
+            click.echo(f"    {doc_id}: {error}")
+    if report.finished:
+        click.echo(f"  finished: {report.finished}")
+    if report.location:
+        click.echo(f"  open: {report.location}")
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--watch", is_flag=True, help="Refresh until the job ends.")
+@click.option("-o", "--out", default=None, help="The job's output (folder or s3://...), to read its job.json once "
+                                                "its record in Redis has expired.")
+@click.option("--s3-endpoint-url", envvar="DREAMGEN_S3_ENDPOINT_URL", default=None)
+@broker_option
+@friendly_errors
+def status(job, watch, out, s3_endpoint_url, broker_url):
+    """Show where a job stands: documents done and failed, chunks by state, failures, where to open it.
+
+    \b
+    Examples:
+        dreamgen status job-20261128-101500-3fa9c1
+        dreamgen status job-20261128-101500-3fa9c1 --watch
+        dreamgen status job-20261001-080000-1b2c3d --out s3://my-bucket/articles
+    """
+    import time
+
+    from dreamgen.jobs import job_status
+
+    report = job_status(job, broker_url, out, s3_endpoint_url)
+    if not watch:
+        print_job_report(report)
+        return
+    from rich.live import Live
+    from rich.text import Text
+
+    def render(r):
+        lines = [f"Job {r.id}: {r.status} · {r.done} done, {r.failed} failed, {r.pending} pending of {r.total}",
+                 "  chunks: " + ", ".join(f"{n} {s}" for s, n in sorted(r.chunks.items()))]
+        lines += [f"    {c['chunk']} on {c['worker']}: {c['done'] + c['skipped']}/{c['total']}" for c in r.running]
+        return Text("\n".join(lines))
+
+    try:
+        with Live(render(report), auto_refresh=False, transient=True) as live:
+            while not report.final:
+                time.sleep(1)
+                report = job_status(job, broker_url, out, s3_endpoint_url)
+                live.update(render(report), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    print_job_report(report)
+
+
+@cli.command()
+@click.argument("job")
+@broker_option
+@friendly_errors
+def cancel(job, broker_url):
+    """Cancel a job: running chunks stop at their next step, queued chunks generate nothing.
+
+    Documents already stored stay; `dreamgen retry JOB` finishes the rest later.
+
+    \b
+    Example:
+        dreamgen cancel job-20261128-101500-3fa9c1
+    """
+    from dreamgen.jobs import cancel_job
+
+    report = cancel_job(job, broker_url)
+    click.echo(f"Cancelling job {report.id}: {report.done} documents done, {report.pending} will not run. "
+               f"Follow it with: dreamgen status {report.id} --watch")
+
+
+@cli.command()
+@click.argument("job")
+@click.option("-o", "--out", default=None, help="The job's output, if its record in Redis has expired.")
+@click.option("--s3-endpoint-url", envvar="DREAMGEN_S3_ENDPOINT_URL", default=None)
+@broker_option
+@friendly_errors
+def retry(job, out, s3_endpoint_url, broker_url):
+    """Queue again the documents of an ended job that are not done: those that failed, and those a cancel
+    skipped. Done documents are never generated again. The job's prompt file must still be there.
+
+    \b
+    Example:
+        dreamgen retry job-20261128-101500-3fa9c1
+    """
+    from dreamgen.jobs import retry_job
+
+    count = retry_job(job, broker_url, out, s3_endpoint_url)
+    if count:
+        click.echo(f"Re-queued {count} documents of job {job}.")
+    else:
+        click.echo(f"Nothing to retry: every document of job {job} is done.")
+
+
+@cli.command("jobs")
+@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many jobs.")
+@broker_option
+@friendly_errors
+def jobs_list(limit, broker_url):
+    """List recent distributed jobs, newest first, with their state.
+
+    \b
+    Example:
+        dreamgen jobs --limit 5
+    """
+    from dreamgen.jobs import list_jobs
+
+    found = list_jobs(broker_url, limit)
+    if not found:
+        click.echo("No jobs (records expire after a week; see DREAMGEN_JOB_TTL).")
+        return
+    width = max(len(r.id) for r in found)
+    for r in found:
+        click.echo(f"{r.id:<{width}}  {r.status:<10}  {r.done:>6} done  {r.failed:>4} failed  {r.total:>6} total  "
+                   f"{r.created or ''}")
+
+
+@cli.command()
+@click.option("--gpus", default=None, metavar="0,1",
+              help="GPUs to use: one worker process per GPU, pinned with CUDA_VISIBLE_DEVICES.")
+@click.option("-c", "--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes per worker (each holds its own copy of the model).")
+@click.option("-Q", "--queues", default="dreamgen.gpu,dreamgen.light", show_default=True,
+              help="Queues to consume: dreamgen.gpu (generation), dreamgen.light (finalizing, schedules).")
+@click.option("-n", "--name", default="dreamgen", show_default=True,
+              help="Node name prefix; give each worker on one machine its own.")
+@click.option("-m", "--model", default=DEFAULT_MODEL, envvar="DREAMGEN_MODEL", show_default=True,
+              help="Model to load at start (jobs asking for another one load theirs).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", envvar="DREAMGEN_DTYPE",
+              show_default=True)
+@click.option("--device", default="cpu", envvar="DREAMGEN_WORKER_DEVICE", show_default=True,
+              help="Device without --gpus: cpu, cuda or cuda:N.")
+@click.option("-P", "--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True,
+              help="prefork gives time limits and redelivery when a process dies; solo has neither.")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the commands and exit.")
+@broker_option
+@friendly_errors
+def worker(gpus, concurrency, queues, name, model, dtype, device, pool, loglevel, dry_run, broker_url):
+    """Start the Celery workers of this machine: one process per GPU, or one on the CPU.
+
+    Each process loads the model once, after it starts, and keeps it for every chunk. Stop with Ctrl-C
+    (running chunks finish first).
+
+    \b
+    Examples:
+        dreamgen worker                       # CPU: one process for both queues
+        dreamgen worker --gpus 0,1            # one process per GPU, and one for the light queue
+        dreamgen worker --gpus 0 --model /models/dreamllm-7b --dtype fp16
+    """
+    from workers.launcher import plan_workers, run_workers
+
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    plan = plan_workers(gpu_list, [q.strip() for q in queues.split(",") if q.strip()], concurrency, name, model,
+                        dtype, device, broker_url, pool, loglevel)
+    if dry_run:
+        for process in plan:
+            click.echo(process.describe())
+        return
+    sys.exit(run_workers(plan, echo=lambda line: click.echo(line, err=True)))
+
+
+@cli.command()
+@click.option("-s", "--schedule", "schedule_file", required=True, type=click.Path(dir_okay=False),
+              help="The schedules file (YAML).")
+@click.option("--state", default=None, help="Beat's state file (default: DREAMGEN_HOME/beat-schedule).")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@broker_option
+@friendly_errors
+def beat(schedule_file, state, loglevel, broker_url):
+    """Run Celery beat with the schedules of a file: each firing submits one job. Run one beat only.
+
+    The file is checked whole first (names, cron strings, prompts, parameters).
+
+    \b
+    Example:
+        dreamgen beat --schedule schedules.yaml
+    """
+    from workers.beat import run_beat
+
+    run_beat(schedule_file, broker_url, state, loglevel)
+
+
+@cli.group()
+def schedule():
+    """Scheduled jobs: a schedules.yaml of named cron entries, each a prompt file or inline prompts, an output
+    and parameters (the format is in dreamgen/schedules.py). `dreamgen beat` fires them.
+
+    \b
+    Example:
+        dreamgen schedule list schedules.yaml
+    """
+
+
+@schedule.command("list")
+@click.argument("schedule_file", type=click.Path(dir_okay=False))
+@click.option("-n", "--count", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Fire times to show per schedule.")
+@friendly_errors
+def schedule_list(schedule_file, count):
+    """Check a schedules file and show each schedule's next fire times (UTC).
+
+    \b
+    Example:
+        dreamgen schedule list schedules.yaml
+    """
+    from dreamgen.schedules import load_schedules, next_fire_times
+
+    for entry in load_schedules(schedule_file):
+        source = entry.prompts if isinstance(entry.prompts, str) else f"{len(entry.prompts)} inline prompts"
+        click.echo(f"{entry.name}  '{entry.cron}'  {source} -> {entry.out}")
+        times = next_fire_times(entry, count)
+        click.echo("  next: " + ", ".join(f"{t:%Y-%m-%d %H:%M}Z" for t in times))
+
+
+# ------------------------------------------------------------------------------------------------ train
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Override optim.steps.")
+@click.option("--output-dir", default=None, help="Override output_dir.")
+@click.option("--fresh", is_flag=True, help="Delete the run's checkpoints, final model and log, and start over.")
+@friendly_errors
+def train(config, steps, output_dir, fresh):
+    """Train a DreamLLM (stage: igpt) or a VAE for one (stage: vae) as the YAML file CONFIG says.
+
+    Checkpoints go to the config's output_dir, and a stopped run goes on from the last one. The finished
+    model is OUTPUT_DIR/final, in the released layout: give it to --model.
+
+    \b
+    Examples:
+        dreamgen train configs/shapes-vae.yaml
+        dreamgen train configs/shapes.yaml --steps 200 --output-dir runs/try
+        dreamgen generate "Write about a red circle" --model runs/try/final
+    """
+    import os
+
+    from dreamgen.training import load_config, train as run_training
+    from dreamgen.training.progress import TrainProgress
+
+    overrides = {"optim.steps": steps} if steps else {}
+    if output_dir:
+        overrides["output_dir"] = os.path.abspath(output_dir)  # relative to here, not to the config
+    cfg = load_config(config, overrides)
+    with TrainProgress() as progress:
+        result = run_training(cfg, on_event=progress.event, resume=not fresh)
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k in TrainProgress.LOSS_KEYS)
+    click.echo(f"Trained {result.steps} steps in {result.seconds:.0f}s ({losses}).")
+    click.echo(f"Model: {result.output}")
+
+
+# ------------------------------------------------------------------------------------------------ eval
+@cli.command("eval")
+@model_options
+@click.option("-n", "--prompts", "count", default=40, show_default=True, type=click.IntRange(min=1),
+              help="How many held-out prompts (shapes of colour-kind pairs never seen in training).")
+@click.option("--ablate", "ablations", type=click.Choice(["none", "queries", "condition"]), multiple=True,
+              default=("none",), show_default=True,
+              help="Cut a path from text to pictures: queries (zero the dream queries), condition (zero the "
+                   "condition projector). Repeat for several rows.")
+@click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Documents generated together in lockstep.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report (every document) as JSON.")
+@param_options
+@friendly_errors
+def eval_command(model, dtype, device, count, ablations, batch_size, as_json, **params):
+    """Measure whether a model draws what its text says, on the shapes world's held-out prompts.
+
+    A pixel checker reads each picture's colour, shape and background; the text before it names what it
+    should show. Reports pictures whose colour / shape / background match the text, documents that are well
+    formed (one picture per shape asked for, each after its description, ending with </s>) and documents
+    whose text follows the prompt.
+
+    \b
+    Examples:
+        dreamgen eval
+        dreamgen eval --ablate none --ablate queries --ablate condition --steps 20 --scheduler ddim
+        dreamgen eval --model tiny-random -n 10
+    """
+    from dreamgen.checkpoint import load_model
+    from dreamgen.evaluation import ablate, evaluate
+    from dreamgen.params import GenerationParams
+    from dreamgen.shapes.dataset import eval_prompts
+
+    gen_params = GenerationParams(**given_params(params))
+    prompts = eval_prompts(count)
+    reports = []
+    for ablation in dict.fromkeys(ablations):
+        loaded = ablate(load_model(model, dtype=dtype, device=device), ablation)
+        reports.append(evaluate(loaded, prompts, gen_params, batch_size=batch_size, ablation=ablation))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
+        return
+    columns = ("colour", "shape", "background", "well_formed", "follows_prompt")
+    click.echo(f"{'model':<16}{'ablation':<11}{'docs':>5}{'images':>7}" + "".join(f"{c.replace('_', ' '):>16}" for c in columns))
+    for report in reports:
+        s = report.summary()
+        click.echo(f"{s['model'][:15]:<16}{s['ablation']:<11}{s['documents']:>5}{s['images']:>7}"
+                   + "".join(f"{100 * s[c]:>15.1f}%" for c in columns))
 
 
 def main():

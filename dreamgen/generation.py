@@ -33,6 +33,9 @@ CHAT_TEMPLATES = {
     "none": "{instruction}",
 }
 COMPACT_MIN_LEN = 64  # compact the KV cache once it is this long and at least half holes
+# A document that asked for a picture waits (its neighbours go on writing) until half the batch is waiting,
+# nobody else can go on, or it has waited this many steps: pictures are then painted in one UNet batch.
+PAINT_GATHER_STEPS = 24
 
 
 class GenerationCancelled(DreamgenError):
@@ -63,8 +66,9 @@ class _Row:
     logits: torch.Tensor | None = None
     segment: torch.Tensor | None = None  # (T, H) embeddings to feed next
     forced: torch.Tensor | None = None  # a segment the loop must feed next (the image block after a picture)
-    dreaming: bool = False  # the segment being fed ends with a dream block
+    dreaming: bool = False  # from feeding a dream block until its picture is painted
     query_states: torch.Tensor | None = None  # (Q, H) post-norm states at the queries of that dream block
+    waited: int = 0  # steps spent waiting for the picture, while other documents go on
     stop_reason: str = ""
 
     @property
@@ -152,12 +156,16 @@ class Generator:
         while active:
             check_cancel()
             self._forward(active)
-            self._paint_dreams(active, check_cancel, on_progress)
+            waiting = [r for r in active if r.dreaming]
+            if waiting and self._time_to_paint(active, waiting):
+                self._paint_dreams(waiting, check_cancel, on_progress)
             for row in active:
-                if not row.stop_reason and row.forced is None:
-                    self._next_segment(row)
-                elif row.forced is not None:
+                if row.dreaming or row.stop_reason:
+                    continue
+                if row.forced is not None:
                     row.segment, row.forced = row.forced, None
+                else:
+                    self._next_segment(row)
             still = []
             for pos, row in enumerate(active):
                 if row.stop_reason:
@@ -238,14 +246,19 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------ the LLM
     def _forward(self, rows: list[_Row]) -> None:
-        """Feed every row its segment, right-aligned in one left-padded chunk; keep last logits and dream states."""
-        lengths = [r.segment.shape[0] for r in rows]
+        """Feed every row its segment, right-aligned in one left-padded chunk; keep last logits and dream states.
+        A row waiting for its picture feeds nothing (masked pads only)."""
+        lengths = [0 if r.segment is None else r.segment.shape[0] for r in rows]
         T, B = max(lengths), len(rows)
+        if T == 0:
+            return
         pad = self._embed([self.special.pad])[0]
         embeds = pad.expand(B, T, -1).clone()
         chunk_mask = torch.zeros(B, T, dtype=torch.long, device=self.model.device)
         positions = torch.zeros(B, T, dtype=torch.long, device=self.model.device)
         for i, (row, n) in enumerate(zip(rows, lengths)):
+            if n == 0:
+                continue
             embeds[i, T - n:] = row.segment
             chunk_mask[i, T - n:] = 1
             positions[i, T - n:] = torch.arange(row.real_len, row.real_len + n)
@@ -254,12 +267,22 @@ class Generator:
         logits, hidden, self._past = self.components.lm_step(embeds, mask, positions, self._past)
         self._mask = mask
         q = self.special.num_dream_queries
-        for i, row in enumerate(rows):
+        for i, (row, n) in enumerate(zip(rows, lengths)):
+            if n == 0:
+                row.waited += 1
+                continue
             row.segment = None
             row.logits = logits[i]
             if row.dreaming:
                 # the queries sit just before `<dream_end>`, the last position of the chunk
                 row.query_states = hidden[i, T - 1 - q:T - 1]  # (Q, H)
+
+    @staticmethod
+    def _time_to_paint(active: list[_Row], waiting: list[_Row]) -> bool:
+        """Paint now, or let the waiting documents wait while the others write? The result is the same either
+        way (a picture depends on its own condition and seed); only the UNet batch size changes."""
+        nobody_else = len(waiting) == sum(1 for r in active if not r.stop_reason)
+        return nobody_else or 2 * len(waiting) >= len(active) or max(r.waited for r in waiting) >= PAINT_GATHER_STEPS
 
     def _next_segment(self, row: _Row) -> None:
         """Sample the row's next token and decide what it feeds next (or that it stops)."""
@@ -310,10 +333,7 @@ class Generator:
             self._uncond_cache[negative_prompt] = self.model.condition(hidden[0, n - 1 - q:n - 1])
         return self._uncond_cache[negative_prompt]
 
-    def _paint_dreams(self, rows: list[_Row], check_cancel, on_progress) -> None:
-        dreamers = [r for r in rows if r.dreaming]
-        if not dreamers:
-            return
+    def _paint_dreams(self, dreamers: list[_Row], check_cancel, on_progress) -> None:
         conds = self.model.condition(torch.stack([r.query_states for r in dreamers]))  # (N, Q, cross_dim)
         default_size = self.model.head.default_image_size
         jobs = []
@@ -328,7 +348,7 @@ class Generator:
         readers = [k for k, r in enumerate(dreamers) if not r.request.image_only]
         features = dict(zip(readers, self.read_images([images[k] for k in readers])))
         for k, (row, job) in enumerate(zip(dreamers, jobs)):
-            row.dreaming = False
+            row.dreaming, row.waited = False, 0
             row.blocks.append(ImageBlock(index=row.images_done, width=job.width, height=job.height, seed=job.seed,
                                          image=tensor_to_pil(images[k])))
             if on_progress:
