@@ -190,3 +190,17 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, installed_tiny):
     ids = manifest_ids(out / "ctrlc")
     assert sorted(ids) == sorted(f"doc-{i}" for i in range(8)) and len(set(ids)) == 8
     assert f"({len(partial)} already done before)" in resumed.stdout
+
+
+def test_dreamgen_export_re_renders_a_stored_job(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", 2)
+    run_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), job_id="ex", defaults=FAST, formats="md"),
+            make_generator=lambda c: tiny_generator())
+    job = tmp_path / "out" / "ex"
+    assert not (job / "doc-0" / "index.html").exists()
+    result = CliRunner().invoke(cli, ["export", str(job), "--format", "html", "--self-contained"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["Exported 2 documents of ex (html).", f"Open: file://{job}/index.html"]
+    page = (job / "doc-0" / "index.html").read_text()
+    doc = json.loads((job / "doc-0" / "document.json").read_text())
+    assert page.count("data:image/png;base64,") == sum(b["type"] == "image" for b in doc["blocks"])
