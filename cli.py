@@ -844,12 +844,13 @@ def eval_command(model, dtype, device, count, ablations, batch_size, as_json, **
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
         return
-    columns = ("colour", "shape", "background", "well_formed", "follows_prompt")
-    click.echo(f"{'model':<16}{'ablation':<11}{'docs':>5}{'images':>7}" + "".join(f"{c.replace('_', ' '):>16}" for c in columns))
+    columns = ("colour", "shape", "background", "well_formed", "follows_prompt", "size", "position")
+    header = "".join(f"{c.replace('_', ' '):>15}" for c in columns)
+    click.echo(f"{'model':<14}{'ablation':<10}{'docs':>5}{'images':>7}{header}")
     for report in reports:
         s = report.summary()
-        click.echo(f"{s['model'][:15]:<16}{s['ablation']:<11}{s['documents']:>5}{s['images']:>7}"
-                   + "".join(f"{100 * s[c]:>15.1f}%" for c in columns))
+        click.echo(f"{s['model'][:13]:<14}{s['ablation']:<10}{s['documents']:>5}{s['images']:>7}"
+                   + "".join(f"{100 * s[c]:>14.1f}%" for c in columns))
 
 
 def main():

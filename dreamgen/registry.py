@@ -5,8 +5,13 @@ import fcntl
 import os
 from pathlib import Path
 
-BUILTIN = {"tiny-random": "a tiny random DreamLLM (writes noise; for tests and speed checks)"}
-DEFAULT_MODEL = "tiny-random"
+BUILTIN = {
+    "shapes": "a small DreamLLM trained on the shapes world: short illustrated articles about coloured shapes",
+    "tiny-random": "a tiny random DreamLLM (writes noise; for tests and speed checks)",
+}
+DEFAULT_MODEL = "shapes"
+# Built-in models that ship inside the package (trained weights); the others are built on first use.
+PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
 
 
 def home() -> Path:
@@ -18,10 +23,17 @@ def is_builtin(name: str) -> bool:
 
 
 def builtin_model_dir(name: str) -> Path:
-    """The checkpoint directory of a built-in model, written once (under a file lock: workers start together)."""
+    """The checkpoint directory of a built-in model: the packaged one, or one written once (under a file lock:
+    workers start together)."""
     from .checkpoint import save_checkpoint
+    from .errors import CheckpointError
     from .tiny import build_tiny_model
 
+    packaged = PACKAGED_MODELS / name
+    if name != "tiny-random":
+        if not (packaged / "config.json").exists():
+            raise CheckpointError(f"the built-in model '{name}' is missing from {packaged}: reinstall dreamgen")
+        return packaged
     target = home() / "models" / name
     if (target / ".complete").exists():
         return target

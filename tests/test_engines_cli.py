@@ -12,7 +12,7 @@ from dreamgen.errors import EngineError
 from tests.helpers import tiny_model
 
 INSTALL = "pip install 'dreamgen[tensorrt]' --extra-index-url https://pypi.nvidia.com"
-QUICK = ["--steps", "2", "--max-new-tokens", "12", "--max-images", "1"]
+QUICK = ["--steps", "2", "--max-new-tokens", "12", "--max-images", "1", "--model", "tiny-random"]  # the engines built
 
 
 @pytest.fixture

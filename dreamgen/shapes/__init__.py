@@ -1,0 +1,9 @@
+"""The shapes world: a toy domain of illustrated articles about coloured shapes, small enough to train a whole
+DreamLLM on a CPU, and simple enough to check every picture against its text by pixel statistics.
+
+    world.py     attributes (colours, shapes, sizes, positions, backgrounds) and the held-out (colour, shape) pairs
+    render.py    pictures, drawn with Pillow
+    articles.py  prompts and articles in a few styles, each picture right after the sentence describing it
+    dataset.py   the training set in dreamgen's interleaved JSONL format, and the held-out evaluation prompts
+    checker.py   reads a picture (colour, shape, background, ...) and the text around it
+"""

@@ -1,0 +1,20 @@
+"""python -m dreamgen.shapes OUT_DIR [--documents N] [--seed S]: write the shapes world's training set."""
+from __future__ import annotations
+
+import argparse
+
+from .dataset import write_dataset
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dreamgen.shapes", description=__doc__)
+    parser.add_argument("out_dir")
+    parser.add_argument("--documents", type=int, default=6000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = write_dataset(args.out_dir, args.documents, seed=args.seed)
+    print(f"wrote {args.documents} documents to {path}")
+
+
+if __name__ == "__main__":
+    main()

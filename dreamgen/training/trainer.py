@@ -1,0 +1,175 @@
+"""The I-GPT training run: build or load a DreamLLM, train it on interleaved documents, save it in the released
+layout (loadable by `load_model` and every dreamgen command), resumable from its last checkpoint."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_model, save_checkpoint
+from ..errors import TrainingError
+from ..generation import CHAT_TEMPLATES
+from ..model import DreamLLM
+from ..tokenizer_build import build_tokenizer
+from .architecture import apply_freeze, build_model, build_vae
+from .config import IGPTConfig, VAEArchitectureConfig
+from .data import ImageRef, InterleavedDataset, SequenceBuilder, batch_indices, collate, read_documents
+from .loop import (MetricsWindow, OnEvent, clear_run, clip_gradients, latest_checkpoint, load_state, lr_at,
+                   make_optimizer, prune_checkpoints, save_state, step_generator)
+from .objective import IGPTObjective, ImageInputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output: Path  # the final model's folder
+    steps: int
+    seconds: float
+    metrics: dict  # the last log window
+
+
+def tokenizer_corpus(files: list[str], chat_template: str) -> list[str]:
+    """The text a new model's tokenizer learns from: every prompt in its chat format and every text block."""
+    lines = []
+    for file in files:
+        for doc in read_documents(file):
+            if doc.prompt is not None:
+                lines.append(chat_template.format(instruction=doc.prompt))
+            lines += [b for b in doc.blocks if not isinstance(b, ImageRef)]
+    return lines
+
+
+def load_vae(path: str):
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(path, low_cpu_mem_usage=False)  # (True needs `accelerate`)
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"model.vae: cannot load a VAE from {path} ({e})") from None
+
+
+def initial_model(config: IGPTConfig) -> DreamLLM:
+    """The model a fresh run starts from: new (tokenizer trained on the data) or a checkpoint to fine-tune."""
+    m = config.model
+    if m.init == "new":
+        chat = CHAT_TEMPLATES[config.data.chat]
+        t = m.tokenizer
+        try:
+            tokenizer = build_tokenizer(tokenizer_corpus(config.data.train, chat), base_vocab=t.base_vocab,
+                                        merges_vocab=t.merges_vocab, split_punctuation=t.split_punctuation)
+        except ValueError as e:
+            raise TrainingError(f"model.tokenizer: {e}") from None
+        if m.vae:
+            vae = load_vae(m.vae)
+        else:
+            log.warning("model.vae is not set: the new model gets an untrained VAE (train one with a vae stage)")
+            vae = build_vae(VAEArchitectureConfig(image_size=m.architecture.latent_size * 8))
+        model = build_model(m.architecture, tokenizer, vae, seed=config.seed, name=m.name)
+    else:
+        model = load_model(m.init)
+        model.info.name = m.name
+        if m.vae:
+            model.head.vae = load_vae(m.vae)
+    return model
+
+
+def replace_vae(checkpoint: str, vae_dir: str, out_dir: str, dtype: str = "fp32") -> Path:
+    """Write `checkpoint` again with the VAE of `vae_dir` (e.g. a decoder sharpened after the I-GPT stage: its
+    encoder, hence every latent the UNet learned, must be the one the model was trained with)."""
+    model = load_model(checkpoint)
+    vae = load_vae(vae_dir)
+    old = model.head.vae
+    same_encoder = all(torch.equal(a, b) for a, b in zip(old.encoder.state_dict().values(),
+                                                         vae.encoder.state_dict().values()))
+    if old.config.scaling_factor != vae.config.scaling_factor or not same_encoder:
+        raise TrainingError(f"{vae_dir}: its encoder or scaling factor differs from {checkpoint}'s; the model's "
+                            f"latents would change (only a decoder trained with decoder_only can replace it)")
+    model.head.vae = vae
+    return _save(model, Path(out_dir), dtype)
+
+
+def _save(model: DreamLLM, directory: Path, dtype: str = "fp32") -> Path:
+    if dtype == "fp16":
+        model = copy.deepcopy(model)
+        for part in (model.llm, model.vision, model.dream, model.head.unet, model.head.projector):
+            part.half()  # the VAE stays fp32, as the loader keeps it
+    return save_checkpoint(model, directory, safetensors=True)
+
+
+def train_igpt(config: IGPTConfig, on_event: OnEvent | None = None, resume: bool = True) -> TrainResult:
+    """Run (or finish) the training `config` describes; returns where the final model is."""
+    emit = on_event or (lambda kind, info: None)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    o = config.optim
+
+    # 1. the model: from the last checkpoint, or as the config says
+    if not resume:
+        clear_run(out)
+    latest = latest_checkpoint(out)
+    state = load_state(latest) if latest else None
+    if latest:
+        model = load_model(str(latest))
+        model.info.name = config.model.name
+        log.info("resuming from %s (step %d)", latest, state["step"])
+    else:
+        model = initial_model(config)
+    start = state["step"] if state else 0
+    model.train()
+    trainable = apply_freeze(model, config.freeze)
+
+    # 2. data and objective
+    builder = SequenceBuilder(model.tokenizer, model.special, CHAT_TEMPLATES[config.data.chat],
+                              config.data.train_on_prompt)
+    dataset = InterleavedDataset(config.data.train, builder, min(config.data.max_length, model.max_positions))
+    inputs = ImageInputs(model, cache_clip=config.freeze.vision, cache_latents=config.freeze.vae)
+    loss_cfg = config.loss
+    objective = IGPTObjective(model, inputs, w_lm=loss_cfg.w_lm, w_vm=loss_cfg.w_vm,
+                              cfg_dropout=loss_cfg.cfg_dropout, noise_samples=loss_cfg.noise_samples)
+    optimizer = make_optimizer(trainable, o)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+    params = [p for _, p in trainable]
+    emit("start", {"stage": "igpt", "step": start, "steps": o.steps, "documents": len(dataset),
+                   "skipped": dataset.skipped, "trainable": sum(p.numel() for p in params),
+                   "resumed_from": str(latest) if latest else None})
+
+    # 3. the loop
+    window = MetricsWindow(out / "log.jsonl")
+    started = time.perf_counter()
+    last = {}
+    for step in range(start, o.steps):
+        lr = lr_at(step, o)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        samples = [dataset.samples[i] for i in batch_indices(len(dataset), o.batch_size, step, config.seed)]
+        result = objective(collate(samples, model.special.pad), step_generator(config.seed, step))
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        grad_norm = clip_gradients(params, o.grad_clip)
+        optimizer.step()
+        metrics = {"loss": float(result.loss.detach()), "lm": result.lm, "vm": result.vm, "grad_norm": grad_norm}
+        window.add(metrics)
+        done = step + 1
+        if done % config.log_every == 0 or done == o.steps:
+            last = window.flush(done, lr)
+        emit("step", {"step": done, "steps": o.steps, "lr": lr, **metrics})
+        if done % config.save_every == 0 and done < o.steps:
+            directory = out / f"checkpoint-{done}"
+            save_checkpoint(model, directory, safetensors=True)
+            save_state(directory, optimizer, done)
+            prune_checkpoints(out, config.keep_checkpoints)
+            emit("save", {"step": done, "path": str(directory)})
+
+    # 4. the final model, in the released layout
+    final = _save(model, out / "final", config.save_dtype)
+    seconds = time.perf_counter() - started
+    emit("done", {"path": str(final), "seconds": seconds, **last})
+    return TrainResult(output=final, steps=o.steps, seconds=seconds, metrics=last)

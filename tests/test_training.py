@@ -1,0 +1,258 @@
+"""I-GPT training: sequence layout and labels, both losses, where gradients go, checkpoints, resuming, the VAE
+stage, configs and the CLI. A tiny model on a few shapes documents, on CPU."""
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dreamgen.checkpoint import load_model
+from dreamgen.errors import TrainingError
+from dreamgen.generation import CHAT_TEMPLATES
+from dreamgen.shapes.dataset import write_dataset
+from dreamgen.tokenizer_build import build_tokenizer
+from dreamgen.training import IGPTObjective, ImageInputs, SequenceBuilder, collate, load_config, read_documents, train
+from dreamgen.training.architecture import apply_freeze, build_model, build_vae
+from dreamgen.training.config import ArchitectureConfig, FreezeConfig, VAEArchitectureConfig
+from dreamgen.training.data import IGNORE
+from dreamgen.training.loop import step_generator
+from dreamgen.training.trainer import tokenizer_corpus
+
+TINY_ARCH = dict(hidden=32, layers=1, heads=2, intermediate=64, max_positions=256, queries=4, clip_hidden=16,
+                 clip_layers=2, clip_heads=2, clip_image=16, clip_patch=8, cross_dim=16, unet_channels=[16, 16],
+                 unet_layers_per_block=1, unet_heads=2, unet_norm_groups=4, latent_size=8)
+TINY_VAE = dict(channels=[8, 8], latent_channels=4, layers_per_block=1, norm_groups=1, image_size=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models on a shared machine: one thread skips OpenMP's barrier waits, often many times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("shapes"), 12, seed=5)
+
+
+@functools.cache
+def _tiny_model(data_file: str, seed: int = 0):
+    tokenizer = build_tokenizer(tokenizer_corpus([data_file], CHAT_TEMPLATES["vicuna"]), base_vocab=512,
+                                merges_vocab=200, split_punctuation=True)
+    torch.manual_seed(seed)
+    vae = build_vae(VAEArchitectureConfig(**TINY_VAE))
+    return build_model(ArchitectureConfig(**TINY_ARCH), tokenizer, vae, seed=seed, name="tiny-train")
+
+
+def tiny_model(data_file, seed=0):
+    """A fresh copy each time: tests train it."""
+    import copy
+    return copy.deepcopy(_tiny_model(str(data_file), seed)).train()
+
+
+def fixed_batch(model, data_file, n=4):
+    builder = SequenceBuilder(model.tokenizer, model.special, CHAT_TEMPLATES["vicuna"])
+    samples = [builder.build(doc) for doc in read_documents(data_file)[:n]]
+    return collate(samples, model.special.pad), samples
+
+
+# ---------------------------------------------------------------------------------------------- layout and labels
+def test_sequence_layout_and_labels(data_file):
+    model = tiny_model(data_file)
+    s = model.special
+    batch, samples = fixed_batch(model, data_file)
+    specials = {s.pad, s.im_start, s.im_end, s.im_patch, s.dream_start, s.dream_end, s.bos}
+    for sample in samples:
+        ids, labels = sample.input_ids, sample.labels
+        assert ids[0] == s.bos and ids[-1] == s.eos and labels[-1] == s.eos
+        # among special tokens only <dream_start> is a target
+        targeted = {label for label in labels if label != IGNORE}
+        assert targeted & specials == {s.dream_start}
+        assert labels.count(s.dream_start) == len(sample.dreams) == ids.count(s.dream_start)
+        # the prompt is context, not target: nothing before the first answer token is learned
+        prompt_end = ids.index(s.dream_start) - 1
+        assert labels[:prompt_end].count(IGNORE) >= 40
+        for start, _ in sample.dreams:  # dream block, then the image block, as generation lays them out
+            assert ids[start - 1] == s.dream_start and ids[start + s.num_dream_queries] == s.dream_end
+            assert ids[start + s.num_dream_queries + 1] == s.im_start
+            assert all(label == IGNORE for label in labels[start:start + s.image_cost - 1])
+        for start, _ in sample.images:
+            assert ids[start - 1] == s.im_start and ids[start + s.num_image_patches] == s.im_end
+    assert batch.labels[batch.attention_mask == 0].eq(IGNORE).all()
+    assert int(batch.attention_mask.sum()) == sum(len(x.input_ids) for x in samples)
+
+
+def test_text_and_chat_tokens_match_what_generation_feeds(data_file):
+    from dreamgen.generation import DocumentRequest, Generator
+
+    model = tiny_model(data_file).eval()
+    doc = read_documents(data_file)[0]
+    sample = SequenceBuilder(model.tokenizer, model.special, CHAT_TEMPLATES["vicuna"]).build(doc)
+    generator = Generator(model)
+    prompt_ids = [model.special.bos] + generator._tokens(generator.render_instruction(DocumentRequest(doc.prompt)))
+    assert sample.input_ids[:len(prompt_ids)] == prompt_ids
+    first_text = generator._tokens(doc.blocks[0])
+    assert sample.input_ids[len(prompt_ids):len(prompt_ids) + len(first_text)] == first_text
+
+
+# ---------------------------------------------------------------------------------------------- the objective
+def test_a_few_steps_lower_both_losses_on_a_fixed_batch(data_file):
+    model = tiny_model(data_file)
+    params = apply_freeze(model, FreezeConfig(unet=False))
+    batch, _ = fixed_batch(model, data_file)
+    objective = IGPTObjective(model, ImageInputs(model, True, True), cfg_dropout=0.0, noise_samples=2)
+    optimizer = torch.optim.Adam([p for _, p in params], lr=3e-3)
+
+    def losses():
+        with torch.no_grad():
+            out = objective(batch, step_generator(0, 0))  # the same noise and timesteps every time
+        return out.lm, out.vm
+
+    lm0, vm0 = losses()
+    for step in range(12):
+        out = objective(batch, step_generator(0, 0))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    lm1, vm1 = losses()
+    assert lm1 < 0.8 * lm0 and vm1 < 0.9 * vm0, (lm0, lm1, vm0, vm1)
+
+
+def test_gradients_reach_queries_projector_and_llm_not_frozen_parts(data_file):
+    model = tiny_model(data_file)
+    apply_freeze(model, FreezeConfig(unet=True, vae=True, vision=True))
+    batch, _ = fixed_batch(model, data_file)
+    objective = IGPTObjective(model, ImageInputs(model, True, True), w_lm=0.0, w_vm=1.0, cfg_dropout=0.0)
+    objective(batch, step_generator(0, 0)).loss.backward()
+    # the diffusion loss alone reaches the condition projector, the queries and the LLM through the hidden states
+    assert model.head.projector.projector.weight.grad.abs().sum() > 0
+    assert model.dream.dream_queries.grad.abs().sum() > 0
+    assert model.llm.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert model.vision.projector.projector.weight.grad.abs().sum() > 0  # image blocks are read by later text
+    for frozen in (model.head.unet, model.head.vae, model.vision.clip_vision_model):
+        assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+
+
+def test_cfg_dropout_trains_the_unconditional_condition(data_file):
+    model = tiny_model(data_file)
+    apply_freeze(model, FreezeConfig(llm=True, unet=True))
+    batch, _ = fixed_batch(model, data_file)
+    objective = IGPTObjective(model, ImageInputs(model, True, True), w_lm=0.0, cfg_dropout=0.999)
+    out = objective(batch, step_generator(0, 0))
+    out.loss.backward()
+    # every condition is the unconditional one: the queries after <s> alone, which still learn
+    assert out.images > 0 and model.dream.dream_queries.grad.abs().sum() > 0
+    with torch.no_grad():
+        uncond = objective.unconditional()
+    from dreamgen.generation import Generator
+    expected = Generator(model.eval()).unconditional()
+    torch.testing.assert_close(uncond[0], expected, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _config(tmp_path, data_file, model_dir, steps=3, **extra) -> str:
+    vae_dir = tmp_path / "vae"
+    if not vae_dir.exists():
+        torch.manual_seed(0)
+        build_vae(VAEArchitectureConfig(**TINY_VAE)).save_pretrained(vae_dir)
+    config = {
+        "stage": "igpt", "seed": 1, "output_dir": str(model_dir),
+        "data": {"train": [str(data_file)], "max_length": 256},
+        "model": {"init": "new", "name": "tiny-trained", "vae": str(vae_dir), "architecture": TINY_ARCH,
+                  "tokenizer": {"base_vocab": 512, "merges_vocab": 200}},
+        "freeze": {"unet": False},
+        "loss": {"noise_samples": 2},
+        "optim": {"steps": steps, "batch_size": 3, "lr": 1e-3, "warmup_steps": 1},
+        "save_every": 2, "log_every": 1, **extra,
+    }
+    path = tmp_path / f"{model_dir.name}.yaml"
+    import yaml
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_training_writes_a_checkpoint_that_loads_and_generates(tmp_path, data_file):
+    from dreamgen.generation import DocumentRequest, Generator
+    from dreamgen.params import GenerationParams
+
+    result = train(load_config(_config(tmp_path, data_file, tmp_path / "run")))
+    assert result.output == tmp_path / "run" / "final"
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3] and all(line["vm"] > 0 for line in lines)
+    assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.pt").exists()
+
+    model = load_model(str(result.output))
+    assert model.info.name == "tiny-trained" and len(model.tokenizer) == 520
+    assert model.special.dream_start == 515 and model.special.num_dream_queries == 4
+    doc = Generator(model).generate([DocumentRequest("Write about a red circle.",
+                                                     GenerationParams(steps=2, max_new_tokens=8))])[0]
+    assert doc.stop_reason in ("eos", "max_new_tokens")
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, data_file):
+    straight = train(load_config(_config(tmp_path, data_file, tmp_path / "straight", steps=4)))
+    stopped = _config(tmp_path, data_file, tmp_path / "stopped", steps=4)
+    train(load_config(stopped, {"optim.steps": 2}))  # stops after its checkpoint at step 2 ...
+    import shutil
+    shutil.rmtree(tmp_path / "stopped" / "final")
+    resumed = train(load_config(stopped))  # ... and goes on from it
+    a, b = load_model(str(straight.output)), load_model(str(resumed.output))
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_vae_stage_trains_and_sets_the_scaling_factor(tmp_path, data_file):
+    import yaml
+    from diffusers import AutoencoderKL
+
+    path = tmp_path / "vae.yaml"
+    path.write_text(yaml.safe_dump({
+        "stage": "vae", "output_dir": str(tmp_path / "vae-run"), "data": {"train": [str(data_file)]},
+        "architecture": TINY_VAE, "optim": {"steps": 3, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1},
+        "save_every": 2, "log_every": 1}))
+    result = train(load_config(path))
+    vae = AutoencoderKL.from_pretrained(result.output)
+    assert vae.config.scaling_factor == pytest.approx(result.metrics["scaling_factor"])
+    assert vae.config.scaling_factor != 0.18215
+    assert len((tmp_path / "vae-run" / "log.jsonl").read_text().splitlines()) == 3
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_config_errors_name_the_key(tmp_path, data_file):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"stage: igpt\ndata: {{train: [{data_file}]}}\noptim: {{stepz: 3}}\n")
+    with pytest.raises(TrainingError, match=r"optim: unknown key\(s\) stepz"):
+        load_config(bad)
+    bad.write_text(f"stage: igpt\ndata: {{train: [{data_file}]}}\nloss: {{cfg_dropout: 1.5}}\n")
+    with pytest.raises(TrainingError, match="loss.cfg_dropout"):
+        load_config(bad)
+    bad.write_text("stage: igpt\ndata: {train: [nowhere.jsonl]}\n")
+    with pytest.raises(TrainingError, match="nowhere.jsonl"):
+        load_config(bad)
+
+
+def test_data_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "docs.jsonl"
+    bad.write_text('{"blocks": [{"type": "text", "text": "hi"}]}\n{"blocks": [{"type": "image", "path": "x.png"}]}\n')
+    with pytest.raises(TrainingError, match=r"docs.jsonl:2: block 0: no image at"):
+        read_documents(bad)
+    bad.write_text('{"blocks": []}\n')
+    with pytest.raises(TrainingError, match=r"docs.jsonl:1: a document is an object"):
+        read_documents(bad)
+
+
+def test_cli_train(tmp_path, data_file):
+    from cli import cli
+
+    config = _config(tmp_path, data_file, tmp_path / "cli-run", steps=2)
+    result = CliRunner().invoke(cli, ["train", config])
+    assert result.exit_code == 0, result.output
+    assert f"Model: {tmp_path / 'cli-run' / 'final'}" in result.output
+    bad = CliRunner().invoke(cli, ["train", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 1 and "no training config at" in bad.output
