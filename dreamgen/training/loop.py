@@ -91,6 +91,19 @@ def clear_run(output_dir: Path) -> None:
     (output_dir / "log.jsonl").unlink(missing_ok=True)
 
 
+def open_run(output_dir, threads: int | None, resume: bool) -> tuple[Path, Path | None, dict | None]:
+    """Set up a run of either stage: its thread count, its folder (emptied when not resuming), and the checkpoint
+    to resume from with its trainer state (None, None for a new run)."""
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        clear_run(out)
+    latest = latest_checkpoint(out)
+    return out, latest, load_state(latest) if latest else None
+
+
 def prune_checkpoints(output_dir: Path, keep: int) -> None:
     for old in checkpoints(output_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

@@ -18,7 +18,7 @@ from ..tokenizer_build import build_tokenizer
 from .architecture import apply_freeze, build_model, build_vae
 from .config import IGPTConfig, VAEArchitectureConfig
 from .data import ImageRef, InterleavedDataset, SequenceBuilder, batch_indices, collate, read_documents
-from .loop import (MetricsWindow, OnEvent, clear_run, clip_gradients, latest_checkpoint, load_state, lr_at,
+from .loop import (MetricsWindow, OnEvent, clip_gradients, lr_at, open_run,
                    make_optimizer, prune_checkpoints, save_state, step_generator)
 from .objective import IGPTObjective, ImageInputs
 
@@ -104,17 +104,10 @@ def _save(model: DreamLLM, directory: Path, dtype: str = "fp32") -> Path:
 def train_igpt(config: IGPTConfig, on_event: OnEvent | None = None, resume: bool = True) -> TrainResult:
     """Run (or finish) the training `config` describes; returns where the final model is."""
     emit = on_event or (lambda kind, info: None)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, latest, state = open_run(config.output_dir, config.threads, resume)
     o = config.optim
 
     # 1. the model: from the last checkpoint, or as the config says
-    if not resume:
-        clear_run(out)
-    latest = latest_checkpoint(out)
-    state = load_state(latest) if latest else None
     if latest:
         model = load_model(str(latest))
         model.info.name = config.model.name

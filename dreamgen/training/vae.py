@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from .architecture import build_vae
 from .config import VAEConfig
 from .data import batch_indices, image_paths, load_image
-from .loop import (MetricsWindow, OnEvent, clear_run, clip_gradients, latest_checkpoint, load_state, lr_at,
+from .loop import (MetricsWindow, OnEvent, clip_gradients, lr_at, open_run,
                    make_optimizer, prune_checkpoints, save_state, step_generator)
 from .trainer import TrainResult, load_vae
 
@@ -61,16 +60,8 @@ def set_scaling_factor(vae, paths: list[str], size: int) -> float:
 
 def train_vae(config: VAEConfig, on_event: OnEvent | None = None, resume: bool = True) -> TrainResult:
     emit = on_event or (lambda kind, info: None)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, latest, state = open_run(config.output_dir, config.threads, resume)
     o, size = config.optim, config.architecture.image_size
-
-    if not resume:
-        clear_run(out)
-    latest = latest_checkpoint(out)
-    state = load_state(latest) if latest else None
     torch.manual_seed(config.seed)
     if latest:
         vae = load_vae(str(latest))
