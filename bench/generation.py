@@ -6,11 +6,15 @@ re-encoded from scratch after each picture. Both write the same documents (check
 through a logits processor that draws from the document's own generator exactly as dreamgen does, so the work
 is the same token for token and picture for picture (temperature 1, so random models still place pictures).
 
-    python bench/generation.py [--config tiny|small|both] [--docs 8] [--steps 10]
+    python bench/generation.py [--config tiny|small|both] [--docs 8] [--steps 10] [--threads 1] [--onnx]
+
+--onnx adds a column: the same lockstep loop on the ONNX Runtime backend (graphs exported to a temporary engine
+cache first, not timed), as `dreamgen run --backend onnx` runs it.
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
@@ -18,7 +22,8 @@ from diffusers import StableDiffusionPipeline
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from dreamgen.diffusion import image_seed, make_scheduler
-from dreamgen.generation import DocumentRequest, Generator, pil_to_tensor, sample_token
+from dreamgen.generation import DocumentRequest, Generator, pil_to_tensor
+from dreamgen.sampling import sample_token
 from dreamgen.params import GenerationParams
 from dreamgen.tiny import SMALL_SIZES, build_tiny_model
 
@@ -45,6 +50,7 @@ class SampleAsDreamgen(LogitsProcessor):
 def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentRequest):
     """One document the reference scripts' way; returns (text, number of images)."""
     model, s, p = gen.model, gen.special, req.params
+    device = model.device
     context = gen.encode_prompt(req)  # (T, H)
     text_generator = torch.Generator("cpu").manual_seed(p.seed)
     text_ids, images, new_tokens = [], 0, 0
@@ -53,7 +59,7 @@ def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentR
         allow_dream = images < p.max_images and context.shape[0] + 1 + s.image_cost + 1 <= model.max_positions
         banned = gen._banned.tolist() + ([] if allow_dream else [s.dream_start])
         sampler = LogitsProcessorList([SampleAsDreamgen(p, text_generator, banned)])
-        out = model.llm.generate(inputs_embeds=context[None], attention_mask=torch.ones(1, context.shape[0], dtype=torch.long),
+        out = model.llm.generate(inputs_embeds=context[None], attention_mask=torch.ones(1, context.shape[0], dtype=torch.long, device=device),
                                  max_new_tokens=p.max_new_tokens - new_tokens, do_sample=False, logits_processor=sampler,
                                  eos_token_id=[s.eos, s.dream_start], pad_token_id=s.pad)
         new = out[0].tolist()
@@ -67,23 +73,42 @@ def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentR
         dream = gen.dream_block_embeddings()
         full = torch.cat([context, dream])
         n, q = full.shape[0], s.num_dream_queries
-        hidden = model.llm.model(inputs_embeds=full[None], attention_mask=torch.ones(1, n, dtype=torch.long),
-                                 position_ids=torch.arange(n)[None]).last_hidden_state
+        hidden = model.llm.model(inputs_embeds=full[None], attention_mask=torch.ones(1, n, dtype=torch.long, device=device),
+                                 position_ids=torch.arange(n, device=device)[None]).last_hidden_state
         cond = model.condition(hidden[:, n - 1 - q:n - 1])
         pipe.scheduler = make_scheduler(p.scheduler, model.head.scheduler_config)
         image = pipe(prompt_embeds=cond, negative_prompt_embeds=gen.unconditional(p.negative_prompt)[None],
                      num_inference_steps=p.steps, guidance_scale=p.guidance, height=size, width=size,
                      generator=torch.Generator("cpu").manual_seed(image_seed(p.seed, images)), output_type="pil").images[0]
         images += 1
-        feats = model.encode_images(pil_to_tensor(image)[None])[0]
+        feats = model.encode_images(pil_to_tensor(image)[None].to(device))[0]
         context = torch.cat([full, gen.image_block_embeddings(feats)])
     return model.tokenizer.decode(text_ids, skip_special_tokens=True), images
 
 
-def bench(name: str, sizes: dict | None, docs: int, steps: int, max_new_tokens: int, max_images: int = 3) -> dict:
+def onnx_generator(model, workdir: str, threads: int) -> Generator:
+    """The same model on ONNX Runtime: saved, reloaded (the engine cache keys on the checkpoint), exported."""
+    from dreamgen.checkpoint import load_model, save_checkpoint
+    from dreamgen.engines import EngineCache, OnnxComponents, ensure_onnx_graphs
+    from dreamgen.engines.build import graph_files
+
+    reloaded = load_model(str(save_checkpoint(model, f"{workdir}/model")))
+    graphs = ensure_onnx_graphs(reloaded, "fp32", EngineCache(f"{workdir}/engines"))
+    return Generator(reloaded, OnnxComponents(reloaded, graph_files(graphs), threads=threads))
+
+
+def same_documents(a: list[tuple[str, int]], b) -> int:
+    # Blocks are decoded one by one (a block's leading space is dropped), so compare without whitespace.
+    return sum("".join(t.split()) == "".join(d.text.split()) and n == len(d.images) for (t, n), d in zip(a, b))
+
+
+def bench(name: str, sizes: dict | None, docs: int, steps: int, max_new_tokens: int, max_images: int = 3,
+          onnx: bool = False, threads: int = 1, device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    model = build_tiny_model(seed=0, sizes=sizes, name=name)
+    model = build_tiny_model(seed=0, sizes=sizes, name=name).to(device)
     gen = Generator(model)
+    workdir = tempfile.TemporaryDirectory()
+    onnx_gen = onnx_generator(model, workdir.name, threads) if onnx else None
     pipe = StableDiffusionPipeline(vae=model.head.vae, text_encoder=None, tokenizer=None, unet=model.head.unet,
                                    scheduler=make_scheduler("ddpm", model.head.scheduler_config), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -92,24 +117,33 @@ def bench(name: str, sizes: dict | None, docs: int, steps: int, max_new_tokens: 
               for i in range(docs)]
     requests = [DocumentRequest(prompt=TOPICS[i % len(TOPICS)], params=p) for i, p in enumerate(params)]
     gen.unconditional()  # computed once per model by both ways; keep it out of both timings
+    if onnx_gen:
+        onnx_gen.unconditional()
+
+    def lockstep(generator: Generator) -> tuple[list, float]:
+        start = time.perf_counter()
+        out = []
+        for i in range(0, docs, 8):
+            out += generator.generate(requests[i:i + 8])
+        return out, time.perf_counter() - start
 
     with torch.no_grad():
         start = time.perf_counter()
         naive = [naive_document(gen, pipe, r) for r in requests]
         naive_s = time.perf_counter() - start
-        start = time.perf_counter()
-        ours = []
-        for i in range(0, docs, 8):
-            ours += gen.generate(requests[i:i + 8])
-        ours_s = time.perf_counter() - start
+        ours, ours_s = lockstep(gen)
+        ours_onnx, onnx_s = lockstep(onnx_gen) if onnx_gen else (None, None)
+    workdir.cleanup()
 
-    # Blocks are decoded one by one (a block's leading space is dropped), so compare without whitespace.
-    same = sum("".join(t.split()) == "".join(d.text.split()) and n == len(d.images) for (t, n), d in zip(naive, ours))
     images = sum(len(d.images) for d in ours)
-    return {"config": name + ("" if max_images else " text"), "docs": docs, "images": images, "same_documents": f"{same}/{docs}",
-            "naive_docs_per_min": 60 * docs / naive_s, "ours_docs_per_min": 60 * docs / ours_s,
-            "naive_images_per_min": 60 * images / naive_s, "ours_images_per_min": 60 * images / ours_s,
-            "speedup": naive_s / ours_s}
+    result = {"config": name + ("" if max_images else " text"), "docs": docs, "images": images,
+              "same_documents": f"{same_documents(naive, ours)}/{docs}",
+              "naive_docs_per_min": 60 * docs / naive_s, "ours_docs_per_min": 60 * docs / ours_s,
+              "naive_images_per_min": 60 * images / naive_s, "ours_images_per_min": 60 * images / ours_s,
+              "speedup": naive_s / ours_s}
+    if ours_onnx is not None:
+        result.update(onnx_same_documents=f"{same_documents(naive, ours_onnx)}/{docs}", onnx_speedup=naive_s / onnx_s)
+    return result
 
 
 def main():
@@ -119,17 +153,23 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--max-images", type=int, default=3, help="0 measures the text side alone")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads of torch (and ONNX Runtime)")
+    ap.add_argument("--onnx", action="store_true", help="also time the lockstep loop on the ONNX Runtime backend")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh runs it on a GPU)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     configs = {"tiny": None, "small": SMALL_SIZES}
     names = ["tiny", "small"] if args.config == "both" else [args.config]
+    print(f"{args.device}, {args.threads} thread(s); {args.docs} documents, {args.steps} denoising steps, "
+          f"<= {args.max_new_tokens} tokens and <= {args.max_images} images each")
     print(f"{'config':12} {'docs':>4} {'images':>6} {'same':>6} {'naive docs/min':>15} {'ours docs/min':>14} "
-          f"{'naive img/min':>14} {'ours img/min':>13} {'speedup':>8}")
+          f"{'naive img/min':>14} {'ours img/min':>13} {'speedup':>8}" + (f" {'onnx same':>9} {'onnx speedup':>12}" if args.onnx else ""))
     for name in names:
-        r = bench(name, configs[name], args.docs, args.steps, args.max_new_tokens, args.max_images)
+        r = bench(name, configs[name], args.docs, args.steps, args.max_new_tokens, args.max_images, args.onnx, args.threads,
+                  args.device)
         print(f"{r['config']:12} {r['docs']:>4} {r['images']:>6} {r['same_documents']:>6} {r['naive_docs_per_min']:>15.1f} "
               f"{r['ours_docs_per_min']:>14.1f} {r['naive_images_per_min']:>14.1f} {r['ours_images_per_min']:>13.1f} "
-              f"{r['speedup']:>7.2f}x")
+              f"{r['speedup']:>7.2f}x" + (f" {r['onnx_same_documents']:>9} {r['onnx_speedup']:>11.2f}x" if args.onnx else ""))
 
 
 if __name__ == "__main__":

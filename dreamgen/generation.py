@@ -22,6 +22,7 @@ from .document import Document, ImageBlock, TextBlock
 from .errors import DreamgenError, ParamsError
 from .model import DreamLLM
 from .params import GenerationParams
+from .sampling import sample_tokens
 from .special_tokens import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
@@ -90,19 +91,6 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def sample_token(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> int:
-    """Greedy at temperature 0; otherwise temperature + nucleus sampling with the document's own generator."""
-    if params.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < params.top_p  # always keeps the top token
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-        return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
 class Generator:
     """Writes illustrated documents with one model on one backend."""
 
@@ -159,13 +147,15 @@ class Generator:
             waiting = [r for r in active if r.dreaming]
             if waiting and self._time_to_paint(active, waiting):
                 self._paint_dreams(waiting, check_cancel, on_progress)
+            writing = []
             for row in active:
                 if row.dreaming or row.stop_reason:
                     continue
                 if row.forced is not None:
                     row.segment, row.forced = row.forced, None
                 else:
-                    self._next_segment(row)
+                    writing.append(row)
+            self._next_segments(writing)
             still = []
             for pos, row in enumerate(active):
                 if row.stop_reason:
@@ -284,32 +274,41 @@ class Generator:
         nobody_else = len(waiting) == sum(1 for r in active if not r.stop_reason)
         return nobody_else or 2 * len(waiting) >= len(active) or max(r.waited for r in waiting) >= PAINT_GATHER_STEPS
 
-    def _next_segment(self, row: _Row) -> None:
-        """Sample the row's next token and decide what it feeds next (or that it stops)."""
-        p, s = row.params, self.special
-        if row.new_tokens >= p.max_new_tokens:
-            row.stop_reason = "max_new_tokens"
+    def _next_segments(self, rows: list[_Row]) -> None:
+        """Sample each row's next token (all rows in one call) and decide what it feeds next, or that it stops."""
+        s = self.special
+        for row in rows:
+            if row.new_tokens >= row.params.max_new_tokens:
+                row.stop_reason = "max_new_tokens"
+        rows = [r for r in rows if not r.stop_reason]
+        if not rows:
             return
-        logits = row.logits.clone()
+        logits = torch.stack([r.logits for r in rows])  # (R, V), a copy: masking leaves the step's logits alone
         if len(self._banned):
-            logits[self._banned.to(logits.device)] = float("-inf")
-        room_for_image = row.real_len + 1 + s.image_cost + 1 <= self.model.max_positions
-        if row.images_done >= p.max_images or not room_for_image:
-            logits[s.dream_start] = float("-inf")
-        token = sample_token(logits, p, row.text_gen)
-        row.new_tokens += 1
-        if token == s.eos:
-            row.stop_reason = "eos"
-            return
-        if token == s.dream_start:
-            self._flush_text(row)
-            row.segment, row.dreaming = self.dream_block_embeddings(), True
-            return
-        row.text_ids.append(token)
-        if row.real_len + 1 > self.model.max_positions:
-            row.stop_reason = "context_full"
-            return
-        row.segment = self._embed([token])
+            logits[:, self._banned.to(logits.device)] = float("-inf")
+        for k, row in enumerate(rows):
+            room_for_image = row.real_len + 1 + s.image_cost + 1 <= self.model.max_positions
+            if row.images_done >= row.params.max_images or not room_for_image:
+                logits[k, s.dream_start] = float("-inf")
+        tokens = sample_tokens(logits, [r.params for r in rows], [r.text_gen for r in rows])
+        writers = []
+        for row, token in zip(rows, tokens):
+            row.new_tokens += 1
+            if token == s.eos:
+                row.stop_reason = "eos"
+            elif token == s.dream_start:
+                self._flush_text(row)
+                row.segment, row.dreaming = self.dream_block_embeddings(), True
+            else:
+                row.text_ids.append(token)
+                if row.real_len + 1 > self.model.max_positions:
+                    row.stop_reason = "context_full"
+                else:
+                    writers.append((row, token))
+        if writers:
+            embeds = self._embed([token for _, token in writers])  # one lookup for the whole batch
+            for k, (row, _) in enumerate(writers):
+                row.segment = embeds[k:k + 1]
 
     def _flush_text(self, row: _Row) -> None:
         if row.text_ids:
