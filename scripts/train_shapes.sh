@@ -5,8 +5,10 @@
 #   3. train the whole DreamLLM (I-GPT)            runs/shapes/model/final/        (configs/shapes.yaml)
 #   4. sharpen the VAE's decoder, encoder fixed    runs/shapes/vae-decoder/final/  (configs/shapes-vae-decoder.yaml)
 #      (independent of 3: on two free cores, run it beside stage 3)
-#   5. ship the model with the sharper decoder     dreamgen/models/shapes/
-#   6. evaluate it on held-out prompts
+#   5. sharpen it further, weighing the shapes'    runs/shapes/vae-decoder-edges/final/
+#      pixels more (small diamonds and crosses)    (configs/shapes-vae-decoder-edges.yaml)
+#   6. ship the model with the sharper decoder     dreamgen/models/shapes/
+#   7. evaluate it on held-out prompts
 # Every stage is seeded, single-threaded (so deterministic) and resumable: run the script again after a stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +22,14 @@ fi
 [ -f "$RUNS/vae/final/config.json" ] || $DREAMGEN train configs/shapes-vae.yaml
 [ -f "$RUNS/model/final/config.json" ] || $DREAMGEN train configs/shapes.yaml
 [ -f "$RUNS/vae-decoder/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder.yaml
+[ -f "$RUNS/vae-decoder-edges/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder-edges.yaml
 
 # The released layout, plus __init__.py files so the package data (*.json, *.safetensors) ships every folder.
 TARGET=dreamgen/models/shapes
 rm -rf "$TARGET"
 $PY -c "from dreamgen.training.trainer import replace_vae; \
-replace_vae('$RUNS/model/final', '$RUNS/vae-decoder/final', '$TARGET')"
+replace_vae('$RUNS/model/final', '$RUNS/vae-decoder-edges/final', '$TARGET')"
+$PY -m dreamgen.shapes.roundtrip "$TARGET"
 touch dreamgen/models/__init__.py
 for dir in "$TARGET" "$TARGET"/*/; do touch "$dir/__init__.py"; done
 du -sh "$TARGET"

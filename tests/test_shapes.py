@@ -125,10 +125,11 @@ def test_score_document_on_ground_truth_and_on_mistakes():
 
 # ---------------------------------------------------------------------------------------------- the shipped model
 TARGETS = {"colour": 0.90, "shape": 0.80, "well_formed": 0.95}  # issue 6
-# The shipped model reads 76% on shape over 200 held-out prompts (its misses: green diamonds drawn as circles or
-# crosses, small orange crosses as diamonds), short of the 80% target; this floor catches a regression meanwhile.
-SHAPE_FLOOR = 0.55
-PROMPTS = 24  # held-out prompts, about 30 pictures: a few seconds at the default parameters
+# The targets are held on the README's eval: 200 held-out prompts (273 pictures), about a minute on one thread.
+# (83% shape; 76% before the decoder was fine-tuned with loss.foreground_weight. The misses left are mostly small
+# green diamonds drawn as crosses: their tips do not survive the VAE, see the round-trip test below.)
+PROMPTS = 200
+ABLATION_PROMPTS = 24  # enough to see the pictures fall to chance when the condition is cut
 
 
 def _one_thread():
@@ -149,7 +150,7 @@ def shipped_summary():
 
     before = _one_thread()
     try:
-        return evaluate(load_model("shapes"), eval_prompts(PROMPTS), GenerationParams(), batch_size=PROMPTS).summary()
+        return evaluate(load_model("shapes"), eval_prompts(PROMPTS), GenerationParams(), batch_size=8).summary()
     finally:
         torch.set_num_threads(before)
 
@@ -168,10 +169,8 @@ def test_shipped_model_writes_the_asked_articles_in_the_right_colours(shipped_su
     s = shipped_summary
     assert s["well_formed"] >= TARGETS["well_formed"] and s["follows_prompt"] >= 0.95, s
     assert s["colour"] >= TARGETS["colour"] and s["background"] >= 0.90, s
-    assert s["shape"] >= SHAPE_FLOOR, s
 
 
-@pytest.mark.xfail(reason="shape target (80%) not reached yet: 76% on 200 held-out prompts", strict=False)
 def test_shipped_model_meets_the_shape_target(shipped_summary):
     assert shipped_summary["shape"] >= TARGETS["shape"], shipped_summary
 
@@ -185,12 +184,31 @@ def test_cutting_the_condition_breaks_the_pictures(shipped_summary):
     before = _one_thread()
     try:
         model = ablate(load_model("shapes"), "condition")
-        cut = evaluate(model, eval_prompts(PROMPTS), GenerationParams(), batch_size=PROMPTS).summary()
+        cut = evaluate(model, eval_prompts(ABLATION_PROMPTS), GenerationParams(),
+                       batch_size=ABLATION_PROMPTS).summary()
     finally:
         torch.set_num_threads(before)
     # the articles stay (the condition only reaches the UNet), the pictures lose what they say
     assert cut["well_formed"] >= 0.9
     assert cut["colour"] < 0.5 and cut["colour"] < shipped_summary["colour"] - 0.4, cut
+
+
+def test_shipped_vae_keeps_the_kind_of_shapes_readable():
+    """The decoder draws every picture the model makes: a kind a VAE round trip loses, the model cannot draw."""
+    import torch
+
+    from dreamgen.checkpoint import load_model
+    from dreamgen.shapes.roundtrip import kind_accuracy, roundtrip_shapes
+
+    before = _one_thread()
+    try:
+        accuracy = kind_accuracy(load_model("shapes").head.vae.eval(), roundtrip_shapes(repeats=2))
+    finally:
+        torch.set_num_threads(before)
+    assert all(accuracy[kind, "large"] >= 0.9 for kind in SHAPES), accuracy
+    # small diamonds are the known loss (their tips do not survive 8 x 8 latents): 8% here, 4% over 240 pictures
+    assert all(accuracy[kind, "small"] >= 0.75 for kind in SHAPES if kind != "diamond"), accuracy
+    assert np.mean(list(accuracy.values())) >= 0.85, accuracy  # 90% here (84% before the foreground-weighted decoder)
 
 
 def test_cli_eval_prints_one_row_per_ablation(installed_tiny):

@@ -223,6 +223,40 @@ def test_vae_stage_trains_and_sets_the_scaling_factor(tmp_path, data_file):
     assert len((tmp_path / "vae-run" / "log.jsonl").read_text().splitlines()) == 3
 
 
+def test_foreground_weight_weighs_the_shape_and_zero_is_the_plain_loss():
+    import numpy as np
+    import torch.nn.functional as F
+
+    from dreamgen.shapes.render import render
+    from dreamgen.shapes.world import Shape
+    from dreamgen.training.config import VAEConfig, VAELossConfig
+    from dreamgen.training.vae import pixel_weights, vae_loss
+
+    shape = Shape("red", "diamond", "small", "in the middle", "beige")
+    pixels = torch.from_numpy(np.asarray(render(shape), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    w = pixel_weights(pixels, 5.0)[0, 0]
+    assert w[32, 32] == 6.0 and w[0, 0] == 1.0 and set(w.unique().tolist()) == {1.0, 6.0}
+    assert w[32, 32 - 10] == 6.0 and w[32, 32 - 12] == 1.0  # the diamond's left tip and a pixel beyond it count
+    assert 0.05 < (w > 1).float().mean() < 0.2  # a small shape is a small share of the picture
+    assert torch.equal(pixel_weights(pixels, 0.0), torch.ones_like(pixels[:, :1]))
+
+    torch.manual_seed(0)
+    vae = build_vae(VAEArchitectureConfig(**{**TINY_VAE, "image_size": 64}))
+    plain = VAEConfig(loss=VAELossConfig(kl_weight=0.0))
+    loss, metrics = vae_loss(vae, pixels, plain, torch.Generator().manual_seed(1))
+    x = pixels * 2 - 1
+    posterior = vae.encode(x).latent_dist
+    generator = torch.Generator().manual_seed(1)
+    recon = vae.decode(posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)).sample
+    assert torch.equal(loss, F.l1_loss(recon, x) + F.mse_loss(recon, x))
+    weighted, _ = vae_loss(vae, pixels, VAEConfig(loss=VAELossConfig(kl_weight=0.0, foreground_weight=5.0)),
+                           torch.Generator().manual_seed(1))
+    w = pixel_weights(pixels, 5.0)
+    w = w / w.mean()
+    torch.testing.assert_close(weighted, (w * (recon - x).abs()).mean() + (w * (recon - x) ** 2).mean())
+    assert not torch.equal(weighted, loss)
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_config_errors_name_the_key(tmp_path, data_file):
     bad = tmp_path / "bad.yaml"

@@ -1,6 +1,7 @@
 """The VAE stage: an image autoencoder (diffusers' AutoencoderKL) trained from scratch on the data's pictures.
 
-loss = l1 * |x' - x| + mse * (x' - x)^2 + kl * KL(q(z|x) || N(0, I)), with x' decoded from a posterior sample.
+loss = l1 * |x' - x| + mse * (x' - x)^2 + kl * KL(q(z|x) || N(0, I)), with x' decoded from a posterior sample;
+with loss.foreground_weight the pixel terms weigh the pixels on and around a shape more (see pixel_weights).
 At the end the latents' spread is measured and stored as the VAE's scaling_factor, so scaled latents have unit
 variance, as the diffusion schedule assumes. The result is a diffusers folder (`model.vae` of an igpt config).
 """
@@ -22,6 +23,22 @@ from .trainer import TrainResult, load_vae
 log = logging.getLogger(__name__)
 
 SCALE_SAMPLE = 512  # images whose latents set the scaling factor
+# What pixel_weights calls foreground, for pictures on a plain background: the frame that samples the background
+# colour, and the RGB distance (in [0, 1] units per channel) that sets a pixel apart from it.
+BACKGROUND_FRAME = 3
+FOREGROUND_DISTANCE = 70 / 255
+
+
+def pixel_weights(pixels: torch.Tensor, foreground_weight: float) -> torch.Tensor:
+    """pixels (N, 3, S, S) in [0, 1] -> (N, 1, S, S): 1 + foreground_weight on the foreground and the pixel
+    around it, 1 elsewhere. The background is the median colour of each picture's border (as the shapes checker
+    reads it); the foreground is every pixel farther from it than FOREGROUND_DISTANCE."""
+    frame = torch.ones(pixels.shape[-2:], dtype=torch.bool, device=pixels.device)
+    frame[BACKGROUND_FRAME:-BACKGROUND_FRAME, BACKGROUND_FRAME:-BACKGROUND_FRAME] = False
+    background = pixels[:, :, frame].median(dim=-1).values[:, :, None, None]  # (N, 3, 1, 1)
+    far = ((pixels - background) ** 2).sum(dim=1, keepdim=True).sqrt() > FOREGROUND_DISTANCE
+    grown = F.max_pool2d(far.float(), kernel_size=3, stride=1, padding=1)  # one pixel out: both sides of the edge
+    return 1 + foreground_weight * grown
 
 
 def vae_loss(vae, pixels: torch.Tensor, config: VAEConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -30,7 +47,13 @@ def vae_loss(vae, pixels: torch.Tensor, config: VAEConfig, generator: torch.Gene
     posterior = vae.encode(x).latent_dist
     z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
     recon = vae.decode(z).sample
-    l1, mse = F.l1_loss(recon, x), F.mse_loss(recon, x)
+    if config.loss.foreground_weight:
+        # each picture's weights sum to its pixel count, so the loss keeps the scale of a plain per-pixel mean
+        w = pixel_weights(pixels, config.loss.foreground_weight)
+        w = w / w.mean(dim=(1, 2, 3), keepdim=True)
+        l1, mse = (w * (recon - x).abs()).mean(), (w * (recon - x) ** 2).mean()
+    else:
+        l1, mse = F.l1_loss(recon, x), F.mse_loss(recon, x)
     kl = posterior.kl().mean() / z[0].numel()  # per latent element, so the weight does not depend on the size
     c = config.loss
     loss = c.l1_weight * l1 + c.mse_weight * mse + c.kl_weight * kl
