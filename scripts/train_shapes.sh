@@ -4,9 +4,9 @@
 #   2. train its VAE                               runs/shapes/vae/final/          (configs/shapes-vae.yaml)
 #   3. train the whole DreamLLM (I-GPT)            runs/shapes/model/final/        (configs/shapes.yaml)
 #   4. sharpen the VAE's decoder, encoder fixed    runs/shapes/vae-decoder/final/  (configs/shapes-vae-decoder.yaml)
-#      (independent of 3: on two free cores, run it beside stage 3)
 #   5. sharpen it further, weighing the shapes'    runs/shapes/vae-decoder-edges/final/
 #      pixels more (small diamonds and crosses)    (configs/shapes-vae-decoder-edges.yaml)
+#      (4 and 5 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
 #   6. ship the model with the sharper decoder     dreamgen/models/shapes/
 #   7. evaluate it on held-out prompts
 # Every stage is seeded, single-threaded (so deterministic) and resumable: run the script again after a stop.
@@ -20,9 +20,14 @@ if [ ! -s "$RUNS/data/train.jsonl" ]; then
   $PY -m dreamgen.shapes "$RUNS/data" --documents 6000 --seed 0
 fi
 [ -f "$RUNS/vae/final/config.json" ] || $DREAMGEN train configs/shapes-vae.yaml
+sharpen_decoder() {
+  [ -f "$RUNS/vae-decoder/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder.yaml
+  [ -f "$RUNS/vae-decoder-edges/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder-edges.yaml
+}
+sharpen_decoder > "$RUNS/decoder.log" 2>&1 &
+decoder=$!
 [ -f "$RUNS/model/final/config.json" ] || $DREAMGEN train configs/shapes.yaml
-[ -f "$RUNS/vae-decoder/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder.yaml
-[ -f "$RUNS/vae-decoder-edges/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder-edges.yaml
+wait $decoder || { echo "decoder stages failed; see $RUNS/decoder.log"; exit 1; }
 
 # The released layout, plus __init__.py files so the package data (*.json, *.safetensors) ships every folder.
 TARGET=dreamgen/models/shapes
