@@ -174,3 +174,30 @@ def test_pictures_of_different_sizes_in_one_step():
     together = gen.read_images(pictures)
     for picture, features in zip(pictures, together):
         torch.testing.assert_close(features, gen.components.encode_images(picture[None])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_pictures_asked_together_share_each_unet_step():
+    gen = tiny_generator()
+    batches = []
+    unet = gen.components.unet
+
+    def counting_unet(sample, timestep, encoder_hidden_states):
+        batches.append(sample.shape[0])
+        return unet(sample, timestep, encoder_hidden_states)
+
+    gen.components.unet = counting_unet
+    captions = ["a red circle", "a blue square", "a green cross"]
+    docs = gen.generate([DocumentRequest(c, GenerationParams(seed=i, steps=3), image_only=True)
+                         for i, c in enumerate(captions)])
+    assert batches == [2 * 3] * 3  # one guided batch [uncond x3, cond x3] per step, not one call per picture
+    alone = tiny_generator().generate([DocumentRequest(captions[1], GenerationParams(seed=1, steps=3), image_only=True)])
+    assert max_pixel_diff(alone[0].images[0].image, docs[1].images[0].image) <= 1
+
+    # documents that ask for pictures at different steps wait for each other (up to a limit), so the lockstep
+    # batch makes fewer UNet calls than one call per picture and step
+    batches.clear()
+    mixed = gen.generate([request(f"topic {i}", seed=i, temperature=1.0, steps=2, max_images=2, max_new_tokens=60)
+                          for i in range(6)])
+    pictures = sum(len(d.images) for d in mixed)
+    assert pictures >= 4 and max(batches) > 2
+    assert len(batches) < pictures * 2
