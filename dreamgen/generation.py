@@ -34,8 +34,9 @@ CHAT_TEMPLATES = {
     "none": "{instruction}",
 }
 COMPACT_MIN_LEN = 64  # compact the KV cache once it is this long and at least half holes
-# A document that asked for a picture waits (its neighbours go on writing) until half the batch is waiting,
-# nobody else can go on, or it has waited this many steps: pictures are then painted in one UNet batch.
+# A document that asked for a picture waits (its neighbours go on writing) until nobody else can go on or it has
+# waited this many steps: the pictures asked for meanwhile are then painted in one UNet batch. Fewer, fuller UNet
+# batches cost less wherever a call has a fixed cost (a GPU, a small UNet); the wait bounds a document's delay.
 PAINT_GATHER_STEPS = 24
 
 
@@ -272,7 +273,7 @@ class Generator:
         """Paint now, or let the waiting documents wait while the others write? The result is the same either
         way (a picture depends on its own condition and seed); only the UNet batch size changes."""
         nobody_else = len(waiting) == sum(1 for r in active if not r.stop_reason)
-        return nobody_else or 2 * len(waiting) >= len(active) or max(r.waited for r in waiting) >= PAINT_GATHER_STEPS
+        return nobody_else or max(r.waited for r in waiting) >= PAINT_GATHER_STEPS
 
     def _next_segments(self, rows: list[_Row]) -> None:
         """Sample each row's next token (all rows in one call) and decide what it feeds next, or that it stops."""
