@@ -3,6 +3,7 @@
 #   1. write the shapes world's training set      runs/shapes/data/
 #   2. train its VAE                               runs/shapes/vae/final/          (configs/shapes-vae.yaml)
 #   3. train the whole DreamLLM (I-GPT)            runs/shapes/model/final/        (configs/shapes.yaml)
+#      then a second pass at a lower rate          runs/shapes/finetune/final/     (configs/shapes-finetune.yaml)
 #   4. sharpen the VAE's decoder, encoder fixed    runs/shapes/vae-decoder/final/  (configs/shapes-vae-decoder.yaml)
 #   5. sharpen it further, weighing the shapes'    runs/shapes/vae-decoder-edges/final/
 #      pixels more (small diamonds and crosses)    (configs/shapes-vae-decoder-edges.yaml)
@@ -27,13 +28,14 @@ sharpen_decoder() {
 sharpen_decoder > "$RUNS/decoder.log" 2>&1 &
 decoder=$!
 [ -f "$RUNS/model/final/config.json" ] || $DREAMGEN train configs/shapes.yaml
+[ -f "$RUNS/finetune/final/config.json" ] || $DREAMGEN train configs/shapes-finetune.yaml
 wait $decoder || { echo "decoder stages failed; see $RUNS/decoder.log"; exit 1; }
 
 # The released layout, plus __init__.py files so the package data (*.json, *.safetensors) ships every folder.
 TARGET=dreamgen/models/shapes
 rm -rf "$TARGET"
 $PY -c "from dreamgen.training.trainer import replace_vae; \
-replace_vae('$RUNS/model/final', '$RUNS/vae-decoder-edges/final', '$TARGET')"
+replace_vae('$RUNS/finetune/final', '$RUNS/vae-decoder-edges/final', '$TARGET')"
 $PY -m dreamgen.shapes.roundtrip "$TARGET"
 touch dreamgen/models/__init__.py
 for dir in "$TARGET" "$TARGET"/*/; do touch "$dir/__init__.py"; done
