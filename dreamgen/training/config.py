@@ -103,19 +103,27 @@ class LossConfig:
 
 
 @dataclass
-class IGPTConfig:
-    stage: str = "igpt"
+class RunConfig:
+    """What every training stage has: its seed, its folder, how often it logs and saves, its threads."""
+
+    stage: str = ""
     seed: int = 0
+    output_dir: str = "runs/run"
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    threads: int = 0  # torch threads; 0 leaves torch's default
+
+
+@dataclass
+class IGPTConfig(RunConfig):
+    stage: str = "igpt"
     output_dir: str = "runs/dreamllm"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    threads: int = 0  # torch threads; 0 leaves torch's default
     save_dtype: str = "fp32"  # fp16 halves the final checkpoint
 
 
@@ -147,9 +155,8 @@ class VAEDataConfig:
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(RunConfig):
     stage: str = "vae"
-    seed: int = 0
     output_dir: str = "runs/vae"
     init: str = "new"  # "new" or a VAE folder to go on from
     # Train the decoder alone: latents (and the scaling factor) stay exactly as they were, so a diffusion model
@@ -159,10 +166,6 @@ class VAEConfig:
     architecture: VAEArchitectureConfig = field(default_factory=VAEArchitectureConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    threads: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from ..errors import TrainingError
-from .config import OptimConfig
+from .config import OptimConfig, RunConfig
 
 STATE_FILE = "trainer_state.pt"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -54,6 +54,18 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     return float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+
+
+def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter], lr: float,
+           grad_clip: float) -> float:
+    """One optimizer step on `loss` at learning rate `lr`; returns the gradient norm before clipping."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = clip_gradients(params, grad_clip)
+    optimizer.step()
+    return grad_norm
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -131,3 +143,28 @@ class MetricsWindow:
             f.write(json.dumps(line) + "\n")
         self.sums, self.count, self.started = {}, 0, time.perf_counter()
         return line
+
+
+class StepLog:
+    """What both stages do after each step: average the metrics into log.jsonl every log_every steps, tell the
+    progress display, and save a checkpoint (weights via `save_weights`, then the trainer state) every
+    save_every steps, keeping the newest keep_checkpoints."""
+
+    def __init__(self, out: Path, config: RunConfig, steps: int, optimizer: torch.optim.Optimizer,
+                 save_weights: Callable[[Path], None], emit: OnEvent):
+        self.out, self.config, self.steps = out, config, steps
+        self.optimizer, self.save_weights, self.emit = optimizer, save_weights, emit
+        self.window = MetricsWindow(out / "log.jsonl")
+        self.last: dict = {}  # the latest log line
+
+    def step_done(self, done: int, lr: float, metrics: dict) -> None:
+        self.window.add(metrics)
+        if done % self.config.log_every == 0 or done == self.steps:
+            self.last = self.window.flush(done, lr)
+        self.emit("step", {"step": done, "steps": self.steps, "lr": lr, **metrics})
+        if done % self.config.save_every == 0 and done < self.steps:
+            directory = self.out / f"checkpoint-{done}"
+            self.save_weights(directory)
+            save_state(directory, self.optimizer, done)
+            prune_checkpoints(self.out, self.config.keep_checkpoints)
+            self.emit("save", {"step": done, "path": str(directory)})

@@ -18,8 +18,7 @@ from ..tokenizer_build import build_tokenizer
 from .architecture import apply_freeze, build_model, build_vae
 from .config import IGPTConfig, VAEArchitectureConfig
 from .data import ImageRef, InterleavedDataset, SequenceBuilder, batch_indices, collate, read_documents
-from .loop import (MetricsWindow, OnEvent, clip_gradients, lr_at, open_run,
-                   make_optimizer, prune_checkpoints, save_state, step_generator)
+from .loop import OnEvent, StepLog, lr_at, make_optimizer, open_run, step_generator, update
 from .objective import IGPTObjective, ImageInputs
 
 log = logging.getLogger(__name__)
@@ -135,34 +134,18 @@ def train_igpt(config: IGPTConfig, on_event: OnEvent | None = None, resume: bool
                    "resumed_from": str(latest) if latest else None})
 
     # 3. the loop
-    window = MetricsWindow(out / "log.jsonl")
+    step_log = StepLog(out, config, o.steps, optimizer, lambda d: save_checkpoint(model, d, safetensors=True), emit)
     started = time.perf_counter()
-    last = {}
     for step in range(start, o.steps):
         lr = lr_at(step, o)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         samples = [dataset.samples[i] for i in batch_indices(len(dataset), o.batch_size, step, config.seed)]
         result = objective(collate(samples, model.special.pad), step_generator(config.seed, step))
-        optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        grad_norm = clip_gradients(params, o.grad_clip)
-        optimizer.step()
+        grad_norm = update(optimizer, result.loss, params, lr, o.grad_clip)
         metrics = {"loss": float(result.loss.detach()), "lm": result.lm, "vm": result.vm, "grad_norm": grad_norm}
-        window.add(metrics)
-        done = step + 1
-        if done % config.log_every == 0 or done == o.steps:
-            last = window.flush(done, lr)
-        emit("step", {"step": done, "steps": o.steps, "lr": lr, **metrics})
-        if done % config.save_every == 0 and done < o.steps:
-            directory = out / f"checkpoint-{done}"
-            save_checkpoint(model, directory, safetensors=True)
-            save_state(directory, optimizer, done)
-            prune_checkpoints(out, config.keep_checkpoints)
-            emit("save", {"step": done, "path": str(directory)})
+        step_log.step_done(step + 1, lr, metrics)
 
     # 4. the final model, in the released layout
     final = _save(model, out / "final", config.save_dtype)
     seconds = time.perf_counter() - started
-    emit("done", {"path": str(final), "seconds": seconds, **last})
-    return TrainResult(output=final, steps=o.steps, seconds=seconds, metrics=last)
+    emit("done", {"path": str(final), "seconds": seconds, **step_log.last})
+    return TrainResult(output=final, steps=o.steps, seconds=seconds, metrics=step_log.last)

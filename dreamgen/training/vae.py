@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from .architecture import build_vae
 from .config import VAEConfig
 from .data import batch_indices, image_paths, load_image
-from .loop import (MetricsWindow, OnEvent, clip_gradients, lr_at, open_run,
-                   make_optimizer, prune_checkpoints, save_state, step_generator)
+from .loop import OnEvent, StepLog, lr_at, make_optimizer, open_run, step_generator, update
 from .trainer import TrainResult, load_vae
 
 log = logging.getLogger(__name__)
@@ -106,38 +105,24 @@ def train_vae(config: VAEConfig, on_event: OnEvent | None = None, resume: bool =
     emit("start", {"stage": "vae", "step": start, "steps": o.steps, "images": len(paths),
                    "trainable": sum(p.numel() for p in params), "resumed_from": str(latest) if latest else None})
 
-    window = MetricsWindow(out / "log.jsonl")
-    started, last = time.perf_counter(), {}
+    step_log = StepLog(out, config, o.steps, optimizer, vae.save_pretrained, emit)
+    started = time.perf_counter()
     for step in range(start, o.steps):
         lr = lr_at(step, o)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         generator = step_generator(config.seed, step)
         indices = batch_indices(len(paths), o.batch_size, step, config.seed)
         pixels = torch.stack([load_image(paths[i], size) for i in indices])  # (B, 3, S, S)
         if config.data.crop:
             pixels = random_crops(pixels, config.data.crop, generator)
         loss, metrics = vae_loss(vae, pixels, config, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["grad_norm"] = clip_gradients(params, o.grad_clip)
-        optimizer.step()
-        window.add(metrics)
-        done = step + 1
-        if done % config.log_every == 0 or done == o.steps:
-            last = window.flush(done, lr)
-        emit("step", {"step": done, "steps": o.steps, "lr": lr, **metrics})
-        if done % config.save_every == 0 and done < o.steps:
-            directory = out / f"checkpoint-{done}"
-            vae.save_pretrained(directory)
-            save_state(directory, optimizer, done)
-            prune_checkpoints(out, config.keep_checkpoints)
-            emit("save", {"step": done, "path": str(directory)})
+        metrics["grad_norm"] = update(optimizer, loss, params, lr, o.grad_clip)
+        step_log.step_done(step + 1, lr, metrics)
 
     vae.eval()
     factor = vae.config.scaling_factor if config.decoder_only else set_scaling_factor(vae, paths, size)
     final = out / "final"
     vae.save_pretrained(final)
     seconds = time.perf_counter() - started
-    emit("done", {"path": str(final), "seconds": seconds, "scaling_factor": factor, **last})
-    return TrainResult(output=final, steps=o.steps, seconds=seconds, metrics={**last, "scaling_factor": factor})
+    emit("done", {"path": str(final), "seconds": seconds, "scaling_factor": factor, **step_log.last})
+    return TrainResult(output=final, steps=o.steps, seconds=seconds,
+                       metrics={**step_log.last, "scaling_factor": factor})
