@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..generation import pil_to_tensor, tensor_to_pil
 from .articles import JITTER
 from .checker import read_image
 from .render import render
@@ -35,11 +36,9 @@ def roundtrip(vae, shapes: list[Shape], batch: int = 64) -> list[Image.Image]:
     """The pictures of `shapes` after encode -> latent mean -> decode."""
     out = []
     for i in range(0, len(shapes), batch):
-        pixels = torch.stack([torch.from_numpy(np.asarray(render(s), dtype=np.float32) / 255).permute(2, 0, 1)
-                              for s in shapes[i:i + batch]])
+        pixels = torch.stack([pil_to_tensor(render(s)) for s in shapes[i:i + batch]])
         recon = vae.decode(vae.encode(pixels * 2 - 1).latent_dist.mean).sample
-        arrays = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        out += [Image.fromarray(a) for a in arrays]
+        out += [tensor_to_pil(image) for image in (recon / 2 + 0.5).clamp(0, 1)]  # as the generation loop does
     return out
 
 
