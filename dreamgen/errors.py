@@ -23,6 +23,20 @@ class PromptFileError(DreamgenError):
         super().__init__(f"{where}:{what} {reason}")
 
 
+class PromptFileProblems(PromptFileError):
+    """Several prompts of one file are bad, each a PromptFileError in `problems`; the message lists them one per
+    line, as `path:line: ...`. path, line, field and reason are the first problem's, for callers naming one place."""
+
+    def __init__(self, problems: list[PromptFileError], more: bool):
+        first = problems[0]
+        self.problems = problems
+        self.path, self.line, self.field, self.reason = first.path, first.line, first.field, first.reason
+        head = f"{first.path}: {len(problems)} problems"
+        if more:
+            head = f"{first.path}: more than {len(problems)} problems; the first {len(problems)}"
+        DreamgenError.__init__(self, "\n".join([head + ":"] + [str(p) for p in problems]))
+
+
 class StorageError(DreamgenError):
     """Output storage cannot be read or written (missing bucket, denied access, bad path)."""
 

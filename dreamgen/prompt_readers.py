@@ -1,4 +1,6 @@
 """Prompt file formats: each reader yields (line, item) with values typed as JSON would type them.
+A JSONL line or CSV row that makes no item is yielded as (line, PromptFileError), so the check goes on to the
+next one; problems of the whole file (its header, its YAML structure, bytes that are not UTF-8) are raised.
 
 What a prompt file may contain (its fields and their types) is defined here too; `prompts.py` checks
 the values. Every reader streams: one line (or one YAML item) at a time.
@@ -74,18 +76,22 @@ def _read_txt(path: Path):
 
 def _read_jsonl(path: Path):
     for number, text in decoded_lines(path):
-        if not text.strip():
-            continue
-        try:
-            item = json.loads(text, object_pairs_hook=_object_without_repeated_keys)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(path, number, f"invalid JSON: {e.msg} (column {e.colno})") from None
-        except _RepeatedKey as e:
-            raise PromptFileError(path, number, "appears twice in the same object", field=e.key) from None
-        if not isinstance(item, dict):
-            raise PromptFileError(path, number, 'each line must be a JSON object like {"prompt": "..."}, '
-                                                f"got {_kind(item)}")
-        yield number, item
+        if text.strip():
+            yield number, _jsonl_item(path, number, text)
+
+
+def _jsonl_item(path: Path, number: int, text: str) -> dict | PromptFileError:
+    """The line's object, or the problem that makes it none (yielded, so the lines after it are still read)."""
+    try:
+        item = json.loads(text, object_pairs_hook=_object_without_repeated_keys)
+    except json.JSONDecodeError as e:
+        return PromptFileError(path, number, f"invalid JSON: {e.msg} (column {e.colno})")
+    except _RepeatedKey as e:
+        return PromptFileError(path, number, "appears twice in the same object", field=e.key)
+    if not isinstance(item, dict):
+        return PromptFileError(path, number, 'each line must be a JSON object like {"prompt": "..."}, '
+                                             f"got {_kind(item)}")
+    return item
 
 
 class _RepeatedKey(Exception):
@@ -119,13 +125,21 @@ def _read_csv(path: Path):
                 return
             if not any(cell.strip() for cell in row):
                 continue
-            if len(row) > len(columns):
-                raise PromptFileError(path, start, f"row has {len(row)} cells but the header has {len(columns)} "
-                                                   "columns (quote cells that contain commas)")
-            yield start, {name: _csv_value(path, start, name, cell) for name, cell in zip(columns, row)
-                          if cell.strip() or name == "prompt"}
+            yield start, _csv_item(path, start, columns, row)
     except csv.Error as e:
         raise PromptFileError(path, reader.line_num, f"invalid CSV: {e}") from None
+
+
+def _csv_item(path: Path, line: int, columns: list[str], row: list[str]) -> dict | PromptFileError:
+    """The row as an item, or the problem that makes it none (yielded, so the rows after it are still read)."""
+    if len(row) > len(columns):
+        return PromptFileError(path, line, f"row has {len(row)} cells but the header has {len(columns)} "
+                                           "columns (quote cells that contain commas)")
+    try:
+        return {name: _csv_value(path, line, name, cell) for name, cell in zip(columns, row)
+                if cell.strip() or name == "prompt"}
+    except PromptFileError as e:
+        return e
 
 
 def _check_csv_header(path: Path, columns: list[str]) -> None:

@@ -2,6 +2,8 @@
 
 A file is validated whole before anything runs (`validate_prompt_file`), then read again to run
 (`iter_prompt_file`); both stream, so a 100,000-line file is never held in memory, only its set of ids.
+A problem confined to one prompt (a bad value, a line that is not JSON, a repeated id) does not stop the
+check: the user gets every such problem of the file at once (up to MAX_REPORTED_PROBLEMS), not one per try.
 
 Where a value comes from, weakest first: GenerationParams defaults, the job's defaults (CLI flags),
 a YAML file's `defaults:`, the item itself. `template` is a parameter like the others: the generator
@@ -20,7 +22,7 @@ from typing import Any, Iterator, Mapping
 from PIL import Image, UnidentifiedImageError
 
 from . import prompt_templates
-from .errors import ParamsError, PromptFileError
+from .errors import ParamsError, PromptFileError, PromptFileProblems
 from .ids import document_id, safe_document_id
 from .params import PARAM_NAMES, GenerationParams
 from .prompt_readers import (DEFAULT_FIELDS, FIELDS, EXTENSIONS, FileDefaults, reader_for, type_problem,
@@ -30,7 +32,10 @@ VAE_SCALE_FACTOR = 8  # images are decoded from latents 8x smaller, so sizes mus
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
-__all__ = ["EXTENSIONS", "FIELDS", "PromptSpec", "VAE_SCALE_FACTOR", "iter_prompt_file", "validate_prompt_file"]
+MAX_REPORTED_PROBLEMS = 20  # enough to see a pattern; a file wrong on every line is not listed whole
+
+__all__ = ["EXTENSIONS", "FIELDS", "MAX_REPORTED_PROBLEMS", "PromptSpec", "VAE_SCALE_FACTOR", "iter_prompt_file",
+           "validate_prompt_file"]
 
 
 @dataclass
@@ -49,26 +54,68 @@ class PromptSpec:
 def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str) -> int:
     """Check the whole file in one streaming pass; return how many prompts it holds.
 
-    Raises the first problem as PromptFileError (file, line, field), or ParamsError for bad `defaults`.
+    One problem is raised as PromptFileError (file, line, field); several as PromptFileProblems, listing up to
+    MAX_REPORTED_PROBLEMS of them. A problem that stops the reading (bytes that are not UTF-8, broken YAML, a bad
+    CSV header) ends the list. Bad `defaults` raise ParamsError.
     """
-    return sum(1 for _ in iter_prompt_file(path, defaults, model_id))
+    problems: list[PromptFileError] = []
+    count, more = 0, False
+
+    def note(problem: PromptFileError) -> None:
+        nonlocal more
+        if len(problems) < MAX_REPORTED_PROBLEMS:
+            problems.append(problem)
+        else:
+            more = True
+
+    try:
+        for outcome in _outcomes(Path(path), defaults, model_id):
+            if isinstance(outcome, PromptFileError):
+                note(outcome)
+                if more:
+                    break
+            else:
+                count += 1
+    except PromptFileError as e:  # the file cannot be read on
+        note(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise PromptFileProblems(problems, more=more)
+    if count == 0:
+        raise PromptFileError(path, None, "no prompts in the file")
+    return count
 
 
 def iter_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str) -> Iterator[PromptSpec]:
     """Yield one PromptSpec per prompt, streaming. Call `validate_prompt_file` first so a bad file
-    is rejected before anything is written."""
-    path = Path(path)
-    read_items = reader_for(path)
-    builder = _SpecBuilder(path, _check_job_defaults(defaults or {}), model_id)
+    is rejected before anything is written; here the first problem is raised."""
     count = 0
-    for line, item in read_items(path):
-        if isinstance(item, FileDefaults):
-            builder.set_file_defaults(line, item.values)
-            continue
-        yield builder.build(line, item)
+    for outcome in _outcomes(Path(path), defaults, model_id):
+        if isinstance(outcome, PromptFileError):
+            raise outcome
+        yield outcome
         count += 1
     if count == 0:
         raise PromptFileError(path, None, "no prompts in the file")
+
+
+def _outcomes(path: Path, defaults: Mapping[str, Any] | None, model_id: str) -> Iterator[PromptSpec | PromptFileError]:
+    """Each prompt of the file as a PromptSpec, or as the PromptFileError that rejects it. Problems that are not
+    one prompt's (the file, its header, its defaults) are raised."""
+    read_items = reader_for(path)
+    builder = _SpecBuilder(path, _check_job_defaults(defaults or {}), model_id)
+    for line, item in read_items(path):
+        if isinstance(item, FileDefaults):
+            builder.set_file_defaults(line, item.values)
+        elif isinstance(item, PromptFileError):  # the reader could not make an item of this line
+            yield item
+        else:
+            try:
+                outcome = builder.build(line, item)
+            except PromptFileError as e:
+                outcome = e
+            yield outcome
 
 
 # ---------------------------------------------------------------------------------------------

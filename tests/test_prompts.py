@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from dreamgen import prompt_templates
-from dreamgen.errors import ParamsError, PromptFileError
+from dreamgen.errors import ParamsError, PromptFileError, PromptFileProblems
 from dreamgen.params import GenerationParams
-from dreamgen.prompts import iter_prompt_file, validate_prompt_file
+from dreamgen.prompts import MAX_REPORTED_PROBLEMS, iter_prompt_file, validate_prompt_file
 
 MODEL = "tiny-dreamllm"
 
@@ -251,9 +251,41 @@ def test_missing_file_and_directory(tmp_path):
     assert "is a directory" in str(error_of(tmp_path / "dir.txt"))
 
 
-def test_the_first_error_is_reported(tmp_path):
-    path = write(tmp_path, "p.jsonl", '{"prompt": "a", "steps": 0}\n{"prompt": "b", "steps": "x"}\n')
-    assert error_of(path).line == 1
+def test_every_bad_prompt_of_a_file_is_reported_at_once_in_file_order(tmp_path):
+    path = write(tmp_path, "p.jsonl", '{"id": "a", "prompt": "fine"}\n{"prompt": "b", "steps": 0}\nnot json\n'
+                                      '{"prompt": "ok too"}\n["a list"]\n{"id": "a", "prompt": "c"}\n')
+    error = error_of(path)
+    assert isinstance(error, PromptFileProblems)
+    assert [(p.line, p.field) for p in error.problems] == [(2, "steps"), (3, None), (5, None), (6, "id")]
+    assert (error.line, error.field) == (2, "steps")  # the first, for callers that name one place
+    lines = str(error).splitlines()
+    assert lines[0] == f"{path}: 4 problems:"
+    assert lines[1:] == [str(p) for p in error.problems]
+    assert lines[2] == f"{path}:3: invalid JSON: Expecting value (column 1)"
+    with pytest.raises(PromptFileError) as caught:  # running without validating stops at the first
+        list(iter_prompt_file(path, None, MODEL))
+    assert str(caught.value) == lines[1]
+
+
+def test_csv_rows_after_a_bad_row_are_still_checked(tmp_path):
+    path = write(tmp_path, "p.csv", "prompt,steps\na,20\nb,ten\nc,1,2\nd,0\n")
+    error = error_of(path)
+    assert [(p.line, p.field) for p in error.problems] == [(3, "steps"), (4, None), (5, "steps")]
+
+
+def test_a_problem_that_stops_the_reading_ends_the_list(tmp_path):
+    path = write(tmp_path, "p.jsonl", b'{"prompt": "a", "steps": 0}\n{"prompt": "caf\xe9"}\n{"prompt": "b", "seed": "x"}\n')
+    error = error_of(path)
+    assert [p.line for p in error.problems] == [1, 2]
+    assert "not valid UTF-8" in str(error.problems[1])
+
+
+def test_a_file_bad_on_every_line_lists_the_first_ones_and_says_there_are_more(tmp_path):
+    path = write(tmp_path, "p.jsonl", "".join(f'{{"prompt": "p{i}", "steps": 0}}\n' for i in range(MAX_REPORTED_PROBLEMS + 5)))
+    error = error_of(path)
+    assert [p.line for p in error.problems] == list(range(1, MAX_REPORTED_PROBLEMS + 1))
+    assert str(error).splitlines()[0] == (f"{path}: more than {MAX_REPORTED_PROBLEMS} problems; "
+                                          f"the first {MAX_REPORTED_PROBLEMS}:")
 
 
 @pytest.mark.parametrize("defaults,words", [

@@ -155,10 +155,11 @@ def test_dreamgen_run_on_the_readme_example_from_a_clean_directory(tmp_path, ins
 
 def test_a_bad_prompt_file_is_rejected_whole_and_nothing_is_written(tmp_path):
     prompts = tmp_path / "bad.jsonl"
-    prompts.write_text('{"prompt": "fine"}\n{"prompt": "bad", "steps": "ten"}\n')
+    prompts.write_text('{"prompt": "fine"}\n{"prompt": "bad", "steps": "ten"}\n{"prompt": "no end"\n')
     result = CliRunner().invoke(cli, ["run", str(prompts), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert f"Error: {prompts}:2: field 'steps':" in result.output
+    assert f"Error: {prompts}: 2 problems:\n{prompts}:2: field 'steps':" in result.output
+    assert f"\n{prompts}:3: invalid JSON:" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
 
