@@ -29,6 +29,10 @@ PARAM_OPTIONS = [  # (flag, parameter, type, help)
 PARAM_NAMES = [name for _, name, _, _ in PARAM_OPTIONS]
 
 
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def param_options(f):
     """The generation parameters as flags; only the ones given become job defaults."""
     for flag, name, type_, help_ in reversed(PARAM_OPTIONS):
@@ -252,7 +256,8 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
         doc = generator.generate([request], on_progress=lambda kind, _: status.update(f"{kind} done"))[0]
     output.save_document(doc)
     output.finalize()
-    click.echo(f"{doc.id}: {len(doc.text.split())} words, {len(doc.images)} images ({doc.stop_reason}).")
+    click.echo(f"{doc.id}: {counted(len(doc.text.split()), 'word')}, {counted(len(doc.images), 'image')} "
+               f"({doc.stop_reason}).")
     click.echo(f"Open: {output.url_for(doc.id, 'index.html')}")
 
 

@@ -62,15 +62,16 @@ def test_generate_writes_one_document(tmp_path, installed_tiny):
     doc = json.loads((tmp_path / "g" / doc_id / "document.json").read_text())
     assert doc["prompt"] == "How to build a bird house" and doc["params"]["seed"] == 3
     images = [b for b in doc["blocks"] if b["type"] == "image"]
-    assert first == f"{doc_id}: {len(''.join(b['text'] for b in doc['blocks'] if b['type'] == 'text').split())} words, " \
-                    f"{len(images)} images ({doc['stop_reason']})."
+    words = len(''.join(b['text'] for b in doc['blocks'] if b['type'] == 'text').split())
+    assert first == f"{doc_id}: {words} word{'' if words == 1 else 's'}, " \
+                    f"{len(images)} image{'' if len(images) == 1 else 's'} ({doc['stop_reason']})."
     assert all((tmp_path / "g" / doc_id / b["path"]).is_file() for b in images)
 
 
 def test_generate_image_only_paints_one_picture(tmp_path, installed_tiny):
     result = invoke("generate", "--image-only", "a red circle", "--out", str(tmp_path / "g"), "--steps", "2")
     assert result.exit_code == 0
-    assert result.output.splitlines()[0].endswith(": 0 words, 1 images (image_only).")
+    assert result.output.splitlines()[0].endswith(": 0 words, 1 image (image_only).")
 
 
 def test_bad_flags_name_the_flag(tmp_path):
