@@ -1,6 +1,7 @@
 """Prompt file formats: each reader yields (line, item) with values typed as JSON would type them.
-A JSONL line or CSV row that makes no item is yielded as (line, PromptFileError), so the check goes on to the
-next one; problems of the whole file (its header, its YAML structure, bytes that are not UTF-8) are raised.
+A JSONL line, CSV row or YAML list item that makes no item is yielded as (line, PromptFileError), so the check
+goes on to the next one; problems of the whole file (its header, its YAML structure, bytes that are not UTF-8)
+are raised.
 
 What a prompt file may contain (its fields and their types) is defined here too; `prompts.py` checks
 the values. Every reader streams: one line (or one YAML item) at a time.
@@ -247,13 +248,22 @@ def _yaml_sequence(path: Path, loader: yaml.SafeLoader):
     loader.get_event()  # sequence start
     while not loader.check_event(yaml.SequenceEndEvent):
         node = loader.compose_node(None, None)
-        line, value = node.start_mark.line + 1, _construct(path, loader, node)
-        if isinstance(value, str):
-            value = {"prompt": value}
-        elif not isinstance(value, dict):
-            raise PromptFileError(path, line, f"each item must be a prompt string or a mapping, got {_kind(value)}")
-        yield line, value
+        line = node.start_mark.line + 1
+        yield line, _yaml_item(path, loader, node, line)
     loader.get_event()  # sequence end
+
+
+def _yaml_item(path: Path, loader: yaml.SafeLoader, node, line: int) -> dict | PromptFileError:
+    """The item as a mapping, or the problem that makes it none (yielded, so the items after it are still read)."""
+    try:
+        value = _construct(path, loader, node)
+    except PromptFileError as e:
+        return e
+    if isinstance(value, str):
+        return {"prompt": value}
+    if not isinstance(value, dict):
+        return PromptFileError(path, line, f"each item must be a prompt string or a mapping, got {_kind(value)}")
+    return value
 
 
 def _construct(path: Path, loader: yaml.SafeLoader, node):

@@ -273,6 +273,12 @@ def test_csv_rows_after_a_bad_row_are_still_checked(tmp_path):
     assert [(p.line, p.field) for p in error.problems] == [(3, "steps"), (4, None), (5, "steps")]
 
 
+def test_yaml_items_after_a_bad_item_are_still_checked(tmp_path):
+    path = write(tmp_path, "p.yaml", "- a\n- [1, 2]\n- prompt: b\n  steps: 1\n  steps: 2\n- prompt: c\n  seed: x\n- d\n")
+    error = error_of(path)
+    assert [(p.line, p.field) for p in error.problems] == [(2, None), (5, "steps"), (6, "seed")]
+
+
 def test_a_problem_that_stops_the_reading_ends_the_list(tmp_path):
     path = write(tmp_path, "p.jsonl", b'{"prompt": "a", "steps": 0}\n{"prompt": "caf\xe9"}\n{"prompt": "b", "seed": "x"}\n')
     error = error_of(path)
