@@ -27,6 +27,7 @@ PARAM_OPTIONS = [  # (flag, parameter, type, help)
     ("--chat", "chat", click.Choice(["vicuna", "none"]), "Chat format around the instruction (default vicuna)."),
 ]
 PARAM_NAMES = [name for _, name, _, _ in PARAM_OPTIONS]
+FLAG_OF = {name: flag for flag, name, _, _ in PARAM_OPTIONS}
 
 
 def counted(n: int, noun: str) -> str:
@@ -67,8 +68,20 @@ def backend_option(f):
 
 
 def given_params(kwargs: dict) -> dict:
-    """The parameter flags the user gave (the others stay unset, so file values and defaults apply)."""
-    return {name: kwargs[name] for name in PARAM_NAMES if kwargs.get(name) is not None}
+    """The parameter flags the user gave (the others stay unset, so file values and defaults apply), checked
+    here so that a bad value is reported against its flag."""
+    from dreamgen.errors import ParamsError
+    from dreamgen.prompts import check_job_defaults
+
+    given = {name: kwargs[name] for name in PARAM_NAMES if kwargs.get(name) is not None}
+    try:
+        check_job_defaults(given)
+    except ParamsError as e:
+        flag = FLAG_OF.get(e.name)
+        if flag is None:
+            raise
+        raise click.BadParameter(e.rule, param_hint=f"'{flag}'") from None
+    return given
 
 
 def output_options(f):

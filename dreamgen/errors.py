@@ -10,7 +10,13 @@ class CheckpointError(DreamgenError):
 
 
 class ParamsError(DreamgenError, ValueError):
-    """A generation parameter is out of range or of the wrong type; the message names it and its value."""
+    """A generation parameter is out of range or of the wrong type; the message names it and its value.
+    Where one parameter is at fault, `name` is it and `rule` says what is wrong without naming it (for a caller
+    that names it its own way: a CLI flag, a field of a file)."""
+
+    def __init__(self, message: str, name: str | None = None, rule: str | None = None):
+        super().__init__(message)
+        self.name, self.rule = name, rule
 
 
 class PromptFileError(DreamgenError):

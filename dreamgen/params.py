@@ -65,7 +65,8 @@ def _is_number(value) -> bool:
 def check_params(p: GenerationParams) -> None:
     def need(ok, name, rule):
         if not ok:
-            raise ParamsError(f"{name}={getattr(p, name)!r}: {rule}")
+            value = getattr(p, name)
+            raise ParamsError(f"{name}={value!r}: {rule}", name=name, rule=f"{rule}, got {value!r}")
 
     need(_is_int(p.seed) and 0 <= p.seed < 2**63, "seed", "must be an integer in [0, 2^63)")
     need(_is_number(p.temperature) and 0 <= p.temperature <= 10, "temperature", "must be a number in [0, 10]")

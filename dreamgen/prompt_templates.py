@@ -27,7 +27,8 @@ def check_template(name: str) -> str:
     if name == NO_TEMPLATE:
         return name
     if not isinstance(name, str) or not _NAME.fullmatch(name) or not (TEMPLATES_DIR / f"{name}.txt").is_file():
-        raise ParamsError(f"unknown prompt template {name!r}; available: {', '.join(available())}")
+        reason = f"unknown prompt template {name!r}; available: {', '.join(available())}"
+        raise ParamsError(reason, name="template", rule=reason)
     return name
 
 

@@ -34,8 +34,8 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 MAX_REPORTED_PROBLEMS = 20  # enough to see a pattern; a file wrong on every line is not listed whole
 
-__all__ = ["EXTENSIONS", "FIELDS", "MAX_REPORTED_PROBLEMS", "PromptSpec", "VAE_SCALE_FACTOR", "iter_prompt_file",
-           "validate_prompt_file"]
+__all__ = ["EXTENSIONS", "FIELDS", "MAX_REPORTED_PROBLEMS", "PromptSpec", "VAE_SCALE_FACTOR", "check_job_defaults",
+           "iter_prompt_file", "validate_prompt_file"]
 
 
 @dataclass
@@ -104,7 +104,7 @@ def _outcomes(path: Path, defaults: Mapping[str, Any] | None, model_id: str) -> 
     """Each prompt of the file as a PromptSpec, or as the PromptFileError that rejects it. Problems that are not
     one prompt's (the file, its header, its defaults) are raised."""
     read_items = reader_for(path)
-    builder = _SpecBuilder(path, _check_job_defaults(defaults or {}), model_id)
+    builder = _SpecBuilder(path, check_job_defaults(defaults or {}), model_id)
     for line, item in read_items(path):
         if isinstance(item, FileDefaults):
             builder.set_file_defaults(line, item.values)
@@ -122,7 +122,7 @@ def _outcomes(path: Path, defaults: Mapping[str, Any] | None, model_id: str) -> 
 # Checks: one item dict -> PromptSpec, or the first problem as PromptFileError.
 
 
-def _check_job_defaults(defaults: Mapping[str, Any]) -> dict:
+def check_job_defaults(defaults: Mapping[str, Any]) -> dict:
     """Job-wide values from CLI flags; None means the flag was not given. Problems are ParamsError."""
     values = {name: value for name, value in defaults.items() if value is not None}
     for name, value in values.items():
@@ -130,13 +130,14 @@ def _check_job_defaults(defaults: Mapping[str, Any]) -> dict:
             raise ParamsError(f"unknown default parameter {name!r}; known: {', '.join(DEFAULT_FIELDS)}")
         problem = type_problem(name, value)
         if problem:
-            raise ParamsError(f"{name}={value!r}: {problem}")
+            raise ParamsError(f"{name}={value!r}: {problem}", name=name, rule=problem)
     if "template" in values:
         prompt_templates.check_template(values["template"])
     params = GenerationParams(**values)
     size_problem = _image_size_problem(params)
     if size_problem:
-        raise ParamsError(f"image_size={params.image_size!r}: {size_problem}")
+        raise ParamsError(f"image_size={params.image_size!r}: {size_problem}", name="image_size",
+                          rule=f"{size_problem}, got {params.image_size}")
     return values
 
 
@@ -205,13 +206,7 @@ class _SpecBuilder:
             params = GenerationParams(**{k: v for k, v in values.items() if k in PARAM_NAMES})
             prompt_templates.check_template(params.template)
         except ParamsError as e:
-            if str(e).startswith("unknown prompt template"):
-                self.fail(line, str(e), field="template")
-            # check_params words its errors "name=value: rule"; say it as "rule, got value"
-            match = re.fullmatch(r"(\w+)=(.*?): (.*)", str(e), flags=re.S)
-            if match and match.group(1) in PARAM_NAMES:
-                self.fail(line, f"{match.group(3)}, got {match.group(2)}", field=match.group(1))
-            self.fail(line, str(e))
+            self.fail(line, e.rule or str(e), field=e.name)
         size_problem = _image_size_problem(params)
         if size_problem:
             self.fail(line, f"{size_problem}, got {params.image_size}", field="image_size")

@@ -157,16 +157,24 @@ def generate_chunk(generator: Generator, output: JobOutput, specs: list[PromptSp
 
 # -------------------------------------------------------------------------------------------- a whole job
 def open_job(config: JobConfig) -> tuple[JobOutput, int]:
-    """Check the prompt file whole and the output location, before anything is generated."""
+    """Check the prompt file whole and the output location, before anything is generated; record the job."""
+    output, total = check_job(config)
+    record_running(output, config, total)
+    return output, total
+
+
+def check_job(config: JobConfig) -> tuple[JobOutput, int]:
+    """The prompt file checked whole, the job id chosen and the output location checked; nothing written."""
     total = validate_prompt_file(config.prompts, config.defaults, config.model)
-    job_id = config.job_id or new_job_id()
-    config.job_id = job_id
+    config.job_id = config.job_id or new_job_id()
     storage = open_storage(config.out, config.endpoint_url)
     storage.check()  # a missing bucket or a read-only folder is reported now, not after the first document
-    output = JobOutput(storage, job_id)
+    return JobOutput(storage, config.job_id), total
+
+
+def record_running(output: JobOutput, config: JobConfig, total: int) -> None:
     previous = output.read_job() or {}
     output.write_job(config.record(created=previous.get("created") or utc_now(), total=total, status="running"))
-    return output, total
 
 
 def resume_config(job_id: str, out: str, endpoint_url: str | None = None, **overrides) -> JobConfig:
@@ -184,18 +192,21 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     """Run a whole job in this process. Documents already stored are skipped, so running a job again, or
     resuming it after Ctrl-C, produces each document once."""
     started = time.perf_counter()
-    output, total = open_job(config)
+    output, total = check_job(config)
     done_before = output.done_ids()
-    pending = (s for s in iter_prompt_file(config.prompts, config.defaults, config.model) if s.id not in done_before)
+    pending = chunks((s for s in iter_prompt_file(config.prompts, config.defaults, config.model)
+                      if s.id not in done_before), config.batch_size)
     emit = on_event or (lambda kind, info: None)
     emit("start", {"job_id": config.job_id, "total": total, "skipped": len(done_before)})
+    first = next(pending, None)
     generator = None
+    if first is not None:  # load the model only when there is something to do, and before writing anything:
+        emit("loading", {"model": config.model})  # a bad --model leaves no job behind
+        generator = (make_generator or default_generator)(config)
+    record_running(output, config, total)
     status = "finished"
     try:
-        for chunk in chunks(pending, config.batch_size):
-            if generator is None:  # load the model only when there is something to do
-                emit("loading", {"model": config.model})
-                generator = (make_generator or default_generator)(config)
+        for chunk in itertools.chain([first] if first is not None else [], pending):
             generate_chunk(generator, output, chunk, config.formats, config.self_contained, config.endpoint_url,
                            on_event, should_stop)
     except (KeyboardInterrupt, GenerationCancelled):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -178,8 +177,7 @@ def _check_params(params, fail) -> None:
     try:
         GenerationParams(**params)
     except ParamsError as e:
-        match = re.match(r"(\w+)=", str(e))
-        fail(str(e), f"params.{match.group(1)}" if match else "params")
+        fail(str(e), f"params.{e.name}" if e.name else "params")
 
 
 def _check_prompts(schedule: Schedule, fail) -> None:

@@ -164,6 +164,15 @@ def test_a_bad_prompt_file_is_rejected_whole_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_that_cannot_load_leaves_no_job_behind(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", 2)
+    result = CliRunner().invoke(cli, ["run", str(prompts), "--out", str(tmp_path / "out"), "--job-id", "typo",
+                                      "--model", str(tmp_path / "no-such-model")])
+    assert result.exit_code == 1
+    assert f"Error: no checkpoint directory at {tmp_path / 'no-such-model'}" in result.output
+    assert not (tmp_path / "out" / "typo").exists()
+
+
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, installed_tiny):
     prompts = write_jsonl(tmp_path / "p.jsonl", 8)
     dreamgen = Path(sys.executable).parent / "dreamgen"
