@@ -194,6 +194,24 @@ def test_cutting_the_condition_breaks_the_pictures(shipped_summary):
     assert cut["colour"] < 0.5 and cut["colour"] < shipped_summary["colour"] - 0.4, cut
 
 
+def test_select_keeps_the_candidate_that_draws_what_its_text_says(installed_tiny):
+    """train_shapes.sh ships whichever candidate does better on validation prompts, never on the eval prompts."""
+    import torch
+
+    from dreamgen.shapes.select import VALIDATION_SEED, choose
+
+    assert eval_prompts(100, seed=VALIDATION_SEED) != eval_prompts(100)
+    lines = []
+    before = _one_thread()
+    try:  # the random model first: a choice that kept the first on anything but a tie would keep it
+        chosen = choose(["tiny-random", "shapes"], prompts=6, report=lines.append)
+    finally:
+        torch.set_num_threads(before)
+    assert chosen == "shapes", lines
+    assert [line.split(":")[0] for line in lines] == ["tiny-random", "shapes"]
+    assert f"validation seed {VALIDATION_SEED}" in lines[1]
+
+
 def test_shipped_vae_keeps_the_kind_of_shapes_readable():
     """The decoder draws every picture the model makes: a kind a VAE round trip loses, the model cannot draw."""
     import torch
