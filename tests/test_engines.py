@@ -157,6 +157,14 @@ def test_fp16_graphs_carry_their_precision_and_stay_within_tolerance(graphs):
 
 
 # ------------------------------------------------------------------------------------------------ documents
+def test_sessions_do_not_spin_between_runs(onnx_fp32):
+    """Torch runs between graph calls; ONNX Runtime threads spin-waiting would take its cores (bench: 2x slower)."""
+    for part, graph in onnx_fp32.sessions.items():
+        options = graph.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0", part
+        assert options.intra_op_num_threads == 2, part
+
+
 def test_greedy_tokens_of_a_whole_document_equal_torch(onnx_fp32):
     model = tiny_model()
     req = request("write about the history of the river", max_images=0, max_new_tokens=48)

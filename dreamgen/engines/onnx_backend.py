@@ -40,6 +40,10 @@ def session_options(threads: int | None = None):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: the optimizer's notes on unfused nodes are noise to a user
+    # No spin-waiting in ONNX Runtime's thread pool between runs: the generation loop runs torch ops between graph
+    # calls, and spinning pool threads take the cores torch's threads need (tiny model, 2 threads: 1.11 s -> 0.52 s
+    # a batch of documents; small: 21.4 s -> 18.2 s).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     return options
