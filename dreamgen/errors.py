@@ -37,10 +37,9 @@ class PromptFileProblems(PromptFileError):
         first = problems[0]
         self.problems = problems
         self.path, self.line, self.field, self.reason = first.path, first.line, first.field, first.reason
-        head = f"{first.path}: {len(problems)} problems"
-        if more:
-            head = f"{first.path}: more than {len(problems)} problems; the first {len(problems)}"
-        DreamgenError.__init__(self, "\n".join([head + ":"] + [str(p) for p in problems]))
+        n = len(problems)
+        count = f"more than {n} problems; the first {n}" if more else f"{n} problems"
+        DreamgenError.__init__(self, "\n".join([f"{first.path}: {count}:"] + [str(p) for p in problems]))
 
 
 class StorageError(DreamgenError):
