@@ -10,21 +10,25 @@ import sys
 
 import click
 
-from dreamgen.registry import DEFAULT_MODEL
+from dreamgen import settings
+from dreamgen.params import CHAT_FORMATS, SCHEDULERS
+from dreamgen.prompts.templates import available as available_templates
+from exporters import FORMATS
+from workers.settings import GPU_QUEUE, LIGHT_QUEUE
 
 PARAM_OPTIONS = [  # (flag, parameter, type, help)
     ("--seed", "seed", int, "Seed of text sampling and of the first image's noise."),
     ("--steps", "steps", int, "Denoising steps per image (default 50)."),
     ("--guidance", "guidance", float, "Classifier-free guidance scale (default 7.5; <= 1 turns it off)."),
-    ("--scheduler", "scheduler", click.Choice(["ddpm", "ddim", "dpm-solver"]), "Diffusion scheduler (default ddpm)."),
+    ("--scheduler", "scheduler", click.Choice(SCHEDULERS), "Diffusion scheduler (default ddpm)."),
     ("--max-images", "max_images", int, "Most images per document (default 4)."),
     ("--max-new-tokens", "max_new_tokens", int, "Most tokens the model writes per document (default 256)."),
     ("--temperature", "temperature", float, "Sampling temperature; 0 is greedy (default 0)."),
     ("--top-p", "top_p", float, "Nucleus sampling mass (default 1.0)."),
     ("--image-size", "image_size", int, "Image side in pixels, a multiple of 8 (default: the model's)."),
     ("--negative-prompt", "negative_prompt", str, "What the pictures should not show."),
-    ("--template", "template", str, "Prompt template: none, article, howto, news (default none)."),
-    ("--chat", "chat", click.Choice(["vicuna", "none"]), "Chat format around the instruction (default vicuna)."),
+    ("--template", "template", str, f"Prompt template: {', '.join(available_templates())} (default none)."),
+    ("--chat", "chat", click.Choice(CHAT_FORMATS), "Chat format around the instruction (default vicuna)."),
 ]
 PARAM_NAMES = [name for _, name, _, _ in PARAM_OPTIONS]
 FLAG_OF = {name: flag for flag, name, _, _ in PARAM_OPTIONS}
@@ -41,28 +45,35 @@ def param_options(f):
     return f
 
 
+def setting_option(*decls, setting: settings.Setting, **kwargs):
+    """An option whose environment variable and default are the setting's (dreamgen.settings)."""
+    return click.option(*decls, envvar=setting.name, default=setting.default, show_default=setting.default is not None,
+                        **kwargs)
+
+
+def model_option(f):
+    return setting_option("-m", "--model", setting=settings.MODEL,
+                          help="Checkpoint directory, built-in name, or hub id.")(f)
+
+
+def dtype_option(f):
+    return setting_option("--dtype", setting=settings.DTYPE, type=click.Choice(settings.DTYPES),
+                          help="Weights' precision (the VAE stays fp32).")(f)
+
+
 def model_options(f):
     """Which model, in which precision, on which device."""
-    options = [
-        click.option("-m", "--model", default=DEFAULT_MODEL, envvar="DREAMGEN_MODEL", show_default=True,
-                     help="Checkpoint directory, built-in name, or hub id."),
-        click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", envvar="DREAMGEN_DTYPE",
-                     show_default=True, help="Weights' precision (the VAE stays fp32)."),
-        click.option("--device", default="cpu", envvar="DREAMGEN_DEVICE", show_default=True, help="cpu, cuda or cuda:N."),
-    ]
+    options = [model_option, dtype_option,
+               setting_option("--device", setting=settings.DEVICE, help="cpu, cuda or cuda:N.")]
     for option in reversed(options):  # decorators apply bottom-up; --help lists them in this order
         f = option(f)
     return f
 
 
-BACKEND_CHOICES = ["auto", "torch", "onnx", "tensorrt"]
-
-
 def backend_option(f):
     """--backend. Default torch: the same documents on every run; auto picks by what is installed and built,
     so its output can change when engines appear in the cache."""
-    return click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", envvar="DREAMGEN_BACKEND",
-                        show_default=True,
+    return setting_option("--backend", setting=settings.BACKEND, type=click.Choice(settings.BACKENDS),
                         help="Where the model runs: torch, onnx (ONNX Runtime), tensorrt, or auto (tensorrt if it "
                              "imports and a GPU holds the model, else onnx if engines are built, else torch).")(f)
 
@@ -71,7 +82,7 @@ def given_params(kwargs: dict) -> dict:
     """The parameter flags the user gave (the others stay unset, so file values and defaults apply), checked
     here so that a bad value is reported against its flag."""
     from dreamgen.errors import ParamsError
-    from dreamgen.prompts import check_job_defaults
+    from dreamgen.prompts.files import check_job_defaults
 
     given = {name: kwargs[name] for name in PARAM_NAMES if kwargs.get(name) is not None}
     try:
@@ -84,13 +95,22 @@ def given_params(kwargs: dict) -> dict:
     return given
 
 
+def s3_endpoint_option(f):
+    return setting_option("--s3-endpoint-url", setting=settings.S3_ENDPOINT_URL,
+                          help="Endpoint of an S3-compatible server (default: AWS).")(f)
+
+
+def formats_option(f):
+    return click.option("-f", "--format", "formats", default=",".join(FORMATS), show_default=True,
+                        help=f"Exports: {' or '.join(FORMATS)}, or both, comma-separated.")(f)
+
+
 def output_options(f):
     """How a job's documents are exported and where its S3 endpoint is."""
     options = [
-        click.option("-f", "--format", "formats", default="md,html", show_default=True, help="Exports: md, html or both."),
+        formats_option,
         click.option("--self-contained", is_flag=True, help="Embed images in the HTML pages as data URIs."),
-        click.option("--s3-endpoint-url", envvar="DREAMGEN_S3_ENDPOINT_URL", default=None,
-                     help="Endpoint of an S3-compatible server."),
+        s3_endpoint_option,
     ]
     for option in reversed(options):  # decorators apply bottom-up; --help lists them in this order
         f = option(f)
@@ -123,11 +143,14 @@ def cli(verbose):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
+    return lambda f: setting_option("-o", "--out", setting=settings.OUT, help=help_text)(f)
+
+
 # ------------------------------------------------------------------------------------------------ run
 @cli.command()
 @click.argument("prompts", required=False, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", default="out", envvar="DREAMGEN_OUT", show_default=True,
-              help="Output folder or s3://bucket/prefix.")
+@out_option()
 @click.option("--job-id", default=None, help="Name the job (default: a new time-stamped id). Same id = skip done documents.")
 @click.option("--resume", "resume", default=None, metavar="JOB", help="Finish a stopped job from its job.json.")
 @model_options
@@ -152,13 +175,15 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
         dreamgen run --resume job-20261128-101500-3fa9c1 --out out
         dreamgen run topics.txt --backend onnx --out out
     """
-    from dreamgen.runner import JobConfig, JobInterrupted, default_generator, resume_config, run_job
+    from dreamgen.errors import JobInterrupted
+    from dreamgen.jobs.run import job_generator, run_job
+    from dreamgen.jobs.spec import JobConfig, stored_config
 
     defaults = given_params(params)
     if resume:
         if prompts:
             raise click.UsageError("give PROMPTS or --resume JOB, not both")
-        config = resume_config(resume, out, s3_endpoint_url)
+        config = stored_config(resume, out, s3_endpoint_url)
     elif not prompts:
         raise click.UsageError("missing PROMPTS (a prompt file), or --resume JOB")
     else:
@@ -171,7 +196,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
             report = functools.partial(progress.progress.console.log, markup=False) \
                 if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
-                              make_generator=functools.partial(default_generator, report=report))
+                              make_generator=functools.partial(job_generator, report=report))
         except JobInterrupted as e:
             summary = e.summary
     print_summary(summary)
@@ -181,11 +206,17 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
 
 
 class JobProgress:
-    """A rich progress bar over the runner's events: documents and images done, rate, ETA."""
+    """A rich progress bar over the run's events: documents and images done, rate, ETA."""
 
     def __enter__(self):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         self.images = 0
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("docs · {task.fields[images]} images · {task.fields[rate]}"),
@@ -245,30 +276,19 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
     """
     from rich.console import Console
 
-    from dreamgen.checkpoint import load_model
-    from dreamgen.engines import select_backend
-    from dreamgen.generation import DocumentRequest, Generator
-    from dreamgen.ids import document_id
-    from dreamgen.joboutput import open_job_output
+    from dreamgen.jobs.run import generate_document, load_generator
     from dreamgen.params import GenerationParams
-    from dreamgen.runner import load_input_image
 
     gen_params = GenerationParams(**given_params(params))
     console = Console(stderr=True)
+    heard = []
     with console.status("loading model"):
-        loaded = load_model(model, dtype=dtype, device=device)
-        components, message = select_backend(backend, loaded)
-        generator = Generator(loaded, components)
+        generator = load_generator(model, dtype, device, backend, report=heard.append)
     if backend != "torch":  # say what auto chose, or where the engines came from; plain torch needs no word
-        click.echo(message, err=True)
-    request = DocumentRequest(prompt=prompt, params=gen_params, image_only=image_only,
-                              images=[load_input_image(p) for p in images],
-                              id=document_id(model, prompt, gen_params, list(images)))
-    output = open_job_output(out)
+        click.echo(heard[0], err=True)
     with console.status("writing") as status:
-        doc = generator.generate([request], on_progress=lambda kind, _: status.update(f"{kind} done"))[0]
-    output.save_document(doc)
-    output.finalize()
+        doc, output = generate_document(generator, prompt, gen_params, out, model, image_only=image_only,
+                                        images=list(images), on_progress=lambda kind: status.update(f"{kind} done"))
     click.echo(f"{doc.id}: {counted(len(doc.text.split()), 'word')}, {counted(len(doc.images), 'image')} "
                f"({doc.stop_reason}).")
     click.echo(f"Open: {output.url_for(doc.id, 'index.html')}")
@@ -277,9 +297,9 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 # ------------------------------------------------------------------------------------------------ export
 @cli.command()
 @click.argument("job")
-@click.option("-f", "--format", "formats", default="md,html", show_default=True, help="md, html or both.")
+@formats_option
 @click.option("--self-contained", is_flag=True, help="Embed images in the HTML pages as data URIs.")
-@click.option("--s3-endpoint-url", envvar="DREAMGEN_S3_ENDPOINT_URL", default=None)
+@s3_endpoint_option
 @friendly_errors
 def export(job, formats, self_contained, s3_endpoint_url):
     """Re-render a stored job's Markdown and HTML from its documents.
@@ -290,8 +310,7 @@ def export(job, formats, self_contained, s3_endpoint_url):
     Example:
         dreamgen export out/job-20261128-101500-3fa9c1 --format html --self-contained
     """
-    from exporters import export_job
-    from dreamgen.joboutput import open_job_output
+    from dreamgen.jobs.output import export_job, open_job_output
 
     output = open_job_output(job, s3_endpoint_url)
     count = export_job(output.storage, output.job_id, formats, self_contained)
@@ -317,8 +336,8 @@ def model_init_tiny(directory, seed, safetensors):
     Example:
         dreamgen model init-tiny models/tiny
     """
-    from dreamgen.checkpoint import save_checkpoint
-    from dreamgen.tiny import build_tiny_model
+    from dreamgen.model.checkpoint import save_checkpoint
+    from dreamgen.model.tiny import build_tiny_model
 
     out = save_checkpoint(build_tiny_model(seed=seed, name=f"tiny-random-seed{seed}"), directory, safetensors=safetensors)
     click.echo(f"Wrote a tiny DreamLLM to {out}")
@@ -335,7 +354,7 @@ def model_inspect(path, as_json):
     Example:
         dreamgen model inspect models/tiny
     """
-    from dreamgen.inspection import inspect_checkpoint
+    from dreamgen.model.inspection import inspect_checkpoint
 
     info = inspect_checkpoint(path)
     if as_json:
@@ -362,9 +381,9 @@ def model_inspect(path, as_json):
 @model.command("list")
 def model_list():
     """List the built-in model names."""
-    from dreamgen.registry import BUILTIN
+    from dreamgen.model.builtin import BUILTIN
     for name, what in BUILTIN.items():
-        click.echo(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: {what}")
+        click.echo(f"{name}{' (default)' if name == settings.DEFAULT_MODEL else ''}: {what}")
 
 
 # ------------------------------------------------------------------------------------------------ engines
@@ -375,9 +394,9 @@ def engines():
 
 @engines.command("build")
 @model_options
-@click.option("--backend", type=click.Choice(["onnx", "tensorrt"]), required=True,
+@click.option("--backend", type=click.Choice(settings.ENGINE_BACKENDS), required=True,
               help="onnx: export the graphs; tensorrt: export them and build engines for this GPU.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None,
+@click.option("--precision", type=click.Choice(settings.PRECISIONS), default=None,
               help="Graph precision (default: fp32 for --dtype fp32, else fp16). The VAE is always fp32.")
 @click.option("--max-batch", default=4, show_default=True, type=click.IntRange(min=1),
               help="TensorRT: most documents in lockstep (the UNet takes twice as many, for guidance).")
@@ -395,18 +414,11 @@ def engines_build(model, dtype, device, backend, precision, max_batch, image_siz
         dreamgen engines build --model tiny-random --backend onnx
         dreamgen engines build -m models/dreamllm-7b --dtype fp16 --device cuda --backend tensorrt --max-batch 8
     """
-    from dreamgen.checkpoint import load_model
-    from dreamgen.engines import EngineCache, EngineLimits, default_precision, ensure_onnx_graphs
+    from dreamgen.engines import EngineLimits, build_engines
+    from dreamgen.model.loader import load_model
 
     loaded = load_model(model, dtype=dtype, device=device)
-    precision = precision or default_precision(loaded)
-    cache = EngineCache()
-    if backend == "onnx":
-        built = ensure_onnx_graphs(loaded, precision, cache)
-    else:
-        from dreamgen.engines.tensorrt_backend import ensure_tensorrt_engines
-
-        built = ensure_tensorrt_engines(loaded, precision, cache, limits=EngineLimits(max_batch, image_size))
+    built = build_engines(loaded, backend, precision, limits=EngineLimits(max_batch, image_size))
     for part, engine in built.items():
         how = f"built in {engine.seconds:.1f} s" if engine.built else "already built"
         click.echo(f"{backend} {part} ({engine.entry.precision}): {how}: {engine.path}")
@@ -446,7 +458,8 @@ def engines_list(as_json):
 
 @engines.command("verify")
 @model_options
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None, help="Only this precision (default: both).")
+@click.option("--precision", type=click.Choice(settings.PRECISIONS), default=None,
+              help="Only this precision (default: both).")
 @friendly_errors
 def engines_verify(model, dtype, device, precision):
     """Run every built graph of a model against torch on random inputs and print each part's largest error.
@@ -457,12 +470,12 @@ def engines_verify(model, dtype, device, precision):
     Example:
         dreamgen engines verify --model tiny-random
     """
-    from dreamgen.checkpoint import load_model
     from dreamgen.engines import EngineCache, verify_cache
+    from dreamgen.model.loader import load_model
 
     loaded = load_model(model, dtype=dtype, device=device)
     cache = EngineCache()
-    checks = verify_cache(loaded, cache, precisions=(precision,) if precision else ("fp32", "fp16"))
+    checks = verify_cache(loaded, cache, precisions=(precision,) if precision else settings.PRECISIONS)
     if not checks:
         raise click.ClickException(f"no engines of {model} in {cache.root}; build them with: "
                                    f"dreamgen engines build --model {model} --backend onnx")
@@ -474,21 +487,20 @@ def engines_verify(model, dtype, device, precision):
 
 # ------------------------------------------------------------------------------------------------ distributed jobs
 def broker_option(f):
-    return click.option("--broker-url", envvar="DREAMGEN_BROKER_URL", default=None, metavar="URL",
+    # No default here: the library falls back to settings.BROKER_URL, and a worker's children inherit it unset.
+    return click.option("--broker-url", envvar=settings.BROKER_URL.name, default=None, metavar="URL",
                         help="Redis of the workers: redis[s]://[:password@]host:port/db "
-                             "(default redis://localhost:6379/0).")(f)
+                             f"(default {settings.BROKER_URL.default}).")(f)
 
 
 @cli.command()
 @click.argument("prompts", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", default="out", envvar="DREAMGEN_OUT", show_default=True,
-              help="Output folder the workers share, or s3://bucket/prefix.")
+@out_option("Output folder the workers share, or s3://bucket/prefix.")
 @click.option("--job-id", default=None,
               help="Name the job (default: a new time-stamped id). Same id = skip done documents.")
-@click.option("-m", "--model", default=DEFAULT_MODEL, envvar="DREAMGEN_MODEL", show_default=True,
-              help="Checkpoint directory (as the workers see it), built-in name, or hub id.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", envvar="DREAMGEN_DTYPE",
-              show_default=True, help="Weights' precision (the VAE stays fp32).")
+@setting_option("-m", "--model", setting=settings.MODEL,
+                help="Checkpoint directory (as the workers see it), built-in name, or hub id.")
+@dtype_option
 @backend_option
 @click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Documents per chunk: one task, generated together in lockstep.")
@@ -512,49 +524,58 @@ def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, sel
         dreamgen submit topics.txt --steps 30 --out /shared/out --wait
         JOB=$(dreamgen submit topics.txt --out /shared/out) && dreamgen status $JOB --watch
     """
-    from dreamgen.broker import connect
-    from dreamgen.jobs import submit_job
+    from dreamgen.distributed.broker import connect
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
 
-    connect(broker_url)  # a down broker answers in a second, before the runner's heavy imports
-    from dreamgen.runner import JobConfig
+    connect(broker_url)  # a down broker answers in a second, before Celery's imports
+    from workers.dispatch import send_chunks
 
     config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=given_params(params),
                        batch_size=batch_size, formats=formats, self_contained=self_contained,
                        endpoint_url=s3_endpoint_url, dtype=dtype, backend=backend)
-    job = submit_job(config, broker_url)
+    job = submit_job(config, send_chunks, broker_url)
     click.echo(job)
     if wait:
-        report = wait_for_job(job, broker_url)
+        report = watch_job(job, broker_url)
         print_job_report(report)
         if report.status == "cancelled":
             sys.exit(1)
 
 
-def wait_for_job(job: str, broker_url: str | None, poll_s: float = 0.5):
-    """A progress bar over the job's counts until it ends; Ctrl-C stops watching, not the job."""
+def watch_job(job: str, broker_url: str | None, out: str | None = None, endpoint_url: str | None = None,
+              poll_s: float = 0.5):
+    """A progress bar over the job's counts until it ends; Ctrl-C stops watching, not the job. Returns the last
+    report."""
     import time
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dreamgen.jobs import job_status
+    from dreamgen.distributed.status import job_status
 
-    report = job_status(job, broker_url)
+    report = job_status(job, broker_url, out, endpoint_url)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("docs · {task.fields[failed]} failed · {task.fields[state]}"), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=Console(stderr=True)) as progress:
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
             task = progress.add_task(job, total=report.total, failed=0, state=report.status)
-            while not report.final:
-                progress.update(task, completed=report.done + report.failed, failed=report.failed,
-                                state=report.status)
+            while True:
+                progress.update(task, total=report.total, completed=report.done + report.failed,
+                                failed=report.failed, state=_chunk_line(report))
+                if report.final:
+                    break
                 time.sleep(poll_s)
-                report = job_status(job, broker_url)
-            progress.update(task, completed=report.done + report.failed, failed=report.failed, state=report.status)
+                report = job_status(job, broker_url, out, endpoint_url)
     except KeyboardInterrupt:
         click.echo(f"Stopped watching; the job goes on. Follow it with: dreamgen status {job} --watch", err=True)
         sys.exit(130)
     return report
+
+
+def _chunk_line(report) -> str:
+    chunks = ", ".join(f"{n} {state}" for state, n in sorted(report.chunks.items()))
+    return report.status + (f" · chunks: {chunks}" if chunks else "")
 
 
 def print_job_report(report) -> None:
@@ -581,7 +602,7 @@ def print_job_report(report) -> None:
 @click.option("--watch", is_flag=True, help="Refresh until the job ends.")
 @click.option("-o", "--out", default=None, help="The job's output (folder or s3://...), to read its job.json once "
                                                 "its record in Redis has expired.")
-@click.option("--s3-endpoint-url", envvar="DREAMGEN_S3_ENDPOINT_URL", default=None)
+@s3_endpoint_option
 @broker_option
 @friendly_errors
 def status(job, watch, out, s3_endpoint_url, broker_url):
@@ -593,31 +614,12 @@ def status(job, watch, out, s3_endpoint_url, broker_url):
         dreamgen status job-20261128-101500-3fa9c1 --watch
         dreamgen status job-20261001-080000-1b2c3d --out s3://my-bucket/articles
     """
-    import time
+    from dreamgen.distributed.status import job_status
 
-    from dreamgen.jobs import job_status
-
-    report = job_status(job, broker_url, out, s3_endpoint_url)
-    if not watch:
-        print_job_report(report)
-        return
-    from rich.live import Live
-    from rich.text import Text
-
-    def render(r):
-        lines = [f"Job {r.id}: {r.status} · {r.done} done, {r.failed} failed, {r.pending} pending of {r.total}",
-                 "  chunks: " + ", ".join(f"{n} {s}" for s, n in sorted(r.chunks.items()))]
-        lines += [f"    {c['chunk']} on {c['worker']}: {c['done'] + c['skipped']}/{c['total']}" for c in r.running]
-        return Text("\n".join(lines))
-
-    try:
-        with Live(render(report), auto_refresh=False, transient=True) as live:
-            while not report.final:
-                time.sleep(1)
-                report = job_status(job, broker_url, out, s3_endpoint_url)
-                live.update(render(report), refresh=True)
-    except KeyboardInterrupt:
-        pass
+    if watch:
+        report = watch_job(job, broker_url, out, s3_endpoint_url, poll_s=1.0)
+    else:
+        report = job_status(job, broker_url, out, s3_endpoint_url)
     print_job_report(report)
 
 
@@ -634,7 +636,7 @@ def cancel(job, broker_url):
     Example:
         dreamgen cancel job-20261128-101500-3fa9c1
     """
-    from dreamgen.jobs import cancel_job
+    from dreamgen.distributed.status import cancel_job
 
     report = cancel_job(job, broker_url)
     click.echo(f"Cancelling job {report.id}: {report.done} documents done, {report.pending} will not run. "
@@ -644,7 +646,7 @@ def cancel(job, broker_url):
 @cli.command()
 @click.argument("job")
 @click.option("-o", "--out", default=None, help="The job's output, if its record in Redis has expired.")
-@click.option("--s3-endpoint-url", envvar="DREAMGEN_S3_ENDPOINT_URL", default=None)
+@s3_endpoint_option
 @broker_option
 @friendly_errors
 def retry(job, out, s3_endpoint_url, broker_url):
@@ -655,9 +657,10 @@ def retry(job, out, s3_endpoint_url, broker_url):
     Example:
         dreamgen retry job-20261128-101500-3fa9c1
     """
-    from dreamgen.jobs import retry_job
+    from dreamgen.distributed.submit import retry_job
+    from workers.dispatch import send_chunks
 
-    count = retry_job(job, broker_url, out, s3_endpoint_url)
+    count = retry_job(job, send_chunks, broker_url, out, s3_endpoint_url)
     if count:
         click.echo(f"Re-queued {count} documents of job {job}.")
     else:
@@ -675,11 +678,11 @@ def jobs_list(limit, broker_url):
     Example:
         dreamgen jobs --limit 5
     """
-    from dreamgen.jobs import list_jobs
+    from dreamgen.distributed.status import list_jobs
 
     found = list_jobs(broker_url, limit)
     if not found:
-        click.echo("No jobs (records expire after a week; see DREAMGEN_JOB_TTL).")
+        click.echo(f"No jobs (records expire after a week; see {settings.JOB_TTL.name}).")
         return
     width = max(len(r.id) for r in found)
     for r in found:
@@ -692,16 +695,14 @@ def jobs_list(limit, broker_url):
               help="GPUs to use: one worker process per GPU, pinned with CUDA_VISIBLE_DEVICES.")
 @click.option("-c", "--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
               help="Processes per worker (each holds its own copy of the model).")
-@click.option("-Q", "--queues", default="dreamgen.gpu,dreamgen.light", show_default=True,
-              help="Queues to consume: dreamgen.gpu (generation), dreamgen.light (finalizing, schedules).")
+@click.option("-Q", "--queues", default=f"{GPU_QUEUE},{LIGHT_QUEUE}", show_default=True,
+              help=f"Queues to consume: {GPU_QUEUE} (generation), {LIGHT_QUEUE} (finalizing, schedules).")
 @click.option("-n", "--name", default="dreamgen", show_default=True,
               help="Node name prefix; give each worker on one machine its own.")
-@click.option("-m", "--model", default=DEFAULT_MODEL, envvar="DREAMGEN_MODEL", show_default=True,
-              help="Model to load at start (jobs asking for another one load theirs).")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", envvar="DREAMGEN_DTYPE",
-              show_default=True)
-@click.option("--device", default="cpu", envvar="DREAMGEN_WORKER_DEVICE", show_default=True,
-              help="Device without --gpus: cpu, cuda or cuda:N.")
+@setting_option("-m", "--model", setting=settings.MODEL,
+                help="Model to load at start (jobs asking for another one load theirs).")
+@dtype_option
+@setting_option("--device", setting=settings.WORKER_DEVICE, help="Device without --gpus: cpu, cuda or cuda:N.")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True,
               help="prefork gives time limits and redelivery when a process dies; solo has neither.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
@@ -776,7 +777,7 @@ def schedule_list(schedule_file, count):
     Example:
         dreamgen schedule list schedules.yaml
     """
-    from dreamgen.schedules import load_schedules, next_fire_times
+    from dreamgen.distributed.schedules import load_schedules, next_fire_times
 
     for entry in load_schedules(schedule_file):
         source = entry.prompts if isinstance(entry.prompts, str) else f"{len(entry.prompts)} inline prompts"
@@ -806,7 +807,8 @@ def train(config, steps, output_dir, fresh):
     """
     import os
 
-    from dreamgen.training import load_config, train as run_training
+    from dreamgen.training import load_config
+    from dreamgen.training import train as run_training
     from dreamgen.training.progress import TrainProgress
 
     overrides = {"optim.steps": steps} if steps else {}
@@ -848,10 +850,10 @@ def eval_command(model, dtype, device, count, ablations, batch_size, as_json, **
         dreamgen eval --ablate none --ablate queries --ablate condition --steps 20 --scheduler ddim
         dreamgen eval --model tiny-random -n 10
     """
-    from dreamgen.checkpoint import load_model
-    from dreamgen.evaluation import ablate, evaluate
+    from dreamgen.model.loader import load_model
     from dreamgen.params import GenerationParams
     from dreamgen.shapes.dataset import eval_prompts
+    from dreamgen.shapes.evaluation import ablate, evaluate
 
     gen_params = GenerationParams(**given_params(params))
     prompts = eval_prompts(count)

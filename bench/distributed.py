@@ -98,7 +98,8 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 def embedded(prompts: Path, out: Path, generator) -> tuple[float, float]:
-    from dreamgen.runner import JobConfig, run_job
+    from dreamgen.jobs.run import run_job
+    from dreamgen.jobs.spec import JobConfig
 
     wall, cpu = time.perf_counter(), time.process_time()
     summary = run_job(JobConfig(prompts=str(prompts), out=str(out), batch_size=8), make_generator=lambda _: generator)
@@ -107,11 +108,13 @@ def embedded(prompts: Path, out: Path, generator) -> tuple[float, float]:
 
 
 def distributed(prompts: Path, out: Path, worker: subprocess.Popen) -> tuple[float, float]:
-    from dreamgen.jobs import job_status, submit_job
-    from dreamgen.runner import JobConfig
+    from dreamgen.distributed.status import job_status
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from workers.dispatch import send_chunks
 
     wall, cpu, worker_cpu = time.perf_counter(), time.process_time(), group_cpu_seconds(worker.pid)
-    job_id = submit_job(JobConfig(prompts=str(prompts), out=str(out), batch_size=8))
+    job_id = submit_job(JobConfig(prompts=str(prompts), out=str(out), batch_size=8), send_chunks)
     while not (report := job_status(job_id)).final:
         time.sleep(0.1)
     assert report.failed == 0 and report.status == "finished", report
@@ -122,11 +125,12 @@ def distributed(prompts: Path, out: Path, worker: subprocess.Popen) -> tuple[flo
 def overhead(rounds: int, documents: int, folder: Path) -> None:
     """Wall clock is what the target speaks of; CPU time (this process + the worker's processes) is printed
     beside it because on a shared machine the wall clock mostly measures the neighbours."""
-    from dreamgen.runner import JobConfig, default_generator
+    from dreamgen.jobs.run import job_generator
+    from dreamgen.jobs.spec import JobConfig
 
     worker = start_worker(folder / "worker.log")
     try:
-        generator = default_generator(JobConfig(prompts=str(folder)))
+        generator = job_generator(JobConfig(prompts=str(folder)))
         warm = write_job_prompts(folder / "warm.jsonl", 8, "warm-up")
         embedded(warm, folder / "warm-embedded", generator)
         distributed(warm, folder / "warm-distributed", worker)
@@ -159,9 +163,10 @@ def overhead(rounds: int, documents: int, folder: Path) -> None:
 def submit_throughput(count: int, folder: Path) -> None:
     import redis
 
-    from dreamgen import jobs
-    from dreamgen.prompts import validate_prompt_file
-    from dreamgen.runner import JobConfig
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from dreamgen.prompts.files import validate_prompt_file
+    from workers.dispatch import send_chunks
 
     path = write_big_prompts(folder / "big.jsonl", count)
     client = redis.Redis.from_url(REDIS_URL)
@@ -171,7 +176,8 @@ def submit_throughput(count: int, folder: Path) -> None:
         one_pass = time.perf_counter() - started
 
         started = time.perf_counter()
-        job_id = jobs.submit_job(JobConfig(prompts=str(path), out=str(folder / "big-out"), batch_size=8), REDIS_URL)
+        config = JobConfig(prompts=str(path), out=str(folder / "big-out"), batch_size=8)
+        job_id = submit_job(config, send_chunks, REDIS_URL)
         seconds = time.perf_counter() - started
         queued = client.llen(f"{os.environ['DREAMGEN_REDIS_PREFIX']}:kombu:dreamgen.gpu")
         memory = client.info("memory")["used_memory"] / 1e6

@@ -30,20 +30,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dreamgen.checkpoint import load_model, save_checkpoint  # noqa: E402
-from dreamgen.components import TorchComponents  # noqa: E402
 from dreamgen.engines import EngineCache, OnnxComponents, ensure_onnx_graphs  # noqa: E402
 from dreamgen.engines.build import graph_files  # noqa: E402
-from dreamgen.generation import DocumentRequest, Generator  # noqa: E402
+from dreamgen.generation.components import TorchComponents  # noqa: E402
+from dreamgen.generation.generator import DocumentRequest, Generator  # noqa: E402
+from dreamgen.model.checkpoint import save_checkpoint  # noqa: E402
+from dreamgen.model.loader import load_model  # noqa: E402
+from dreamgen.model.tiny import SMALL_SIZES, build_tiny_model  # noqa: E402
 from dreamgen.params import GenerationParams  # noqa: E402
-from dreamgen.tiny import SMALL_SIZES, build_tiny_model  # noqa: E402
 
 WORKER = """
 import json, sys, time
 started = time.perf_counter()
 import torch
 torch.set_num_threads({threads})
-from dreamgen.checkpoint import load_model
+from dreamgen.model.loader import load_model
 from dreamgen.engines import EngineCache, select_backend
 imported = time.perf_counter()
 model = load_model({checkpoint!r})

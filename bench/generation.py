@@ -26,11 +26,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from dreamgen.diffusion import image_seed, make_scheduler
-from dreamgen.generation import DocumentRequest, Generator, pil_to_tensor
-from dreamgen.sampling import sample_token
+from dreamgen.generation.diffusion import image_seed, make_scheduler
+from dreamgen.generation.generator import DocumentRequest, Generator
+from dreamgen.generation.images import pil_to_tensor
+from dreamgen.generation.sampling import sample_token
+from dreamgen.model.tiny import SMALL_SIZES, build_tiny_model
 from dreamgen.params import GenerationParams
-from dreamgen.tiny import SMALL_SIZES, build_tiny_model
 
 TOPICS = ["how to build a bird house", "the history of the river", "a story about the moon", "growing tomatoes",
           "learning to swim", "a guide to painting a room", "travel by train", "baking bread at home"]
@@ -95,9 +96,10 @@ def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentR
 
 def onnx_generator(model, workdir: str, threads: int) -> Generator:
     """The same model on ONNX Runtime: saved, reloaded (the engine cache keys on the checkpoint), exported."""
-    from dreamgen.checkpoint import load_model, save_checkpoint
     from dreamgen.engines import EngineCache, OnnxComponents, ensure_onnx_graphs
     from dreamgen.engines.build import graph_files
+    from dreamgen.model.checkpoint import save_checkpoint
+    from dreamgen.model.loader import load_model
 
     reloaded = load_model(str(save_checkpoint(model, f"{workdir}/model")))
     graphs = ensure_onnx_graphs(reloaded, "fp32", EngineCache(f"{workdir}/engines"))

@@ -14,10 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from dreamgen.generation import DocumentRequest, Generator
-from dreamgen.prompts import iter_prompt_file
-from dreamgen.runner import JobConfig, run_job
-from dreamgen.tiny import build_tiny_model
+from dreamgen.generation.generator import DocumentRequest, Generator
+from dreamgen.jobs.run import run_job
+from dreamgen.jobs.spec import JobConfig
+from dreamgen.model.tiny import build_tiny_model
+from dreamgen.prompts.files import iter_prompt_file
 
 
 def main():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dreamgen.prompts import iter_prompt_file, validate_prompt_file  # noqa: E402
+from dreamgen.prompts.files import iter_prompt_file, validate_prompt_file  # noqa: E402
 
 LINES = 100_000
 

@@ -16,9 +16,9 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dreamgen.document import Document, ImageBlock, TextBlock  # noqa: E402
-from dreamgen.joboutput import JobOutput  # noqa: E402
+from dreamgen.jobs.output import JobOutput  # noqa: E402
+from dreamgen.jobs.storage import LocalStorage  # noqa: E402
 from dreamgen.params import GenerationParams  # noqa: E402
-from dreamgen.storage import LocalStorage  # noqa: E402
 
 DOCUMENTS = 50
 IMAGES = 4

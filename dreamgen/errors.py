@@ -74,3 +74,27 @@ class ScheduleFileError(DreamgenError):
 
 class TrainingError(DreamgenError):
     """A training config or data set cannot be used; the message names the file, line or key and the reason."""
+
+
+class KeyNotFound(StorageError):
+    """A key that was read does not exist."""
+
+
+class GenerationCancelled(DreamgenError):
+    """The caller's should_stop() said stop; documents not finished are not returned."""
+
+
+class JobInterrupted(DreamgenError):
+    """A job run in this process stopped before its end (Ctrl-C, or its caller's stop); `summary` says how far."""
+
+    def __init__(self, summary):
+        self.summary = summary
+        super().__init__(f"job {summary.job_id} interrupted with {summary.done}/{summary.total} documents done")
+
+
+class ChunkBusy(DreamgenError):
+    """Another worker holds the chunk's lock; try again after `retry_after` seconds."""
+
+    def __init__(self, chunk: str, retry_after: float):
+        self.chunk, self.retry_after = chunk, retry_after
+        super().__init__(f"chunk {chunk} is being run by another worker; retry in {retry_after:.0f} s")

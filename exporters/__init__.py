@@ -1,9 +1,12 @@
-"""Exporters: a stored Document -> Markdown and HTML. Functions of a document; no model, no job logic."""
+"""Exporters: a stored Document -> Markdown and HTML. Functions of a document; no model, no job logic.
+
+May import dreamgen.document and dreamgen.errors only (and templates/ as files).
+"""
 from __future__ import annotations
 
 from typing import Iterable
 
-from dreamgen.errors import ParamsError, StorageError
+from dreamgen.errors import ParamsError
 
 FORMATS = ("md", "html")
 
@@ -22,19 +25,3 @@ def parse_formats(value: str | Iterable[str]) -> tuple[str, ...]:
     if not formats:
         raise ParamsError(f"no format given; choose from {', '.join(FORMATS)}")
     return tuple(formats)
-
-
-def export_job(storage, job_id: str, formats: Iterable[str] = FORMATS, self_contained: bool = False) -> int:
-    """Re-render every finished document of a stored job (local or S3) from its document.json, then the
-    job's manifest, errors and index. Returns how many documents were rendered."""
-    from dreamgen.joboutput import JobOutput  # the job layout uses these exporters; import it late
-
-    formats = parse_formats(formats)
-    job = JobOutput(storage, job_id)
-    done = sorted(job.done_ids())
-    if not done and job.read_job() is None:
-        raise StorageError(f"no job {job_id!r} in {storage.location}")
-    for doc_id in done:
-        job.write_exports(job.load_document(doc_id), formats, self_contained=self_contained)
-    job.finalize(formats)
-    return len(done)

@@ -28,7 +28,7 @@ CONFIGS = ("tiny", "small")
 
 
 def build_model(config: str, precision: str, device: str):
-    from dreamgen.tiny import SMALL_SIZES, build_tiny_model
+    from dreamgen.model.tiny import SMALL_SIZES, build_tiny_model
 
     model = build_tiny_model(seed=0, name=f"{config}-random", sizes=SMALL_SIZES if config == "small" else None)
     model.to(device)
@@ -57,7 +57,7 @@ def synchronized_median(call, repeats: int) -> float:
 
 def measure(model, components, backend: str, precision: str) -> dict:
     from dreamgen.engines.verify import verify_components
-    from dreamgen.generation import DocumentRequest, Generator
+    from dreamgen.generation.generator import DocumentRequest, Generator
     from dreamgen.params import GenerationParams
 
     checks = verify_components(model, components, backend, precision)
@@ -88,10 +88,10 @@ def measure(model, components, backend: str, precision: str) -> dict:
 
 def make_components(backend: str, model, precision: str, cache):
     """(components, seconds spent exporting/building)."""
-    from dreamgen.components import TorchComponents
     from dreamgen.engines import EngineLimits, OnnxComponents, ensure_onnx_graphs
     from dreamgen.engines.build import graph_files
     from dreamgen.errors import EngineError
+    from dreamgen.generation.components import TorchComponents
 
     started = time.perf_counter()
     if backend == "torch":

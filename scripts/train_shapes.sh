@@ -9,7 +9,7 @@
 #      pixels more (small diamonds and crosses)    (configs/shapes-vae-decoder-edges.yaml)
 #      (4 and 5 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
 #   6. ship, with the sharper decoder, whichever of stage 3's two models does better on 200 validation prompts
-#      (python -m dreamgen.shapes.select)          dreamgen/models/shapes/
+#      (python -m dreamgen.shapes.select)          dreamgen/model/weights/shapes/
 #   7. evaluate it on held-out prompts (the eval set, never used to choose)
 # Every stage is seeded, single-threaded (so deterministic) and resumable: run the script again after a stop.
 set -euo pipefail
@@ -46,11 +46,11 @@ CHOSEN=$($PY -m dreamgen.shapes.select "$RUNS/candidate-model" "$RUNS/candidate-
 echo "chosen on validation prompts: $CHOSEN"
 
 # The released layout, plus __init__.py files so the package data (*.json, *.safetensors) ships every folder.
-TARGET=dreamgen/models/shapes
+TARGET=dreamgen/model/weights/shapes
 rm -rf "$TARGET"
 cp -r "$CHOSEN" "$TARGET"
 $PY -m dreamgen.shapes.roundtrip "$TARGET"
-touch dreamgen/models/__init__.py
+touch dreamgen/model/weights/__init__.py
 for dir in "$TARGET" "$TARGET"/*/; do touch "$dir/__init__.py"; done
 du -sh "$TARGET"
 

@@ -194,8 +194,8 @@ def wait_until(predicate, timeout: float = SLOW, interval: float = 0.2, what: st
 
 def wait_for_job(job_id: str, timeout: float = SLOW):
     """The report of `job_id` once it has ended (it may not exist yet: a schedule's job is submitted by a worker)."""
+    from dreamgen.distributed.status import job_status
     from dreamgen.errors import JobNotFound
-    from dreamgen.jobs import job_status
 
     def ended():
         try:

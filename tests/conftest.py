@@ -156,7 +156,7 @@ def dreamgen_home(tmp_path_factory):
 def installed_tiny(dreamgen_home):
     """The built-in tiny-random model written into DREAMGEN_HOME from the model already built in this process,
     so commands that load it by name (CLI, worker processes) start at once."""
-    from dreamgen.checkpoint import save_checkpoint
+    from dreamgen.model.checkpoint import save_checkpoint
     from tests.helpers import tiny_model
 
     target = dreamgen_home / "models" / "tiny-random"

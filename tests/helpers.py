@@ -3,9 +3,9 @@ import functools
 
 import numpy as np
 
-from dreamgen.generation import DocumentRequest, Generator
+from dreamgen.generation.generator import DocumentRequest, Generator
+from dreamgen.model.tiny import build_tiny_model
 from dreamgen.params import GenerationParams
-from dreamgen.tiny import build_tiny_model
 
 
 @functools.cache

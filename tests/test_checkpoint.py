@@ -5,8 +5,9 @@ import shutil
 import pytest
 import torch
 
-from dreamgen.checkpoint import load_model, save_checkpoint
 from dreamgen.errors import CheckpointError
+from dreamgen.model.checkpoint import save_checkpoint
+from dreamgen.model.loader import load_model
 from tests.helpers import request, tiny_model
 
 RELEASED_FILES = {"config.json", "pytorch_model.bin", "clip_vision_embedding.bin", "dream_embedding.bin",
@@ -55,7 +56,7 @@ def test_safetensors_round_trip(tmp_path):
 
 
 def test_a_loaded_checkpoint_generates_the_same_document(saved):
-    from dreamgen.generation import Generator
+    from dreamgen.generation.generator import Generator
     req = request(seed=3, max_images=2, max_new_tokens=40)
     a = Generator(tiny_model()).generate([req])[0]
     b = Generator(load_model(str(saved))).generate([req])[0]
@@ -102,7 +103,7 @@ def test_missing_config_and_tokenizer_are_named(saved, tmp_path):
 
 def test_released_checkpoints_use_the_packaged_sd21_and_clip_configs(saved, tmp_path):
     # A checkpoint naming the hub ids (as the released ones do) needs no config files of its own.
-    from dreamgen.checkpoint import _clip_config, _diffusion_dir, _read_json
+    from dreamgen.model.checkpoint import _clip_config, _diffusion_dir, _read_json
     assert _clip_config(tmp_path, "openai/clip-vit-large-patch14").hidden_size == 1024
     sd = _diffusion_dir(tmp_path, "stabilityai/stable-diffusion-2-1-base")
     unet = _read_json(sd / "unet" / "config.json")

@@ -4,7 +4,7 @@ import json
 from click.testing import CliRunner
 
 from cli import cli
-from dreamgen.checkpoint import load_model
+from dreamgen.model.loader import load_model
 from tests.helpers import tiny_model
 
 

@@ -11,7 +11,7 @@ from dreamgen.engines.cache import MANIFEST
 from dreamgen.engines.fingerprint import checkpoint_fingerprint, weights_fingerprint
 from dreamgen.engines.profiles import lm_profile_index, profiles_for
 from dreamgen.errors import EngineError
-from dreamgen.tiny import build_tiny_model
+from dreamgen.model.tiny import build_tiny_model
 from tests.helpers import tiny_model
 
 ONNX_KEYED = dict(fingerprint="weights:abc", part="unet", precision="fp32", opset=17, exporter="torch-2.13/graphs-v1",

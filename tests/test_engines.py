@@ -7,7 +7,6 @@ import onnx
 import pytest
 import torch
 
-from dreamgen.components import TorchComponents
 from dreamgen.engines import EngineCache, OnnxComponents, ensure_onnx_graphs, export_part
 from dreamgen.engines.build import graph_files
 from dreamgen.engines.cache import sha256_files
@@ -15,7 +14,8 @@ from dreamgen.engines.graphs import export_latent_size, unet_downsamples
 from dreamgen.engines.onnx_backend import GraphSession
 from dreamgen.engines.verify import TOLERANCE, scaled_error, verify_components
 from dreamgen.errors import EngineError
-from dreamgen.generation import Generator
+from dreamgen.generation.components import TorchComponents
+from dreamgen.generation.generator import Generator
 from tests.helpers import max_pixel_diff, request, tiny_model
 
 FP32 = TOLERANCE["fp32"]  # 1e-4, of max |torch| where that exceeds 1 (the LM's logits), else absolute

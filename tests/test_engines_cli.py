@@ -107,14 +107,15 @@ def test_auto_picks_onnx_where_engines_are_built(built_home, monkeypatch, no_ten
 
 
 def test_run_and_the_runner_honour_the_backend(built_home, monkeypatch, tmp_path):
-    from dreamgen.runner import JobConfig, default_generator
+    from dreamgen.jobs.run import job_generator
+    from dreamgen.jobs.spec import JobConfig
 
     home, _ = built_home
     monkeypatch.setenv("DREAMGEN_HOME", str(home))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a day at the sea\n")
     heard = []
-    generator = default_generator(JobConfig(prompts=str(prompts), backend="onnx"), report=heard.append)
+    generator = job_generator(JobConfig(prompts=str(prompts), backend="onnx"), report=heard.append)
     assert generator.components.name == "onnx" and heard[0].startswith("backend onnx: ONNX Runtime")
 
     result = CliRunner().invoke(cli, ["run", str(prompts), "--backend", "onnx", "--out", str(tmp_path / "out"),

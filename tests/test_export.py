@@ -11,9 +11,9 @@ import yaml
 from markdown_it import MarkdownIt
 
 from dreamgen.errors import ParamsError, StorageError
-from dreamgen.joboutput import JobOutput
-from dreamgen.storage import LocalStorage
-from exporters import FORMATS, export_job, parse_formats
+from dreamgen.jobs.output import JobOutput, export_job
+from dreamgen.jobs.storage import LocalStorage
+from exporters import FORMATS, parse_formats
 from exporters.html import document_page, job_index_page
 from exporters.markdown import to_markdown
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-import dreamgen.generation as generation
-from dreamgen.errors import ParamsError
-from dreamgen.generation import DocumentRequest, GenerationCancelled
+import dreamgen.generation.generator as generation
+from dreamgen.errors import GenerationCancelled, ParamsError
+from dreamgen.generation.generator import DocumentRequest
 from dreamgen.params import GenerationParams
 from tests.helpers import max_pixel_diff, request, tiny_generator, tiny_model
 

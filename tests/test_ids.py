@@ -9,8 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from dreamgen.errors import ParamsError
-from dreamgen.ids import (MAX_ID_LENGTH, check_job_id, document_id, is_safe_id, new_job_id,
-                          safe_document_id)
+from dreamgen.ids import MAX_ID_LENGTH, check_job_id, document_id, is_safe_id, new_job_id, safe_document_id
 from dreamgen.params import GenerationParams
 
 NASTY = [

@@ -11,8 +11,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
-from tests.celery_support import (Namespace, first_quick_then_long, manifest_ids,
-                                  quick_prompts, wait_for_job, wait_until, write_prompts)
+from tests.celery_support import (
+    Namespace,
+    first_quick_then_long,
+    manifest_ids,
+    quick_prompts,
+    wait_for_job,
+    wait_until,
+    write_prompts,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,8 +78,8 @@ def test_retry_finishes_only_the_failed_documents(ns, tmp_path):
 
 def test_cancel_stops_a_running_job(ns, tmp_path):
     """The running chunk stops between steps after its first document; the queued ones generate nothing."""
-    from dreamgen.jobrecord import JobRecord
-    from dreamgen.jobs import job_status
+    from dreamgen.distributed.records import JobRecord
+    from dreamgen.distributed.status import job_status
 
     ns.worker("w1")
     prompts = write_prompts(tmp_path / "p.jsonl", first_quick_then_long(2) + quick_prompts(6))
@@ -103,7 +110,7 @@ def test_cancel_stops_a_running_job(ns, tmp_path):
 
 
 def test_status_reads_storage_after_the_record_expires(ns, tmp_path):
-    from dreamgen.jobrecord import JobRecord
+    from dreamgen.distributed.records import JobRecord
 
     ns.worker("w1")
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
@@ -146,7 +153,7 @@ def test_a_bad_file_is_rejected_before_anything_is_queued(ns, tmp_path):
 
 
 def test_an_active_job_cannot_be_submitted_or_retried_again(ns, tmp_path):
-    from dreamgen.jobrecord import JobRecord, JobStatus
+    from dreamgen.distributed.records import JobRecord, JobStatus
 
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(1))
     JobRecord(ns.redis, "busy-1").start_round({"out": str(tmp_path / "out"), "total": 1})

@@ -1,8 +1,8 @@
 """The model's wiring against the reference facts: token ids, block lengths, conditioning path, guidance."""
 import torch
 
-from dreamgen.diffusion import ImageJob, denoise_group
-from dreamgen.special_tokens import RELEASED_IDS, SpecialTokens
+from dreamgen.generation.diffusion import ImageRequest, denoise_group
+from dreamgen.model.special_tokens import RELEASED_IDS, SpecialTokens
 from tests.helpers import request, tiny_generator, tiny_model
 
 
@@ -112,7 +112,7 @@ def test_guidance_batches_uncond_then_cond_and_mixes_as_the_reference():
         seen.append(hidden.clone())
         return model.head.unet(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
 
-    job = ImageJob(cond=cond, uncond=uncond, seed=3, steps=2, guidance=4.0, scheduler="ddim", height=64, width=64)
+    job = ImageRequest(cond=cond, uncond=uncond, seed=3, steps=2, guidance=4.0, scheduler="ddim", height=64, width=64)
     gen = tiny_generator()
     with torch.no_grad():
         guided = denoise_group([job], recording_unet, gen.components.vae_decode, model.head.scheduler_config, 4, 8,

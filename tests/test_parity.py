@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dreamgen.diffusion import make_scheduler
-from dreamgen.generation import DocumentRequest
+from dreamgen.generation.diffusion import make_scheduler
+from dreamgen.generation.generator import DocumentRequest
 from dreamgen.params import GenerationParams
 from tests.helpers import max_pixel_diff, tiny_generator, tiny_model
 

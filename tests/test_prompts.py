@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dreamgen import prompt_templates
 from dreamgen.errors import ParamsError, PromptFileError, PromptFileProblems
 from dreamgen.params import GenerationParams
-from dreamgen.prompts import MAX_REPORTED_PROBLEMS, iter_prompt_file, validate_prompt_file
+from dreamgen.prompts import templates as prompt_templates
+from dreamgen.prompts.files import MAX_REPORTED_PROBLEMS, iter_prompt_file, validate_prompt_file
 
 MODEL = "tiny-dreamllm"
 

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
-from dreamgen.errors import StorageError
-from dreamgen.runner import JobConfig, JobInterrupted, resume_config, run_job
+from dreamgen.errors import JobInterrupted, StorageError
+from dreamgen.jobs.run import run_job
+from dreamgen.jobs.spec import JobConfig, stored_config
 from tests.helpers import tiny_generator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,7 +92,7 @@ def test_interrupted_job_resumes_and_produces_each_document_once(tmp_path):
     assert json.loads((job / "job.json").read_text())["status"] == "interrupted"
 
     counting = CountingGenerator()
-    resumed = resume_config("stop", str(tmp_path / "out"))
+    resumed = stored_config("stop", str(tmp_path / "out"))
     assert resumed.defaults == FAST and resumed.batch_size == 2
     summary = run_job(resumed, make_generator=lambda c: counting)
     assert summary.done == 7 and summary.status == "finished"

@@ -1,8 +1,8 @@
 """The batched sampler: right distribution, nucleus and bans respected, rows independent of their neighbours."""
 import torch
 
+from dreamgen.generation.sampling import sample_token, sample_tokens
 from dreamgen.params import GenerationParams
-from dreamgen.sampling import sample_token, sample_tokens
 
 
 def _draws(logits, params, n, seed=0):

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
+from dreamgen.distributed.schedules import Schedule, load_schedules, next_fire_times, previous_fire_time
 from dreamgen.errors import ScheduleFileError
-from dreamgen.schedules import Schedule, load_schedules, next_fire_times, previous_fire_time
 from tests.celery_support import Namespace, quick_prompts, wait_for_job, write_prompts
 
 
@@ -148,9 +148,10 @@ def test_beat_schedule_from_the_file(schedules_file):
 @pytest.mark.slow
 def test_a_schedule_fired_twice_makes_one_job(tmp_path, dreamgen_home, installed_tiny):
     """Twice through the light queue of a real worker, and twice at once in this process."""
-    from dreamgen.jobrecord import RecentJobs
-    from dreamgen.schedules import fire
+    from dreamgen.distributed.records import RecentJobs
+    from dreamgen.distributed.schedules import fire
     from workers.app import client_app
+    from workers.dispatch import send_chunks
 
     with Namespace(tmp_path, dreamgen_home) as ns:
         write_prompts(tmp_path / "prompts.jsonl", quick_prompts(2))
@@ -166,7 +167,8 @@ def test_a_schedule_fired_twice_makes_one_job(tmp_path, dreamgen_home, installed
         assert worker_log.count("succeeded") >= 2 and "already fired" in worker_log
 
         answers = []
-        threads = [threading.Thread(target=lambda: answers.append(fire(morning, utc(2026, 11, 30, 6, 45))))
+        threads = [threading.Thread(target=lambda: answers.append(fire(morning, send_chunks,
+                                                                        utc(2026, 11, 30, 6, 45))))
                    for _ in range(2)]
         for thread in threads:
             thread.start()

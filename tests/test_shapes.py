@@ -10,10 +10,10 @@ import pytest
 from PIL import Image, ImageFilter
 
 from dreamgen.document import Document, ImageBlock, TextBlock
-from dreamgen.evaluation import ablate, evaluate, score_document
 from dreamgen.shapes.articles import sample_article, sample_shapes, write_article
 from dreamgen.shapes.checker import last_mention, mentions, read_image
 from dreamgen.shapes.dataset import eval_prompts, write_dataset
+from dreamgen.shapes.evaluation import ablate, evaluate, score_document
 from dreamgen.shapes.render import render
 from dreamgen.shapes.world import BACKGROUNDS, COLOURS, HELD_OUT, POSITIONS, SHAPES, SIZES, Shape, training_combos
 
@@ -146,7 +146,7 @@ def shipped_summary():
     """The built-in model's eval on held-out prompts, at the default generation parameters."""
     import torch
 
-    from dreamgen.checkpoint import load_model
+    from dreamgen.model.loader import load_model
     from dreamgen.params import GenerationParams
 
     before = _one_thread()
@@ -157,7 +157,8 @@ def shipped_summary():
 
 
 def test_shapes_is_the_default_builtin_model():
-    from dreamgen.registry import BUILTIN, DEFAULT_MODEL, builtin_model_dir
+    from dreamgen.model.builtin import BUILTIN, builtin_model_dir
+    from dreamgen.settings import DEFAULT_MODEL
 
     assert DEFAULT_MODEL == "shapes" and "tiny-random" in BUILTIN
     folder = builtin_model_dir("shapes")
@@ -179,7 +180,7 @@ def test_shipped_model_meets_the_shape_target(shipped_summary):
 def test_cutting_the_condition_breaks_the_pictures(shipped_summary):
     import torch
 
-    from dreamgen.checkpoint import load_model
+    from dreamgen.model.loader import load_model
     from dreamgen.params import GenerationParams
 
     before = _one_thread()
@@ -216,7 +217,7 @@ def test_shipped_vae_keeps_the_kind_of_shapes_readable():
     """The decoder draws every picture the model makes: a kind a VAE round trip loses, the model cannot draw."""
     import torch
 
-    from dreamgen.checkpoint import load_model
+    from dreamgen.model.loader import load_model
     from dreamgen.shapes.roundtrip import kind_accuracy, roundtrip_shapes
 
     before = _one_thread()

@@ -13,10 +13,9 @@ import pytest
 from PIL import Image
 
 from dreamgen.errors import StorageError
-from dreamgen.joboutput import JobOutput, open_job_output
-from dreamgen.png_params import read_png_parameters
-from dreamgen.storage import KeyNotFound, LocalStorage, S3Storage, open_storage
-from exporters import export_job
+from dreamgen.jobs.output import JobOutput, export_job, open_job_output
+from dreamgen.jobs.png import read_png_parameters
+from dreamgen.jobs.storage import KeyNotFound, LocalStorage, S3Storage, open_storage
 
 # ------------------------------------------------------------------------------------- the Storage contract
 # The same checks run on a local directory and on a bucket of a real moto_server.

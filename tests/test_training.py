@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dreamgen.checkpoint import load_model
 from dreamgen.errors import TrainingError
-from dreamgen.generation import CHAT_TEMPLATES
+from dreamgen.model.loader import load_model
+from dreamgen.model.tokenizer import build_tokenizer
+from dreamgen.prompts.templates import CHAT_TEMPLATES
 from dreamgen.shapes.dataset import write_dataset
-from dreamgen.tokenizer_build import build_tokenizer
 from dreamgen.training import IGPTObjective, ImageInputs, SequenceBuilder, collate, load_config, read_documents, train
 from dreamgen.training.architecture import apply_freeze, build_model, build_vae
 from dreamgen.training.config import ArchitectureConfig, FreezeConfig, VAEArchitectureConfig
@@ -89,7 +89,7 @@ def test_sequence_layout_and_labels(data_file):
 
 
 def test_text_and_chat_tokens_match_what_generation_feeds(data_file):
-    from dreamgen.generation import DocumentRequest, Generator
+    from dreamgen.generation.generator import DocumentRequest, Generator
 
     model = tiny_model(data_file).eval()
     doc = read_documents(data_file)[0]
@@ -150,7 +150,7 @@ def test_cfg_dropout_trains_the_unconditional_condition(data_file):
     assert out.images > 0 and model.dream.dream_queries.grad.abs().sum() > 0
     with torch.no_grad():
         uncond = objective.unconditional()
-    from dreamgen.generation import Generator
+    from dreamgen.generation.generator import Generator
     expected = Generator(model.eval()).unconditional()
     torch.testing.assert_close(uncond[0], expected, rtol=1e-4, atol=1e-5)
 
@@ -178,7 +178,7 @@ def _config(tmp_path, data_file, model_dir, steps=3, **extra) -> str:
 
 
 def test_training_writes_a_checkpoint_that_loads_and_generates(tmp_path, data_file):
-    from dreamgen.generation import DocumentRequest, Generator
+    from dreamgen.generation.generator import DocumentRequest, Generator
     from dreamgen.params import GenerationParams
 
     result = train(load_config(_config(tmp_path, data_file, tmp_path / "run")))

@@ -13,8 +13,17 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
-from tests.celery_support import (MODEL, Namespace, first_quick_then_long, manifest_ids,
-                                  one_torch_thread, quick_prompts, wait_for_job, wait_until, write_prompts)
+from tests.celery_support import (
+    MODEL,
+    Namespace,
+    first_quick_then_long,
+    manifest_ids,
+    one_torch_thread,
+    quick_prompts,
+    wait_for_job,
+    wait_until,
+    write_prompts,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,13 +77,15 @@ def test_cli_submit_gives_the_documents_of_run(ns, tmp_path):
 
 
 def test_two_workers_share_one_job(ns, tmp_path):
-    from dreamgen.jobrecord import JobRecord
-    from dreamgen.jobs import submit_job
-    from dreamgen.runner import JobConfig
+    from dreamgen.distributed.records import JobRecord
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from workers.dispatch import send_chunks
 
     ns.worker("w1"), ns.worker("w2")
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(10, tokens=16))
-    job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL, batch_size=1))
+    job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL,
+                                  batch_size=1), send_chunks)
     report = wait_for_job(job_id)
     assert (report.status, report.done, report.failed) == ("finished", 10, 0)
     states = JobRecord(ns.redis, job_id).chunk_states()
@@ -84,7 +95,7 @@ def test_two_workers_share_one_job(ns, tmp_path):
 
 
 def report_ids(prompts):
-    from dreamgen.prompts import iter_prompt_file
+    from dreamgen.prompts.files import iter_prompt_file
 
     return [s.id for s in iter_prompt_file(prompts, {}, "tiny-random")]
 
@@ -93,15 +104,16 @@ def test_chunk_of_a_killed_worker_is_redelivered_to_the_other(ns, tmp_path):
     """SIGKILL the process running a chunk after its first document is stored. The late-acked message goes
     back to the queue (reject on worker lost); the other worker takes it once the dead one's lock expires,
     skips the stored document and generates the rest: every document once in the manifest."""
+    from dreamgen.distributed.records import JobRecord
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
     from workers.app import client_app
-
-    from dreamgen.jobrecord import JobRecord
-    from dreamgen.jobs import submit_job
-    from dreamgen.runner import JobConfig
+    from workers.dispatch import send_chunks
 
     ns.worker("w1"), ns.worker("w2")
     prompts = write_prompts(tmp_path / "p.jsonl", first_quick_then_long(2))
-    job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL, batch_size=3))
+    job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL,
+                                  batch_size=3), send_chunks)
     record = JobRecord(ns.redis, job_id)
 
     def first_document_stored():
@@ -137,15 +149,17 @@ def test_chunk_of_a_killed_worker_is_redelivered_to_the_other(ns, tmp_path):
 def test_a_chunk_that_keeps_killing_workers_gives_up(ns, tmp_path):
     """The attempt counter: a chunk started more than DREAMGEN_MAX_ATTEMPTS times records its documents as
     failed instead of being redelivered forever. (Its earlier deaths are played by presetting the counter.)"""
-    from dreamgen.jobrecord import JobRecord
-    from dreamgen.jobs import submit_job
-    from dreamgen.runner import JobConfig
+    from dreamgen.distributed.records import JobRecord
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from workers.dispatch import send_chunks
 
     ns.worker("w1"), ns.worker("w2")
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
     record = JobRecord(ns.redis, "doomed-1")
     ns.redis.hset(record.attempts_key, "1.0", 3)  # three workers died on it already
-    submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL, job_id="doomed-1", batch_size=2))
+    submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL, job_id="doomed-1",
+                         batch_size=2), send_chunks)
     report = wait_for_job("doomed-1")
     assert (report.status, report.done, report.failed) == ("finished", 0, 2)
     assert all("ChunkGaveUp" in error for error in report.failures.values())
@@ -157,15 +171,17 @@ def test_a_chunk_that_keeps_killing_workers_gives_up(ns, tmp_path):
 def test_chunk_of_a_worker_killed_whole_comes_back_after_the_visibility_timeout(ns, tmp_path):
     """SIGKILL a whole worker (main process and child, as when its machine dies): nobody requeues its chunk,
     so Redis hands it to the next worker once the visibility timeout has passed since its delivery."""
-    from dreamgen.jobrecord import JobRecord
-    from dreamgen.jobs import submit_job
-    from dreamgen.runner import JobConfig
+    from dreamgen.distributed.records import JobRecord
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from workers.dispatch import send_chunks
 
     for name in list(ns.workers):  # only the victim may take the chunk
         ns.workers.pop(name).stop()
     victim = ns.worker("victim")
     prompts = write_prompts(tmp_path / "p.jsonl", first_quick_then_long(2))
-    job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL, batch_size=3))
+    job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL,
+                                  batch_size=3), send_chunks)
     record = JobRecord(ns.redis, job_id)
     wait_until(lambda: (state := record.chunk_state("1.0")) and state["done"] >= 1 and state["state"] == "running",
                what="the chunk's first document")
@@ -190,8 +206,9 @@ def test_worker_command_starts_a_celery_worker(ns, tmp_path):
     import subprocess
     import sys
 
-    from dreamgen.jobs import submit_job
-    from dreamgen.runner import JobConfig
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from workers.dispatch import send_chunks
 
     for name in list(ns.workers):  # only the launched worker may take this job
         ns.workers.pop(name).stop()
@@ -201,7 +218,8 @@ def test_worker_command_starts_a_celery_worker(ns, tmp_path):
                                 start_new_session=True)
     try:
         prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
-        job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL, batch_size=2))
+        job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL,
+                                      batch_size=2), send_chunks)
         report = wait_for_job(job_id)
         assert (report.status, report.done) == ("finished", 2)
         os.killpg(launcher.pid, signal.SIGTERM)  # the launcher passes it on: a warm shutdown
@@ -221,9 +239,8 @@ def test_worker_command_starts_a_celery_worker(ns, tmp_path):
 
 # -------------------------------------------------------------------------------------------- no services
 def test_settings_for_long_gpu_tasks(monkeypatch):
-    from workers.settings import celery_settings
-
     from dreamgen.errors import DreamgenError
+    from workers.settings import celery_settings
 
     monkeypatch.setenv("DREAMGEN_TASK_TIME_LIMIT", "7200")
     monkeypatch.delenv("DREAMGEN_VISIBILITY_TIMEOUT", raising=False)
@@ -245,8 +262,8 @@ def test_settings_for_long_gpu_tasks(monkeypatch):
 
 
 def test_a_chunk_carries_its_specs_not_the_file(tmp_path):
-    from dreamgen.chunks import spec_from_wire, spec_to_wire
-    from dreamgen.prompts import iter_prompt_file
+    from dreamgen.distributed.chunks import spec_from_wire, spec_to_wire
+    from dreamgen.prompts.files import iter_prompt_file
 
     prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "a", "seed": 3, "guidance": 5},
                                                    {"id": "My Doc", "prompt": "b", "title": "B"}])
@@ -257,7 +274,7 @@ def test_a_chunk_carries_its_specs_not_the_file(tmp_path):
 
 
 def test_broker_urls_are_printed_without_password():
-    from dreamgen.broker import redact
+    from dreamgen.distributed.broker import redact
 
     assert redact("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert redact("rediss://user:s3cret@host/1") == "rediss://user:***@host/1"

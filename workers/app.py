@@ -9,7 +9,7 @@ import functools
 from celery import Celery
 from celery.backends.redis import RedisBackend
 
-from dreamgen.broker import broker_url, key_prefix
+from dreamgen.distributed.broker import broker_url, key_prefix
 
 from .settings import celery_settings
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import secrets
 from typing import Iterable
 
-from dreamgen.broker import unavailable
-from dreamgen.chunks import JobWire, chunk_key
+from dreamgen.distributed.broker import unavailable
+from dreamgen.distributed.chunks import JobWire, chunk_key
 
 from .app import client_app
 from .settings import CHUNK_TASK, FINALIZE_TASK

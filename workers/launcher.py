@@ -17,7 +17,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from dreamgen import settings
+
 from .settings import GPU_QUEUE, LIGHT_QUEUE
+
 
 @dataclass
 class WorkerProcess:
@@ -27,9 +30,9 @@ class WorkerProcess:
 
     def describe(self) -> str:
         """The command line to show a person: the broker's password hidden."""
-        from dreamgen.broker import redact
+        from dreamgen.distributed.broker import redact
 
-        env = " ".join(f"{k}={redact(v) if k == 'DREAMGEN_BROKER_URL' else v}" for k, v in self.env.items())
+        env = " ".join(f"{k}={redact(v) if k == settings.BROKER_URL.name else v}" for k, v in self.env.items())
         return f"{env} {' '.join(self.argv)}".strip()
 
 
@@ -39,25 +42,25 @@ def plan_workers(gpus: list[str] | None = None, queues: list[str] | None = None,
                  loglevel: str = "INFO") -> list[WorkerProcess]:
     """The processes to start (nothing is started)."""
     queues = queues or [GPU_QUEUE, LIGHT_QUEUE]
-    common = {k: v for k, v in {"DREAMGEN_BROKER_URL": broker_url, "DREAMGEN_MODEL": model,
-                                "DREAMGEN_DTYPE": dtype}.items() if v}
+    common = {k: v for k, v in {settings.BROKER_URL.name: broker_url, settings.MODEL.name: model,
+                                settings.DTYPE.name: dtype}.items() if v}
 
     def celery(node: str, node_queues: list[str], procs: int) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(node_queues),
                 "-c", str(procs), "-P", pool, "-n", f"{node}@%h", "-l", loglevel]
 
     if not gpus:
-        env = {**common, **({"DREAMGEN_WORKER_DEVICE": device} if device else {})}
+        env = {**common, **({settings.WORKER_DEVICE.name: device} if device else {})}
         if GPU_QUEUE not in queues:
-            env["DREAMGEN_WORKER_PRELOAD"] = "0"
+            env[settings.WORKER_PRELOAD.name] = "0"
         return [WorkerProcess(name, celery(name, queues, concurrency), env)]
     heavy = [q for q in queues if q != LIGHT_QUEUE]
     plan = [WorkerProcess(f"{name}-gpu{gpu}", celery(f"{name}-gpu{gpu}", heavy, concurrency),
-                          {**common, "CUDA_VISIBLE_DEVICES": gpu, "DREAMGEN_WORKER_DEVICE": "cuda"})
+                          {**common, "CUDA_VISIBLE_DEVICES": gpu, settings.WORKER_DEVICE.name: "cuda"})
             for gpu in gpus] if heavy else []
     if LIGHT_QUEUE in queues:
         plan.append(WorkerProcess(f"{name}-light", celery(f"{name}-light", [LIGHT_QUEUE], 2),
-                                  {**common, "CUDA_VISIBLE_DEVICES": "", "DREAMGEN_WORKER_PRELOAD": "0"}))
+                                  {**common, "CUDA_VISIBLE_DEVICES": "", settings.WORKER_PRELOAD.name: "0"}))
     return plan
 
 

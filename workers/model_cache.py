@@ -4,27 +4,23 @@ CUDA must not be touched in the parent of a prefork pool (a forked child cannot 
 happens in `worker_process_init`, which runs in each child. A job asking for another model, dtype or backend
 replaces the held one: a GPU's memory holds one model at a time.
 
-Environment: DREAMGEN_MODEL / DREAMGEN_DTYPE / DREAMGEN_BACKEND (what to preload), DREAMGEN_WORKER_DEVICE (cpu, cuda;
-`dreamgen worker --gpus` pins each process to one GPU, which it sees as cuda:0), DREAMGEN_WORKER_PRELOAD=0 for
-processes that only finalize.
+Settings (dreamgen.settings): DREAMGEN_MODEL / DREAMGEN_DTYPE / DREAMGEN_BACKEND (what to preload),
+DREAMGEN_WORKER_DEVICE (cpu, cuda; `dreamgen worker --gpus` pins each process to one GPU, which it sees as cuda:0),
+DREAMGEN_WORKER_PRELOAD=0 for processes that only finalize.
 """
 from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
-from types import SimpleNamespace
 
 from celery.signals import worker_process_init
+
+from dreamgen import settings
 
 log = logging.getLogger(__name__)
 
 _held: tuple[tuple, object] | None = None  # ((model, dtype, device, backend), Generator)
-
-
-def worker_device() -> str:
-    return os.environ.get("DREAMGEN_WORKER_DEVICE") or "cpu"
 
 
 def generator_for(model: str, dtype: str, device: str, backend: str = "torch"):
@@ -36,10 +32,10 @@ def generator_for(model: str, dtype: str, device: str, backend: str = "torch"):
     if _held is not None:
         _held = None
         _release_memory(device)
-    from dreamgen.runner import default_generator
+    from dreamgen.jobs.run import load_generator
 
     started = time.perf_counter()
-    generator = default_generator(SimpleNamespace(model=model, dtype=dtype, device=device, backend=backend))
+    generator = load_generator(model, dtype, device, backend)
     log.info("loaded %s (%s, %s, %s) in %.1f s", model, dtype, device, backend, time.perf_counter() - started)
     _held = (key, generator)
     return generator
@@ -47,18 +43,16 @@ def generator_for(model: str, dtype: str, device: str, backend: str = "torch"):
 
 def generator_for_job(job):
     """A job's model on this worker's device: the submitter does not know the workers' hardware."""
-    return generator_for(job.model, job.dtype, worker_device(), job.backend)
+    config = job.config
+    return generator_for(config.model, config.dtype, settings.worker_device(), config.backend)
 
 
 @worker_process_init.connect
 def preload_model(**_):
-    if os.environ.get("DREAMGEN_WORKER_PRELOAD", "1") == "0":
+    if not settings.worker_preload():
         return
-    from dreamgen.registry import DEFAULT_MODEL
-
     try:
-        generator_for(os.environ.get("DREAMGEN_MODEL") or DEFAULT_MODEL, os.environ.get("DREAMGEN_DTYPE") or "fp32",
-                      worker_device(), os.environ.get("DREAMGEN_BACKEND") or "torch")
+        generator_for(settings.MODEL.get(), settings.DTYPE.get(), settings.worker_device(), settings.BACKEND.get())
     except Exception:  # a chunk will try again and record the error on its documents
         log.exception("could not preload the model")
 

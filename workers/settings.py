@@ -1,21 +1,14 @@
 """Celery settings for long GPU tasks on Redis (see reference/serving.md, "Celery workers that hold a model").
 
-Environment (flags of `dreamgen worker` set some of them):
-    DREAMGEN_BROKER_URL          redis[s]://[:password@]host:port/db (broker and result backend)
-    DREAMGEN_TASK_TIME_LIMIT     hard limit of one chunk task, seconds (default 6 h)
-    DREAMGEN_VISIBILITY_TIMEOUT  seconds before Redis hands an unacknowledged task to another worker; must exceed
-                                 the time limit or a running chunk is delivered twice (default: limit + 1 h)
-    DREAMGEN_RESULT_EXPIRES      seconds task results are kept (default 1 day; job records keep longer)
-    DREAMGEN_REDIS_PREFIX        namespace of every key (kombu's queues included when set)
+The environment variables they read are dreamgen.settings' (broker URL, task time limit, visibility timeout,
+result expiry, Redis prefix: kombu's queues are prefixed only when DREAMGEN_REDIS_PREFIX is set).
 """
 from __future__ import annotations
 
-import os
 import ssl
 from urllib.parse import parse_qs, urlsplit
 
-from dreamgen.broker import broker_url
-from dreamgen.errors import DreamgenError
+from dreamgen import settings as env
 
 GPU_QUEUE = "dreamgen.gpu"  # generation; every GPU worker of every machine consumes it
 LIGHT_QUEUE = "dreamgen.light"  # finalize, schedules: no model, quick
@@ -24,29 +17,15 @@ CHUNK_TASK = "dreamgen.chunk"
 FINALIZE_TASK = "dreamgen.finalize"
 FIRE_SCHEDULE_TASK = "dreamgen.fire_schedule"
 
-DEFAULT_TIME_LIMIT_S = 6 * 3600
 MODEL_LOAD_TIMEOUT_S = 600  # a 7B checkpoint from a network disk takes minutes; the pool must wait for it
-
-
-def time_limit_s() -> int:
-    return int(os.environ.get("DREAMGEN_TASK_TIME_LIMIT", DEFAULT_TIME_LIMIT_S))
-
-
-def visibility_timeout_s() -> int:
-    limit = time_limit_s()
-    visibility = int(os.environ.get("DREAMGEN_VISIBILITY_TIMEOUT", limit + 3600))
-    if visibility <= limit:
-        raise DreamgenError(f"DREAMGEN_VISIBILITY_TIMEOUT={visibility} must exceed the task time limit ({limit} s), "
-                            "or Redis hands running chunks to a second worker")
-    return visibility
 
 
 def celery_settings(url: str | None = None, client: bool = False) -> dict:
     """Settings of the app; `client` for a process that only submits (fail in seconds when Redis is down,
     where a worker keeps reconnecting)."""
-    url = broker_url(url)
-    limit, visibility = time_limit_s(), visibility_timeout_s()
-    prefix = os.environ.get("DREAMGEN_REDIS_PREFIX")
+    url = env.broker_url(url)
+    limit, visibility = env.task_time_limit_s(), env.visibility_timeout_s()
+    prefix = env.REDIS_PREFIX.given()
     transport = {
         "visibility_timeout": visibility,
         # Sweep for tasks of dead workers often enough that a short visibility timeout (tests) is honoured.
@@ -78,7 +57,7 @@ def celery_settings(url: str | None = None, client: bool = False) -> dict:
         "worker_deduplicate_successful_tasks": True,
         "task_track_started": True,
         "task_time_limit": limit,
-        "result_expires": int(os.environ.get("DREAMGEN_RESULT_EXPIRES", 24 * 3600)),
+        "result_expires": env.result_expires_s(),
         "worker_proc_alive_timeout": MODEL_LOAD_TIMEOUT_S,
         "task_default_queue": LIGHT_QUEUE,
         "task_routes": {CHUNK_TASK: {"queue": GPU_QUEUE}, FINALIZE_TASK: {"queue": LIGHT_QUEUE},

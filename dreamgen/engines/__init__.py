@@ -10,10 +10,12 @@ or built into TensorRT engines, kept in a keyed cache under `home()/engines`.
     onnx_backend.py      OnnxComponents: the Components protocol on ONNX Runtime
     profiles.py          TensorRT optimization profiles (min/opt/max shapes)
     tensorrt_backend.py  TensorRT engine builds and TensorRTComponents (GPU only; tensorrt imported lazily)
-    backends.py          select_backend: torch | onnx | tensorrt | auto
+    backends.py          select_backend: torch | onnx | tensorrt | auto; build_engines
     verify.py            each part against torch on random inputs
+
+May import model, generation (its Components protocol) and the shared vocabulary; never jobs.
 """
-from .backends import BACKENDS, select_backend
+from .backends import BACKENDS, build_engines, select_backend
 from .build import default_precision, ensure_onnx_graphs, find_onnx_graphs
 from .cache import CacheEntry, EngineCache, onnx_entry, tensorrt_entry
 from .export import export_part
@@ -22,7 +24,7 @@ from .onnx_backend import OnnxComponents
 from .profiles import EngineLimits
 from .verify import verify_cache, verify_components
 
-__all__ = ["BACKENDS", "CacheEntry", "EngineCache", "EngineLimits", "OnnxComponents", "PARTS", "PRECISIONS",
+__all__ = ["BACKENDS", "build_engines", "CacheEntry", "EngineCache", "EngineLimits", "OnnxComponents", "PARTS", "PRECISIONS",
            "default_precision", "ensure_onnx_graphs", "export_part", "find_onnx_graphs", "onnx_entry",
            "select_backend", "tensorrt_entry", "verify_cache", "verify_components"]
 # TensorRTComponents lives in dreamgen.engines.tensorrt_backend; importing it never imports tensorrt.

@@ -9,14 +9,13 @@ Components it calls change.
 """
 from __future__ import annotations
 
-from ..components import Components, TorchComponents
 from ..errors import EngineError
-from ..model import DreamLLM
+from ..generation.components import Components, TorchComponents
+from ..model.dreamllm import DreamLLM
+from ..settings import BACKENDS
 from .build import default_precision, ensure_onnx_graphs, find_onnx_graphs, graph_files
 from .cache import EngineCache
 from .profiles import EngineLimits
-
-BACKENDS = ("auto", "torch", "onnx", "tensorrt")
 
 
 def select_backend(name: str, model: DreamLLM, precision: str | None = None, cache: EngineCache | None = None,
@@ -56,6 +55,21 @@ def select_backend(name: str, model: DreamLLM, precision: str | None = None, cac
                                                                + "; ".join(skipped))
     skipped.append(f"not onnx: no complete set of {precision} graphs for this model in {cache.root} ({why_not})")
     return TorchComponents(model), f"backend torch: PyTorch on {model.device} (auto: {'; '.join(skipped)})"
+
+
+def build_engines(model: DreamLLM, backend: str, precision: str | None = None, cache: EngineCache | None = None,
+                  limits: EngineLimits | None = None) -> dict:
+    """Export the model's graphs into the cache (onnx), and build TensorRT engines from them (tensorrt); what is
+    in the cache already is reused. Returns {part: CachedEngine}."""
+    precision = precision or default_precision(model)
+    cache = cache or EngineCache()
+    if backend == "onnx":
+        return ensure_onnx_graphs(model, precision, cache)
+    if backend != "tensorrt":
+        raise EngineError(f"engines are built for onnx or tensorrt, not {backend!r}")
+    from .tensorrt_backend import ensure_tensorrt_engines
+
+    return ensure_tensorrt_engines(model, precision, cache, limits=limits)
 
 
 def _onnx(model, precision, cache, no_build, threads, why) -> tuple[Components, str]:

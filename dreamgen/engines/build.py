@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model import DreamLLM
+from ..model.dreamllm import DreamLLM
 from .cache import CachedEngine, EngineCache, onnx_entry
 from .export import EXPORT_OPSET, GRAPH_FILE, export_part, exporter_version
 from .fingerprint import model_fingerprint

@@ -110,7 +110,7 @@ class CachedEngine:
 
 class EngineCache:
     def __init__(self, root: str | Path | None = None):
-        from ..registry import home
+        from ..settings import home
 
         self.root = Path(root) if root is not None else home() / "engines"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EngineError
-from ..model import DreamLLM
+from ..model.dreamllm import DreamLLM
 from .graphs import graph_io, graph_module, sample_inputs
 
 log = logging.getLogger(__name__)

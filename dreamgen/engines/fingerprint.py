@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..model import DreamLLM
+from ..model.dreamllm import DreamLLM
 
 SAMPLE = 1024 * 1024
 

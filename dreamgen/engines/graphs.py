@@ -21,11 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..model import DreamLLM
+from ..model.dreamllm import DreamLLM
 from .fused_attention import fused_attention
 
 PARTS = ("unet", "vae_decoder", "vision", "lm_step")
-PRECISIONS = ("fp32", "fp16")
+from ..settings import PRECISIONS  # noqa: F401 (re-exported: the graphs come in these precisions)
+
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # onnxruntime: the UNet's attention as ONNX Runtime's fused MultiHeadAttention op (fused_attention.py);
 # portable: standard ONNX ops only, for TensorRT. The other parts are the same graph in both.

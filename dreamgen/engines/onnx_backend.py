@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError
-from ..model import DreamLLM
+from ..model.dreamllm import DreamLLM
 from .graphs import PARTS, kv_shape, timestep_input
 
 log = logging.getLogger(__name__)

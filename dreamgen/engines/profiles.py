@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import EngineError
-from ..model import DreamLLM
+from ..model.dreamllm import DreamLLM
 from .graphs import kv_shape
 
 DECODE_PROFILE, PREFILL_PROFILE = 1, 0

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from ..errors import EngineError
-from ..model import DreamLLM
+from ..model.dreamllm import DreamLLM
 from .build import ensure_onnx_graphs
-from .cache import CacheEntry, CachedEngine, EngineCache, tensorrt_entry
+from .cache import CachedEngine, CacheEntry, EngineCache, tensorrt_entry
 from .export import GRAPH_FILE
 from .graphs import PARTS, kv_shape, part_precision, timestep_input
 from .profiles import EngineLimits, lm_profile_index, outside_profile, profiles_for

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..components import Components, TorchComponents
-from ..model import DreamLLM
+from ..generation.components import Components, TorchComponents
+from ..model.dreamllm import DreamLLM
 from .graphs import PARTS, export_latent_size
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
@@ -143,8 +143,14 @@ def verify_cache(model: DreamLLM, cache=None, precisions=("fp32", "fp16"),
 
 
 def _verify_tensorrt(model, cache, precision, graphs) -> list[PartCheck]:
-    from .tensorrt_backend import (ENGINE_FILE, TensorRTComponents, built_tensorrt_engines, compute_capability,
-                                   import_tensorrt, tensorrt_problem)
+    from .tensorrt_backend import (
+        ENGINE_FILE,
+        TensorRTComponents,
+        built_tensorrt_engines,
+        compute_capability,
+        import_tensorrt,
+        tensorrt_problem,
+    )
 
     built_anywhere = built_tensorrt_engines(cache, graphs)  # by any TensorRT version, for any GPU
     if not built_anywhere:

@@ -6,4 +6,8 @@ DreamLLM on a CPU, and simple enough to check every picture against its text by 
     articles.py  prompts and articles in a few styles, each picture right after the sentence describing it
     dataset.py   the training set in dreamgen's interleaved JSONL format, and the held-out evaluation prompts
     checker.py   reads a picture (colour, shape, background, ...) and the text around it
+    evaluation.py  `dreamgen eval`: do a model's pictures show what its text says?
+    select.py, roundtrip.py  choosing between trained models; how well a VAE keeps each kind readable
+
+May import training, generation, model and the shared vocabulary.
 """

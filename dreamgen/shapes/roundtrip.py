@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..generation import pil_to_tensor, tensor_to_pil
+from ..generation.images import pil_to_tensor, tensor_to_pil
 from .articles import JITTER
 from .checker import read_image
 from .render import render
@@ -54,7 +54,7 @@ def kind_accuracy(vae, shapes: list[Shape]) -> dict[tuple[str, str], float]:
 
 def load_any_vae(where: str):
     """A VAE folder (a vae stage's output), or a model (checkpoint folder or built-in name) whose VAE to take."""
-    from ..checkpoint import load_model
+    from ..model.loader import load_model
     from ..training.trainer import load_vae
 
     if any(Path(where).glob("diffusion_pytorch_model.*")):

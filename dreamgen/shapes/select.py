@@ -14,10 +14,10 @@ import argparse
 
 import torch
 
-from ..checkpoint import load_model
-from ..evaluation import evaluate
+from ..model.loader import load_model
 from ..params import GenerationParams
 from .dataset import eval_prompts
+from .evaluation import evaluate
 
 VALIDATION_SEED = 777  # not the eval set's seed (dataset.EVAL_SEED) nor any training seed
 

@@ -3,6 +3,8 @@
     config = load_config("configs/my-run.yaml")      # stage: igpt | vae
     result = train(config, on_event=print)           # resumes from the run's last checkpoint
     load_model(str(result.output))                   # the released layout, as every dreamgen command loads it
+
+May import model, generation (the diffusion schedulers), prompts (the chat formats) and the shared vocabulary.
 """
 from __future__ import annotations
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 import logging
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from diffusers import AutoencoderKL, UNet2DConditionModel
-
 from ..errors import TrainingError
-from ..model import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
-from ..special_tokens import RELEASED_IDS, SpecialTokens
-from ..tiny import SD_SCHEDULER_CONFIG
+from ..model.dreamllm import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
+from ..model.special_tokens import RELEASED_IDS, SpecialTokens
+from ..model.tiny import SD_SCHEDULER_CONFIG
 from .config import ArchitectureConfig, FreezeConfig, VAEArchitectureConfig
 
 log = logging.getLogger(__name__)

@@ -261,7 +261,7 @@ def check_config(config, where: str = "config") -> None:
         need(0 <= loss.cfg_dropout < 1, "loss.cfg_dropout", f"must be in [0, 1) (got {loss.cfg_dropout})")
         need(loss.noise_samples >= 1, "loss.noise_samples", "must be >= 1")
         need(config.save_dtype in ("fp32", "fp16"), "save_dtype", "must be fp32 or fp16")
-        from ..generation import CHAT_TEMPLATES
+        from ..prompts.templates import CHAT_TEMPLATES
         need(config.data.chat in CHAT_TEMPLATES, "data.chat", f"must be one of {', '.join(CHAT_TEMPLATES)}")
         need(config.model.vae is None or Path(config.model.vae).is_dir(), "model.vae",
              f"names {config.model.vae}, which is not a folder")

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..errors import TrainingError
-from ..special_tokens import SpecialTokens
+from ..model.special_tokens import SpecialTokens
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import make_scheduler
-from ..model import DreamLLM
+from ..generation.diffusion import make_scheduler
+from ..model.dreamllm import DreamLLM
 from .data import IGNORE, Batch, load_image
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model, save_checkpoint
 from ..errors import TrainingError
-from ..generation import CHAT_TEMPLATES
-from ..model import DreamLLM
-from ..tokenizer_build import build_tokenizer
+from ..model.checkpoint import save_checkpoint
+from ..model.dreamllm import DreamLLM
+from ..model.loader import load_model
+from ..model.tokenizer import build_tokenizer
+from ..prompts.templates import CHAT_TEMPLATES
 from .architecture import apply_freeze, build_model, build_vae
 from .config import IGPTConfig, VAEArchitectureConfig
 from .data import ImageRef, InterleavedDataset, SequenceBuilder, batch_indices, collate, read_documents

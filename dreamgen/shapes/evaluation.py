@@ -18,13 +18,13 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from .document import Document, ImageBlock, TextBlock
-from .generation import DocumentRequest, Generator
-from .model import DreamLLM
-from .params import GenerationParams
-from .shapes.checker import Reading, last_mention, read_image
-from .shapes.dataset import EvalPrompt
-from .shapes.world import BACKGROUNDS, POSITIONS, SIZES
+from ..document import Document, ImageBlock, TextBlock
+from ..generation.generator import DocumentRequest, Generator
+from ..model.dreamllm import DreamLLM
+from ..params import GenerationParams
+from .checker import Reading, last_mention, read_image
+from .dataset import EvalPrompt
+from .world import BACKGROUNDS, POSITIONS, SIZES
 
 ABLATIONS = ("none", "queries", "condition")
 _BACKGROUND = re.compile(r"\b(" + "|".join(BACKGROUNDS) + r") background\b")

@@ -28,12 +28,17 @@ from pathlib import Path
 
 import yaml
 
+from exporters import FORMATS, parse_formats
+
+from .. import settings
+from ..errors import ParamsError, PromptFileError, ScheduleFileError
+from ..ids import is_safe_id
+from ..jobs.spec import JobConfig
+from ..params import GenerationParams
+from ..prompts.files import validate_prompt_file
+from ..prompts.readers import DEFAULT_FIELDS
 from . import broker
-from .errors import ParamsError, PromptFileError, ScheduleFileError
-from .ids import is_safe_id
-from .params import GenerationParams
-from .prompt_readers import DEFAULT_FIELDS
-from .registry import DEFAULT_MODEL, home
+from .submit import ChunkSender, submit_job
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +57,15 @@ class Schedule:
     out: str
     params: dict = field(default_factory=dict)
     batch_size: int = 8
-    model: str = DEFAULT_MODEL
-    dtype: str = "fp32"
-    formats: str | list = "md,html"
+    model: str = settings.DEFAULT_MODEL
+    dtype: str = settings.DTYPE.default
+    formats: tuple = FORMATS
+
+    def __post_init__(self):
+        self.formats = parse_formats(self.formats)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "formats": list(self.formats)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Schedule":
@@ -78,7 +86,7 @@ class Schedule:
         text = "".join(json.dumps({"prompt": p} if isinstance(p, str) else p, ensure_ascii=False, sort_keys=True)
                        + "\n" for p in self.prompts)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-        path = home() / "schedules" / f"{self.name}-{digest}.jsonl"
+        path = settings.home() / "schedules" / f"{self.name}-{digest}.jsonl"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             temp = path.with_suffix(".tmp")
@@ -160,9 +168,13 @@ def _check_entry(path: Path, index: int, entry, check_prompts: bool) -> Schedule
         prompts = str((path.resolve().parent / prompts).resolve())
     elif not isinstance(prompts, list) or not all(isinstance(p, (str, dict)) for p in prompts):
         fail("must be a prompt file path, or a list of prompts (text, or mappings like a .jsonl line)", "prompts")
-    schedule = Schedule(name=name, cron=cron, prompts=prompts, out=out, params=dict(params), batch_size=batch_size,
-                        model=str(entry.get("model") or DEFAULT_MODEL), dtype=str(entry.get("dtype") or "fp32"),
-                        formats=entry.get("formats") or "md,html")
+    try:
+        schedule = Schedule(name=name, cron=cron, prompts=prompts, out=out, params=dict(params),
+                            batch_size=batch_size, model=str(entry.get("model") or settings.DEFAULT_MODEL),
+                            dtype=str(entry.get("dtype") or settings.DTYPE.default),
+                            formats=entry.get("formats") or FORMATS)
+    except ParamsError as e:
+        fail(str(e), "formats")
     if check_prompts or isinstance(prompts, list):
         _check_prompts(schedule, fail)
     return schedule
@@ -181,8 +193,6 @@ def _check_params(params, fail) -> None:
 
 
 def _check_prompts(schedule: Schedule, fail) -> None:
-    from .prompts import validate_prompt_file
-
     try:
         validate_prompt_file(schedule.prompt_file(), schedule.params, schedule.model)
     except PromptFileError as e:
@@ -272,12 +282,10 @@ class ScheduleFire:
         self.client.delete(self.key)
 
 
-def fire(schedule: Schedule, now: datetime | None = None, broker_url: str | None = None) -> str | None:
-    """Submit the job of `schedule` for its latest fire time at or before `now`. Returns its id, or None when
-    that fire time already has its job."""
-    from .jobs import submit_job
-    from .runner import JobConfig
-
+def fire(schedule: Schedule, send_chunks: ChunkSender, now: datetime | None = None,
+         broker_url: str | None = None) -> str | None:
+    """Submit the job of `schedule` for its latest fire time at or before `now`, through `send_chunks`. Returns
+    its id, or None when that fire time already has its job."""
     when = previous_fire_time(schedule, now or datetime.now(timezone.utc))
     job_id = schedule.job_id(when)
     url = broker.broker_url(broker_url)
@@ -289,7 +297,7 @@ def fire(schedule: Schedule, now: datetime | None = None, broker_url: str | None
         config = JobConfig(prompts=str(schedule.prompt_file()), out=schedule.out, job_id=job_id, model=schedule.model,
                            defaults=dict(schedule.params), batch_size=schedule.batch_size, formats=schedule.formats,
                            dtype=schedule.dtype)
-        submit_job(config, url)
+        submit_job(config, send_chunks, url)
     except BaseException:  # let a later fire of the same time try again
         claim.release()
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .params import GenerationParams
+from ..params import GenerationParams
 
 
 def sample_tokens(logits: torch.Tensor, params: list[GenerationParams], generators: list[torch.Generator]) -> list[int]:

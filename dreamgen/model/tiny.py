@@ -7,13 +7,12 @@ It serves the tests and the zero-setup default; it writes noise, not articles.
 from __future__ import annotations
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from diffusers import AutoencoderKL, UNet2DConditionModel
-
-from .model import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
+from .dreamllm import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
 from .special_tokens import SpecialTokens
-from .tokenizer_build import build_tokenizer
+from .tokenizer import build_tokenizer
 
 # The SD 2.1-base schedule; DDPM/DDIM/DPM-solver are built from it at generation time.
 SD_SCHEDULER_CONFIG = {

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache
 
-from .model import DreamLLM
+from ..model.dreamllm import DreamLLM
 
 KVCache = list  # [(key, value)] per layer, each (B, heads, L, head_dim)
 

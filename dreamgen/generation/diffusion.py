@@ -33,7 +33,7 @@ def image_seed(seed: int, index: int) -> int:
 
 
 @dataclass
-class ImageJob:
+class ImageRequest:
     """One picture to paint: its condition and everything that decides its pixels."""
 
     cond: torch.Tensor  # (Q, cross_dim)
@@ -46,33 +46,33 @@ class ImageJob:
     width: int
 
 
-def group_key(job: ImageJob) -> tuple:
+def group_key(request: ImageRequest) -> tuple:
     # Images share a UNet batch when they walk the same timesteps at the same latent size.
-    return (job.steps, job.scheduler, job.height, job.width, job.guidance > 1.0)
+    return (request.steps, request.scheduler, request.height, request.width, request.guidance > 1.0)
 
 
-def denoise_group(jobs: list[ImageJob], unet: Callable, vae_decode: Callable, scheduler_config: dict,
+def denoise_group(requests: list[ImageRequest], unet: Callable, vae_decode: Callable, scheduler_config: dict,
                   latent_channels: int, vae_scale: int, device, dtype,
                   check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
     """Paint a group of images that share a group_key; returns (N, 3, H, W) in [0, 1]."""
-    first = jobs[0]
+    first = requests[0]
     # 1. scheduler and timesteps
     scheduler = make_scheduler(first.scheduler, scheduler_config)
     scheduler.set_timesteps(first.steps, device=device)
 
     # 2. initial noise, one generator per image
-    generators = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
-    shape = (len(jobs), latent_channels, first.height // vae_scale, first.width // vae_scale)
+    generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
+    shape = (len(requests), latent_channels, first.height // vae_scale, first.width // vae_scale)
     latents = randn_tensor(shape, generator=generators, device=torch.device(device), dtype=dtype)
     latents = latents * scheduler.init_noise_sigma
 
     # 3. conditions: [uncond, cond] as diffusers orders them, guidance per image
     guided = first.guidance > 1.0
-    cond = torch.stack([j.cond for j in jobs]).to(device=device, dtype=dtype)  # (N, Q, C)
+    cond = torch.stack([r.cond for r in requests]).to(device=device, dtype=dtype)  # (N, Q, C)
     if guided:
-        uncond = torch.stack([j.uncond for j in jobs]).to(device=device, dtype=dtype)
+        uncond = torch.stack([r.uncond for r in requests]).to(device=device, dtype=dtype)
         cond = torch.cat([uncond, cond])  # (2N, Q, C)
-        scale = torch.tensor([j.guidance for j in jobs], device=device, dtype=dtype).view(-1, 1, 1, 1)
+        scale = torch.tensor([r.guidance for r in requests], device=device, dtype=dtype).view(-1, 1, 1, 1)
 
     step_kwargs = {}
     accepted = set(inspect.signature(scheduler.step).parameters)

@@ -18,8 +18,8 @@ from typing import Iterator
 
 import yaml
 
-from .errors import PromptFileError
-from .params import PARAM_NAMES
+from ..errors import PromptFileError
+from ..params import PARAM_NAMES
 
 DEFAULT_FIELDS = PARAM_NAMES  # what job defaults and a YAML `defaults:` may set
 ID_FIELDS = ("id", "custom_id")

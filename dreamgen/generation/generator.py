@@ -12,36 +12,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
-from PIL import Image
 
+from ..document import Document, ImageBlock, TextBlock
+from ..errors import GenerationCancelled, ParamsError
+from ..model.dreamllm import DreamLLM
+from ..model.special_tokens import IMAGE_PLACEHOLDER
+from ..params import GenerationParams
+from ..prompts.templates import chat_text, render
 from .components import Components, TorchComponents
-from .diffusion import ImageJob, denoise_group, group_key, image_seed
-from .document import Document, ImageBlock, TextBlock
-from .errors import DreamgenError, ParamsError
-from .model import DreamLLM
-from .params import GenerationParams
+from .diffusion import ImageRequest, denoise_group, group_key, image_seed
+from .images import pil_to_tensor, tensor_to_pil
 from .sampling import sample_tokens
-from .special_tokens import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                 "helpful, detailed, and polite answers to the user's questions.")
-CHAT_TEMPLATES = {
-    "vicuna": VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:",
-    "none": "{instruction}",
-}
 COMPACT_MIN_LEN = 64  # compact the KV cache once it is this long and at least half holes
 # A document that asked for a picture waits (its neighbours go on writing) until nobody else can go on or it has
 # waited this many steps: the pictures asked for meanwhile are then painted in one UNet batch. Fewer, fuller UNet
 # batches cost less wherever a call has a fixed cost (a GPU, a small UNet); the wait bounds a document's delay.
 PAINT_GATHER_STEPS = 24
-
-
-class GenerationCancelled(DreamgenError):
-    """The caller's should_stop() said stop; documents not finished are not returned."""
 
 
 @dataclass
@@ -80,16 +70,6 @@ class _Row:
     @property
     def images_done(self) -> int:
         return sum(isinstance(b, ImageBlock) for b in self.blocks)
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1)  # (3, h, w) in [0, 1]
-
-
-def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    array = (image.detach().float().cpu().permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    return Image.fromarray(array)
 
 
 class Generator:
@@ -211,12 +191,10 @@ class Generator:
         return torch.cat([ends[:1], features.to(ends.dtype), ends[1:]])
 
     def render_instruction(self, request: DocumentRequest) -> str:
-        from .prompt_templates import render
-
         instruction = render(request.params.template, request.prompt)
         if request.images and IMAGE_PLACEHOLDER not in instruction:
             instruction = (IMAGE_PLACEHOLDER + "\n") * len(request.images) + instruction
-        return CHAT_TEMPLATES[request.params.chat].format(instruction=instruction)
+        return chat_text(request.params.chat, instruction)
 
     def encode_prompt(self, request: DocumentRequest) -> torch.Tensor:
         """The context embeddings of one request, (T, H), image blocks in place of placeholders."""
@@ -237,7 +215,7 @@ class Generator:
 
     # ------------------------------------------------------------------------------------------ the LLM
     def _forward(self, rows: list[_Row]) -> None:
-        """Feed every row its segment, right-aligned in one left-padded chunk; keep last logits and dream states.
+        """Feed every row its segment, right-aligned in one left-padded batch of segments; keep last logits and dream states.
         A row waiting for its picture feeds nothing (masked pads only)."""
         lengths = [0 if r.segment is None else r.segment.shape[0] for r in rows]
         T, B = max(lengths), len(rows)
@@ -245,16 +223,16 @@ class Generator:
             return
         pad = self._embed([self.special.pad])[0]
         embeds = pad.expand(B, T, -1).clone()
-        chunk_mask = torch.zeros(B, T, dtype=torch.long, device=self.model.device)
+        segment_mask = torch.zeros(B, T, dtype=torch.long, device=self.model.device)
         positions = torch.zeros(B, T, dtype=torch.long, device=self.model.device)
         for i, (row, n) in enumerate(zip(rows, lengths)):
             if n == 0:
                 continue
             embeds[i, T - n:] = row.segment
-            chunk_mask[i, T - n:] = 1
+            segment_mask[i, T - n:] = 1
             positions[i, T - n:] = torch.arange(row.real_len, row.real_len + n)
             row.real_len += n
-        mask = chunk_mask if self._mask is None else torch.cat([self._mask, chunk_mask], dim=1)
+        mask = segment_mask if self._mask is None else torch.cat([self._mask, segment_mask], dim=1)
         logits, hidden, self._past = self.components.lm_step(embeds, mask, positions, self._past)
         self._mask = mask
         q = self.special.num_dream_queries
@@ -265,7 +243,7 @@ class Generator:
             row.segment = None
             row.logits = logits[i]
             if row.dreaming:
-                # the queries sit just before `<dream_end>`, the last position of the chunk
+                # the queries sit just before `<dream_end>`, the last position of the segment
                 row.query_states = hidden[i, T - 1 - q:T - 1]  # (Q, H)
 
     @staticmethod
@@ -336,20 +314,20 @@ class Generator:
     def _paint_dreams(self, dreamers: list[_Row], check_cancel, on_progress) -> None:
         conds = self.model.condition(torch.stack([r.query_states for r in dreamers]))  # (N, Q, cross_dim)
         default_size = self.model.head.default_image_size
-        jobs = []
+        requests = []
         for row, cond in zip(dreamers, conds):
             p = row.params
             size = p.image_size or default_size
-            jobs.append(ImageJob(cond=cond, uncond=self.unconditional(p.negative_prompt),
+            requests.append(ImageRequest(cond=cond, uncond=self.unconditional(p.negative_prompt),
                                  seed=image_seed(p.seed, row.images_done), steps=p.steps, guidance=p.guidance,
                                  scheduler=p.scheduler, height=size, width=size))
         # Feed back the picture as stored (8-bit), so a resumed or re-read document sees the same pixels.
-        images = [(image * 255).round() / 255 for image in self.paint(jobs, check_cancel)]
+        images = [(image * 255).round() / 255 for image in self.paint(requests, check_cancel)]
         readers = [k for k, r in enumerate(dreamers) if not r.request.image_only]
         features = dict(zip(readers, self.read_images([images[k] for k in readers])))
-        for k, (row, job) in enumerate(zip(dreamers, jobs)):
+        for k, (row, request) in enumerate(zip(dreamers, requests)):
             row.dreaming, row.waited = False, 0
-            row.blocks.append(ImageBlock(index=row.images_done, width=job.width, height=job.height, seed=job.seed,
+            row.blocks.append(ImageBlock(index=row.images_done, width=request.width, height=request.height, seed=request.seed,
                                          image=tensor_to_pil(images[k])))
             if on_progress:
                 on_progress("image", row.index)
@@ -372,15 +350,15 @@ class Generator:
                 features[i] = f
         return features
 
-    def paint(self, jobs: list[ImageJob], check_cancel=None) -> list[torch.Tensor]:
-        """Denoise every job, batching those that share timesteps and size; returns (3, H, W) images in [0, 1]."""
+    def paint(self, requests: list[ImageRequest], check_cancel=None) -> list[torch.Tensor]:
+        """Denoise every picture, batching those that share timesteps and size; returns (3, H, W) images in [0, 1]."""
         head = self.model.head
-        results: list[torch.Tensor | None] = [None] * len(jobs)
+        results: list[torch.Tensor | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
-        for i, job in enumerate(jobs):
-            groups.setdefault(group_key(job), []).append(i)
+        for i, request in enumerate(requests):
+            groups.setdefault(group_key(request), []).append(i)
         for indices in groups.values():
-            images = denoise_group([jobs[i] for i in indices], self.components.unet, self.components.vae_decode,
+            images = denoise_group([requests[i] for i in indices], self.components.unet, self.components.vae_decode,
                                    head.scheduler_config, head.unet.config.in_channels, head.vae_scale_factor,
                                    self.model.device, self.model.dtype, check_cancel)
             for i, image in zip(indices, images):

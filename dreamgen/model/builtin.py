@@ -1,21 +1,18 @@
-"""Built-in model names: checkpoints dreamgen can make or find without a download."""
+"""Built-in model names: checkpoints dreamgen ships (weights/) or builds offline on first use, without a download."""
 from __future__ import annotations
 
 import fcntl
-import os
 from pathlib import Path
+
+from .. import settings
+from ..errors import CheckpointError
 
 BUILTIN = {
     "shapes": "a small DreamLLM trained on the shapes world: short illustrated articles about coloured shapes",
     "tiny-random": "a tiny random DreamLLM (writes noise; for tests and speed checks)",
 }
-DEFAULT_MODEL = "shapes"
 # Built-in models that ship inside the package (trained weights); the others are built on first use.
-PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
-
-
-def home() -> Path:
-    return Path(os.environ.get("DREAMGEN_HOME", Path.home() / ".cache" / "dreamgen"))
+PACKAGED_MODELS = Path(__file__).resolve().parent / "weights"
 
 
 def is_builtin(name: str) -> bool:
@@ -26,7 +23,6 @@ def builtin_model_dir(name: str) -> Path:
     """The checkpoint directory of a built-in model: the packaged one, or one written once (under a file lock:
     workers start together)."""
     from .checkpoint import save_checkpoint
-    from .errors import CheckpointError
     from .tiny import build_tiny_model
 
     packaged = PACKAGED_MODELS / name
@@ -34,7 +30,7 @@ def builtin_model_dir(name: str) -> Path:
         if not (packaged / "config.json").exists():
             raise CheckpointError(f"the built-in model '{name}' is missing from {packaged}: reinstall dreamgen")
         return packaged
-    target = home() / "models" / name
+    target = settings.home() / "models" / name
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

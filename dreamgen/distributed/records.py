@@ -6,17 +6,17 @@ Each class names the keys it owns; nothing else writes them.
 from __future__ import annotations
 
 import json
-import os
 import time
 from enum import Enum
 
+from .. import settings
 from .broker import key_prefix
-
-DEFAULT_TTL_S = 7 * 24 * 3600  # long enough to look back on last week's jobs; job.json keeps the rest
 
 
 def record_ttl() -> int:
-    return int(os.environ.get("DREAMGEN_JOB_TTL", DEFAULT_TTL_S))
+    """Seconds a record lives ($DREAMGEN_JOB_TTL, a week: long enough to look back on last week's jobs; job.json
+    keeps the rest)."""
+    return settings.job_ttl_s()
 
 
 class JobStatus(str, Enum):

@@ -20,12 +20,12 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from diffusers import AutoencoderKL, UNet2DConditionModel
-
-from .errors import CheckpointError
-from .model import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
+from .. import settings
+from ..errors import CheckpointError
+from .dreamllm import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
 from .special_tokens import RELEASED_IDS, SpecialTokens
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,7 @@ PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 PART_FILES = ("pytorch_model", "clip_vision_embedding", "dream_embedding", "stable_diffusion_head")
 LLM_SAFETENSORS = "model"  # transformers' name for a safetensors LLM
 PLUGIN_TARGET = "omni.models.dreamllm.modeling_plugins."
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-HF_ID_HINT = "e.g. RunpeiDong/dreamllm-7b-chat-v1.0"
+DTYPES = dict(zip(settings.DTYPES, (torch.float32, torch.float16, torch.bfloat16)))
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -138,41 +137,11 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
 
 
-# ---------------------------------------------------------------------------------------------- locating
-def resolve_checkpoint(name_or_path: str) -> Path:
-    """A local directory as it is; a built-in name from the model registry; a hub id via snapshot_download."""
-    from .registry import builtin_model_dir, is_builtin
-
-    if is_builtin(name_or_path):
-        return builtin_model_dir(name_or_path)
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CheckpointError(f"{path} is a file; a checkpoint is a directory (config.json, *.bin/*.safetensors)")
-    if name_or_path.count("/") != 1 or name_or_path.startswith((".", "/")):
-        raise CheckpointError(f"no checkpoint directory at {path} (and it is not a hub id such as {HF_ID_HINT})")
-    return _download(name_or_path)
-
-
-def _download(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(f"'{repo_id}' looks like a hub id, but huggingface_hub is not installed") from None
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.bin", "*.safetensors", "*.model"]))
-    except Exception as e:  # offline, unknown repo, gated: all end in the same advice
-        raise CheckpointError(
-            f"could not download '{repo_id}' ({type(e).__name__}). Without a network, download it on another "
-            f"machine with `huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here and pass --model DIR"
-        ) from None
-
-
 # ---------------------------------------------------------------------------------------------- loading
-def load_model(name_or_path: str, dtype: str = "fp32", device: str = "cpu") -> DreamLLM:
+def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "fp32", device: str = "cpu") -> DreamLLM:
+    """The model in checkpoint directory `ckpt`; `name` is its id in documents (default: the config's, else the
+    directory)."""
     torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
-    ckpt = resolve_checkpoint(name_or_path)
     config = _read_json(ckpt / "config.json")
     if not (ckpt / "tokenizer_config.json").exists() and not (ckpt / "tokenizer.json").exists():
         raise CheckpointError(f"{ckpt}: missing tokenizer files (tokenizer.json or tokenizer.model + tokenizer_config.json)")
@@ -211,7 +180,7 @@ def load_model(name_or_path: str, dtype: str = "fp32", device: str = "cpu") -> D
     _load_into(head, state, ckpt, file)
 
     special = _special_tokens(config, tokenizer, ckpt, dream.dream_queries.shape[1], vision.num_patches)
-    info = ModelInfo(name=str(config.get("_dreamgen_model_name") or name_or_path), path=str(ckpt),
+    info = ModelInfo(name=str(config.get("_dreamgen_model_name") or name or ckpt), path=str(ckpt),
                      dtype=dtype, device=str(torch_device))
     model = DreamLLM(llm, vision, dream, head, tokenizer, special, info, config.get("plugins_init_kwargs", {}))
     model.eval().requires_grad_(False)

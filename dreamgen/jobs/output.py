@@ -1,6 +1,6 @@
 """The output layout of one job, over any Storage:
 
-    <job>/job.json                       what was asked (written by the runner)
+    <job>/job.json                       what was asked (jobs.spec)
     <job>/<doc>/images/NN.png            pictures, generation parameters in PNG text chunks
     <job>/<doc>/document.json            the Document
     <job>/<doc>/index.md, index.html     exports
@@ -18,28 +18,25 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 from exporters import FORMATS, parse_formats
 from exporters.html import document_page, job_index_page
 from exporters.markdown import to_markdown
 from exporters.text import document_title
 
-from .document import Document
-from .errors import StorageError
-from .ids import check_job_id, is_safe_id
-from .png_params import encode_png
-from .storage import KeyNotFound, Storage, open_storage
+from ..clock import utc_now
+from ..document import Document
+from ..errors import KeyNotFound, StorageError
+from ..ids import check_job_id, is_safe_id
+from .png import encode_png
+from .storage import Storage, open_storage
 
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
 MESSAGE_MAX = 4000
 _READERS = 16  # parallel reads of markers: S3 answers each in tens of milliseconds
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class JobOutput:
@@ -65,6 +62,10 @@ class JobOutput:
     def url_for(self, *parts: str) -> str:
         """Where a person opens a file of the job, e.g. url_for("index.html")."""
         return self.storage.url_for(self.key(*parts))
+
+    def location(self, formats=FORMATS) -> str:
+        """Where a person opens the whole job: its index page, or its manifest when no HTML is exported."""
+        return self.url_for("index.html" if "html" in parse_formats(formats) else "manifest.jsonl")
 
     # ------------------------------------------------------------------------------------ the job
     def write_job(self, job_record: dict) -> None:
@@ -174,6 +175,20 @@ class JobOutput:
 
         with ThreadPoolExecutor(max_workers=_READERS) as pool:
             return [entry for entry in pool.map(read, ids) if entry is not None]
+
+
+def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, self_contained: bool = False) -> int:
+    """Re-render every finished document of a stored job (local or S3) from its document.json, then the
+    job's manifest, errors and index. Returns how many documents were rendered."""
+    formats = parse_formats(formats)
+    job = JobOutput(storage, job_id)
+    done = sorted(job.done_ids())
+    if not done and job.read_job() is None:
+        raise StorageError(f"no job {job_id!r} in {storage.location}")
+    for doc_id in done:
+        job.write_exports(job.load_document(doc_id), formats, self_contained=self_contained)
+    job.finalize(formats)
+    return len(done)
 
 
 def open_job_output(job_url: str, endpoint_url: str | None = None) -> JobOutput:

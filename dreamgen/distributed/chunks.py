@@ -10,20 +10,23 @@ Running a chunk is idempotent, because Celery redelivers (late ack, lost workers
     job cancelled?  -> end as cancelled, generate nothing
     lock (SET NX with expiry, kept alive while generating); held by another worker -> ChunkBusy, try later
     count the attempt; past the limit -> record its documents as failed (it keeps killing workers)
-    skip documents already stored -> generate the rest in lockstep through runner.generate_chunk
+    skip documents already stored -> generate the rest in lockstep through jobs.run.generate_batch
 """
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from .errors import DreamgenError
-from .jobrecord import ChunkState, JobRecord
-from .params import GenerationParams
-from .prompts import PromptSpec
+from .. import settings
+from ..errors import ChunkBusy, GenerationCancelled
+from ..jobs.output import DONE_DIR, JobOutput
+from ..jobs.spec import JobConfig
+from ..jobs.storage import open_storage
+from ..params import GenerationParams
+from ..prompts.files import PromptSpec
+from .records import ChunkState, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +37,28 @@ _DEFAULT_PARAMS = GenerationParams().to_dict()
 # -------------------------------------------------------------------------------------------- the wire format
 @dataclass
 class JobWire:
-    """What every chunk of a job needs to know about the job (small: it travels in each message)."""
+    """A job as each of its chunk tasks carries it: the job's own config (its `out` as the workers must see it,
+    the submitter's S3 endpoint, which a worker's DREAMGEN_S3_ENDPOINT_URL overrides) and the round of
+    submission the chunk belongs to."""
 
-    id: str
-    out: str  # absolute folder or s3://bucket/prefix, as the workers must see it
+    config: JobConfig
     round: int
-    formats: list = field(default_factory=lambda: ["md", "html"])
-    self_contained: bool = False
-    endpoint_url: str | None = None  # the submitter's; a worker's DREAMGEN_S3_ENDPOINT_URL wins
-    model: str = "tiny-random"
-    dtype: str = "fp32"
-    backend: str = "torch"
+
+    @property
+    def id(self) -> str:
+        return self.config.job_id
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**self.config.wire(), "round": self.round}
 
     @classmethod
     def from_dict(cls, data: dict) -> "JobWire":
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        return cls(JobConfig.from_record(data), int(data["round"]))
+
+    def output(self) -> JobOutput:
+        """The job's files, through this worker's S3 endpoint."""
+        endpoint = settings.worker_s3_endpoint_url(self.config.endpoint_url)
+        return JobOutput(open_storage(self.config.out, endpoint), self.id)
 
 
 def spec_to_wire(spec: PromptSpec) -> dict:
@@ -74,14 +81,6 @@ def chunk_key(rnd: int, index: int) -> str:
 
 
 # -------------------------------------------------------------------------------------------- limits
-class ChunkBusy(DreamgenError):
-    """Another worker holds the chunk's lock; try again after `retry_after` seconds."""
-
-    def __init__(self, chunk: str, retry_after: float):
-        self.chunk, self.retry_after = chunk, retry_after
-        super().__init__(f"chunk {chunk} is being run by another worker; retry in {retry_after:.0f} s")
-
-
 @dataclass
 class ChunkLimits:
     lock_ttl_s: float = 600.0  # a dead worker's lock frees itself this long after its last sign of life
@@ -89,11 +88,9 @@ class ChunkLimits:
     time_limit_s: float = 6 * 3600.0  # the task's hard limit (workers.settings); the chunk stops a little before
 
     @classmethod
-    def from_env(cls, time_limit_s: float | None = None) -> "ChunkLimits":
-        env = os.environ
-        return cls(lock_ttl_s=float(env.get("DREAMGEN_CHUNK_LOCK_TTL", cls.lock_ttl_s)),
-                   max_attempts=int(env.get("DREAMGEN_MAX_ATTEMPTS", cls.max_attempts)),
-                   time_limit_s=float(time_limit_s or env.get("DREAMGEN_TASK_TIME_LIMIT", cls.time_limit_s)))
+    def from_settings(cls) -> "ChunkLimits":
+        return cls(lock_ttl_s=settings.chunk_lock_ttl_s(), max_attempts=settings.max_attempts(),
+                   time_limit_s=float(settings.task_time_limit_s()))
 
     @property
     def soft_deadline_s(self) -> float:
@@ -146,7 +143,7 @@ def run_chunk(job: JobWire, chunk: str, specs: list[PromptSpec], client, worker:
     """Run one chunk and return its result: {chunk, status, error, worker, attempt, done, failed, skipped,
     cancelled, documents: [{id, status, error}]}. Never raises for a document's or the chunk's failure (they are
     recorded); raises ChunkBusy when another worker holds the chunk."""
-    limits = limits or ChunkLimits.from_env()
+    limits = limits or ChunkLimits.from_settings()
     record = JobRecord(client, job.id)
     previous = record.chunk_state(chunk)
     if previous and ChunkState(previous["state"]).final and previous.get("result"):
@@ -179,8 +176,7 @@ class _ChunkRun:
         self.outcomes: dict[str, dict] = {}  # doc id -> {id, status, error}
 
     def execute(self, attempt: int, lock, limits: ChunkLimits, load_generator) -> dict:
-        from .generation import GenerationCancelled
-        from .runner import generate_chunk
+        from ..jobs.run import generate_batch  # the heavy part: a light worker that only finalizes never needs it
 
         try:
             output = self._output()
@@ -204,8 +200,9 @@ class _ChunkRun:
             guard.keep_lock()  # loading the model may have taken a while
             on_event = self._event_handler(attempt, guard)
             try:
-                generate_chunk(generator, output, todo, self.job.formats, self.job.self_contained,
-                               self.job.endpoint_url, on_event, guard)
+                config = self.job.config
+                generate_batch(generator, output, todo, config.formats, config.self_contained, config.endpoint_url,
+                               on_event, guard)
             except GenerationCancelled:  # the guard said stop; guard.reason says why
                 pass
             if guard.reason is ChunkState.TIMED_OUT:
@@ -272,16 +269,10 @@ class _ChunkRun:
         self._state(state, attempt, result)
         return result
 
-    def _output(self):
-        from .joboutput import JobOutput
-        from .storage import open_storage
-
-        endpoint = os.environ.get("DREAMGEN_S3_ENDPOINT_URL") or self.job.endpoint_url
-        return JobOutput(open_storage(self.job.out, endpoint), self.job.id)
+    def _output(self) -> JobOutput:
+        return self.job.output()
 
 
-def _is_stored(output, doc_id: str) -> bool:
+def _is_stored(output: JobOutput, doc_id: str) -> bool:
     """The document's done marker exists: written last, so everything else of it is stored."""
-    from .joboutput import DONE_DIR
-
     return output.storage.exists(output.marker_key(DONE_DIR, doc_id))

@@ -6,7 +6,7 @@
     head       StableDiffusionHead                   `vae.*`, `unet.*`, `projector.projector.weight`
 
 Module and parameter names follow the released checkpoint files, so their state dicts load as they are.
-The model only computes; the generation loop (generation.py) decides what runs.
+The model only computes; the generation loop (dreamgen.generation) decides what runs.
 """
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPVisionModel, LlamaForCausalLM
-
-from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .special_tokens import SpecialTokens
 

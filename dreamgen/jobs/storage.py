@@ -11,17 +11,13 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import StorageError
+from .. import settings
+from ..errors import KeyNotFound, StorageError
 
-ENDPOINT_ENV = "DREAMGEN_S3_ENDPOINT_URL"
 S3_MAX_ATTEMPTS = 8  # botocore "standard" retries back off exponentially on throttling and 5xx
 _TEMP_PREFIX = ".tmp-"
 _CONTENT_TYPES = {".md": "text/markdown; charset=utf-8", ".html": "text/html; charset=utf-8",
                   ".json": "application/json", ".jsonl": "application/x-ndjson", ".png": "image/png"}
-
-
-class KeyNotFound(StorageError):
-    """A key that was read does not exist."""
 
 
 class Storage(ABC):
@@ -75,6 +71,14 @@ def content_type_for(key: str) -> str:
     return _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
+def shared_location(out: str) -> str:
+    """`out` as every worker must see it: an s3:// URL as is, a local folder made absolute (so it must be on
+    a file system the workers share)."""
+    if out.startswith("s3://"):
+        return out
+    return str(Path(out).expanduser().resolve())
+
+
 def open_storage(url: str, endpoint_url: str | None = None) -> Storage:
     """A storage for `DIR` or `s3://bucket/prefix`. The S3 endpoint comes from the argument, else
     DREAMGEN_S3_ENDPOINT_URL, else AWS. Makes no network call."""
@@ -82,7 +86,7 @@ def open_storage(url: str, endpoint_url: str | None = None) -> Storage:
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if not bucket:
             raise StorageError(f"{url!r} names no bucket; write s3://bucket/prefix")
-        return S3Storage(bucket, prefix, endpoint_url=endpoint_url or os.environ.get(ENDPOINT_ENV) or None)
+        return S3Storage(bucket, prefix, endpoint_url=settings.s3_endpoint_url(endpoint_url))
     if "://" in url:
         raise StorageError(f"unsupported output location {url!r}; use a directory or s3://bucket/prefix")
     return LocalStorage(url)

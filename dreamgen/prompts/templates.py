@@ -1,4 +1,5 @@
-"""Prompt templates: wrap a topic into the instruction the model sees (`--template NAME`, or per line).
+"""Prompt templates: wrap a topic into the instruction the model sees (`--template NAME`, or per line), and the
+chat format around the instruction (`chat`: the released chat models' vicuna_v1.1, or none).
 
 A template is a text file `templates/prompts/NAME.txt` with `{topic}` where the topic goes.
 """
@@ -8,9 +9,15 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import ParamsError
+from ..errors import ParamsError
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates" / "prompts"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "prompts"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")
+CHAT_TEMPLATES = {
+    "vicuna": VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:",
+    "none": "{instruction}",
+}
 NO_TEMPLATE = "none"  # the topic is the instruction, unchanged
 TOPIC = "{topic}"
 # Names are file stems; a strict pattern keeps "../x" from ever reaching the file system.
@@ -46,3 +53,8 @@ def _load(name: str) -> str:
     if TOPIC not in text:
         raise ParamsError(f"prompt template {name!r} ({TEMPLATES_DIR / name}.txt) has no {TOPIC} placeholder")
     return text
+
+
+def chat_text(chat: str, instruction: str) -> str:
+    """The text the model reads for `instruction` in chat format `chat`."""
+    return CHAT_TEMPLATES[chat].format(instruction=instruction)

@@ -8,7 +8,7 @@ import json
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .document import Document, ImageBlock
+from ..document import Document, ImageBlock
 
 PARAMETERS_KEY = "parameters"
 DREAMGEN_KEY = "dreamgen"

@@ -8,7 +8,7 @@ check: the user gets every such problem of the file at once (up to MAX_REPORTED_
 Where a value comes from, weakest first: GenerationParams defaults, the job's defaults (CLI flags),
 a YAML file's `defaults:`, the item itself. `template` is a parameter like the others: the generator
 applies the prompt template, so `PromptSpec.prompt` is the topic as the user wrote it.
-The file formats themselves are read in `prompt_readers.py`.
+The file formats themselves are read in `readers.py`.
 """
 from __future__ import annotations
 
@@ -21,12 +21,11 @@ from typing import Any, Iterator, Mapping
 
 from PIL import Image, UnidentifiedImageError
 
-from . import prompt_templates
-from .errors import ParamsError, PromptFileError, PromptFileProblems
-from .ids import document_id, safe_document_id
-from .params import PARAM_NAMES, GenerationParams
-from .prompt_readers import (DEFAULT_FIELDS, FIELDS, EXTENSIONS, FileDefaults, reader_for, type_problem,
-                             unknown_field_reason)
+from ..errors import ParamsError, PromptFileError, PromptFileProblems
+from ..ids import document_id, safe_document_id
+from ..params import PARAM_NAMES, GenerationParams
+from .readers import DEFAULT_FIELDS, EXTENSIONS, FIELDS, FileDefaults, reader_for, type_problem, unknown_field_reason
+from .templates import check_template
 
 VAE_SCALE_FACTOR = 8  # images are decoded from latents 8x smaller, so sizes must divide by 8
 
@@ -132,7 +131,7 @@ def check_job_defaults(defaults: Mapping[str, Any]) -> dict:
         if problem:
             raise ParamsError(f"{name}={value!r}: {problem}", name=name, rule=problem)
     if "template" in values:
-        prompt_templates.check_template(values["template"])
+        check_template(values["template"])
     params = GenerationParams(**values)
     size_problem = _image_size_problem(params)
     if size_problem:
@@ -204,7 +203,7 @@ class _SpecBuilder:
     def _params(self, line: int, values: dict) -> GenerationParams:
         try:
             params = GenerationParams(**{k: v for k, v in values.items() if k in PARAM_NAMES})
-            prompt_templates.check_template(params.template)
+            check_template(params.template)
         except ParamsError as e:
             self.fail(line, e.rule or str(e), field=e.name)
         size_problem = _image_size_problem(params)

@@ -1,31 +1,29 @@
 """The Redis that carries dreamgen's distributed jobs: its URL, a client that fails fast, and the key namespace.
 
-The same Redis is Celery's broker and result backend and holds the job records (`jobrecord.py`). A client here
+The same Redis is Celery's broker and result backend and holds the job records (`records.py`). A client here
 never waits long: a down broker must give the user a one-line error in seconds, not a hang.
 """
 from __future__ import annotations
 
 import functools
-import os
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import BrokerUnavailable
+from .. import settings
+from ..errors import BrokerUnavailable
 
-DEFAULT_BROKER_URL = "redis://localhost:6379/0"
-DEFAULT_PREFIX = "dreamgen"
 CONNECT_TIMEOUT_S = 3.0
 COMMAND_TIMEOUT_S = 30.0  # covers a pipeline of a few thousand commands on a busy server
 
 
 def broker_url(url: str | None = None) -> str:
     """The URL given, else $DREAMGEN_BROKER_URL, else the local default."""
-    return url or os.environ.get("DREAMGEN_BROKER_URL") or DEFAULT_BROKER_URL
+    return settings.broker_url(url)
 
 
 def key_prefix() -> str:
     """Namespace of every key dreamgen writes ($DREAMGEN_REDIS_PREFIX): lets tests and several deployments
     share one Redis database without meeting."""
-    return os.environ.get("DREAMGEN_REDIS_PREFIX") or DEFAULT_PREFIX
+    return settings.redis_prefix()
 
 
 def redact(url: str) -> str:

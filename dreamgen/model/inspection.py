@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .checkpoint import PART_FILES, read_part, resolve_checkpoint
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .checkpoint import PART_FILES, read_part
+from .loader import resolve_checkpoint
 from .special_tokens import RELEASED_IDS
 
 # The tensors worth showing by name; the rest are summarised by count.

@@ -1,0 +1,104 @@
+"""Distributed jobs: a prompt file submitted to Celery workers, retried, and finalized when its chunks end.
+
+    submit_job    validate the whole file (jobs.spec.open_job) -> record in Redis -> chunks of batch_size, sent
+                  by the caller's ChunkSender (workers.dispatch.send_chunks: a chord of chunk tasks)
+    workers       run each chunk (chunks.run_chunk) -> the chord's callback calls finalize_job
+    retry_job     the same, for the documents of an ended job that are not done
+
+Nothing here imports Celery or workers/: the sender is passed in, so the library never reaches up into the
+process that hosts it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from ..clock import utc_now
+from ..jobs.output import JobOutput
+from ..jobs.spec import JobConfig, batched, open_job, stored_config
+from ..jobs.storage import shared_location
+from ..prompts.files import iter_prompt_file, validate_prompt_file
+from . import broker
+from .chunks import JobWire, spec_to_wire
+from .records import JobRecord, JobStatus
+from .status import not_found, refuse_if_active
+
+# Queues a job's chunks (lists of wire specs) for the workers; returns (chunks, documents) queued. With no
+# chunks it sends nothing (the job is then finalized by the caller).
+ChunkSender = Callable[[str, JobWire, Iterable[list[dict]]], tuple[int, int]]
+
+
+def submit_job(config: JobConfig, send_chunks: ChunkSender, broker_url: str | None = None) -> str:
+    """Validate `config`'s whole prompt file, then queue its documents (those not stored yet) for the workers.
+    Returns the job id. Raises PromptFileError / ParamsError for a bad file before anything is queued, and
+    BrokerUnavailable within seconds when Redis does not answer."""
+    url = broker.broker_url(broker_url)
+    client = broker.connect(url)
+    config.out = shared_location(config.out)
+    if config.job_id:
+        refuse_if_active(JobRecord(client, config.job_id))
+    output, total = open_job(config)
+    _queue(client, url, config, output, total, send_chunks)
+    return config.job_id
+
+
+def retry_job(job_id: str, send_chunks: ChunkSender, broker_url: str | None = None, out: str | None = None,
+              endpoint_url: str | None = None) -> int:
+    """Queue again the documents of an ended job that are not done (the failed ones, and those a cancel
+    skipped). Done documents are never generated again. Returns how many were queued (0: nothing to do).
+    Reads the job's prompt file again, so it must still be there."""
+    url = broker.broker_url(broker_url)
+    client = broker.connect(url)
+    record = JobRecord(client, job_id)
+    data = record.read()
+    if data:
+        refuse_if_active(record, "retry it")
+        out = data.get("out") or out
+        endpoint_url = endpoint_url or (data.get("config") or {}).get("endpoint_url") or None
+    elif out is None:
+        raise not_found(job_id, url)
+    config = stored_config(job_id, out, endpoint_url)
+    output = config.output()
+    total = validate_prompt_file(config.prompts, config.defaults, config.model)
+    return _queue(client, url, config, output, total, send_chunks)
+
+
+def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, send_chunks: ChunkSender) -> int:
+    done_before = output.done_ids()
+    stored = output.read_job() or config.record()
+    record = JobRecord(client, config.job_id)
+    rnd = record.start_round({"out": config.out, "location": output.location(config.formats), "total": total,
+                              "prompts": config.prompts, "model": config.model,
+                              "created": stored.get("created") or utc_now(), "config": config.wire(),
+                              "chunks": 0, "queued": 0}, done_ids=done_before)
+    previous_end = ("finished", "done", "failed")  # of an earlier round; finalize writes them anew
+    output.write_job({**{k: v for k, v in stored.items() if k not in previous_end},
+                      "status": JobStatus.QUEUED.value, "submitted": utc_now()})
+    job = JobWire(config, rnd)
+    pending = (spec_to_wire(s) for s in iter_prompt_file(config.prompts, config.defaults, config.model)
+               if s.id not in done_before)
+    try:
+        n_chunks, n_docs = send_chunks(url, job, batched(pending, config.batch_size))
+    except BaseException:  # nothing (or part) went out: close the job, so it can be submitted again
+        record.request_cancel()
+        record.finish(JobStatus.CANCELLED, {}, rnd)
+        raise
+    record.set_fields(chunks=n_chunks, queued=n_docs)
+    if n_chunks == 0:  # everything was stored already
+        finalize_job(job, client)
+    return n_docs
+
+
+def finalize_job(job: JobWire, client) -> dict:
+    """Close a round of a job (the chord's callback): rebuild manifest, errors and index from the markers,
+    write job.json's status and counts, mark the record finished or cancelled. Idempotent."""
+    output = job.output()
+    counts = output.finalize(job.config.formats)
+    record = JobRecord(client, job.id)
+    current_round = client.hget(record.key, "round")
+    if current_round is not None and current_round != str(job.round):
+        return {"job": job.id, "status": "superseded", **counts}  # a newer round owns the job now
+    cancelled = record.cancel_requested() or record.status is JobStatus.CANCELLING
+    status = JobStatus.CANCELLED if cancelled else JobStatus.FINISHED
+    output.write_job({**(output.read_job() or {}), "status": status.value, "finished": utc_now(), **counts})
+    record.finish(status, counts, job.round)
+    return {"job": job.id, "status": status.value, **counts}

@@ -1,0 +1,116 @@
+"""What a job is, without running it: its config (job.json), the checks before anything is written, its summary.
+
+Light on purpose (no torch): submitting, resuming, retrying and scheduling jobs all start here.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from exporters import FORMATS, parse_formats
+
+from .. import settings
+from ..clock import utc_now
+from ..errors import DreamgenError, JobNotFound
+from ..ids import check_job_id, new_job_id
+from ..prompts.files import validate_prompt_file
+from .output import JobOutput
+from .storage import open_storage
+
+
+@dataclass
+class JobConfig:
+    """Everything that defines a job; stored as job.json so `--resume JOB` needs nothing else, and carried by
+    every chunk task of a distributed job (see `wire`)."""
+
+    prompts: str
+    out: str = settings.OUT.default
+    job_id: str | None = None
+    model: str = settings.DEFAULT_MODEL
+    defaults: dict = field(default_factory=dict)  # parameter values from flags; lines override them
+    batch_size: int = 8
+    formats: tuple = FORMATS
+    self_contained: bool = False
+    endpoint_url: str | None = None
+    dtype: str = settings.DTYPE.default
+    device: str = settings.DEVICE.default
+    backend: str = settings.BACKEND.default
+
+    def __post_init__(self):
+        self.prompts = str(Path(self.prompts).expanduser().resolve())  # so a resume works from anywhere
+        self.formats = parse_formats(self.formats)
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise DreamgenError(f"batch size {self.batch_size!r} must be a positive integer")
+        if self.job_id is not None:
+            check_job_id(self.job_id)
+
+    def record(self, **extra) -> dict:
+        """The job as job.json holds it."""
+        data = self.wire()
+        data.pop("endpoint_url")  # a deployment detail, not part of the job
+        return {**data, **extra}
+
+    def wire(self) -> dict:
+        """The job as a chunk task carries it: job.json's fields and the submitter's S3 endpoint."""
+        data = asdict(self)
+        data["formats"] = list(self.formats)
+        return data
+
+    def output(self) -> JobOutput:
+        """The job's files (its job id must be chosen)."""
+        return JobOutput(open_storage(self.out, self.endpoint_url), self.job_id)
+
+    @classmethod
+    def from_record(cls, record: dict, **overrides) -> "JobConfig":
+        known = {k: record[k] for k in cls.__dataclass_fields__ if k in record}
+        return cls(**{**known, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@dataclass
+class JobSummary:
+    job_id: str
+    total: int
+    done: int
+    failed: int
+    skipped: int  # already done before this run
+    location: str  # where to open the job's index
+    seconds: float
+    status: str  # finished | interrupted
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def check_job(config: JobConfig) -> tuple[JobOutput, int]:
+    """The prompt file checked whole, the job id chosen and the output location checked; nothing written."""
+    total = validate_prompt_file(config.prompts, config.defaults, config.model)
+    config.job_id = config.job_id or new_job_id()
+    storage = open_storage(config.out, config.endpoint_url)
+    storage.check()  # a missing bucket or a read-only folder is reported now, not after the first document
+    return JobOutput(storage, config.job_id), total
+
+
+def record_running(output: JobOutput, config: JobConfig, total: int) -> None:
+    previous = output.read_job() or {}
+    output.write_job(config.record(created=previous.get("created") or utc_now(), total=total, status="running"))
+
+
+def open_job(config: JobConfig) -> tuple[JobOutput, int]:
+    """Check the prompt file whole and the output location, before anything is generated; record the job."""
+    output, total = check_job(config)
+    record_running(output, config, total)
+    return output, total
+
+
+def stored_config(job_id: str, out: str, endpoint_url: str | None = None, **overrides) -> JobConfig:
+    """The config of a job stored under `out` (its job.json), to finish or retry what it left undone."""
+    output = JobOutput(open_storage(out, endpoint_url), check_job_id(job_id))
+    record = output.read_job()
+    if record is None:
+        raise JobNotFound(f"no job {job_id} in {out} (no {output.url_for('job.json')})")
+    return JobConfig.from_record({**record, "out": out, "job_id": job_id, "endpoint_url": endpoint_url}, **overrides)

@@ -1,0 +1,130 @@
+"""Every DREAMGEN_* environment variable in one place: its name, its default and what it means.
+
+Flags win over these, and these over the defaults (click reads the variables of the flags it has, by the names
+here). Read at call time, not import time, so a test or a worker that sets one sees it at once.
+Imports nothing of dreamgen but errors.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DreamgenError
+
+DTYPES = ("fp32", "fp16", "bf16")
+BACKENDS = ("auto", "torch", "onnx", "tensorrt")
+ENGINE_BACKENDS = ("onnx", "tensorrt")  # the backends whose engines are built ahead (`dreamgen engines build`)
+PRECISIONS = ("fp32", "fp16")  # of exported graphs and engines; the VAE's is always fp32
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    doc: str
+
+    def get(self) -> str | None:
+        """The variable's value, or the default when it is unset or empty."""
+        return self.given() or self.default
+
+    def given(self) -> str | None:
+        """The variable's value; None when it is unset or empty."""
+        return os.environ.get(self.name) or None
+
+
+MODEL = Setting("DREAMGEN_MODEL", "shapes", "model of run, generate, submit and the workers' preload: a checkpoint "
+                "directory, a built-in name (shapes, tiny-random) or a hub id")
+OUT = Setting("DREAMGEN_OUT", "out", "where jobs are written: a folder or s3://bucket/prefix")
+DTYPE = Setting("DREAMGEN_DTYPE", "fp32", f"weights' precision: {', '.join(DTYPES)} (the VAE stays fp32)")
+DEVICE = Setting("DREAMGEN_DEVICE", "cpu", "device of run and generate: cpu, cuda or cuda:N")
+BACKEND = Setting("DREAMGEN_BACKEND", "torch", f"where the model runs: {', '.join(BACKENDS)}")
+HOME = Setting("DREAMGEN_HOME", None, "caches: the tiny model, engines, beat's state, inline schedule prompts "
+               "(default ~/.cache/dreamgen)")
+S3_ENDPOINT_URL = Setting("DREAMGEN_S3_ENDPOINT_URL", None, "endpoint of an S3-compatible server (default: AWS); "
+                          "on a worker it wins over the submitter's")
+BROKER_URL = Setting("DREAMGEN_BROKER_URL", "redis://localhost:6379/0",
+                     "Redis of the workers: broker, result backend and job records")
+REDIS_PREFIX = Setting("DREAMGEN_REDIS_PREFIX", "dreamgen", "namespace of every Redis key dreamgen writes")
+JOB_TTL = Setting("DREAMGEN_JOB_TTL", str(7 * 24 * 3600), "seconds a job's record lives in Redis")
+TASK_TIME_LIMIT = Setting("DREAMGEN_TASK_TIME_LIMIT", str(6 * 3600), "hard time limit of one chunk task, seconds")
+VISIBILITY_TIMEOUT = Setting("DREAMGEN_VISIBILITY_TIMEOUT", None, "seconds before Redis hands an unacknowledged "
+                             "task to another worker; must exceed the time limit (default: limit + 1 h)")
+RESULT_EXPIRES = Setting("DREAMGEN_RESULT_EXPIRES", str(24 * 3600), "seconds Celery keeps task results")
+CHUNK_LOCK_TTL = Setting("DREAMGEN_CHUNK_LOCK_TTL", "600", "seconds a dead worker's chunk lock outlives its last "
+                         "sign of life")
+MAX_ATTEMPTS = Setting("DREAMGEN_MAX_ATTEMPTS", "3", "starts of one chunk before its documents are recorded failed")
+WORKER_DEVICE = Setting("DREAMGEN_WORKER_DEVICE", "cpu", "device of a worker process (dreamgen worker sets it)")
+WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
+
+ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, BROKER_URL, REDIS_PREFIX, JOB_TTL, TASK_TIME_LIMIT,
+       VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_PRELOAD)
+DEFAULT_MODEL = MODEL.default
+
+
+def _number(setting: Setting, kind=int):
+    value = setting.get()
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise DreamgenError(f"{setting.name}={value!r} must be a number") from None
+
+
+def home() -> Path:
+    return Path(HOME.get() or Path.home() / ".cache" / "dreamgen")
+
+
+def broker_url(given: str | None = None) -> str:
+    return given or BROKER_URL.get()
+
+
+def redis_prefix() -> str:
+    return REDIS_PREFIX.get()
+
+
+def s3_endpoint_url(given: str | None = None) -> str | None:
+    """The endpoint given, else the variable's (None: AWS)."""
+    return given or S3_ENDPOINT_URL.get()
+
+
+def worker_s3_endpoint_url(submitted: str | None) -> str | None:
+    """A worker's endpoint: its own variable wins over the one its job was submitted with (the submitter may reach
+    the server by another address)."""
+    return S3_ENDPOINT_URL.get() or submitted
+
+
+def job_ttl_s() -> int:
+    return _number(JOB_TTL)
+
+
+def task_time_limit_s() -> int:
+    return _number(TASK_TIME_LIMIT)
+
+
+def visibility_timeout_s() -> int:
+    limit = task_time_limit_s()
+    visibility = limit + 3600 if VISIBILITY_TIMEOUT.get() is None else _number(VISIBILITY_TIMEOUT)
+    if visibility <= limit:
+        raise DreamgenError(f"{VISIBILITY_TIMEOUT.name}={visibility} must exceed the task time limit ({limit} s), "
+                            "or Redis hands running chunks to a second worker")
+    return visibility
+
+
+def result_expires_s() -> int:
+    return _number(RESULT_EXPIRES)
+
+
+def chunk_lock_ttl_s() -> float:
+    return _number(CHUNK_LOCK_TTL, float)
+
+
+def max_attempts() -> int:
+    return _number(MAX_ATTEMPTS)
+
+
+def worker_device() -> str:
+    return WORKER_DEVICE.get()
+
+
+def worker_preload() -> bool:
+    return WORKER_PRELOAD.get() != "0"
