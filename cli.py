@@ -11,9 +11,12 @@ import sys
 import click
 
 from dreamgen import settings
+from dreamgen.generation.scheduler import SCHEDULES
+from dreamgen.model.sizes import MODEL_SIZES
 from dreamgen.params import CHAT_FORMATS, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
 from exporters import FORMATS
+from workers.launcher import POOLS
 from workers.settings import GPU_QUEUE, LIGHT_QUEUE
 
 PARAM_OPTIONS = [  # (flag, parameter, type, help)
@@ -155,12 +158,16 @@ def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
 @click.option("--resume", "resume", default=None, metavar="JOB", help="Finish a stopped job from its job.json.")
 @model_options
 @backend_option
-@click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Documents generated together in lockstep.")
+@click.option("-s", "--slots", "-b", "--batch-size", "slots", default=None, type=click.IntRange(min=1),
+              help="Documents in flight at once; a finished one's slot takes the next document at once "
+                   "(default: 16 on a CPU, 64 on a GPU). -b/--batch-size is the old name.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="continuous", show_default=True,
+              help="continuous: slots refill as documents end; lockstep: fixed batches of --slots documents, "
+                   "each batch waiting for its slowest (for comparison).")
 @output_options
 @param_options
 @friendly_errors
-def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size, formats, self_contained,
+def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, schedule, formats, self_contained,
         s3_endpoint_url, **params):
     """Generate a document for every prompt in PROMPTS, in this process.
 
@@ -183,12 +190,12 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
     if resume:
         if prompts:
             raise click.UsageError("give PROMPTS or --resume JOB, not both")
-        config = stored_config(resume, out, s3_endpoint_url)
+        config = stored_config(resume, out, s3_endpoint_url, slots=slots)
     elif not prompts:
         raise click.UsageError("missing PROMPTS (a prompt file), or --resume JOB")
     else:
         config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=defaults,
-                           batch_size=batch_size, formats=formats, self_contained=self_contained,
+                           slots=slots, schedule=schedule, formats=formats, self_contained=self_contained,
                            endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend)
     with JobProgress() as progress:
         try:
@@ -206,7 +213,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
 
 
 class JobProgress:
-    """A rich progress bar over the run's events: documents and images done, rate, ETA."""
+    """A rich progress bar over the run's events: documents, pictures, tokens/s, slots busy, ETA."""
 
     def __enter__(self):
         from rich.progress import (
@@ -219,7 +226,8 @@ class JobProgress:
         )
         self.images = 0
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("docs · {task.fields[images]} images · {task.fields[rate]}"),
+                                 TextColumn("docs · {task.fields[images]} pictures · {task.fields[rate]}"
+                                            "{task.fields[engine]}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  transient=False)
         self.progress.__enter__()
@@ -232,9 +240,15 @@ class JobProgress:
     def event(self, kind: str, info: dict):
         if kind == "start":
             self.task = self.progress.add_task(info["job_id"], total=info["total"], completed=info["skipped"],
-                                               images=0, rate="")
+                                               images=0, rate="", engine="")
         elif kind == "loading":
-            self.progress.console.log(f"loading model {info['model']}")
+            self.progress.console.log(f"loading model {info['model']}", markup=False)
+        elif kind == "slots":
+            default = f" (the default on {info['device']})" if info["default"] else ""
+            self.progress.console.log(f"{info['slots']} slots{default}, {info['schedule']} schedule", markup=False)
+        elif kind == "stats":
+            self.progress.update(self.task, engine=f" · {info['tokens_per_s']:.0f} tok/s · "
+                                                   f"{info['busy']}/{info['slots']} slots busy")
         elif kind == "image":
             self.images += 1
             self.progress.update(self.task, images=self.images)
@@ -328,19 +342,25 @@ def model():
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--safetensors", is_flag=True, help="Write .safetensors instead of .bin files.")
+@click.option("--size", type=click.Choice(list(MODEL_SIZES)), default="tiny", show_default=True,
+              help="tiny: the tests' model (hidden 64, 2 layers); small: the benchmarks' (hidden 512, 8 layers, "
+                   "512 px pictures), where compute dominates.")
 @friendly_errors
-def model_init_tiny(directory, seed, safetensors):
-    """Write a tiny random DreamLLM in the released checkpoint layout (offline, deterministic).
+def model_init_tiny(directory, seed, safetensors, size):
+    """Write a random DreamLLM of the real classes in the released checkpoint layout (offline, deterministic).
 
     \b
-    Example:
+    Examples:
         dreamgen model init-tiny models/tiny
+        dreamgen model init-tiny models/small --size small      # then: bench/continuous.py --model models/small
     """
     from dreamgen.model.checkpoint import save_checkpoint
+    from dreamgen.model.sizes import SIZES
     from dreamgen.model.tiny import build_tiny_model
 
-    out = save_checkpoint(build_tiny_model(seed=seed, name=f"tiny-random-seed{seed}"), directory, safetensors=safetensors)
-    click.echo(f"Wrote a tiny DreamLLM to {out}")
+    model = build_tiny_model(seed=seed, name=f"{size}-random-seed{seed}", sizes=SIZES[size])
+    out = save_checkpoint(model, directory, safetensors=safetensors)
+    click.echo(f"Wrote a {size} DreamLLM to {out}")
 
 
 @model.command("inspect")
@@ -693,8 +713,11 @@ def jobs_list(limit, broker_url):
 @cli.command()
 @click.option("--gpus", default=None, metavar="0,1",
               help="GPUs to use: one worker process per GPU, pinned with CUDA_VISIBLE_DEVICES.")
-@click.option("-c", "--concurrency", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Processes per worker (each holds its own copy of the model).")
+@click.option("-c", "--concurrency", default=None, type=click.IntRange(min=1),
+              help="threads pool: chunk tasks a process holds at once, sharing its slot pool (default 3); "
+                   "prefork: processes, each with its own copy of the model (default 1).")
+@click.option("--slots", default=None, type=click.IntRange(min=1),
+              help="Documents in flight per process (default: the device's).")
 @click.option("-Q", "--queues", default=f"{GPU_QUEUE},{LIGHT_QUEUE}", show_default=True,
               help=f"Queues to consume: {GPU_QUEUE} (generation), {LIGHT_QUEUE} (finalizing, schedules).")
 @click.option("-n", "--name", default="dreamgen", show_default=True,
@@ -703,13 +726,14 @@ def jobs_list(limit, broker_url):
                 help="Model to load at start (jobs asking for another one load theirs).")
 @dtype_option
 @setting_option("--device", setting=settings.WORKER_DEVICE, help="Device without --gpus: cpu, cuda or cuda:N.")
-@click.option("-P", "--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True,
-              help="prefork gives time limits and redelivery when a process dies; solo has neither.")
+@click.option("-P", "--pool", type=click.Choice(POOLS), default="threads", show_default=True,
+              help="threads: one slot pool across the chunks a process holds; prefork: one chunk at a time per "
+                   "process, with hard time limits and a dead process's chunk handed back at once; solo: neither.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print the commands and exit.")
 @broker_option
 @friendly_errors
-def worker(gpus, concurrency, queues, name, model, dtype, device, pool, loglevel, dry_run, broker_url):
+def worker(gpus, concurrency, slots, queues, name, model, dtype, device, pool, loglevel, dry_run, broker_url):
     """Start the Celery workers of this machine: one process per GPU, or one on the CPU.
 
     Each process loads the model once, after it starts, and keeps it for every chunk. Stop with Ctrl-C
@@ -725,7 +749,7 @@ def worker(gpus, concurrency, queues, name, model, dtype, device, pool, loglevel
 
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     plan = plan_workers(gpu_list, [q.strip() for q in queues.split(",") if q.strip()], concurrency, name, model,
-                        dtype, device, broker_url, pool, loglevel)
+                        dtype, device, broker_url, pool, loglevel, slots)
     if dry_run:
         for process in plan:
             click.echo(process.describe())

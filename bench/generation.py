@@ -63,7 +63,7 @@ def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentR
     size = p.image_size or model.head.default_image_size
     while new_tokens < p.max_new_tokens:
         allow_dream = images < p.max_images and context.shape[0] + 1 + s.image_cost + 1 <= model.max_positions
-        banned = gen._banned.tolist() + ([] if allow_dream else [s.dream_start])
+        banned = gen.encoder.banned.tolist() + ([] if allow_dream else [s.dream_start])
         sampler = LogitsProcessorList([SampleAsDreamgen(p, text_generator, banned)])
         out = model.llm.generate(inputs_embeds=context[None], attention_mask=torch.ones(1, context.shape[0], dtype=torch.long, device=device),
                                  max_new_tokens=p.max_new_tokens - new_tokens, do_sample=False, logits_processor=sampler,
@@ -76,7 +76,7 @@ def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentR
         text_ids += new[:-1]
         # the condition: a full forward over context + new tokens + dream block (no cache kept between calls)
         context = torch.cat([context, gen._embed(new[:-1])]) if len(new) > 1 else context
-        dream = gen.dream_block_embeddings()
+        dream = gen.encoder.dream_block()
         full = torch.cat([context, dream])
         n, q = full.shape[0], s.num_dream_queries
         hidden = model.llm.model(inputs_embeds=full[None], attention_mask=torch.ones(1, n, dtype=torch.long, device=device),
@@ -90,7 +90,7 @@ def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentR
         pipeline_s += time.perf_counter() - start
         images += 1
         feats = model.encode_images(pil_to_tensor(image)[None].to(device))[0]
-        context = torch.cat([full, gen.image_block_embeddings(feats)])
+        context = torch.cat([full, gen.encoder.image_block(feats)])
     return model.tokenizer.decode(text_ids, skip_special_tokens=True), images, pipeline_s
 
 

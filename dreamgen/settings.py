@@ -55,10 +55,14 @@ CHUNK_LOCK_TTL = Setting("DREAMGEN_CHUNK_LOCK_TTL", "600", "seconds a dead worke
                          "sign of life")
 MAX_ATTEMPTS = Setting("DREAMGEN_MAX_ATTEMPTS", "3", "starts of one chunk before its documents are recorded failed")
 WORKER_DEVICE = Setting("DREAMGEN_WORKER_DEVICE", "cpu", "device of a worker process (dreamgen worker sets it)")
+WORKER_POOL = Setting("DREAMGEN_WORKER_POOL", "prefork", "the Celery pool of a worker process (dreamgen worker sets "
+                      "it): threads shares one slot pool among the chunks the process holds")
+WORKER_SLOTS = Setting("DREAMGEN_WORKER_SLOTS", None, "documents in flight in a worker process (default: the "
+                       "device's, see dreamgen.generation.generator.DEFAULT_SLOTS)")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, BROKER_URL, REDIS_PREFIX, JOB_TTL, TASK_TIME_LIMIT,
-       VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_PRELOAD)
+       VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL, WORKER_SLOTS, WORKER_PRELOAD)
 DEFAULT_MODEL = MODEL.default
 
 
@@ -124,6 +128,14 @@ def max_attempts() -> int:
 
 def worker_device() -> str:
     return WORKER_DEVICE.get()
+
+
+def worker_pool() -> str:
+    return WORKER_POOL.get()
+
+
+def worker_slots() -> int | None:
+    return None if WORKER_SLOTS.get() is None else _number(WORKER_SLOTS)
 
 
 def worker_preload() -> bool:

@@ -3,7 +3,6 @@ import pytest
 import torch
 from PIL import Image
 
-import dreamgen.generation.generator as generation
 from dreamgen.errors import GenerationCancelled, ParamsError
 from dreamgen.generation.generator import DocumentRequest
 from dreamgen.params import GenerationParams
@@ -64,15 +63,6 @@ def test_same_seed_same_document_other_seed_other_document():
         assert max_pixel_diff(x.image, y.image) == 0
     c = gen.generate([DocumentRequest(req.prompt, req.params.replace(seed=8))])[0]
     assert structure(c) != structure(a)
-
-
-def test_cache_compaction_changes_nothing(monkeypatch):
-    gen = tiny_generator()
-    compacted = gen.generate(MIXED)
-    monkeypatch.setattr(generation, "COMPACT_MIN_LEN", 10**9)
-    plain = gen.generate(MIXED)
-    for a, b in zip(compacted, plain):
-        assert_same_document(a, b)
 
 
 def test_max_images_zero_means_text_only_and_max_new_tokens_stops():

@@ -33,10 +33,10 @@ def test_block_lengths_follow_the_reference():
     assert len(tiny.image_block()) == tiny.num_image_patches + 2
 
 
-def test_dream_block_embeddings_put_the_queries_between_start_and_end():
+def test_the_dream_block_puts_the_queries_between_start_and_end():
     gen = tiny_generator()
     model = gen.model
-    block = gen.dream_block_embeddings()
+    block = gen.encoder.dream_block()
     q = model.special.num_dream_queries
     assert block.shape == (q + 2, model.hidden_size)
     assert torch.equal(block[1:-1], model.dream.dream_queries[0])
@@ -51,7 +51,7 @@ def test_conditioning_shape_is_batch_queries_cross_dim():
 
 
 def _query_states(model, gen, prefix_ids, suffix_ids=()):
-    embeds = torch.cat([gen._embed(prefix_ids), gen.dream_block_embeddings()]
+    embeds = torch.cat([gen._embed(prefix_ids), gen.encoder.dream_block()]
                        + ([gen._embed(list(suffix_ids))] if suffix_ids else []))
     hidden = full_forward(model, embeds)[0]
     start = len(prefix_ids) + 1
@@ -74,7 +74,7 @@ def test_cache_equivalence_prefix_on_cache_plus_queries_equals_one_forward():
     gen = tiny_generator()
     model = gen.model
     prefix = gen._embed([1] + gen._tokens("how to build a bird house"))
-    dream = gen.dream_block_embeddings()
+    dream = gen.encoder.dream_block()
     n = prefix.shape[0]
     with torch.no_grad():
         _, _, past = gen.components.lm_step(prefix[None], torch.ones(1, n, dtype=torch.long),

@@ -7,7 +7,7 @@ from diffusers import StableDiffusionPipeline
 from dreamgen.generation.diffusion import make_scheduler
 from dreamgen.generation.generator import DocumentRequest
 from dreamgen.params import GenerationParams
-from tests.helpers import max_pixel_diff, tiny_generator, tiny_model
+from tests.helpers import max_pixel_diff, tiny_generator
 
 
 def test_greedy_text_equals_llama_generate():
@@ -18,7 +18,7 @@ def test_greedy_text_equals_llama_generate():
     doc = gen.generate([req])[0]
 
     prompt_ids = [model.special.bos] + gen._tokens(gen.render_instruction(req))
-    suppressed = gen._banned.tolist() + [model.special.dream_start]  # max_images=0 forbids pictures
+    suppressed = gen.encoder.banned.tolist() + [model.special.dream_start]  # max_images=0 forbids pictures
     with torch.no_grad():
         out = model.llm.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                                  max_new_tokens=30, do_sample=False, suppress_tokens=suppressed,

@@ -13,9 +13,10 @@ from PIL import Image
 
 from cli import cli
 from dreamgen.errors import JobInterrupted, StorageError
+from dreamgen.generation.generator import Generator
 from dreamgen.jobs.run import run_job
 from dreamgen.jobs.spec import JobConfig, stored_config
-from tests.helpers import tiny_generator
+from tests.helpers import tiny_generator, tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = {"steps": 2, "max_new_tokens": 30}
@@ -27,15 +28,19 @@ def write_jsonl(path: Path, n: int, **extra) -> Path:
     return path
 
 
-class CountingGenerator:
+class CountingGenerator(Generator):
     """The real tiny generator, counting the documents it is asked for."""
 
     def __init__(self):
-        self.inner, self.requests = tiny_generator(), 0
+        super().__init__(tiny_model())
+        self.requests = 0
 
-    def generate(self, requests, **kwargs):
-        self.requests += len(requests)
-        return self.inner.generate(requests, **kwargs)
+    def run(self, requests, **kwargs):
+        def counted():
+            for request in requests:
+                self.requests += 1
+                yield request
+        return super().run(counted(), **kwargs)
 
 
 def manifest_ids(job_dir: Path) -> list[str]:
@@ -103,7 +108,7 @@ def test_interrupted_job_resumes_and_produces_each_document_once(tmp_path):
 
 def test_a_failing_document_is_recorded_and_the_job_goes_on(tmp_path):
     picture = tmp_path / "cat.png"
-    Image.new("RGB", (16, 16), (200, 100, 50)).save(picture)
+    Image.effect_noise((64, 64), 60).convert("RGB").save(picture)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "fine", "prompt": "a walk"}) + "\n"
                        + json.dumps({"id": "broken", "prompt": "describe <image>", "images": ["cat.png"]}) + "\n")
@@ -111,7 +116,8 @@ def test_a_failing_document_is_recorded_and_the_job_goes_on(tmp_path):
     config = JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), job_id="f", defaults=FAST)
 
     def make(c):
-        picture.write_bytes(b"not a png any more")  # spoilt after validation, before generation
+        # spoilt after validation, before generation: the header still reads, the pixels do not
+        picture.write_bytes(picture.read_bytes()[:-500])
         return tiny_generator()
 
     summary = run_job(config, make_generator=make)

@@ -1,8 +1,12 @@
 """`dreamgen worker`: start the `celery worker` processes of one machine and watch them.
 
-    --gpus 0,1   one process per GPU, pinned with CUDA_VISIBLE_DEVICES (it sees its GPU as cuda:0), concurrency 1,
-                 all consuming the shared generation queue; plus one small process for the light queue
+    --gpus 0,1   one process per GPU, pinned with CUDA_VISIBLE_DEVICES (it sees its GPU as cuda:0), all consuming
+                 the shared generation queue; plus one small process for the light queue
     no --gpus    one process for every queue asked (a CPU machine, or a GPU given with --device)
+
+Each generation process holds a few chunk tasks at once in Celery's threads pool, and their documents share one
+slot pool (dreamgen.distributed.pool), so its slots stay full across chunks; `--pool prefork` runs one chunk
+at a time per process instead (with Celery's hard time limit, which a threads pool does not have).
 
 Why one shared generation queue rather than one per GPU: with prefetch 1 a GPU takes a chunk only when it is
 free, so a shared queue balances itself across GPUs and machines, and a GPU that dies strands nothing; per-GPU
@@ -36,14 +40,21 @@ class WorkerProcess:
         return f"{env} {' '.join(self.argv)}".strip()
 
 
-def plan_workers(gpus: list[str] | None = None, queues: list[str] | None = None, concurrency: int = 1,
+POOLS = ("threads", "prefork", "solo")
+CHUNKS_HELD = 3  # chunk tasks a threads-pool process holds at once: enough that its slots refill across chunks
+
+
+def plan_workers(gpus: list[str] | None = None, queues: list[str] | None = None, concurrency: int | None = None,
                  name: str = "dreamgen", model: str | None = None, dtype: str | None = None,
-                 device: str | None = None, broker_url: str | None = None, pool: str = "prefork",
-                 loglevel: str = "INFO") -> list[WorkerProcess]:
-    """The processes to start (nothing is started)."""
+                 device: str | None = None, broker_url: str | None = None, pool: str = "threads",
+                 loglevel: str = "INFO", slots: int | None = None) -> list[WorkerProcess]:
+    """The processes to start (nothing is started). `concurrency`: chunk tasks held at once (threads, which share
+    one slot pool) or processes (prefork, each with its own model)."""
     queues = queues or [GPU_QUEUE, LIGHT_QUEUE]
+    concurrency = concurrency or (CHUNKS_HELD if pool == "threads" else 1)
     common = {k: v for k, v in {settings.BROKER_URL.name: broker_url, settings.MODEL.name: model,
-                                settings.DTYPE.name: dtype}.items() if v}
+                                settings.DTYPE.name: dtype, settings.WORKER_POOL.name: pool,
+                                settings.WORKER_SLOTS.name: slots and str(slots)}.items() if v}
 
     def celery(node: str, node_queues: list[str], procs: int) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(node_queues),
@@ -59,8 +70,11 @@ def plan_workers(gpus: list[str] | None = None, queues: list[str] | None = None,
                           {**common, "CUDA_VISIBLE_DEVICES": gpu, settings.WORKER_DEVICE.name: "cuda"})
             for gpu in gpus] if heavy else []
     if LIGHT_QUEUE in queues:
-        plan.append(WorkerProcess(f"{name}-light", celery(f"{name}-light", [LIGHT_QUEUE], 2),
-                                  {**common, "CUDA_VISIBLE_DEVICES": "", settings.WORKER_PRELOAD.name: "0"}))
+        light = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", LIGHT_QUEUE, "-c", "2",
+                 "-P", "prefork", "-n", f"{name}-light@%h", "-l", loglevel]
+        plan.append(WorkerProcess(f"{name}-light", light, {**common, "CUDA_VISIBLE_DEVICES": "",
+                                                           settings.WORKER_POOL.name: "prefork",
+                                                           settings.WORKER_PRELOAD.name: "0"}))
     return plan
 
 

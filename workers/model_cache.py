@@ -1,8 +1,13 @@
 """The model a worker process holds: loaded once per process, after the fork, and reused by every chunk.
 
 CUDA must not be touched in the parent of a prefork pool (a forked child cannot use its context), so loading
-happens in `worker_process_init`, which runs in each child. A job asking for another model, dtype or backend
-replaces the held one: a GPU's memory holds one model at a time.
+happens in `worker_process_init`, which runs in each child; a threads or solo pool runs tasks in the worker's
+own process, which loads it when it is ready. A job asking for another model, dtype or backend replaces the held
+one: a GPU's memory holds one model at a time.
+
+The engine over it: in a threads pool one SharedEngine, whose slot pool every chunk task of the process feeds
+(slots stay full across chunks); in a prefork or solo pool, where a process runs one task at a time, a
+SoloEngine in the task's thread.
 
 Settings (dreamgen.settings): DREAMGEN_MODEL / DREAMGEN_DTYPE / DREAMGEN_BACKEND (what to preload),
 DREAMGEN_WORKER_DEVICE (cpu, cuda; `dreamgen worker --gpus` pins each process to one GPU, which it sees as cuda:0),
@@ -12,47 +17,64 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from dreamgen import settings
 
 log = logging.getLogger(__name__)
 
-_held: tuple[tuple, object] | None = None  # ((model, dtype, device, backend), Generator)
+_held: tuple[tuple, object] | None = None  # ((model, dtype, device, backend), engine)
+_loading = threading.Lock()  # task threads of a threads pool ask at once
 
 
-def generator_for(model: str, dtype: str, device: str, backend: str = "torch"):
-    """The Generator for this key: the held one, or a newly loaded one that replaces it."""
+def engine_for(model: str, dtype: str, device: str, backend: str = "torch"):
+    """The engine for this key: the held one, or one over a newly loaded model that replaces it."""
     global _held
     key = (model, dtype, device, backend)
-    if _held is not None and _held[0] == key:
-        return _held[1]
-    if _held is not None:
-        _held = None
-        _release_memory(device)
-    from dreamgen.jobs.run import load_generator
+    with _loading:
+        if _held is not None and _held[0] == key:
+            return _held[1]
+        if _held is not None:
+            _held = None
+            _release_memory(device)
+        from dreamgen.distributed.pool import SharedEngine, SoloEngine
+        from dreamgen.jobs.run import load_generator
 
-    started = time.perf_counter()
-    generator = load_generator(model, dtype, device, backend)
-    log.info("loaded %s (%s, %s, %s) in %.1f s", model, dtype, device, backend, time.perf_counter() - started)
-    _held = (key, generator)
-    return generator
+        started = time.perf_counter()
+        generator = load_generator(model, dtype, device, backend)
+        slots = settings.worker_slots()
+        engine = (SharedEngine if settings.worker_pool() == "threads" else SoloEngine)(generator, slots)
+        log.info("loaded %s (%s, %s, %s) in %.1f s; %s with %d slots", model, dtype, device, backend,
+                 time.perf_counter() - started, type(engine).__name__, slots or generator.slots)
+        _held = (key, engine)
+        return engine
 
 
-def generator_for_job(job):
+def engine_for_job(job):
     """A job's model on this worker's device: the submitter does not know the workers' hardware."""
     config = job.config
-    return generator_for(config.model, config.dtype, settings.worker_device(), config.backend)
+    return engine_for(config.model, config.dtype, settings.worker_device(), config.backend)
 
 
 @worker_process_init.connect
-def preload_model(**_):
+def preload_in_pool_process(**_):
+    preload_model()
+
+
+@worker_ready.connect
+def preload_in_worker(**_):
+    if settings.worker_pool() != "prefork":  # a prefork parent must never touch the model (or CUDA)
+        preload_model()
+
+
+def preload_model():
     if not settings.worker_preload():
         return
     try:
-        generator_for(settings.MODEL.get(), settings.DTYPE.get(), settings.worker_device(), settings.BACKEND.get())
+        engine_for(settings.MODEL.get(), settings.DTYPE.get(), settings.worker_device(), settings.BACKEND.get())
     except Exception:  # a chunk will try again and record the error on its documents
         log.exception("could not preload the model")
 

@@ -6,7 +6,7 @@ A task returns {status, error}-style results instead of raising, so one bad chun
 from __future__ import annotations
 
 from .app import app
-from .model_cache import generator_for_job
+from .model_cache import engine_for_job
 from .settings import CHUNK_TASK, FINALIZE_TASK, FIRE_SCHEDULE_TASK
 
 
@@ -22,7 +22,7 @@ def generate_chunk_task(self, job: dict, chunk: str, specs: list[dict]) -> dict:
 
     try:
         return run_chunk(JobWire.from_dict(job), chunk, [spec_from_wire(s) for s in specs], connect(check=False),
-                         worker=self.request.hostname or "worker", load_generator=generator_for_job, report=report,
+                         worker=self.request.hostname or "worker", load_engine=engine_for_job, report=report,
                          limits=ChunkLimits.from_settings())
     except ChunkBusy as busy:  # a redelivery while its first worker still holds it (or its lock has not expired)
         raise self.retry(countdown=busy.retry_after, max_retries=None)

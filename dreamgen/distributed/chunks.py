@@ -10,7 +10,7 @@ Running a chunk is idempotent, because Celery redelivers (late ack, lost workers
     job cancelled?  -> end as cancelled, generate nothing
     lock (SET NX with expiry, kept alive while generating); held by another worker -> ChunkBusy, try later
     count the attempt; past the limit -> record its documents as failed (it keeps killing workers)
-    skip documents already stored -> generate the rest in lockstep through jobs.run.generate_batch
+    skip documents already stored -> the rest through the worker's engine (pool.py), stored as each ends
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import settings
-from ..errors import ChunkBusy, GenerationCancelled
+from ..errors import ChunkBusy
 from ..jobs.output import DONE_DIR, JobOutput
-from ..jobs.spec import JobConfig
+from ..jobs.spec import JobConfig, WorkItem
 from ..jobs.storage import open_storage
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec
@@ -138,7 +138,7 @@ class _StopGuard:
 
 
 def run_chunk(job: JobWire, chunk: str, specs: list[PromptSpec], client, worker: str,
-              load_generator: Callable[[JobWire], object], report: Callable[[dict], None] | None = None,
+              load_engine: Callable[[JobWire], object], report: Callable[[dict], None] | None = None,
               limits: ChunkLimits | None = None) -> dict:
     """Run one chunk and return its result: {chunk, status, error, worker, attempt, done, failed, skipped,
     cancelled, documents: [{id, status, error}]}. Never raises for a document's or the chunk's failure (they are
@@ -159,7 +159,7 @@ def run_chunk(job: JobWire, chunk: str, specs: list[PromptSpec], client, worker:
         raise ChunkBusy(chunk, max(1.0, (left_ms if left_ms and left_ms > 0 else 1000) / 1000 + 0.5))
     try:
         attempt = record.count_attempt(chunk)
-        return run.execute(attempt, lock, limits, load_generator)
+        return run.execute(attempt, lock, limits, load_engine)
     finally:
         try:
             lock.release()
@@ -175,9 +175,7 @@ class _ChunkRun:
         self.report = report or (lambda meta: None)
         self.outcomes: dict[str, dict] = {}  # doc id -> {id, status, error}
 
-    def execute(self, attempt: int, lock, limits: ChunkLimits, load_generator) -> dict:
-        from ..jobs.run import generate_batch  # the heavy part: a light worker that only finalizes never needs it
-
+    def execute(self, attempt: int, lock, limits: ChunkLimits, load_engine) -> dict:
         try:
             output = self._output()
             todo = []
@@ -195,16 +193,10 @@ class _ChunkRun:
             self._state(ChunkState.RUNNING, attempt)
             if not todo:
                 return self.end(ChunkState.FINISHED, attempt)
-            generator = load_generator(self.job)
+            engine = load_engine(self.job)
             guard = _StopGuard(self.record, lock, limits)
             guard.keep_lock()  # loading the model may have taken a while
-            on_event = self._event_handler(attempt, guard)
-            try:
-                config = self.job.config
-                generate_batch(generator, output, todo, config.formats, config.self_contained, config.endpoint_url,
-                               on_event, guard)
-            except GenerationCancelled:  # the guard said stop; guard.reason says why
-                pass
+            engine.run_items([self._item(spec, output, attempt, guard) for spec in todo], keepalive=guard.keep_lock)
             if guard.reason is ChunkState.TIMED_OUT:
                 left = [s for s in todo if s.id not in self.outcomes]
                 self._fail_all(output, left, "TimeLimit", f"chunk {self.chunk} ran past its time limit "
@@ -224,19 +216,25 @@ class _ChunkRun:
                     self._outcome(spec.id, "failed", error)
             return self.end(ChunkState.ERROR, attempt, error=error)
 
-    # ------------------------------------------------------------------------------------ outcomes
-    def _event_handler(self, attempt: int, guard: _StopGuard):
-        def on_event(kind: str, info: dict):
-            if kind == "document":
-                self._outcome(info["id"], "done")
-                guard.force = True  # between documents: look at the cancel flag now
-            elif kind == "failed":
-                self._outcome(info["id"], "failed", info["error"])
-            else:
-                return
-            self._state(ChunkState.RUNNING, attempt)
-        return on_event
+    def _item(self, spec: PromptSpec, output: JobOutput, attempt: int, guard: "_StopGuard") -> WorkItem:
+        """One document of the chunk for the engine: stored and mirrored to Redis the moment it ends."""
+        config = self.job.config
 
+        def done(doc):
+            doc.custom_id = spec.custom_id
+            output.save_document(doc, config.formats, config.self_contained)
+            self._outcome(spec.id, "done")
+            guard.force = True  # between documents: look at the cancel flag now
+            self._state(ChunkState.RUNNING, attempt)
+
+        def fail(error, message=None):
+            entry = output.record_error(spec.id, spec.custom_id, error, message)
+            self._outcome(spec.id, "failed", f"{entry['error']}: {entry['message']}")
+            self._state(ChunkState.RUNNING, attempt)
+
+        return WorkItem(spec, done, fail, stop=guard, endpoint_url=config.endpoint_url)
+
+    # ------------------------------------------------------------------------------------ outcomes
     def _outcome(self, doc_id: str, status: str, error: str | None = None) -> None:
         self.outcomes[doc_id] = {"id": doc_id, "status": status, "error": error}
         if status in ("done", "skipped"):

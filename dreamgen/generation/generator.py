@@ -1,70 +1,101 @@
 """Interleaved document generation: DreamLLM writes, decides where pictures go, paints them, and reads them back.
 
-Many documents run in lockstep. Each forward pass feeds every active document a segment: one sampled token, a dream
-block (`<dream_start>` + Q queries + `<dream_end>`), or an image block (`<im_start>` + P image features + `<im_end>`).
-Segments are left-padded to the longest; pads are masked, positions are each document's own, so a document's result
-does not depend on its neighbours. Images asked for at the same step are denoised in one UNet batch.
+Documents stream through a pool of slots (continuous batching, as vLLM does for text). Each step:
+
+    1. admit     documents of the job take the free slots, in job order, while the KV budget holds their worst case
+    2. plan      the scheduler picks who feeds what: decoding documents one token each, newcomers a chunk of their
+                 prompt, others a dream block or the image block of a picture just painted
+    3. paint     if it is time (nobody else can go on, or a picture has waited long enough), every waiting picture
+                 is painted in one UNet batch and fed back, as an image block, to its own document only
+    4. forward   one LM step over all the runs (executor.py), writing their keys and values in place
+    5. sample    every document whose feed is done draws its next token from its own generator
+    6. finish    a document that stops (</s>, max_new_tokens, full context, image_only) is handed over at once
+                 and its slot and pages go to the next document
+
+A document's result depends only on its own prompt, parameters and seed: its feeds are cut the same way whoever
+runs beside it, its sampling uses its own generator, its pictures their own seeds.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
 from ..document import Document, ImageBlock, TextBlock
-from ..errors import GenerationCancelled, ParamsError
+from ..errors import DreamgenError, GenerationCancelled
 from ..model.dreamllm import DreamLLM
-from ..model.special_tokens import IMAGE_PLACEHOLDER
-from ..params import GenerationParams
-from ..prompts.templates import chat_text, render
 from .components import Components, TorchComponents
-from .diffusion import ImageRequest, denoise_group, group_key, image_seed
-from .images import pil_to_tensor, tensor_to_pil
+from .diffusion import ImageRequest, image_seed
+from .executor import ComponentsExecutor, Executor, PagedExecutor
+from .images import tensor_to_pil
+from .kv import PAGE
+from .lm import Run
+from .painting import Painter
+from .prompting import DocumentRequest, Encoder
 from .sampling import sample_tokens
+from .scheduler import Scheduler, Seq, State
 
 log = logging.getLogger(__name__)
 
-COMPACT_MIN_LEN = 64  # compact the KV cache once it is this long and at least half holes
-# A document that asked for a picture waits (its neighbours go on writing) until nobody else can go on or it has
-# waited this many steps: the pictures asked for meanwhile are then painted in one UNet batch. Fewer, fuller UNet
-# batches cost less wherever a call has a fixed cost (a GPU, a small UNet); the wait bounds a document's delay.
-PAINT_GATHER_STEPS = 24
+__all__ = ["DEFAULT_SLOTS", "NOTHING_YET", "DocumentRequest", "EngineStats", "Generator"]
+
+# Documents in flight by default, per device type: measured with bench/continuous.py (the CPU curve flattens
+# past 16 slots of the small model; a GPU's decode step costs little more at 64 than at 8).
+DEFAULT_SLOTS = {"cpu": 16, "cuda": 64}
+PREFILL_CHUNK = 64  # tokens of a long feed per step: a newcomer delays the others' next token by about this many
+STEP_TOKENS = 256  # tokens of long feeds per step at most, besides one per decoding document
+NOTHING_YET = object()  # a live source of requests has none right now: ask again at the next step
 
 
 @dataclass
-class DocumentRequest:
-    prompt: str
-    params: GenerationParams = field(default_factory=GenerationParams)
-    id: str | None = None
-    title: str | None = None
-    images: list = field(default_factory=list)  # input pictures (PIL) the model reads
-    image_only: bool = False  # text-to-image as the reference pipeline does it: `<s>` + caption + dream block
+class EngineStats:
+    """What a run did: for the progress display and the bench."""
+
+    steps: int = 0
+    tokens: int = 0  # positions fed
+    new_tokens: int = 0  # tokens sampled
+    pictures: int = 0
+    documents: int = 0
+    slot_steps: int = 0  # sum over steps of the documents in the pool
+    full_steps: int = 0  # steps while documents were waiting for a slot
+    full_slot_steps: int = 0  # their slot steps: occupancy until the queue drains = full_slot_steps / (slots * full_steps)
+    slots: int = 0
+    busy: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    kv: object = None  # KVStats of a paged executor
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def occupancy(self) -> float:
+        """Share of the slots holding a document while the job still had documents waiting."""
+        return self.full_slot_steps / (self.slots * self.full_steps) if self.full_steps else 1.0
 
 
 @dataclass
-class _Row:
-    """One document's place in the lockstep batch."""
+class _Doc:
+    """One document in the pool, as the generator holds it (its tensors and what it has written)."""
 
     index: int
     request: DocumentRequest
+    seq: Seq
     text_gen: torch.Generator
-    real_len: int = 0
+    feed: torch.Tensor  # (T, H) embeddings of the current feed
+    then: str = "sample"  # after the feed: "sample" the next token, or "dream" (paint a picture)
     new_tokens: int = 0
     text_ids: list = field(default_factory=list)
     blocks: list = field(default_factory=list)
-    logits: torch.Tensor | None = None
-    segment: torch.Tensor | None = None  # (T, H) embeddings to feed next
-    forced: torch.Tensor | None = None  # a segment the loop must feed next (the image block after a picture)
-    dreaming: bool = False  # from feeding a dream block until its picture is painted
-    query_states: torch.Tensor | None = None  # (Q, H) post-norm states at the queries of that dream block
-    waited: int = 0  # steps spent waiting for the picture, while other documents go on
+    query_states: torch.Tensor | None = None  # (Q, H) post-norm states at the queries of the last dream block
     stop_reason: str = ""
+    started: float = field(default_factory=time.perf_counter)
 
     @property
-    def params(self) -> GenerationParams:
+    def params(self):
         return self.request.params
 
     @property
@@ -72,334 +103,302 @@ class _Row:
         return sum(isinstance(b, ImageBlock) for b in self.blocks)
 
 
-class Generator:
-    """Writes illustrated documents with one model on one backend."""
+def _whole_pages(tokens: int) -> int:
+    return -(-tokens // PAGE) * PAGE
 
-    def __init__(self, model: DreamLLM, components: Components | None = None):
+
+class Generator:
+    """Writes illustrated documents with one model on one backend, `slots` documents at a time."""
+
+    def __init__(self, model: DreamLLM, components: Components | None = None, slots: int | None = None,
+                 kv_tokens: int | None = None, schedule: str = "continuous", prefill_chunk: int = PREFILL_CHUNK,
+                 step_tokens: int = STEP_TOKENS):
         self.model = model
         self.components = components or TorchComponents(model)
         self.special = model.special
-        self._uncond_cache: dict[str, torch.Tensor] = {}
-        tok = model.tokenizer
-        s = self.special
-        banned = set(tok.all_special_ids) | {s.pad, s.im_start, s.im_end, s.im_patch, s.dream_end, s.bos}
-        for placeholder in ("<image>", "<dream>"):
-            banned.add(tok.convert_tokens_to_ids(placeholder))
-        banned -= {s.eos, s.dream_start}
-        # The model never learned to emit block tokens: the loop forces them, so sampling must not.
-        self._banned = torch.tensor(sorted(i for i in banned if i is not None and 0 <= i < self._vocab_size()))
-
-    def _vocab_size(self) -> int:
-        return self.model.llm.config.vocab_size
+        self.encoder = Encoder(model, self.components.encode_images)
+        self.painter = Painter(model, self.components, self.encoder)
+        self.slots = slots or DEFAULT_SLOTS.get(model.device.type, 16)
+        self.kv_tokens = kv_tokens  # None: every slot may fill the whole context
+        self.schedule, self.prefill_chunk, self.step_tokens = schedule, prefill_chunk, step_tokens
+        self.stats = EngineStats()
 
     # ------------------------------------------------------------------------------------------ public API
-    @torch.no_grad()
     def generate(self, requests: list[DocumentRequest], on_progress: Callable[[str, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  on_document: Callable[[int, Document], None] | None = None) -> list[Document]:
-        """Generate one document per request, in lockstep. on_progress(event, index) with event in
-        {"image", "document"}; on_document(index, document) as soon as a document is finished, so the caller
-        can store it while the others go on; should_stop() is polled between decode and denoising steps."""
-        # 1. check inputs
+        """One document per request, all of them in flight at once (at least `slots` a time); returned in request
+        order. on_progress(event, index) with event in {"image", "document"}; on_document(index, document) as
+        soon as a document is finished; should_stop() is polled between decode and denoising steps."""
         for i, request in enumerate(requests):
             self.check_request(request, i)
-        if not requests:
-            return []
-        started = time.perf_counter()
+        finished: dict[int, Document] = {}
+
+        def keep(index: int, doc: Document):
+            finished[index] = doc
+            if on_document:
+                on_document(index, doc)
+
+        self.run(requests, on_document=keep, on_progress=on_progress, should_stop=should_stop,
+                 slots=max(self.slots, len(requests)))
+        return [finished[i] for i in range(len(requests)) if i in finished]
+
+    @torch.no_grad()
+    def run(self, requests: Iterable[DocumentRequest], on_document: Callable[[int, Document], None],
+            on_progress: Callable[[str, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
+            on_failure: Callable[[int, Exception], None] | None = None,
+            on_stats: Callable[[EngineStats], None] | None = None, slots: int | None = None) -> EngineStats:
+        """Stream `requests` through the slot pool; each document goes to on_document(index, doc) the moment it
+        is finished (index: its place among the requests taken). A request that cannot run (a bad parameter)
+        goes to on_failure(index, error) if given, else raises. A request whose should_stop() says so is dropped
+        (on_progress("dropped", index)). should_stop() of the run raises GenerationCancelled. `requests` may
+        yield NOTHING_YET (a live queue, empty now): the run goes on with what it has and asks again; it ends
+        when the source is exhausted and every document has ended."""
+        slots = slots or self.slots
+        progress = on_progress or (lambda kind, index: None)
+        max_positions = self.model.max_positions
+        kv_tokens = _whole_pages(self.kv_tokens or slots * max_positions)  # the scheduler counts what the pool holds
+        scheduler = Scheduler(slots, kv_tokens, self.prefill_chunk, self.step_tokens, self.schedule)
+        executor = self._executor(kv_tokens)
+        stats = self.stats = EngineStats(slots=slots)
+        docs: dict[int, _Doc] = {}
+        source = iter(requests)
+        taken = 0
+
+        def take():
+            nonlocal taken
+            request = next(source, None)
+            if request is None or request is NOTHING_YET:
+                return request
+            taken += 1
+            return taken - 1, request
+
+        waiting = take()  # the next request not yet admitted (None: no more; NOTHING_YET: none now)
 
         def check_cancel():
             if should_stop and should_stop():
                 raise GenerationCancelled("generation cancelled")
 
-        # 2. encode prompts (text, input images, or caption + dream block)
-        rows = []
-        for i, request in enumerate(requests):
-            row = _Row(index=i, request=request, text_gen=torch.Generator("cpu").manual_seed(request.params.seed))
-            row.segment, row.dreaming = self.encode_prompt(request), request.image_only
-            rows.append(row)
-        finished: dict[int, Document] = {}
-
-        # 3. prefill, then 4. decode until every document stops
-        self._past, self._mask = None, None
-        active = rows
-        while active:
+        while True:
             check_cancel()
-            self._forward(active)
-            waiting = [r for r in active if r.dreaming]
-            if waiting and self._time_to_paint(active, waiting):
-                self._paint_dreams(waiting, check_cancel, on_progress)
-            writing = []
-            for row in active:
-                if row.dreaming or row.stop_reason:
+            # 1. admit
+            while waiting is not None and waiting is not NOTHING_YET and scheduler.can_admit_any():
+                index, request = waiting
+                try:
+                    self.check_request(request, index)
+                    feed = self.encoder.prompt(request)
+                except DreamgenError as e:
+                    if on_failure is None:
+                        raise
+                    on_failure(index, e)
+                    waiting = take()
                     continue
-                if row.forced is not None:
-                    row.segment, row.forced = row.forced, None
-                else:
-                    writing.append(row)
-            self._next_segments(writing)
-            still = []
-            for pos, row in enumerate(active):
-                if row.stop_reason:
-                    self._flush_text(row)
-                    finished[row.index] = doc = self._document(row, time.perf_counter() - started, len(requests))
-                    if on_progress:
-                        on_progress("document", row.index)
-                    if on_document:
-                        on_document(row.index, doc)
-                else:
-                    still.append(pos)
-            if len(still) < len(active):
-                self._select_rows(still)
-            active = [active[p] for p in still]
-            self._maybe_compact()
+                reserve = _whole_pages(min(max_positions, feed.shape[0] + self._growth(request)))
+                if not scheduler.can_admit(reserve):
+                    break
+                seq = scheduler.admit(index, reserve, feed.shape[0])
+                executor.open(seq.slot, reserve)
+                docs[index] = _Doc(index, request, seq, torch.Generator("cpu").manual_seed(request.params.seed),
+                                   feed, then="dream" if request.image_only else "sample")
+                waiting = take()
+            if self.schedule == "lockstep":
+                scheduler.close_admission()
+            stats.busy = scheduler.busy
+            if waiting is NOTHING_YET:
+                waiting = take()  # the source waits a little itself when the pool is idle
+            if not scheduler.live:
+                if waiting is None:
+                    break
+                continue
+            for doc in [docs[s.index] for s in scheduler.live]:
+                if doc.request.should_stop and doc.request.should_stop():
+                    self._release(doc, scheduler, executor, docs)
+                    progress("dropped", doc.index)
+            if not scheduler.live:
+                continue
 
-        # 5. documents, in request order
-        return [finished[i] for i in range(len(requests))]
+            # 2. plan, 3. paint
+            plan = scheduler.plan(more_waiting=waiting is not None and waiting is not NOTHING_YET)
+            if plan.paint:
+                self._paint([docs[s.index] for s in plan.paint], scheduler, check_cancel, progress)
+            scheduler.waited()
+            stats.steps += 1
+            stats.busy = scheduler.busy
+            stats.slot_steps += scheduler.busy
+            if waiting is not None and waiting is not NOTHING_YET:
+                stats.full_steps += 1
+                stats.full_slot_steps += scheduler.busy
+
+            # 4. forward, 5. sample
+            if plan.runs:
+                self._step([(docs[s.index], n) for s, n in plan.runs], scheduler, executor)
+
+            # 6. finish
+            for seq in list(scheduler.live):
+                doc = docs[seq.index]
+                if doc.stop_reason:
+                    self._flush_text(doc)
+                    document = self._document(doc, slots)
+                    self._release(doc, scheduler, executor, docs)
+                    stats.documents += 1
+                    progress("document", doc.index)
+                    on_document(doc.index, document)
+            stats.kv = getattr(executor, "kv_stats", None)
+            if on_stats:
+                on_stats(stats)
+        return stats
 
     def check_request(self, request: DocumentRequest, index: int = 0) -> None:
-        where = f"request {index}" + (f" ({request.id})" if request.id else "")
-        if not isinstance(request.prompt, str) or not request.prompt.strip():
-            raise ParamsError(f"{where}: prompt is empty")
-        size = request.params.image_size
-        factor = self.model.head.vae_scale_factor
-        if size is not None and size % factor:
-            raise ParamsError(f"{where}: image_size={size} is not a multiple of the VAE factor {factor}")
-        placeholders = request.prompt.count(IMAGE_PLACEHOLDER)
-        if placeholders and placeholders != len(request.images):
-            raise ParamsError(f"{where}: the prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) "
-                              f"but {len(request.images)} input image(s)")
-        if request.image_only and request.images:
-            raise ParamsError(f"{where}: image_only takes a caption, not input images")
+        self.encoder.check(request, index)
 
-    # ------------------------------------------------------------------------------------------ prompts
-    def _tokens(self, text: str) -> list[int]:
-        # split_special_tokens: a prompt that spells "<dream_start>" must not become the control token.
-        return self.model.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+    # ------------------------------------------------------------------------------------------ the pool
+    def _executor(self, kv_tokens: int) -> Executor:
+        if isinstance(self.components, TorchComponents):
+            return PagedExecutor(self.model, kv_tokens)
+        return ComponentsExecutor(self.components, self.encoder.embed([self.special.pad])[0])
 
-    def _embed(self, ids: list[int]) -> torch.Tensor:
-        return self.model.embed_tokens(torch.tensor(ids, device=self.model.device))  # (T, H)
-
-    def dream_block_embeddings(self) -> torch.Tensor:
-        """`<dream_start>` + the learned queries + `<dream_end>`: (Q + 2, H)."""
-        s = self.special
-        ends = self._embed([s.dream_start, s.dream_end])
-        return torch.cat([ends[:1], self.model.query_embeddings(1)[0], ends[1:]])
-
-    def image_block_embeddings(self, features: torch.Tensor) -> torch.Tensor:
-        """`<im_start>` + image features (P, H) + `<im_end>`: (P + 2, H)."""
-        ends = self._embed([self.special.im_start, self.special.im_end])
-        return torch.cat([ends[:1], features.to(ends.dtype), ends[1:]])
-
-    def render_instruction(self, request: DocumentRequest) -> str:
-        instruction = render(request.params.template, request.prompt)
-        if request.images and IMAGE_PLACEHOLDER not in instruction:
-            instruction = (IMAGE_PLACEHOLDER + "\n") * len(request.images) + instruction
-        return chat_text(request.params.chat, instruction)
-
-    def encode_prompt(self, request: DocumentRequest) -> torch.Tensor:
-        """The context embeddings of one request, (T, H), image blocks in place of placeholders."""
-        bos = [self.special.bos]
+    def _growth(self, request: DocumentRequest) -> int:
+        """Positions a document may add after its prompt: every token it may write, and every picture."""
         if request.image_only:
-            return torch.cat([self._embed(bos + self._tokens(request.prompt)), self.dream_block_embeddings()])
-        pieces = self.render_instruction(request).split(IMAGE_PLACEHOLDER)
-        features = []
-        if request.images:
-            features = self.read_images([pil_to_tensor(im).to(self.model.device) for im in request.images])
-        parts = [self._embed(bos + self._tokens(pieces[0]))]
-        for feats, piece in zip(features, pieces[1:]):
-            parts.append(self.image_block_embeddings(feats))
-            ids = self._tokens(piece)
-            if ids:
-                parts.append(self._embed(ids))
-        return torch.cat(parts)
-
-    # ------------------------------------------------------------------------------------------ the LLM
-    def _forward(self, rows: list[_Row]) -> None:
-        """Feed every row its segment, right-aligned in one left-padded batch of segments; keep last logits and dream states.
-        A row waiting for its picture feeds nothing (masked pads only)."""
-        lengths = [0 if r.segment is None else r.segment.shape[0] for r in rows]
-        T, B = max(lengths), len(rows)
-        if T == 0:
-            return
-        pad = self._embed([self.special.pad])[0]
-        embeds = pad.expand(B, T, -1).clone()
-        segment_mask = torch.zeros(B, T, dtype=torch.long, device=self.model.device)
-        positions = torch.zeros(B, T, dtype=torch.long, device=self.model.device)
-        for i, (row, n) in enumerate(zip(rows, lengths)):
-            if n == 0:
-                continue
-            embeds[i, T - n:] = row.segment
-            segment_mask[i, T - n:] = 1
-            positions[i, T - n:] = torch.arange(row.real_len, row.real_len + n)
-            row.real_len += n
-        mask = segment_mask if self._mask is None else torch.cat([self._mask, segment_mask], dim=1)
-        logits, hidden, self._past = self.components.lm_step(embeds, mask, positions, self._past)
-        self._mask = mask
-        q = self.special.num_dream_queries
-        for i, (row, n) in enumerate(zip(rows, lengths)):
-            if n == 0:
-                row.waited += 1
-                continue
-            row.segment = None
-            row.logits = logits[i]
-            if row.dreaming:
-                # the queries sit just before `<dream_end>`, the last position of the segment
-                row.query_states = hidden[i, T - 1 - q:T - 1]  # (Q, H)
+            return 0
+        p = request.params
+        return p.max_new_tokens + p.max_images * (self.special.image_cost - 1)
 
     @staticmethod
-    def _time_to_paint(active: list[_Row], waiting: list[_Row]) -> bool:
-        """Paint now, or let the waiting documents wait while the others write? The result is the same either
-        way (a picture depends on its own condition and seed); only the UNet batch size changes."""
-        nobody_else = len(waiting) == sum(1 for r in active if not r.stop_reason)
-        return nobody_else or max(r.waited for r in waiting) >= PAINT_GATHER_STEPS
+    def _release(doc: _Doc, scheduler: Scheduler, executor: Executor, docs: dict) -> None:
+        executor.close(doc.seq.slot)
+        scheduler.finish(doc.seq)
+        del docs[doc.index]
 
-    def _next_segments(self, rows: list[_Row]) -> None:
-        """Sample each row's next token (all rows in one call) and decide what it feeds next, or that it stops."""
+    # ------------------------------------------------------------------------------------------ one step
+    def _step(self, runs: list[tuple[_Doc, int]], scheduler: Scheduler, executor: Executor) -> None:
+        """Feed every run, then sample for each document whose feed is done (all in one call)."""
+        embeds = torch.cat([doc.feed[doc.seq.fed:doc.seq.fed + n] for doc, n in runs])
+        lm_runs = [Run(doc.seq.slot, doc.seq.length, n) for doc, n in runs]
+        completes = [doc.seq.pending == n for doc, n in runs]
+        samplers = [i for i, (doc, _) in enumerate(runs) if completes[i] and doc.then == "sample"]
+        hidden, logits = executor.forward(embeds, lm_runs, samplers)
+        self.stats.tokens += embeds.shape[0]
+        q, at = self.special.num_dream_queries, 0
+        for (doc, n), done in zip(runs, completes):
+            if doc.then == "dream":  # the queries sit just before `<dream_end>`, the feed's last position
+                first = doc.feed.shape[0] - 1 - q  # feed offset of the first query
+                for offset in range(max(first, doc.seq.fed), min(first + q, doc.seq.fed + n)):
+                    if doc.query_states is None:
+                        doc.query_states = hidden.new_empty(q, hidden.shape[1])
+                    doc.query_states[offset - first] = hidden[at + offset - doc.seq.fed]
+            scheduler.fed(doc.seq, n)
+            if done and doc.then == "dream":
+                scheduler.dream(doc.seq)
+            at += n
+        if samplers:
+            self._sample([runs[i][0] for i in samplers], logits, scheduler)
+
+    def _sample(self, docs: list[_Doc], logits: torch.Tensor, scheduler: Scheduler) -> None:
         s = self.special
-        for row in rows:
-            if row.new_tokens >= row.params.max_new_tokens:
-                row.stop_reason = "max_new_tokens"
-        rows = [r for r in rows if not r.stop_reason]
-        if not rows:
-            return
-        logits = torch.stack([r.logits for r in rows])  # (R, V), a copy: masking leaves the step's logits alone
-        if len(self._banned):
-            logits[:, self._banned.to(logits.device)] = float("-inf")
-        for k, row in enumerate(rows):
-            room_for_image = row.real_len + 1 + s.image_cost + 1 <= self.model.max_positions
-            if row.images_done >= row.params.max_images or not room_for_image:
-                logits[k, s.dream_start] = float("-inf")
-        tokens = sample_tokens(logits, [r.params for r in rows], [r.text_gen for r in rows])
-        writers = []
-        for row, token in zip(rows, tokens):
-            row.new_tokens += 1
-            if token == s.eos:
-                row.stop_reason = "eos"
-            elif token == s.dream_start:
-                self._flush_text(row)
-                row.segment, row.dreaming = self.dream_block_embeddings(), True
+        keep = []
+        for k, doc in enumerate(docs):
+            if doc.new_tokens >= doc.params.max_new_tokens:
+                doc.stop_reason = "max_new_tokens"
             else:
-                row.text_ids.append(token)
-                if row.real_len + 1 > self.model.max_positions:
-                    row.stop_reason = "context_full"
+                keep.append(k)
+        docs, logits = [docs[k] for k in keep], logits[keep]
+        if not docs:
+            return
+        if len(self.encoder.banned):
+            logits[:, self.encoder.banned.to(logits.device)] = float("-inf")
+        for k, doc in enumerate(docs):
+            room_for_image = doc.seq.length + 1 + s.image_cost + 1 <= self.model.max_positions
+            if doc.images_done >= doc.params.max_images or not room_for_image:
+                logits[k, s.dream_start] = float("-inf")
+        tokens = sample_tokens(logits, [d.params for d in docs], [d.text_gen for d in docs])
+        self.stats.new_tokens += len(tokens)
+        writers = []
+        for doc, token in zip(docs, tokens):
+            doc.new_tokens += 1
+            if token == s.eos:
+                doc.stop_reason = "eos"
+            elif token == s.dream_start:
+                self._flush_text(doc)
+                doc.feed, doc.then, doc.query_states = self.encoder.dream_block(), "dream", None
+                scheduler.feed(doc.seq, doc.feed.shape[0])
+            else:
+                doc.text_ids.append(token)
+                if doc.seq.length + 1 > self.model.max_positions:
+                    doc.stop_reason = "context_full"
                 else:
-                    writers.append((row, token))
+                    writers.append((doc, token))
         if writers:
-            embeds = self._embed([token for _, token in writers])  # one lookup for the whole batch
-            for k, (row, _) in enumerate(writers):
-                row.segment = embeds[k:k + 1]
+            embeds = self.encoder.embed([token for _, token in writers])  # one lookup for the whole batch
+            for k, (doc, _) in enumerate(writers):
+                doc.feed, doc.then = embeds[k:k + 1], "sample"
+                scheduler.feed(doc.seq, 1)
 
-    def _flush_text(self, row: _Row) -> None:
-        if row.text_ids:
-            text = self.model.tokenizer.decode(row.text_ids, skip_special_tokens=True)
+    def _flush_text(self, doc: _Doc) -> None:
+        if doc.text_ids:
+            text = self.model.tokenizer.decode(doc.text_ids, skip_special_tokens=True)
             if text.strip():
-                row.blocks.append(TextBlock(text))
-            row.text_ids = []
+                doc.blocks.append(TextBlock(text))
+            doc.text_ids = []
 
     # ------------------------------------------------------------------------------------------ pictures
-    def unconditional(self, negative_prompt: str = "") -> torch.Tensor:
-        """The guidance condition: the queries after `<s>` alone (or `<s>` + a negative prompt). Prompt-independent,
-        so computed once per negative prompt and cached. (Q, cross_dim)."""
-        if negative_prompt not in self._uncond_cache:
-            embeds = torch.cat([self._embed([self.special.bos] + self._tokens(negative_prompt)),
-                                self.dream_block_embeddings()])[None]
-            n = embeds.shape[1]
-            mask = torch.ones(1, n, dtype=torch.long, device=embeds.device)
-            positions = torch.arange(n, device=embeds.device)[None]
-            _, hidden, _ = self.components.lm_step(embeds, mask, positions, None)
-            q = self.special.num_dream_queries
-            self._uncond_cache[negative_prompt] = self.model.condition(hidden[0, n - 1 - q:n - 1])
-        return self._uncond_cache[negative_prompt]
-
-    def _paint_dreams(self, dreamers: list[_Row], check_cancel, on_progress) -> None:
-        conds = self.model.condition(torch.stack([r.query_states for r in dreamers]))  # (N, Q, cross_dim)
+    def _paint(self, dreamers: list[_Doc], scheduler: Scheduler, check_cancel, progress) -> None:
+        conds = self.model.condition(torch.stack([d.query_states for d in dreamers]))  # (N, Q, cross_dim)
         default_size = self.model.head.default_image_size
         requests = []
-        for row, cond in zip(dreamers, conds):
-            p = row.params
+        for doc, cond in zip(dreamers, conds):
+            p = doc.params
             size = p.image_size or default_size
-            requests.append(ImageRequest(cond=cond, uncond=self.unconditional(p.negative_prompt),
-                                 seed=image_seed(p.seed, row.images_done), steps=p.steps, guidance=p.guidance,
-                                 scheduler=p.scheduler, height=size, width=size))
+            requests.append(ImageRequest(cond=cond, uncond=self.painter.unconditional(p.negative_prompt),
+                                         seed=image_seed(p.seed, doc.images_done), steps=p.steps,
+                                         guidance=p.guidance, scheduler=p.scheduler, height=size, width=size))
         # Feed back the picture as stored (8-bit), so a resumed or re-read document sees the same pixels.
-        images = [(image * 255).round() / 255 for image in self.paint(requests, check_cancel)]
-        readers = [k for k, r in enumerate(dreamers) if not r.request.image_only]
-        features = dict(zip(readers, self.read_images([images[k] for k in readers])))
-        for k, (row, request) in enumerate(zip(dreamers, requests)):
-            row.dreaming, row.waited = False, 0
-            row.blocks.append(ImageBlock(index=row.images_done, width=request.width, height=request.height, seed=request.seed,
-                                         image=tensor_to_pil(images[k])))
-            if on_progress:
-                on_progress("image", row.index)
-            if row.request.image_only:
-                row.stop_reason = "image_only"
-            else:
-                row.forced = self.image_block_embeddings(features[k])
-                if row.real_len + row.forced.shape[0] > self.model.max_positions:
-                    row.forced, row.stop_reason = None, "context_full"
-
-    def read_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Image-block features (P, H) of pictures (3, h, w) in [0, 1], encoded in one batch per size."""
-        features: list[torch.Tensor | None] = [None] * len(images)
-        by_size: dict[tuple, list[int]] = {}
-        for i, image in enumerate(images):
-            by_size.setdefault(tuple(image.shape), []).append(i)
-        for indices in by_size.values():
-            encoded = self.components.encode_images(torch.stack([images[i] for i in indices]))
-            for i, f in zip(indices, encoded):
-                features[i] = f
-        return features
-
-    def paint(self, requests: list[ImageRequest], check_cancel=None) -> list[torch.Tensor]:
-        """Denoise every picture, batching those that share timesteps and size; returns (3, H, W) images in [0, 1]."""
-        head = self.model.head
-        results: list[torch.Tensor | None] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
-        for i, request in enumerate(requests):
-            groups.setdefault(group_key(request), []).append(i)
-        for indices in groups.values():
-            images = denoise_group([requests[i] for i in indices], self.components.unet, self.components.vae_decode,
-                                   head.scheduler_config, head.unet.config.in_channels, head.vae_scale_factor,
-                                   self.model.device, self.model.dtype, check_cancel)
-            for i, image in zip(indices, images):
-                results[i] = image
-        return results
-
-    # ------------------------------------------------------------------------------------------ the KV cache
-    def _select_rows(self, keep: list[int]) -> None:
-        idx = torch.tensor(keep, dtype=torch.long, device=self.model.device)
-        self._past = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._past]
-        self._mask = self._mask.index_select(0, idx)
-
-    def _maybe_compact(self) -> None:
-        """Drop the holes other documents' blocks left in each row, once they are half the cache.
-        Keys are stored after RoPE, so moving them keeps every attention score the same."""
-        if self._mask is None or self._mask.shape[0] == 0 or self._mask.shape[1] < COMPACT_MIN_LEN:
-            return
-        real = self._mask.sum(dim=1)
-        length = int(real.max())
-        if length * 2 > self._mask.shape[1]:
-            return
-        B = self._mask.shape[0]
-        index = torch.zeros(B, length, dtype=torch.long, device=self._mask.device)
-        mask = torch.zeros(B, length, dtype=self._mask.dtype, device=self._mask.device)
-        for b in range(B):
-            kept = torch.nonzero(self._mask[b], as_tuple=False)[:, 0]
-            index[b, length - len(kept):] = kept
-            mask[b, length - len(kept):] = 1
-        self._past = [(self._gather(k, index), self._gather(v, index)) for k, v in self._past]
-        self._mask = mask
-
-    @staticmethod
-    def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        b, h, _, d = x.shape
-        return torch.gather(x, 2, index[:, None, :, None].expand(b, h, index.shape[1], d))
+        images = [(image * 255).round() / 255 for image in self.painter.paint(requests, check_cancel)]
+        readers = [k for k, d in enumerate(dreamers) if not d.request.image_only]
+        features = dict(zip(readers, self.encoder.read_images([images[k] for k in readers])))
+        for k, (doc, request) in enumerate(zip(dreamers, requests)):
+            doc.blocks.append(ImageBlock(index=doc.images_done, width=request.width, height=request.height,
+                                         seed=request.seed, image=tensor_to_pil(images[k])))
+            self.stats.pictures += 1
+            progress("image", doc.index)
+            if doc.request.image_only:
+                doc.stop_reason = "image_only"
+                continue
+            block = self.encoder.image_block(features[k])
+            if doc.seq.length + block.shape[0] > self.model.max_positions:
+                doc.stop_reason = "context_full"
+                continue
+            doc.feed, doc.then = block, "sample"
+            scheduler.feed(doc.seq, block.shape[0])
+        for doc in dreamers:
+            if doc.stop_reason:
+                doc.seq.state = State.FEEDING  # nothing to feed; it finishes at the end of this step
 
     # ------------------------------------------------------------------------------------------ results
-    def _document(self, row: _Row, elapsed: float, batch_size: int) -> Document:
-        request = row.request
+    def _document(self, doc: _Doc, slots: int) -> Document:
+        request = doc.request
         return Document(
-            id=request.id or f"doc-{row.index}", prompt=request.prompt, model=self.model.info.name,
-            params=request.params.to_dict(), blocks=row.blocks, title=request.title, stop_reason=row.stop_reason,
-            timings={"seconds": round(elapsed, 4), "batch_size": batch_size, "new_tokens": row.new_tokens,
-                     "images": row.images_done, "backend": self.components.name})
+            id=request.id or f"doc-{doc.index}", prompt=request.prompt, model=self.model.info.name,
+            params=request.params.to_dict(), blocks=doc.blocks, title=request.title, stop_reason=doc.stop_reason,
+            timings={"seconds": round(time.perf_counter() - doc.started, 4), "slots": slots,
+                     "new_tokens": doc.new_tokens, "images": doc.images_done, "backend": self.components.name})
+
+    # ------------------------------------------------------------------------------------------ helpers kept for
+    # callers that build prompts or pictures by hand (tests, the naive baseline of the bench)
+    def _tokens(self, text: str) -> list[int]:
+        return self.encoder.tokens(text)
+
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        return self.encoder.embed(ids)
+
+    def encode_prompt(self, request: DocumentRequest) -> torch.Tensor:
+        return self.encoder.prompt(request)
+
+    def render_instruction(self, request: DocumentRequest) -> str:
+        return self.encoder.instruction(request)
+
+    def read_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.encoder.read_images(images)
+
+    def unconditional(self, negative_prompt: str = "") -> torch.Tensor:
+        return self.painter.unconditional(negative_prompt)

@@ -1,5 +1,5 @@
 """Running a job in this process: prompt file in, stored documents out. The embedded runner and the Celery chunk
-tasks both call `generate_batch`, so one code path writes every document whichever way the job runs.
+tasks both call `generate_documents`, so one code path writes every document whichever way the job runs.
 
     check the whole prompt file (spec.check_job)  ->  load the model  ->  job.json  ->  batches of `batch_size`
     documents not yet done  ->  Generator (lockstep)  ->  each document stored as it finishes  ->  manifest, index
@@ -12,7 +12,7 @@ import io
 import itertools
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from PIL import Image
 
@@ -21,20 +21,22 @@ from exporters import FORMATS
 from ..clock import utc_now
 from ..document import Document
 from ..errors import GenerationCancelled, JobInterrupted, StorageError
-from ..generation.generator import DocumentRequest, Generator
+from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec, iter_prompt_file
 from .output import JobOutput, open_job_output
-from .spec import JobConfig, JobSummary, batched, check_job, record_running
+from .spec import JobConfig, JobSummary, WorkItem, check_job, record_running
 from .storage import open_storage
 
 log = logging.getLogger(__name__)
 
-EventCallback = Callable[[str, dict], None]  # ("document", {...}) | ("failed", {...}) | ("image", {...})
+# ("start" | "loading" | "slots" | "document" | "failed" | "image" | "stats", {...})
+EventCallback = Callable[[str, dict], None]
+STATS_EVERY_S = 0.5  # how often "stats" events (tokens/s, slots busy) are sent
 
 
-# -------------------------------------------------------------------------------------------- one batch
+# -------------------------------------------------------------------------------------------- documents
 def load_input_image(location: str, endpoint_url: str | None = None) -> Image.Image:
     if location.startswith("s3://"):
         bucket, _, key = location[len("s3://"):].partition("/")
@@ -44,57 +46,112 @@ def load_input_image(location: str, endpoint_url: str | None = None) -> Image.Im
         return image.convert("RGB")
 
 
-def generate_batch(generator: Generator, output: JobOutput, specs: list[PromptSpec], formats=FORMATS,
-                   self_contained: bool = False, endpoint_url: str | None = None,
-                   on_event: EventCallback | None = None, should_stop: Callable[[], bool] | None = None) -> list[dict]:
-    """Generate and store `specs` in lockstep; each document is stored the moment it finishes. A document that
-    fails is recorded in the job's errors and the others go on. Returns one {id, status, error} per spec."""
-    emit = on_event or (lambda kind, info: None)
-    results: dict[str, dict] = {}
+def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], bool] | None = None,
+              slots: int | None = None, on_stats: Callable | None = None) -> None:
+    """Stream WorkItems through the generator's slot pool, in order; `items` may yield NOTHING_YET (a live
+    queue with nothing in it now). If a step fails, the documents then in flight are run one by one (so one
+    bad document does not sink the others) and the stream goes on."""
+    pulled: dict[int, WorkItem] = {}  # index in this run -> item: taken by the generator, not yet ended
 
-    def fail(spec: PromptSpec, error: BaseException | str, message: str | None = None):
-        entry = output.record_error(spec.id, spec.custom_id, error, message)
-        results[spec.id] = {"id": spec.id, "status": "failed", "error": f"{entry['error']}: {entry['message']}"}
-        emit("failed", {"id": spec.id, "error": results[spec.id]["error"]})
-
-    requests, runnable = [], []
-    for spec in specs:
-        try:
-            images = [load_input_image(loc, endpoint_url) for loc in spec.images]
-        except (OSError, StorageError) as e:
-            fail(spec, e, f"input image: {e}")
-            continue
-        requests.append(DocumentRequest(prompt=spec.prompt, params=spec.params, id=spec.id, title=spec.title,
-                                        images=images))
-        runnable.append(spec)
-
-    def store(index: int, doc):
-        spec = runnable[index]
-        doc.custom_id = spec.custom_id
-        output.save_document(doc, formats, self_contained)
-        results[spec.id] = {"id": spec.id, "status": "done", "error": None}
-        emit("document", {"id": spec.id, "images": len(doc.images)})
+    def requests(source) -> Iterator:
+        index = 0  # the generator numbers requests in the order it takes them
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                return
+            except Exception as e:  # the source itself failed (a prompt file changed under the job): not a step
+                raise _SourceFailed(e) from e
+            if item is NOTHING_YET:
+                yield item
+                continue
+            if item.stop and item.stop():
+                item.dropped()
+                continue
+            spec = item.spec
+            try:
+                images = [load_input_image(loc, item.endpoint_url) for loc in spec.images]
+            except (OSError, StorageError) as e:
+                item.fail(e, f"input image: {e}")
+                continue
+            pulled[index] = item
+            index += 1
+            yield DocumentRequest(prompt=spec.prompt, params=spec.params, id=spec.id, title=spec.title,
+                                  images=images, should_stop=item.stop)
 
     def progress(kind: str, index: int):
         if kind == "image":
-            emit("image", {"id": runnable[index].id})
+            pulled[index].image()
+        elif kind == "dropped":
+            pulled.pop(index).dropped()
 
-    try:
-        generator.generate(requests, on_progress=progress, should_stop=should_stop, on_document=store)
-    except (GenerationCancelled, KeyboardInterrupt):
-        raise
-    except Exception as e:  # one bad document must not sink its batch: find it by running each alone
-        log.warning("batch of %d failed (%s: %s); retrying its documents one by one", len(requests), type(e).__name__, e)
-        for index, (spec, req) in enumerate(zip(runnable, requests)):
-            if spec.id in results:
-                continue
-            try:
-                generator.generate([req], should_stop=should_stop, on_document=lambda _, doc, i=index: store(i, doc))
-            except (GenerationCancelled, KeyboardInterrupt):
-                raise
-            except Exception as e_one:
-                fail(spec, e_one)
-    return [results[s.id] for s in specs if s.id in results]
+    source = iter(items)
+    while True:
+        pulled.clear()
+        try:
+            generator.run(requests(source), on_document=lambda index, doc: pulled.pop(index).done(doc),
+                          on_progress=progress, should_stop=should_stop, on_stats=on_stats, slots=slots,
+                          on_failure=lambda index, e: pulled.pop(index).fail(e, None))
+            return
+        except _SourceFailed as e:
+            raise e.error from None
+        except (GenerationCancelled, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            log.warning("a step failed (%s: %s); running the %d documents in flight one by one, then going on",
+                        type(e).__name__, e, len(pulled))
+            for item in list(pulled.values()):
+                try:
+                    generator.run(requests(iter([item])), on_document=lambda _, doc, item=item: item.done(doc),
+                                  should_stop=should_stop, slots=1)
+                except (GenerationCancelled, KeyboardInterrupt):
+                    raise
+                except Exception as e_one:
+                    item.fail(e_one, None)
+
+
+class _SourceFailed(Exception):
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[PromptSpec], formats=FORMATS,
+                       self_contained: bool = False, endpoint_url: str | None = None,
+                       on_event: EventCallback | None = None, should_stop: Callable[[], bool] | None = None,
+                       slots: int | None = None) -> list[dict]:
+    """Generate `specs` of one job and store each document the moment it finishes; a document that fails is
+    recorded in the job's errors and the others go on. Returns one {id, status, error} per spec that ended."""
+    emit = on_event or (lambda kind, info: None)
+    results: dict[str, dict] = {}
+
+    def item(spec: PromptSpec) -> WorkItem:
+        def done(doc):
+            doc.custom_id = spec.custom_id
+            output.save_document(doc, formats, self_contained)
+            results[spec.id] = {"id": spec.id, "status": "done", "error": None}
+            emit("document", {"id": spec.id, "images": len(doc.images)})
+
+        def fail(error, message=None):
+            entry = output.record_error(spec.id, spec.custom_id, error, message)
+            results[spec.id] = {"id": spec.id, "status": "failed", "error": f"{entry['error']}: {entry['message']}"}
+            emit("failed", {"id": spec.id, "error": results[spec.id]["error"]})
+
+        return WorkItem(spec, done, fail, image=lambda: emit("image", {"id": spec.id}), endpoint_url=endpoint_url)
+
+    last = [0.0]
+
+    def stats(engine):
+        if time.perf_counter() - last[0] >= STATS_EVERY_S:
+            last[0] = time.perf_counter()
+            emit("stats", stats_event(engine))
+
+    run_items(generator, (item(spec) for spec in specs), should_stop, slots, stats)
+    return list(results.values())
+
+
+def stats_event(engine) -> dict:
+    return {"busy": engine.busy, "slots": engine.slots, "pictures": engine.pictures,
+            "tokens_per_s": engine.new_tokens / max(engine.seconds, 1e-9)}
 
 
 def run_job(config: JobConfig, on_event: EventCallback | None = None,
@@ -105,21 +162,23 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     started = time.perf_counter()
     output, total = check_job(config)
     done_before = output.done_ids()
-    pending = batched((s for s in iter_prompt_file(config.prompts, config.defaults, config.model)
-                       if s.id not in done_before), config.batch_size)
+    pending = (s for s in iter_prompt_file(config.prompts, config.defaults, config.model) if s.id not in done_before)
     emit = on_event or (lambda kind, info: None)
     emit("start", {"job_id": config.job_id, "total": total, "skipped": len(done_before)})
     first = next(pending, None)
-    generator = None
     if first is not None:  # load the model only when there is something to do, and before writing anything:
         emit("loading", {"model": config.model})  # a bad --model leaves no job behind
         generator = (make_generator or job_generator)(config)
+        generator.schedule = config.schedule
+        slots = config.slots or generator.slots
+        emit("slots", {"slots": slots, "schedule": config.schedule, "default": config.slots is None,
+                       "device": str(generator.model.device)})
     record_running(output, config, total)
     status = "finished"
     try:
-        for batch in itertools.chain([first] if first is not None else [], pending):
-            generate_batch(generator, output, batch, config.formats, config.self_contained, config.endpoint_url,
-                           on_event, should_stop)
+        if first is not None:
+            generate_documents(generator, output, itertools.chain([first], pending), config.formats,
+                               config.self_contained, config.endpoint_url, on_event, should_stop, slots=slots)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
     record = {**(output.read_job() or config.record()), "status": status, "finished": utc_now()}

@@ -7,15 +7,17 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from exporters import FORMATS, parse_formats
 
 from .. import settings
 from ..clock import utc_now
+from ..document import Document
 from ..errors import DreamgenError, JobNotFound
+from ..generation.scheduler import SCHEDULES
 from ..ids import check_job_id, new_job_id
-from ..prompts.files import validate_prompt_file
+from ..prompts.files import PromptSpec, validate_prompt_file
 from .output import JobOutput
 from .storage import open_storage
 
@@ -37,6 +39,8 @@ class JobConfig:
     dtype: str = settings.DTYPE.default
     device: str = settings.DEVICE.default
     backend: str = settings.BACKEND.default
+    slots: int | None = None  # documents in flight in `dreamgen run` (None: the device's default)
+    schedule: str = "continuous"  # or "lockstep": fixed batches of `slots`, the way before continuous batching
 
     def __post_init__(self):
         self.prompts = str(Path(self.prompts).expanduser().resolve())  # so a resume works from anywhere
@@ -45,6 +49,10 @@ class JobConfig:
             raise DreamgenError(f"batch size {self.batch_size!r} must be a positive integer")
         if self.job_id is not None:
             check_job_id(self.job_id)
+        if self.slots is not None and (not isinstance(self.slots, int) or self.slots < 1):
+            raise DreamgenError(f"slots {self.slots!r} must be a positive integer")
+        if self.schedule not in SCHEDULES:
+            raise DreamgenError(f"schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
 
     def record(self, **extra) -> dict:
         """The job as job.json holds it."""
@@ -114,3 +122,16 @@ def stored_config(job_id: str, out: str, endpoint_url: str | None = None, **over
     if record is None:
         raise JobNotFound(f"no job {job_id} in {out} (no {output.url_for('job.json')})")
     return JobConfig.from_record({**record, "out": out, "job_id": job_id, "endpoint_url": endpoint_url}, **overrides)
+
+
+@dataclass
+class WorkItem:
+    """One document to generate and what to do as it ends: the generator's side of one PromptSpec."""
+
+    spec: PromptSpec
+    done: Callable[[Document], None]  # store it
+    fail: Callable[[BaseException | str, str | None], None]  # record why it could not be made
+    stop: Callable[[], bool] | None = None  # polled between steps: True drops it (its chunk was cancelled)
+    dropped: Callable[[], None] = lambda: None
+    image: Callable[[], None] = lambda: None  # one of its pictures is painted
+    endpoint_url: str | None = None  # of its input pictures on S3

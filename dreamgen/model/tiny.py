@@ -11,6 +11,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from .dreamllm import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
+from .sizes import SIZES, SMALL_SIZES, TINY_SIZES  # noqa: F401 (the sizes live there, light)
 from .special_tokens import SpecialTokens
 from .tokenizer import build_tokenizer
 
@@ -34,13 +35,6 @@ it its they them their we our you your he she his her one two three four five si
 next then finally because however also very more most many much some any every each other new old good great
 time year day people world life work place home school water food light color shape sun moon tree flower house
 """.split("\n")
-
-TINY_SIZES = dict(hidden=64, layers=2, heads=4, queries=8, clip_hidden=32, clip_image=32, clip_patch=8,
-                  cross_dim=32, latent=8, max_positions=1024, unet_blocks=(32, 64))
-# Sized so compute dominates (the benchmarks' "small" configuration); same classes, same structure.
-SMALL_SIZES = dict(hidden=512, layers=8, heads=8, queries=16, clip_hidden=128, clip_image=64, clip_patch=8,
-                   cross_dim=256, latent=64, max_positions=2048, unet_blocks=(64, 128))
-
 
 def _shape_output_head(llm: LlamaForCausalLM, tokenizer, seed: int, corpus: list[str]) -> None:
     """Give the random model's output head a shape that exercises the whole loop at any size: trained word pieces

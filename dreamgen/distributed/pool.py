@@ -1,0 +1,96 @@
+"""One slot pool for every chunk a worker process holds, so its slots stay full across chunk tasks.
+
+A worker that runs several chunk tasks at once (Celery's threads pool, `dreamgen worker` on a GPU) hands each
+chunk's documents to one SharedEngine: its thread streams them, in arrival order, through one Generator, and a
+slot that frees takes the next document of whichever chunk is next. Each task thread waits for its own
+documents and stores them itself as they finish, so the task is acknowledged only when its documents are stored
+(late ack), its chunk lock and attempt count work as before, and a cancelled or timed-out chunk drops only its
+own documents, between steps.
+
+SoloEngine is the same interface over the calling thread (one chunk at a time: prefork pools, tests).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable
+
+from ..generation.generator import NOTHING_YET
+from ..jobs.run import run_items
+from ..jobs.spec import WorkItem
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.2  # how long the engine thread blocks for work when it has none
+KEEPALIVE_S = 5.0  # how often a waiting task thread runs its own keepalive (the chunk lock)
+
+
+class SoloEngine:
+    def __init__(self, generator, slots: int | None = None):
+        self.generator, self.slots = generator, slots
+
+    def run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None = None) -> None:
+        run_items(self.generator, items, slots=self.slots)
+
+
+class SharedEngine:
+    def __init__(self, generator, slots: int | None = None):
+        self.generator, self.slots = generator, slots
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None = None) -> None:
+        """Queue `items` for the pool and return when every one has ended (done, failed or dropped). The
+        items' callbacks run in this thread."""
+        events: queue.Queue = queue.Queue()
+        for item in items:
+            self._queue.put(_relay(item, events))
+        self._start()
+        left = len(items)
+        while left:
+            try:
+                callback = events.get(timeout=KEEPALIVE_S)
+            except queue.Empty:
+                if keepalive:
+                    keepalive()
+                continue
+            ended = callback()
+            left -= bool(ended)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="dreamgen-engine", daemon=True)
+                self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                run_items(self.generator, self._source(), slots=self.slots)
+            except Exception:  # keep serving; the documents in flight were failed by run_items
+                log.exception("the shared engine's run failed")
+
+    def _source(self):
+        """Items as they arrive; NOTHING_YET when none is queued, after waiting a little only if the pool is idle
+        (a busy pool must not stop stepping)."""
+        while True:
+            idle = self.generator.stats.busy == 0
+            try:
+                yield self._queue.get(timeout=IDLE_WAIT_S) if idle else self._queue.get_nowait()
+            except queue.Empty:
+                yield NOTHING_YET
+
+
+def _relay(item: WorkItem, events: queue.Queue) -> WorkItem:
+    """The item as the engine thread sees it: each callback is sent to the task thread to run there.
+    A callback's result says whether the item has ended."""
+
+    def send(callback, ends: bool):
+        def relayed(*args):
+            events.put(lambda: (callback(*args), ends)[1])
+        return relayed
+
+    return WorkItem(item.spec, done=send(item.done, True), fail=send(item.fail, True), stop=item.stop,
+                    dropped=send(item.dropped, True), image=send(item.image, False), endpoint_url=item.endpoint_url)
