@@ -160,7 +160,7 @@ def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
 @backend_option
 @click.option("-s", "--slots", "-b", "--batch-size", "slots", default=None, type=click.IntRange(min=1),
               help="Documents in flight at once; a finished one's slot takes the next document at once "
-                   "(default: 16 on a CPU, 64 on a GPU). -b/--batch-size is the old name.")
+                   "(default: 32 on a CPU, 64 on a GPU). -b/--batch-size is the old name.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="continuous", show_default=True,
               help="continuous: slots refill as documents end; lockstep: fixed batches of --slots documents, "
                    "each batch waiting for its slowest (for comparison).")

@@ -25,7 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dreamgen.generation.generator import DEFAULT_SLOTS, DocumentRequest, Generator  # noqa: E402
+from dreamgen.generation.executor import ComponentsExecutor  # noqa: E402
+from dreamgen.generation.generator import DEFAULT_SLOTS, NOTHING_YET, DocumentRequest, Generator  # noqa: E402
 from dreamgen.model.sizes import SIZES  # noqa: E402
 from dreamgen.model.tiny import build_tiny_model  # noqa: E402
 from dreamgen.params import GenerationParams  # noqa: E402
@@ -44,8 +45,9 @@ def job(count: int, pictures: bool, seed: int = 0) -> list[DocumentRequest]:
     return requests
 
 
-def run(gen: Generator, requests, slots: int, schedule: str):
+def run(gen: Generator, requests, slots: int, schedule: str, executor=None):
     gen.schedule = schedule
+    gen._executor = executor or Generator._executor.__get__(gen)
     docs = {}
     started = time.perf_counter()
     gen.run(requests, on_document=lambda i, d: docs.__setitem__(i, d), slots=slots)
@@ -60,21 +62,33 @@ def same(a, b) -> bool:
                for x, y in zip(a.images, b.images))
 
 
+def load(config: str, device: str):
+    if config in SIZES:
+        return build_tiny_model(seed=0, sizes=SIZES[config]).to(device)
+    from dreamgen.model.loader import load_model
+
+    return load_model(config, device=device)
+
+
 def bench(config: str, device: str, count: int, pictures: bool, slot_counts: list[int]) -> None:
-    model = build_tiny_model(seed=0, sizes=SIZES[config]).to(device)
+    model = load(config, device)
     gen = Generator(model)
     requests = job(count, pictures)
     default = DEFAULT_SLOTS.get(torch.device(device).type, 16)
-    ways = [("one at a time", 1, "continuous"), ("lockstep chunks of 8", 8, "lockstep")]
-    ways += [(f"continuous, {s} slots" + (" (default)" if s == default else ""), s, "continuous")
+    # the peer's way: one document at a time on transformers' own KV cache (what the reference scripts do)
+    transformers_cache = lambda kv_tokens: ComponentsExecutor(gen.components, gen._embed([gen.special.pad])[0])  # noqa
+    ways = [("one at a time", 1, "continuous", None),
+            ("one at a time, transformers' cache", 1, "continuous", transformers_cache),
+            ("lockstep chunks of 8", 8, "lockstep", None)]
+    ways += [(f"continuous, {s} slots" + (" (default)" if s == default else ""), s, "continuous", None)
              for s in slot_counts]
     baseline = None
     kind = "docs with pictures" if pictures else "text docs"
     print(f"\n{config}: {count} {kind}, {sum(r.params.max_new_tokens for r in requests)} new tokens at most, "
           f"{torch.get_num_threads()} thread(s), {device}")
     print(f"  {'way':34} {'docs/min':>9} {'ratio':>6} {'occupancy':>10} {'KV/live':>8} {'same':>6} {'pictures':>8}")
-    for name, slots, schedule in ways:
-        docs, seconds, stats = run(gen, requests, slots, schedule)
+    for name, slots, schedule, executor in ways:
+        docs, seconds, stats = run(gen, requests, slots, schedule, executor)
         if baseline is None:
             baseline = (docs, seconds)
         matching = sum(same(a, b) for a, b in zip(docs, baseline[0]))
@@ -85,7 +99,7 @@ def bench(config: str, device: str, count: int, pictures: bool, slot_counts: lis
 
 def stall(config: str, device: str) -> None:
     """How long decoding documents wait for a step when a newcomer prefills: step times by chunk size."""
-    model = build_tiny_model(seed=0, sizes=SIZES[config]).to(device)
+    model = load(config, device)
     long_prompt = "a long prompt about rivers and the sea " * 60
     print(f"\n{config}: 15 documents decoding, then one with a {len(model.tokenizer(long_prompt).input_ids)}-token "
           f"prompt enters")
@@ -102,15 +116,22 @@ def stall(config: str, device: str) -> None:
         decoders = [DocumentRequest(f"topic {i}", GenerationParams(seed=i, max_new_tokens=80, max_images=0))
                     for i in range(15)]
         newcomer = DocumentRequest(long_prompt, GenerationParams(seed=99, max_new_tokens=8, max_images=0))
-        gen.run(decoders[:15] + [newcomer], on_document=lambda i, d: None, on_stats=tick, slots=16)
-        steady = statistics.median(times[5:])
-        print(f"  prefill chunk {chunk:5}: median step {1000 * steady:7.1f} ms, longest {1000 * max(times[5:]):7.1f} ms "
-              f"({max(times[5:]) / steady:.1f}x a median step)")
+        def source():  # the newcomer arrives once the others are decoding
+            yield from decoders
+            for _ in range(20):
+                yield NOTHING_YET
+            yield newcomer
+
+        gen.run(source(), on_document=lambda i, d: None, on_stats=tick, slots=16)
+        times = times[3:]  # the decoders' own prefill is behind us
+        steady = statistics.median(times)
+        print(f"  prefill chunk {chunk:5}: median step {1000 * steady:7.1f} ms, longest {1000 * max(times):7.1f} ms "
+              f"({max(times) / steady:.1f}x a median step), {len(times)} steps")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="tiny,small")
+    parser.add_argument("--configs", default="tiny,small", help="tiny, small (random models), or checkpoints")
     parser.add_argument("--documents", type=int, default=48)
     parser.add_argument("--pictures", action="store_true", help="a third of the documents ask for 1-2 pictures")
     parser.add_argument("--slots", default="16,32,48", help="slot counts of the continuous runs")

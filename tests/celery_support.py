@@ -73,12 +73,13 @@ class Namespace:
         delete_prefix(self.redis, self.prefix)
 
     def worker(self, name: str, queues: str = "dreamgen.gpu,dreamgen.light", wait: bool = True,
-               **env) -> "WorkerProcess":
+               pool: str = "prefork", concurrency: int = 1, **env) -> "WorkerProcess":
         """The running worker called `name`, started if it is not running."""
         current = self.workers.get(name)
         if current is None or not current.alive:
-            current = WorkerProcess(name, queues, {**self.env, **{k: str(v) for k, v in env.items()}},
-                                    self.tmp / f"{name}-{len(self.workers)}.log")
+            current = WorkerProcess(name, queues, {**self.env, "DREAMGEN_WORKER_POOL": pool,
+                                                   **{k: str(v) for k, v in env.items()}},
+                                    self.tmp / f"{name}-{len(self.workers)}.log", pool, concurrency)
             self.workers[name] = current
         if wait:
             current.wait_ready()
@@ -89,12 +90,12 @@ class Namespace:
 
 
 class WorkerProcess:
-    """`celery -A workers.app worker` (prefork, one child) in its own process group."""
+    """`celery -A workers.app worker` (prefork with one child, unless told otherwise) in its own process group."""
 
-    def __init__(self, name: str, queues: str, env: dict, log: Path):
+    def __init__(self, name: str, queues: str, env: dict, log: Path, pool: str = "prefork", concurrency: int = 1):
         self.name, self.log = name, log
         self.node = f"{name}@testhost"
-        command = [str(CELERY), "-A", "workers.app", "worker", "-P", "prefork", "-c", "1", "-Q", queues,
+        command = [str(CELERY), "-A", "workers.app", "worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
                    "-n", self.node, "-l", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
         self._log_file = open(log, "wb")
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=self._log_file,

@@ -100,6 +100,39 @@ def report_ids(prompts):
     return [s.id for s in iter_prompt_file(prompts, {}, "tiny-random")]
 
 
+def test_a_threads_worker_keeps_its_slots_full_across_chunks(ns, tmp_path):
+    """One process holding three chunk tasks at once feeds one slot pool: documents of different chunks are in
+    flight together, and every document comes out as `dreamgen run` makes it, once."""
+    from dreamgen.distributed.records import JobRecord
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from workers.dispatch import send_chunks
+
+    ns.worker("pooled", pool="threads", concurrency=3, DREAMGEN_WORKER_SLOTS=6)
+    prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(9, tokens=60))
+    job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL, batch_size=3),
+                        send_chunks)
+    record = JobRecord(ns.redis, job_id)
+    together = []  # chunks running with documents left, seen at once
+
+    def finished():
+        running = [c for c in record.chunk_states().values()
+                   if c["state"] == "running" and c["done"] + c["failed"] < c["total"]]
+        together.append(len(running))
+        return record.status and record.status.final
+
+    wait_until(finished, interval=0.05, what="the job's end")
+    assert max(together) >= 2  # one pool served several chunks at once
+    assert "SharedEngine with 6 slots" in ns.workers["pooled"].text()
+    with one_torch_thread():
+        ran = CliRunner().invoke(cli, ["run", str(prompts), "--out", str(tmp_path / "local"), "--job-id", "local"])
+    assert ran.exit_code == 0, ran.output
+    ids = manifest_ids(tmp_path / "out", job_id)
+    assert len(ids) == len(set(ids)) == 9 and sorted(ids) == sorted(manifest_ids(tmp_path / "local", "local"))
+    for doc_id in ids:
+        assert _document(tmp_path / "out" / job_id / doc_id) == _document(tmp_path / "local" / "local" / doc_id)
+
+
 def test_chunk_of_a_killed_worker_is_redelivered_to_the_other(ns, tmp_path):
     """SIGKILL the process running a chunk after its first document is stored. The late-acked message goes
     back to the queue (reject on worker lost); the other worker takes it once the dead one's lock expires,

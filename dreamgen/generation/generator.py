@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SLOTS", "NOTHING_YET", "DocumentRequest", "EngineStats", "Generator"]
 
-# Documents in flight by default, per device type: measured with bench/continuous.py (the CPU curve flattens
-# past 16 slots of the small model; a GPU's decode step costs little more at 64 than at 8).
-DEFAULT_SLOTS = {"cpu": 16, "cuda": 64}
+# Documents in flight by default, per device type. CPU: measured with bench/continuous.py, 48 text documents at
+# 1 thread: the shapes model does 5.7x one-at-a-time at 16 slots, 7.7x at 32, 7.0x at 64; the small random one
+# 5.0x at 16, 6.0x at 32. GPU: not measured yet (scripts/gpu_check.sh runs the bench at 16, 64, 128).
+DEFAULT_SLOTS = {"cpu": 32, "cuda": 64}
 PREFILL_CHUNK = 64  # tokens of a long feed per step: a newcomer delays the others' next token by about this many
 STEP_TOKENS = 256  # tokens of long feeds per step at most, besides one per decoding document
 NOTHING_YET = object()  # a live source of requests has none right now: ask again at the next step
