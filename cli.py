@@ -124,8 +124,8 @@ def friendly_errors(f):
         from dreamgen.errors import DreamgenError
         try:
             return f(*args, **kwargs)
-        except DreamgenError as e:
-            raise click.ClickException(str(e)) from None
+        except DreamgenError as e:  # surrogates (undecodable bytes of a path or an argument) printed escaped
+            raise click.ClickException(str(e).encode("utf-8", "backslashreplace").decode("utf-8")) from None
     return wrapper
 
 
@@ -175,7 +175,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
         dreamgen run --resume job-20261128-101500-3fa9c1 --out out
         dreamgen run topics.txt --backend onnx --out out
     """
-    from dreamgen.errors import JobInterrupted
+    from dreamgen.errors import JobFailed, JobInterrupted
     from dreamgen.jobs.run import job_generator, run_job
     from dreamgen.jobs.spec import JobConfig, stored_config
 
@@ -197,12 +197,14 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
                 if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
                               make_generator=functools.partial(job_generator, report=report))
-        except JobInterrupted as e:
+        except (JobInterrupted, JobFailed) as e:
             summary = e.summary
     print_summary(summary)
-    if summary.status == "interrupted":
+    if summary.status == "failed":  # issue 16: said, recorded in job.json, and resumable like a Ctrl-C
+        click.echo(f"Error: the job stopped: {summary.error}".encode("utf-8", "backslashreplace").decode(), err=True)
+    if summary.status in ("interrupted", "failed"):
         click.echo(f"Resume with: dreamgen run --resume {summary.job_id} --out {config.out}")
-        sys.exit(130)
+        sys.exit(130 if summary.status == "interrupted" else 1)
 
 
 class JobProgress:
@@ -234,13 +236,15 @@ class JobProgress:
             self.task = self.progress.add_task(info["job_id"], total=info["total"], completed=info["skipped"],
                                                images=0, rate="")
         elif kind == "loading":
-            self.progress.console.log(f"loading model {info['model']}")
+            self.progress.console.log(f"loading model {info['model']}", markup=False)  # user text is never markup
         elif kind == "image":
             self.images += 1
             self.progress.update(self.task, images=self.images)
         elif kind in ("document", "failed"):
             if kind == "failed":
-                self.progress.console.log(f"[red]failed[/red] {info['id']}: {info['error']}")
+                from rich.markup import escape  # an id or an error may hold "[/x]", which is not a style
+
+                self.progress.console.log(f"[red]failed[/red] {escape(info['id'])}: {escape(info['error'])}")
             self.progress.advance(self.task)
             task = self.progress.tasks[0]
             if task.elapsed:
@@ -279,6 +283,10 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
     from dreamgen.jobs.run import generate_document, load_generator
     from dreamgen.params import GenerationParams
 
+    from dreamgen.prompts.limits import text_problem
+
+    if text_problem(prompt):  # e.g. an argument of bytes that are not UTF-8: the document could not be stored
+        raise click.BadParameter(text_problem(prompt), param_hint="'PROMPT'")
     gen_params = GenerationParams(**given_params(params))
     console = Console(stderr=True)
     heard = []
@@ -559,7 +567,9 @@ def watch_job(job: str, broker_url: str | None, out: str | None = None, endpoint
                TextColumn("docs · {task.fields[failed]} failed · {task.fields[state]}"), TimeElapsedColumn())
     try:
         with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task(job, total=report.total, failed=0, state=report.status)
+            from rich.markup import escape
+
+            task = progress.add_task(escape(job), total=report.total, failed=0, state=report.status)
             while True:
                 progress.update(task, total=report.total, completed=report.done + report.failed,
                                 failed=report.failed, state=_chunk_line(report))

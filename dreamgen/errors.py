@@ -177,6 +177,15 @@ class JobInterrupted(DreamgenError):
         super().__init__(f"job {summary.job_id} interrupted with {summary.done}/{summary.total} documents done")
 
 
+class JobFailed(DreamgenError):
+    """A job run in this process stopped on an error that is not one document's (its storage gave out, its prompt
+    file changed under it); `summary` says how far it got, `reason` why, `recorded` whether job.json says so."""
+
+    def __init__(self, summary, reason: str, recorded: bool):
+        self.summary, self.reason, self.recorded = summary, reason, recorded
+        super().__init__(f"job {summary.job_id} stopped with {summary.done}/{summary.total} documents done: {reason}")
+
+
 class ChunkBusy(DreamgenError):
     """Another worker holds the chunk's lock; try again after `retry_after` seconds."""
 

@@ -53,11 +53,13 @@ VISIBILITY_TIMEOUT = Setting("DREAMGEN_VISIBILITY_TIMEOUT", None, "seconds befor
 RESULT_EXPIRES = Setting("DREAMGEN_RESULT_EXPIRES", str(24 * 3600), "seconds Celery keeps task results")
 CHUNK_LOCK_TTL = Setting("DREAMGEN_CHUNK_LOCK_TTL", "600", "seconds a dead worker's chunk lock outlives its last "
                          "sign of life")
+S3_RETRY_S = Setting("DREAMGEN_S3_RETRY_S", "300", "seconds a transient S3 error (throttling, 5xx, a dropped "
+                     "connection) is retried, with exponential backoff, before the job stops on it")
 MAX_ATTEMPTS = Setting("DREAMGEN_MAX_ATTEMPTS", "3", "starts of one chunk before its documents are recorded failed")
 WORKER_DEVICE = Setting("DREAMGEN_WORKER_DEVICE", "cpu", "device of a worker process (dreamgen worker sets it)")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
 
-ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, BROKER_URL, REDIS_PREFIX, JOB_TTL, TASK_TIME_LIMIT,
+ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL, TASK_TIME_LIMIT,
        VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_PRELOAD)
 DEFAULT_MODEL = MODEL.default
 
@@ -91,6 +93,10 @@ def worker_s3_endpoint_url(submitted: str | None) -> str | None:
     """A worker's endpoint: its own variable wins over the one its job was submitted with (the submitter may reach
     the server by another address)."""
     return S3_ENDPOINT_URL.get() or submitted
+
+
+def s3_retry_s() -> float:
+    return _number(S3_RETRY_S, float)
 
 
 def job_ttl_s() -> int:

@@ -20,7 +20,7 @@ from exporters import FORMATS
 
 from ..clock import utc_now
 from ..document import Document
-from ..errors import GenerationCancelled, JobInterrupted, StorageError
+from ..errors import GenerationCancelled, JobFailed, JobInterrupted, StorageError
 from ..generation.generator import DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
@@ -81,8 +81,8 @@ def generate_batch(generator: Generator, output: JobOutput, specs: list[PromptSp
 
     try:
         generator.generate(requests, on_progress=progress, should_stop=should_stop, on_document=store)
-    except (GenerationCancelled, KeyboardInterrupt):
-        raise
+    except (GenerationCancelled, KeyboardInterrupt, StorageError):  # issue 16: storage failing is the job's,
+        raise  # not a document's: stop rather than generate the rest for a disk that is full
     except Exception as e:  # one bad document must not sink its batch: find it by running each alone
         log.warning("batch of %d failed (%s: %s); retrying its documents one by one", len(requests), type(e).__name__, e)
         for index, (spec, req) in enumerate(zip(runnable, requests)):
@@ -90,7 +90,7 @@ def generate_batch(generator: Generator, output: JobOutput, specs: list[PromptSp
                 continue
             try:
                 generator.generate([req], should_stop=should_stop, on_document=lambda _, doc, i=index: store(i, doc))
-            except (GenerationCancelled, KeyboardInterrupt):
+            except (GenerationCancelled, KeyboardInterrupt, StorageError):
                 raise
             except Exception as e_one:
                 fail(spec, e_one)
@@ -115,23 +115,52 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
         emit("loading", {"model": config.model})  # a bad --model leaves no job behind
         generator = (make_generator or job_generator)(config)
     record_running(output, config, total)
-    status = "finished"
+    status, error = "finished", None
     try:
         for batch in itertools.chain([first] if first is not None else [], pending):
             generate_batch(generator, output, batch, config.formats, config.self_contained, config.endpoint_url,
                            on_event, should_stop)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
+    except Exception as e:  # issue 16: a job that stops never stays "running" (a full disk, S3 past its retries)
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        log.warning("job %s stopped: %s", config.job_id, error)
+    recorded = True
+    try:
+        counts = _record_end(output, config, status, error)
+    except StorageError as e:  # the storage that stopped the job may refuse the record too: say so
+        if error is None:
+            raise
+        counts, recorded = {"done": len(_done_ids_if_listable(output)), "failed": 0}, False
+        error = f"{error} (job.json could not be updated either: {e})"
+    summary = JobSummary(job_id=config.job_id, total=total, done=counts["done"], failed=counts["failed"],
+                         skipped=len(done_before), location=output.location(config.formats),
+                         seconds=time.perf_counter() - started, status=status, error=error)
+    if status == "interrupted":
+        raise JobInterrupted(summary)
+    if status == "failed":
+        raise JobFailed(summary, error, recorded)
+    return summary
+
+
+def _record_end(output: JobOutput, config: JobConfig, status: str, error: str | None) -> dict:
+    """job.json's end (status, finish time, why a failed job stopped), then the manifest, errors and index of
+    what is done; returns the counts."""
     record = {**(output.read_job() or config.record()), "status": status, "finished": utc_now()}
+    if error:
+        record["error"] = error
     output.write_job(record)  # first, so the index page shows when the job finished
     counts = output.finalize(config.formats)
     output.write_job({**record, **counts})
-    summary = JobSummary(job_id=config.job_id, total=total, done=counts["done"], failed=counts["failed"],
-                         skipped=len(done_before), location=output.location(config.formats),
-                         seconds=time.perf_counter() - started, status=status)
-    if status == "interrupted":
-        raise JobInterrupted(summary)
-    return summary
+    return counts
+
+
+def _done_ids_if_listable(output: JobOutput) -> set[str]:
+    """The documents done, or none known when the storage cannot even be listed."""
+    try:
+        return output.done_ids()
+    except StorageError:
+        return set()
 
 
 def generate_document(generator: Generator, prompt: str, params: GenerationParams, out: str, model_id: str,
