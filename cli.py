@@ -589,6 +589,9 @@ def _chunk_line(report) -> str:
 
 
 def print_job_report(report) -> None:
+    from dreamgen.clock import utc_text
+    from dreamgen.distributed.status import redelivery_by
+
     click.echo(f"Job {report.id}: {report.status}")
     click.echo(f"  documents: {report.done} done, {report.failed} failed, {report.pending} pending, "
                f"{report.total} in all")
@@ -597,6 +600,12 @@ def print_job_report(report) -> None:
     for chunk in report.running:
         click.echo(f"    {chunk['chunk']} on {chunk['worker']}: {chunk['done'] + chunk['skipped']}/{chunk['total']} "
                    f"done, {chunk['failed']} failed (attempt {chunk['attempt']})")
+    for chunk in report.lost:  # issue 16: a killed worker's chunk is not "running" forever
+        click.echo(f"    {chunk['chunk']} lost: {chunk['worker']} stopped renewing its lock (last news "
+                   f"{utc_text(chunk['updated'])}); Redis hands it to another worker by "
+                   f"{utc_text(redelivery_by(chunk))} at the latest")
+    if report.lost_queue:
+        click.echo(f"  {report.lost_queue}")
     if report.failures:
         click.echo("  failures:" + (f" (first {len(report.failures)})" if report.failed > len(report.failures) else ""))
         for doc_id, error in sorted(report.failures.items()):
@@ -605,6 +614,8 @@ def print_job_report(report) -> None:
         click.echo(f"  finished: {report.finished}")
     if report.location:
         click.echo(f"  open: {report.location}")
+    if report.resume:
+        click.echo(f"  resume with: {report.resume}")
 
 
 @cli.command()

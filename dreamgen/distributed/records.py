@@ -101,12 +101,17 @@ class JobRecord:
         value = self.client.hget(self.key, "status")
         return JobStatus(value) if value else None
 
-    def start_round(self, fields: dict, done_ids=()) -> int:
+    def start_round(self, fields: dict, done_ids=(), after: int = 0) -> int:
         """(Re)start the job: set its fields, status queued, a new round number; clear the cancel flag and the
-        failures (their documents are queued again). `done_ids` are documents stored before this round."""
+        failures (their documents are queued again). `done_ids` are documents stored before this round. The round
+        is above `after` (job.json's last), so chunk keys never repeat when Redis lost the record (a restart
+        without persistence) while chunks of the lost round may still write theirs."""
         ttl = record_ttl()
         now = time.time()
         rnd = self.client.hincrby(self.key, "round", 1)
+        if rnd <= after:
+            rnd = after + 1
+            self.client.hset(self.key, "round", rnd)
         pipe = self.client.pipeline(transaction=False)
         values = {**fields, "status": JobStatus.QUEUED.value, "updated": now}
         if isinstance(values.get("config"), dict):

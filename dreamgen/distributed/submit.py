@@ -69,10 +69,10 @@ def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, s
     rnd = record.start_round({"out": config.out, "location": output.location(config.formats), "total": total,
                               "prompts": config.prompts, "model": config.model,
                               "created": stored.get("created") or utc_now(), "config": config.wire(),
-                              "chunks": 0, "queued": 0}, done_ids=done_before)
+                              "chunks": 0, "queued": 0}, done_ids=done_before, after=int(stored.get("round") or 0))
     previous_end = ("finished", "done", "failed")  # of an earlier round; finalize writes them anew
     output.write_job({**{k: v for k, v in stored.items() if k not in previous_end},
-                      "status": JobStatus.QUEUED.value, "submitted": utc_now()})
+                      "status": JobStatus.QUEUED.value, "submitted": utc_now(), "round": rnd})
     job = JobWire(config, rnd)
     pending = (spec_to_wire(s) for s in iter_prompt_file(config.prompts, config.defaults, config.model)
                if s.id not in done_before)
