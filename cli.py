@@ -224,15 +224,16 @@ class JobProgress:
                                  TextColumn("docs · {task.fields[images]} images · {task.fields[rate]}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  transient=False)
-        self.progress.__enter__()
         self.task = None
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        # shown from the job's start only: a file rejected by the check gets its error alone, no empty bar
+        return self.progress.__exit__(*exc) if self.task is not None else None
 
     def event(self, kind: str, info: dict):
         if kind == "start":
+            self.progress.__enter__()
             self.task = self.progress.add_task(info["job_id"], total=info["total"], completed=info["skipped"],
                                                images=0, rate="")
         elif kind == "loading":
@@ -606,6 +607,8 @@ def print_job_report(report) -> None:
                    f"{utc_text(redelivery_by(chunk))} at the latest")
     if report.lost_queue:
         click.echo(f"  {report.lost_queue}")
+    if report.error:
+        click.echo(f"  error: {report.error}")
     if report.failures:
         click.echo("  failures:" + (f" (first {len(report.failures)})" if report.failed > len(report.failures) else ""))
         for doc_id, error in sorted(report.failures.items()):

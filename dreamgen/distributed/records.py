@@ -25,10 +25,11 @@ class JobStatus(str, Enum):
     CANCELLING = "cancelling"  # the flag is set; chunks still on the queue drain without generating
     FINISHED = "finished"  # every chunk ended; some documents may have failed (see the failures)
     CANCELLED = "cancelled"
+    FAILED = "failed"  # every chunk ended, but the job's storage refused its end (the record's `error` says why)
 
     @property
     def final(self) -> bool:
-        return self in (JobStatus.FINISHED, JobStatus.CANCELLED)
+        return self in (JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED)
 
 
 class ChunkState(str, Enum):
@@ -58,7 +59,8 @@ class JobRecord:
     """One job's record. Keys (all expire together, `DREAMGEN_JOB_TTL`, default 7 days):
 
         <prefix>:job:<id>             hash: status, out, location, total, round, chunks, created, started, finished,
-                                      done, failed (counts at the end), config (JSON, to retry)
+                                      done, failed (counts at the end), error (why a failed job failed), config
+                                      (JSON, to retry)
         <prefix>:job:<id>:done        set of the ids of finished documents
         <prefix>:job:<id>:failed      hash: document id -> its last error (removed when it later succeeds)
         <prefix>:job:<id>:chunks      hash: chunk key "<round>.<n>" -> JSON state (state, worker, counts, result)
@@ -117,7 +119,7 @@ class JobRecord:
         if isinstance(values.get("config"), dict):
             values["config"] = json.dumps(values["config"])
         pipe.hset(self.key, mapping={k: ("" if v is None else v) for k, v in values.items()})
-        pipe.hdel(self.key, "started", "finished", "done", "failed")
+        pipe.hdel(self.key, "started", "finished", "done", "failed", "error")
         pipe.delete(self.cancel_key, self.failed_key)  # every document not done is queued again
         ids = list(done_ids)
         for start in range(0, len(ids), 5000):

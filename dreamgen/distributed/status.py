@@ -44,6 +44,7 @@ class JobReport:
     created: str | None = None
     finished: str | None = None
     submitted: float | None = None  # epoch seconds of the last submission (job.json), for a report from storage
+    error: str | None = None  # why a failed job failed
 
     @property
     def pending(self) -> int:
@@ -51,7 +52,7 @@ class JobReport:
 
     @property
     def final(self) -> bool:  # "lost": it will not move by itself either
-        return self.status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value, LOST)
+        return self.status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value, JobStatus.FAILED.value, LOST)
 
 
 # -------------------------------------------------------------------------------------------- control
@@ -131,7 +132,7 @@ def _report_from_record(record: JobRecord, data: dict, failures: int = FAILURES_
     return JobReport(id=record.job_id, status=data.get("status", "?"), total=_int(data.get("total")), done=done,
                      failed=failed, location=data.get("location", ""), out=data.get("out", ""), source="redis",
                      round=rnd, chunks=dict(by_state), running=running, lost=lost,
-                     failures=record.failures(failures),
+                     failures=record.failures(failures), error=data.get("error") or None,
                      created=data.get("created"), finished=_time(data.get("finished")))
 
 
@@ -159,7 +160,8 @@ def _note_a_lost_queue(report: JobReport, client, out: str) -> None:
     """A job submitted to the workers whose job.json says it has not ended, while Redis has no record of it:
     nothing will run it again (its queue and chord went with the record). Say why, and how to resume it."""
     stored_status = report.status
-    if report.submitted is None or stored_status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value):
+    if report.submitted is None or stored_status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value,
+                                                     JobStatus.FAILED.value):
         return
     redis_started = _redis_started(client)
     if redis_started is not None and redis_started > report.submitted:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from ..clock import utc_now
+from ..errors import StorageError
 from ..jobs.output import JobOutput
 from ..jobs.spec import JobConfig, batched, open_job, stored_config
 from ..jobs.storage import shared_location
@@ -90,10 +91,16 @@ def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, s
 
 def finalize_job(job: JobWire, client) -> dict:
     """Close a round of a job (the chord's callback): rebuild manifest, errors and index from the markers,
-    write job.json's status and counts, mark the record finished or cancelled. Idempotent."""
+    write job.json's status and counts, mark the record finished or cancelled. Idempotent. When the storage
+    refuses (S3 past its retries, a full disk), the record says the job failed and why: never "running" forever."""
     output = job.output()
-    counts = output.finalize(job.config.formats)
     record = JobRecord(client, job.id)
+    try:
+        counts = output.finalize(job.config.formats)
+    except StorageError as e:
+        done, failed = record.counts()
+        record.finish(JobStatus.FAILED, {"done": done, "failed": failed, "error": str(e)}, job.round)
+        return {"job": job.id, "status": JobStatus.FAILED.value, "error": str(e), "done": done, "failed": failed}
     current_round = client.hget(record.key, "round")
     if current_round is not None and current_round != str(job.round):
         return {"job": job.id, "status": "superseded", **counts}  # a newer round owns the job now

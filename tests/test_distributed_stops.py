@@ -153,3 +153,30 @@ def test_default_limits_bring_a_lost_chunk_back_in_minutes(monkeypatch):
     assert s["task_time_limit"] == 30 * 60
     assert s["broker_transport_options"]["visibility_timeout"] == 35 * 60  # a whole worker died: 35 minutes
     assert settings.chunk_lock_ttl_s() == 300  # its pool process died: back after the lock's 5 minutes
+
+
+def test_a_job_whose_storage_refuses_its_end_is_recorded_failed(tmp_path, dreamgen_home, installed_tiny,
+                                                                 s3_endpoint, s3_bucket):
+    """The chord's callback cannot write the manifest (S3 answers SlowDown past the retries): the record says
+    failed, and why, instead of running forever; retry is then allowed."""
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from tests.celery_support import quick_prompts
+    from tests.s3_faults import faulty_s3
+    from workers.dispatch import send_chunks
+
+    def manifest_puts(method: str, path: str) -> bool:
+        return method == "PUT" and path.split("?")[0].endswith("/manifest.jsonl")
+
+    with faulty_s3(s3_endpoint, rate=1.0, rule=manifest_puts) as proxy, \
+            Namespace(tmp_path, dreamgen_home, DREAMGEN_S3_RETRY_S=1) as ns:
+        ns.worker("w1")
+        prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
+        job_id = submit_job(JobConfig(prompts=str(prompts), out=f"s3://{s3_bucket}/a", model=MODEL, batch_size=2,
+                                      endpoint_url=proxy.url), send_chunks)
+        report = wait_until(lambda: ended_report(job_id), what=f"job {job_id} to end")
+        assert (report.status, report.done) == ("failed", 2)
+        assert "SlowDown" in report.error and "manifest.jsonl" in report.error
+        shown = CliRunner().invoke(cli, ["status", job_id])
+        assert f"Job {job_id}: failed" in shown.output and "error: S3 error on s3://" in shown.output
+        assert proxy.faults >= 2  # retried, then given up
