@@ -101,8 +101,7 @@ def _jsonl_item(path: Path, number: int, text: str) -> dict | PromptFileError:
     """The line's object, or the problem that makes it none (yielded, so the lines after it are still read)."""
     try:
         # Without its line ending, so an unfinished line is reported where it ends, not at "line 2, column 1".
-        item = json.loads(text.rstrip("\r\n"), object_pairs_hook=_object_without_repeated_keys,
-                          parse_int=bounded_int)
+        item = _JSON.decode(text.rstrip("\r\n"))
     except json.JSONDecodeError as e:
         return PromptFileError(path, number, f"invalid JSON: {e.msg} (column {e.colno})")
     except RecursionError:  # json's scanner recurses once per [ or {
@@ -129,6 +128,10 @@ def _object_without_repeated_keys(pairs):
                 raise _RepeatedKey(key)
             seen.add(key)
     return item
+
+
+# One decoder for every line (json.loads with options builds a new one per call).
+_JSON = json.JSONDecoder(object_pairs_hook=_object_without_repeated_keys, parse_int=bounded_int)
 
 
 def _read_csv(path: Path):
