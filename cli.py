@@ -127,8 +127,8 @@ def friendly_errors(f):
         from dreamgen.errors import DreamgenError
         try:
             return f(*args, **kwargs)
-        except DreamgenError as e:
-            raise click.ClickException(str(e)) from None
+        except DreamgenError as e:  # surrogates (undecodable bytes of a path or an argument) printed escaped
+            raise click.ClickException(str(e).encode("utf-8", "backslashreplace").decode("utf-8")) from None
     return wrapper
 
 
@@ -182,7 +182,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
         dreamgen run --resume job-20261128-101500-3fa9c1 --out out
         dreamgen run topics.txt --backend onnx --out out
     """
-    from dreamgen.errors import JobInterrupted
+    from dreamgen.errors import JobFailed, JobInterrupted
     from dreamgen.jobs.run import job_generator, run_job
     from dreamgen.jobs.spec import JobConfig, stored_config
 
@@ -204,12 +204,14 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
                 if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
                               make_generator=functools.partial(job_generator, report=report))
-        except JobInterrupted as e:
+        except (JobInterrupted, JobFailed) as e:
             summary = e.summary
     print_summary(summary)
-    if summary.status == "interrupted":
+    if summary.status == "failed":  # issue 16: said, recorded in job.json, and resumable like a Ctrl-C
+        click.echo(f"Error: the job stopped: {summary.error}".encode("utf-8", "backslashreplace").decode(), err=True)
+    if summary.status in ("interrupted", "failed"):
         click.echo(f"Resume with: dreamgen run --resume {summary.job_id} --out {config.out}")
-        sys.exit(130)
+        sys.exit(130 if summary.status == "interrupted" else 1)
 
 
 class JobProgress:
@@ -230,19 +232,20 @@ class JobProgress:
                                             "{task.fields[engine]}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  transient=False)
-        self.progress.__enter__()
         self.task = None
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        # shown from the job's start only: a file rejected by the check gets its error alone, no empty bar
+        return self.progress.__exit__(*exc) if self.task is not None else None
 
     def event(self, kind: str, info: dict):
         if kind == "start":
+            self.progress.__enter__()
             self.task = self.progress.add_task(info["job_id"], total=info["total"], completed=info["skipped"],
                                                images=0, rate="", engine="")
         elif kind == "loading":
-            self.progress.console.log(f"loading model {info['model']}", markup=False)
+            self.progress.console.log(f"loading model {info['model']}", markup=False)  # user text is never markup
         elif kind == "slots":
             default = f" (the default on {info['device']})" if info["default"] else ""
             self.progress.console.log(f"{info['slots']} slots{default}, {info['schedule']} schedule", markup=False)
@@ -254,7 +257,9 @@ class JobProgress:
             self.progress.update(self.task, images=self.images)
         elif kind in ("document", "failed"):
             if kind == "failed":
-                self.progress.console.log(f"[red]failed[/red] {info['id']}: {info['error']}")
+                from rich.markup import escape  # an id or an error may hold "[/x]", which is not a style
+
+                self.progress.console.log(f"[red]failed[/red] {escape(info['id'])}: {escape(info['error'])}")
             self.progress.advance(self.task)
             task = self.progress.tasks[0]
             if task.elapsed:
@@ -292,7 +297,10 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 
     from dreamgen.jobs.run import generate_document, load_generator
     from dreamgen.params import GenerationParams
+    from dreamgen.prompts.limits import text_problem
 
+    if text_problem(prompt):  # e.g. an argument of bytes that are not UTF-8: the document could not be stored
+        raise click.BadParameter(text_problem(prompt), param_hint="'PROMPT'")
     gen_params = GenerationParams(**given_params(params))
     console = Console(stderr=True)
     heard = []
@@ -579,7 +587,9 @@ def watch_job(job: str, broker_url: str | None, out: str | None = None, endpoint
                TextColumn("docs · {task.fields[failed]} failed · {task.fields[state]}"), TimeElapsedColumn())
     try:
         with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task(job, total=report.total, failed=0, state=report.status)
+            from rich.markup import escape
+
+            task = progress.add_task(escape(job), total=report.total, failed=0, state=report.status)
             while True:
                 progress.update(task, total=report.total, completed=report.done + report.failed,
                                 failed=report.failed, state=_chunk_line(report))
@@ -599,6 +609,9 @@ def _chunk_line(report) -> str:
 
 
 def print_job_report(report) -> None:
+    from dreamgen.clock import utc_text
+    from dreamgen.distributed.status import redelivery_by
+
     click.echo(f"Job {report.id}: {report.status}")
     click.echo(f"  documents: {report.done} done, {report.failed} failed, {report.pending} pending, "
                f"{report.total} in all")
@@ -607,6 +620,14 @@ def print_job_report(report) -> None:
     for chunk in report.running:
         click.echo(f"    {chunk['chunk']} on {chunk['worker']}: {chunk['done'] + chunk['skipped']}/{chunk['total']} "
                    f"done, {chunk['failed']} failed (attempt {chunk['attempt']})")
+    for chunk in report.lost:  # issue 16: a killed worker's chunk is not "running" forever
+        click.echo(f"    {chunk['chunk']} lost: {chunk['worker']} stopped renewing its lock (last news "
+                   f"{utc_text(chunk['updated'])}); Redis hands it to another worker by "
+                   f"{utc_text(redelivery_by(chunk))} at the latest")
+    if report.lost_queue:
+        click.echo(f"  {report.lost_queue}")
+    if report.error:
+        click.echo(f"  error: {report.error}")
     if report.failures:
         click.echo("  failures:" + (f" (first {len(report.failures)})" if report.failed > len(report.failures) else ""))
         for doc_id, error in sorted(report.failures.items()):
@@ -615,6 +636,8 @@ def print_job_report(report) -> None:
         click.echo(f"  finished: {report.finished}")
     if report.location:
         click.echo(f"  open: {report.location}")
+    if report.resume:
+        click.echo(f"  resume with: {report.resume}")
 
 
 @cli.command()

@@ -1,4 +1,88 @@
-"""Named errors with the facts a user needs; `cli.py` turns them into one-line messages."""
+"""Named errors with the facts a user needs; `cli.py` turns them into one-line messages.
+
+Messages echo what the user wrote, which may be hostile: `printable` and `preview` show it cut short and
+escaped (lone surrogates, control characters), so a message can always be printed and never grows with the input.
+"""
+
+PREVIEW_CHARS = 60  # of a bad value in a message: enough to recognise it
+REASON_CHARS = 600  # of a whole reason: the longest we write ("unknown field; known: ...") fits
+
+
+def printable(text, limit: int = REASON_CHARS) -> str:
+    """`text` as one line of a message: at most `limit` characters, with lone surrogates, control characters
+    and line breaks escaped."""
+    text = str(text)
+    cut = len(text) > limit
+    text = text[:limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else _escape(c) for c in text)
+    return text + ("..." if cut else "")
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def quoted(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """A name the user wrote (an id, a template), as repr() quotes it, cut to `limit` characters."""
+    text = str(text)
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def preview(value, limit: int = PREVIEW_CHARS) -> str:
+    """A bad value as a message shows it: JSON-like, at most `limit` characters and printable. Built piece by
+    piece and stopped at the limit, so a huge, deeply nested or self-referring value costs no more than a small
+    one, and an integer of thousands of digits is described, never converted to text."""
+    text, length = [], 0
+    for piece in _pieces(value, depth=0, limit=limit):
+        text.append(piece)
+        length += len(piece)
+        if length > limit:
+            break
+    shown = "".join(text)
+    if len(shown) > limit:
+        shown = shown[:max(limit - 3, 1)] + "..."
+    return printable(shown, limit + 3)
+
+
+def _pieces(value, depth: int, limit: int):
+    if depth > 8:  # deeper than any prompt file needs, and where a value that holds itself ends
+        yield "..."
+    elif value is None or isinstance(value, bool):
+        yield {None: "null", True: "true", False: "false"}[value]
+    elif isinstance(value, int):
+        bits = value.bit_length()
+        yield str(value) if bits < 256 else f"<an integer of about {int(bits * 0.30103) + 1} digits>"
+    elif isinstance(value, float):
+        yield repr(value)
+    elif isinstance(value, str):
+        yield _quoted(value[:limit + 1])
+    elif isinstance(value, dict):
+        yield "{"
+        for index, (key, item) in enumerate(value.items()):
+            yield (", " if index else "") + _quoted(str(key)[:limit + 1]) + ": "
+            yield from _pieces(item, depth + 1, limit)
+        yield "}"
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        yield "["
+        for index, item in enumerate(value):
+            yield ", " if index else ""
+            yield from _pieces(item, depth + 1, limit)
+        yield "]"
+    elif isinstance(value, (bytes, bytearray)):
+        yield repr(bytes(value[:limit + 1]))
+    else:  # e.g. a date YAML read from 2024-01-01
+        yield str(value)[:limit + 1]
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class DreamgenError(Exception):
@@ -24,9 +108,10 @@ class PromptFileError(DreamgenError):
 
     def __init__(self, path, line, reason, field=None):
         self.path, self.line, self.field, self.reason = str(path), line, field, reason
-        where = f"{self.path}:{line}" if line else self.path
-        what = f" field '{field}':" if field else ""
-        super().__init__(f"{where}:{what} {reason}")
+        # Each part may hold what the user wrote (a file name, a key, a value): shown bounded and printable.
+        where = printable(self.path) + (f":{line}" if line else "")
+        what = f" field '{printable(field, PREVIEW_CHARS)}':" if field else ""
+        super().__init__(f"{where}:{what} {printable(reason)}")
 
 
 class PromptFileProblems(PromptFileError):
@@ -90,6 +175,15 @@ class JobInterrupted(DreamgenError):
     def __init__(self, summary):
         self.summary = summary
         super().__init__(f"job {summary.job_id} interrupted with {summary.done}/{summary.total} documents done")
+
+
+class JobFailed(DreamgenError):
+    """A job run in this process stopped on an error that is not one document's (its storage gave out, its prompt
+    file changed under it); `summary` says how far it got, `reason` why, `recorded` whether job.json says so."""
+
+    def __init__(self, summary, reason: str, recorded: bool):
+        self.summary, self.reason, self.recorded = summary, reason, recorded
+        super().__init__(f"job {summary.job_id} stopped with {summary.done}/{summary.total} documents done: {reason}")
 
 
 class ChunkBusy(DreamgenError):

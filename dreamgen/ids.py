@@ -45,7 +45,9 @@ def document_id(model_id: str, prompt: str, params: GenerationParams, images: It
     payload = {"model": model_id, "prompt": prompt, "params": params_dict, "images": list(images)}
     if title is not None:
         payload["title"] = title
-    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:DOCUMENT_ID_HEX]
+    # surrogatepass: an id is still defined for text that is not valid UTF-8 (a prompt given as a command-line
+    # argument of undecodable bytes); valid text hashes as before. Prompt files reject such text when checked.
+    return hashlib.sha256(canonical_json(payload).encode("utf-8", "surrogatepass")).hexdigest()[:DOCUMENT_ID_HEX]
 
 
 def is_safe_id(value: str) -> bool:

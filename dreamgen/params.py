@@ -4,9 +4,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import ParamsError
+from .errors import ParamsError, preview
 
 SCHEDULERS = ("ddpm", "ddim", "dpm-solver")
+# Stable Diffusion's schedule has 1000 training timesteps, and its config an offset of 1 (steps_offset): the
+# most steps ddpm, ddim and dpm-solver can take over it is 999 (one more indexes past the schedule's end, and
+# dpm-solver's last step then divides by zero). Every model we load keeps that schedule; the diffusion loop
+# checks a model's own limit too (generation.diffusion.max_steps).
+SD_TRAIN_TIMESTEPS, SD_STEPS_OFFSET = 1000, 1
+MAX_STEPS = SD_TRAIN_TIMESTEPS - SD_STEPS_OFFSET
 CHAT_FORMATS = ("vicuna", "none")
 
 
@@ -65,15 +71,15 @@ def _is_number(value) -> bool:
 def check_params(p: GenerationParams) -> None:
     def need(ok, name, rule):
         if not ok:
-            value = getattr(p, name)
-            raise ParamsError(f"{name}={value!r}: {rule}", name=name, rule=f"{rule}, got {value!r}")
+            shown = preview(getattr(p, name))  # bounded: the value may be a 5,000-character string
+            raise ParamsError(f"{name}={shown}: {rule}", name=name, rule=f"{rule}, got {shown}")
 
     need(_is_int(p.seed) and 0 <= p.seed < 2**63, "seed", "must be an integer in [0, 2^63)")
     need(_is_number(p.temperature) and 0 <= p.temperature <= 10, "temperature", "must be a number in [0, 10]")
     need(_is_number(p.top_p) and 0 < p.top_p <= 1, "top_p", "must be a number in (0, 1]")
     need(_is_int(p.max_new_tokens) and 1 <= p.max_new_tokens <= 32768, "max_new_tokens", "must be an integer in [1, 32768]")
     need(_is_int(p.max_images) and 0 <= p.max_images <= 64, "max_images", "must be an integer in [0, 64]")
-    need(_is_int(p.steps) and 1 <= p.steps <= 1000, "steps", "must be an integer in [1, 1000]")
+    need(_is_int(p.steps) and 1 <= p.steps <= MAX_STEPS, "steps", f"must be an integer in [1, {MAX_STEPS}]")
     need(_is_number(p.guidance) and 0 <= p.guidance <= 50, "guidance", "must be a number in [0, 50]")
     need(p.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
     need(p.image_size is None or (_is_int(p.image_size) and 8 <= p.image_size <= 2048),

@@ -47,12 +47,17 @@ BROKER_URL = Setting("DREAMGEN_BROKER_URL", "redis://localhost:6379/0",
                      "Redis of the workers: broker, result backend and job records")
 REDIS_PREFIX = Setting("DREAMGEN_REDIS_PREFIX", "dreamgen", "namespace of every Redis key dreamgen writes")
 JOB_TTL = Setting("DREAMGEN_JOB_TTL", str(7 * 24 * 3600), "seconds a job's record lives in Redis")
-TASK_TIME_LIMIT = Setting("DREAMGEN_TASK_TIME_LIMIT", str(6 * 3600), "hard time limit of one chunk task, seconds")
+# Sized to a chunk's work: 8 documents of a 7B DreamLLM with 4 pictures of 50 steps take 2-5 minutes on one GPU,
+# so 30 minutes is ample, and a chunk whose whole worker died comes back within 35 minutes, not hours. Raise
+# both for big models on CPUs, or bigger chunks.
+TASK_TIME_LIMIT = Setting("DREAMGEN_TASK_TIME_LIMIT", str(30 * 60), "hard time limit of one chunk task, seconds")
 VISIBILITY_TIMEOUT = Setting("DREAMGEN_VISIBILITY_TIMEOUT", None, "seconds before Redis hands an unacknowledged "
-                             "task to another worker; must exceed the time limit (default: limit + 1 h)")
+                             "task to another worker; must exceed the time limit (default: limit + 5 min)")
 RESULT_EXPIRES = Setting("DREAMGEN_RESULT_EXPIRES", str(24 * 3600), "seconds Celery keeps task results")
-CHUNK_LOCK_TTL = Setting("DREAMGEN_CHUNK_LOCK_TTL", "600", "seconds a dead worker's chunk lock outlives its last "
-                         "sign of life")
+CHUNK_LOCK_TTL = Setting("DREAMGEN_CHUNK_LOCK_TTL", "300", "seconds a dead worker's chunk lock outlives its last "
+                         "sign of life (the heartbeat `status` reads: a chunk without its lock is lost)")
+S3_RETRY_S = Setting("DREAMGEN_S3_RETRY_S", "300", "seconds a transient S3 error (throttling, 5xx, a dropped "
+                     "connection) is retried, with exponential backoff, before the job stops on it")
 MAX_ATTEMPTS = Setting("DREAMGEN_MAX_ATTEMPTS", "3", "starts of one chunk before its documents are recorded failed")
 WORKER_DEVICE = Setting("DREAMGEN_WORKER_DEVICE", "cpu", "device of a worker process (dreamgen worker sets it)")
 WORKER_POOL = Setting("DREAMGEN_WORKER_POOL", "prefork", "the Celery pool of a worker process (dreamgen worker sets "
@@ -61,9 +66,13 @@ WORKER_SLOTS = Setting("DREAMGEN_WORKER_SLOTS", None, "documents in flight in a 
                        "device's, see dreamgen.generation.generator.DEFAULT_SLOTS)")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
 
-ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, BROKER_URL, REDIS_PREFIX, JOB_TTL, TASK_TIME_LIMIT,
-       VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL, WORKER_SLOTS, WORKER_PRELOAD)
+ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL,
+       TASK_TIME_LIMIT, VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL,
+       WORKER_SLOTS, WORKER_PRELOAD)
 DEFAULT_MODEL = MODEL.default
+
+
+VISIBILITY_MARGIN_S = 5 * 60  # past the time limit: a killed chunk's error callback has time to run
 
 
 def _number(setting: Setting, kind=int):
@@ -97,6 +106,10 @@ def worker_s3_endpoint_url(submitted: str | None) -> str | None:
     return S3_ENDPOINT_URL.get() or submitted
 
 
+def s3_retry_s() -> float:
+    return _number(S3_RETRY_S, float)
+
+
 def job_ttl_s() -> int:
     return _number(JOB_TTL)
 
@@ -107,7 +120,7 @@ def task_time_limit_s() -> int:
 
 def visibility_timeout_s() -> int:
     limit = task_time_limit_s()
-    visibility = limit + 3600 if VISIBILITY_TIMEOUT.get() is None else _number(VISIBILITY_TIMEOUT)
+    visibility = limit + VISIBILITY_MARGIN_S if VISIBILITY_TIMEOUT.get() is None else _number(VISIBILITY_TIMEOUT)
     if visibility <= limit:
         raise DreamgenError(f"{VISIBILITY_TIMEOUT.name}={visibility} must exceed the task time limit ({limit} s), "
                             "or Redis hands running chunks to a second worker")

@@ -4,13 +4,17 @@ Each test module gets its own namespace: Redis database 13 with a unique key pre
 cleaned before and after. Workers share the session's DREAMGEN_HOME, where conftest's `installed_tiny` has
 written the tiny model, so they start fast.
 Workers are `celery worker` processes in their own process groups, killed with their children at teardown.
+A test that restarts Redis starts its own `redis-server` (RedisServer, on a free port, never the shared one) and
+gives its URL to the Namespace.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,15 +30,60 @@ CELERY = Path(sys.executable).parent / "celery"
 SLOW = 180  # seconds: the test machine may be shared and busy; a chunk of the tiny model takes ~1 s when idle
 
 
-def redis_client():
+def redis_client(url: str = REDIS_URL):
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, decode_responses=True)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, decode_responses=True)
     try:
         client.ping()
     except redis.RedisError as e:
-        pytest.skip(f"no Redis at {REDIS_URL} ({e}); .ci/run starts one")
+        pytest.skip(f"no Redis at {url} ({e}); .ci/run starts one")
     return client
+
+
+class RedisServer:
+    """A `redis-server` of the test's own, on a free port, with its data in `folder`: with `appendonly` it
+    keeps everything across a restart (AOF, fsync always), without it nothing."""
+
+    def __init__(self, folder: Path, appendonly: bool):
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.skip("redis-server is not installed (.ci/run installs it)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.folder, self.appendonly, self.server = folder, appendonly, server
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> "RedisServer":
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        self.process = subprocess.Popen([self.server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--dir", str(self.folder), *persistence],
+                                        stdout=open(self.folder / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        wait_until(lambda: self._answers(), timeout=30, what=f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        import redis
+
+        if self.process.poll() is not None:
+            pytest.fail(f"redis-server exited: {(self.folder / 'redis.log').read_text()[-2000:]}")
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        """SHUTDOWN as an operator's restart does (SIGTERM: with AOF on, everything written is kept)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 def delete_prefix(client, prefix: str) -> None:
@@ -46,15 +95,15 @@ def delete_prefix(client, prefix: str) -> None:
 class Namespace:
     """The environment shared by the test process and its workers."""
 
-    def __init__(self, tmp: Path, home: Path, **extra_env):
+    def __init__(self, tmp: Path, home: Path, redis_url: str = REDIS_URL, **extra_env):
         self.prefix = f"dgtest-{uuid.uuid4().hex[:10]}"
         self.tmp = tmp
         # One torch thread per worker: two OpenMP threads spin-wait for each other on a busy 2-core machine,
         # which makes a chunk anything from 10 to 50 times slower.
-        self.env = {"DREAMGEN_BROKER_URL": REDIS_URL, "DREAMGEN_REDIS_PREFIX": self.prefix,
+        self.env = {"DREAMGEN_BROKER_URL": redis_url, "DREAMGEN_REDIS_PREFIX": self.prefix,
                     "DREAMGEN_HOME": str(home), "DREAMGEN_MODEL": MODEL, "OMP_NUM_THREADS": "1",
                     **{k: str(v) for k, v in extra_env.items()}}
-        self.redis = redis_client()
+        self.redis = redis_client(redis_url)
         self.workers: dict[str, WorkerProcess] = {}
 
     def __enter__(self):

@@ -77,7 +77,7 @@ def test_generate_image_only_paints_one_picture(tmp_path, installed_tiny):
 def test_bad_flags_name_the_flag(tmp_path):
     result = CliRunner().invoke(cli, ["generate", "x", "--steps", "0", "--out", str(tmp_path)])
     assert result.exit_code == 2  # a usage error, as click gives for a value of the wrong type
-    assert "Error: Invalid value for '--steps': must be an integer in [1, 1000], got 0" in result.output
+    assert "Error: Invalid value for '--steps': must be an integer in [1, 999], got 0" in result.output
     for args, words in [(["run", "p.txt", "--image-size", "100"], "'--image-size': must be a multiple of 8"),
                         (["submit", "p.txt", "--template", "sonnet"], "'--template': unknown prompt template 'sonnet'"),
                         (["eval", "--top-p", "0"], "'--top-p': must be a number in (0, 1], got 0.0")]:

@@ -69,7 +69,7 @@ def test_a_good_file_loads(schedules_file, tmp_path):
     ('name: a\n    cron: "0 6 * * *"\n    prompts: [x]\n    out: o\n    params: {stepz: 3}',
      "schedule 'a': field 'params.stepz': unknown parameter"),
     ('name: a\n    cron: "0 6 * * *"\n    prompts: [x]\n    out: o\n    params: {steps: 0}',
-     "schedule 'a': field 'params.steps': steps=0: must be an integer in [1, 1000]"),
+     "schedule 'a': field 'params.steps': steps=0: must be an integer in [1, 999]"),
     ('name: a\n    cron: "0 6 * * *"\n    prompts: ["fine", {prompt: "x", seed: -1}]\n    out: o',
      "schedule 'a': field 'prompts[1].seed': must be an integer in [0, 2^63), got -1"),
     ('name: a\n    cron: "0 6 * * *"\n    prompts: missing.jsonl\n    out: o', "schedule 'a': field 'prompts': "),

@@ -53,7 +53,9 @@ def celery_settings(url: str | None = None, client: bool = False) -> dict:
         "worker_prefetch_multiplier": 1,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Issue 16: a running chunk goes on through a broker restart (its record client retries; storage is the
+        # truth). Cancelling it would fail the chord and strand its message until the visibility timeout.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_deduplicate_successful_tasks": True,
         "task_track_started": True,
         "task_time_limit": limit,

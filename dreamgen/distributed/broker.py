@@ -13,6 +13,9 @@ from ..errors import BrokerUnavailable
 
 CONNECT_TIMEOUT_S = 3.0
 COMMAND_TIMEOUT_S = 30.0  # covers a pipeline of a few thousand commands on a busy server
+# A worker's client rides out a Redis restart: each command is retried on a lost connection, with backoff
+# (0.05 s doubling to 2 s), about RESTART_WAIT_S in all. A command-line client answers in a second instead.
+RESTART_RETRIES, RESTART_WAIT_S = 20, 30
 
 
 def broker_url(url: str | None = None) -> str:
@@ -38,10 +41,11 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def connect(url: str | None = None, check: bool = True):
+def connect(url: str | None = None, check: bool = True, patient: bool | None = None):
     """A redis client for `url` (redis://, rediss://, with or without a password) with short timeouts.
-    With `check`, ping it now and raise BrokerUnavailable naming the URL if it does not answer."""
-    client = _client(broker_url(url))
+    With `check`, ping it now and raise BrokerUnavailable naming the URL if it does not answer. A `patient`
+    client (the default without `check`: the workers') retries commands through a restart of Redis."""
+    client = _client(broker_url(url), not check if patient is None else patient)
     if check:
         ping(client, broker_url(url))
     return client
@@ -67,15 +71,16 @@ def unavailable(url: str, error: BaseException) -> BrokerUnavailable:
     return BrokerUnavailable(f"lost the broker at {redact(url)}: {_reason(error)}")
 
 
-@functools.lru_cache(maxsize=8)  # one pool per URL and process; redis-py resets pools after a fork
-def _client(url: str):
+@functools.lru_cache(maxsize=8)  # one pool per URL, patience and process; redis-py resets pools after a fork
+def _client(url: str, patient: bool = False):
     import redis
-    from redis.backoff import NoBackoff
+    from redis.backoff import ExponentialBackoff, NoBackoff
     from redis.retry import Retry
 
+    retry = Retry(ExponentialBackoff(cap=2, base=0.05), RESTART_RETRIES) if patient else Retry(NoBackoff(), 1)
     # Celery's own query options (e.g. ssl_cert_reqs=required) are understood by redis-py too.
     return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
-                                retry=Retry(NoBackoff(), 1), health_check_interval=30, decode_responses=True)
+                                retry=retry, health_check_interval=30, decode_responses=True)
 
 
 def _reason(error: BaseException) -> str:

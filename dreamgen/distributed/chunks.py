@@ -83,9 +83,9 @@ def chunk_key(rnd: int, index: int) -> str:
 # -------------------------------------------------------------------------------------------- limits
 @dataclass
 class ChunkLimits:
-    lock_ttl_s: float = 600.0  # a dead worker's lock frees itself this long after its last sign of life
+    lock_ttl_s: float = 300.0  # a dead worker's lock frees itself this long after its last sign of life
     max_attempts: int = 3  # starts of one chunk before its documents are recorded as failed
-    time_limit_s: float = 6 * 3600.0  # the task's hard limit (workers.settings); the chunk stops a little before
+    time_limit_s: float = 30 * 60.0  # the task's hard limit (workers.settings); the chunk stops a little before
 
     @classmethod
     def from_settings(cls) -> "ChunkLimits":
@@ -174,6 +174,7 @@ class _ChunkRun:
         self.job, self.chunk, self.specs, self.record, self.worker = job, chunk, specs, record, worker
         self.report = report or (lambda meta: None)
         self.outcomes: dict[str, dict] = {}  # doc id -> {id, status, error}
+        self.started = time.time()  # issue 16: `status` counts a lost chunk's redelivery from here
 
     def execute(self, attempt: int, lock, limits: ChunkLimits, load_engine) -> dict:
         try:
@@ -255,7 +256,7 @@ class _ChunkRun:
 
     def _state(self, state: ChunkState, attempt: int, result: dict | None = None) -> None:
         meta = {"job": self.job.id, "chunk": self.chunk, "state": state.value, "worker": self.worker,
-                "attempt": attempt, "total": len(self.specs), **self._counts()}
+                "attempt": attempt, "total": len(self.specs), "started": self.started, **self._counts()}
         self.record.set_chunk_state(self.chunk, {**meta, **({"result": result} if result else {})})
         self.report(meta)
 

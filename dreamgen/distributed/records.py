@@ -25,10 +25,11 @@ class JobStatus(str, Enum):
     CANCELLING = "cancelling"  # the flag is set; chunks still on the queue drain without generating
     FINISHED = "finished"  # every chunk ended; some documents may have failed (see the failures)
     CANCELLED = "cancelled"
+    FAILED = "failed"  # every chunk ended, but the job's storage refused its end (the record's `error` says why)
 
     @property
     def final(self) -> bool:
-        return self in (JobStatus.FINISHED, JobStatus.CANCELLED)
+        return self in (JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED)
 
 
 class ChunkState(str, Enum):
@@ -58,7 +59,8 @@ class JobRecord:
     """One job's record. Keys (all expire together, `DREAMGEN_JOB_TTL`, default 7 days):
 
         <prefix>:job:<id>             hash: status, out, location, total, round, chunks, created, started, finished,
-                                      done, failed (counts at the end), config (JSON, to retry)
+                                      done, failed (counts at the end), error (why a failed job failed), config
+                                      (JSON, to retry)
         <prefix>:job:<id>:done        set of the ids of finished documents
         <prefix>:job:<id>:failed      hash: document id -> its last error (removed when it later succeeds)
         <prefix>:job:<id>:chunks      hash: chunk key "<round>.<n>" -> JSON state (state, worker, counts, result)
@@ -101,18 +103,23 @@ class JobRecord:
         value = self.client.hget(self.key, "status")
         return JobStatus(value) if value else None
 
-    def start_round(self, fields: dict, done_ids=()) -> int:
+    def start_round(self, fields: dict, done_ids=(), after: int = 0) -> int:
         """(Re)start the job: set its fields, status queued, a new round number; clear the cancel flag and the
-        failures (their documents are queued again). `done_ids` are documents stored before this round."""
+        failures (their documents are queued again). `done_ids` are documents stored before this round. The round
+        is above `after` (job.json's last), so chunk keys never repeat when Redis lost the record (a restart
+        without persistence) while chunks of the lost round may still write theirs."""
         ttl = record_ttl()
         now = time.time()
         rnd = self.client.hincrby(self.key, "round", 1)
+        if rnd <= after:
+            rnd = after + 1
+            self.client.hset(self.key, "round", rnd)
         pipe = self.client.pipeline(transaction=False)
         values = {**fields, "status": JobStatus.QUEUED.value, "updated": now}
         if isinstance(values.get("config"), dict):
             values["config"] = json.dumps(values["config"])
         pipe.hset(self.key, mapping={k: ("" if v is None else v) for k, v in values.items()})
-        pipe.hdel(self.key, "started", "finished", "done", "failed")
+        pipe.hdel(self.key, "started", "finished", "done", "failed", "error")
         pipe.delete(self.cancel_key, self.failed_key)  # every document not done is queued again
         ids = list(done_ids)
         for start in range(0, len(ids), 5000):

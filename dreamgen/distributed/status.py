@@ -6,10 +6,12 @@
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..clock import utc_text
+from .. import settings
+from ..clock import parse_utc, utc_text
 from ..errors import BrokerUnavailable, JobNotFound, JobStateError
 from ..jobs.output import JobOutput
 from ..jobs.storage import open_storage, shared_location
@@ -17,6 +19,7 @@ from . import broker
 from .records import ChunkState, JobRecord, JobStatus, RecentJobs, record_ttl
 
 FAILURES_SHOWN = 20
+LOST = "lost"  # a report's status, never a record's: Redis forgot an unfinished job
 
 
 @dataclass
@@ -34,17 +37,22 @@ class JobReport:
     round: int = 0
     chunks: dict = field(default_factory=dict)  # chunk state -> how many, in the current round
     running: list = field(default_factory=list)  # states of the running chunks (worker, counts)
+    lost: list = field(default_factory=list)  # states of "running" chunks whose lock expired: their worker died
+    lost_queue: str | None = None  # why nothing runs this unfinished job any more (Redis lost its record)
+    resume: str | None = None  # the command that resumes it
     failures: dict = field(default_factory=dict)  # document id -> error (the first few)
     created: str | None = None
     finished: str | None = None
+    submitted: float | None = None  # epoch seconds of the last submission (job.json), for a report from storage
+    error: str | None = None  # why a failed job failed
 
     @property
     def pending(self) -> int:
         return max(0, self.total - self.done - self.failed)
 
     @property
-    def final(self) -> bool:
-        return self.status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value)
+    def final(self) -> bool:  # "lost": it will not move by itself either
+        return self.status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value, JobStatus.FAILED.value, LOST)
 
 
 # -------------------------------------------------------------------------------------------- control
@@ -81,8 +89,11 @@ def job_status(job_id: str, broker_url: str | None = None, out: str | None = Non
         if data:
             return _report_from_record(record, data, failures)
     if out is None:
-        raise not_found(job_id, url)
-    return _report_from_storage(job_id, out, endpoint_url, failures)
+        raise not_found(job_id, url, client)
+    report = _report_from_storage(job_id, out, endpoint_url, failures)
+    if client is not None:  # Redis answers and has no record of it: is it a distributed job that never ended?
+        _note_a_lost_queue(report, client, out)
+    return report
 
 
 def list_jobs(broker_url: str | None = None, limit: int = 20) -> list[JobReport]:
@@ -105,9 +116,23 @@ def _report_from_record(record: JobRecord, data: dict, failures: int = FAILURES_
         by_state["queued"] = queued_chunks
     running = sorted((v for v in states.values() if v["state"] == ChunkState.RUNNING.value),
                      key=lambda v: int(v["chunk"].split(".")[1]))
+    # The chunk lock is the heartbeat: its worker extends it while it works, so a "running" chunk without one
+    # lost its worker (redelivered at once if only the pool process died, after the visibility timeout if the
+    # whole worker did).
+    pipe = record.client.pipeline(transaction=False)
+    for state in running:
+        pipe.exists(record.lock_key(state["chunk"]))
+    alive = pipe.execute() if running else []
+    lost = [state for state, held in zip(running, alive) if not held]
+    running = [state for state, held in zip(running, alive) if held]
+    if lost:
+        by_state[ChunkState.RUNNING.value] -= len(lost)
+        by_state[LOST] = len(lost)
+        by_state = +by_state  # drop states counted down to none
     return JobReport(id=record.job_id, status=data.get("status", "?"), total=_int(data.get("total")), done=done,
                      failed=failed, location=data.get("location", ""), out=data.get("out", ""), source="redis",
-                     round=rnd, chunks=dict(by_state), running=running, failures=record.failures(failures),
+                     round=rnd, chunks=dict(by_state), running=running, lost=lost,
+                     failures=record.failures(failures), error=data.get("error") or None,
                      created=data.get("created"), finished=_time(data.get("finished")))
 
 
@@ -120,10 +145,40 @@ def _report_from_storage(job_id: str, out: str, endpoint_url: str | None, failur
     done = stored["done"] if "done" in stored and stored.get("status") in ("finished", "cancelled") \
         else len(output.done_ids())
     return JobReport(id=job_id, status=stored.get("status", "?"), total=_int(stored.get("total")), done=done,
-                     failed=len(failed_entries), out=out, source="storage",
+                     failed=len(failed_entries), out=out, source="storage", submitted=_parsed(stored.get("submitted")),
                      location=output.location(stored.get("formats") or ["html"]),
                      failures={e["id"]: f"{e['error']}: {e['message']}" for e in failed_entries[:failures]},
                      created=stored.get("created"), finished=stored.get("finished"))
+
+
+def redelivery_by(state: dict) -> float:
+    """When Redis hands a lost chunk to another worker at the latest: the visibility timeout after its start."""
+    return float(state.get("started") or state.get("updated") or time.time()) + settings.visibility_timeout_s()
+
+
+def _note_a_lost_queue(report: JobReport, client, out: str) -> None:
+    """A job submitted to the workers whose job.json says it has not ended, while Redis has no record of it:
+    nothing will run it again (its queue and chord went with the record). Say why, and how to resume it."""
+    stored_status = report.status
+    if report.submitted is None or stored_status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value,
+                                                     JobStatus.FAILED.value):
+        return
+    redis_started = _redis_started(client)
+    if redis_started is not None and redis_started > report.submitted:
+        why = (f"Redis was restarted at {utc_text(redis_started)}, after the job was submitted, and kept none of "
+               "it (no persistence): its queued chunks are lost")
+    else:
+        why = "Redis holds no record of this unfinished job (expired or deleted): nothing will run its chunks"
+    report.status, report.lost_queue = LOST, f"{why}; job.json still says {stored_status}"
+    report.resume = f"dreamgen retry {report.id} --out {out}"
+
+
+def _redis_started(client) -> float | None:
+    try:
+        seconds, micros = client.time()
+        return seconds + micros / 1e6 - float(client.info("server")["uptime_in_seconds"])
+    except Exception:  # a managed Redis may refuse INFO: then say less
+        return None
 
 
 def refuse_if_active(record: JobRecord, doing: str = "submit it again") -> None:
@@ -133,10 +188,20 @@ def refuse_if_active(record: JobRecord, doing: str = "submit it again") -> None:
                             f"before you {doing}")
 
 
-def not_found(job_id: str, url: str) -> JobNotFound:
+def not_found(job_id: str, url: str, client=None) -> JobNotFound:
     days = record_ttl() / 86400
-    return JobNotFound(f"no record of job {job_id} at {broker.redact(url)} (records expire after {days:g} days); "
-                       "give --out to read its job.json from storage")
+    started = _redis_started(client) if client is not None else None
+    restart = f"; Redis was started at {utc_text(started)} and keeps nothing across a restart without persistence" \
+        if started is not None else ""
+    return JobNotFound(f"no record of job {job_id} at {broker.redact(url)} (records expire after {days:g} days"
+                       f"{restart}); give --out to read its job.json from storage")
+
+
+def _parsed(text: str | None) -> float | None:
+    try:
+        return parse_utc(text).timestamp() if text else None
+    except ValueError:
+        return None
 
 
 def _int(value) -> int:

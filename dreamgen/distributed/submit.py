@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from ..clock import utc_now
+from ..errors import StorageError
 from ..jobs.output import JobOutput
 from ..jobs.spec import JobConfig, batched, open_job, stored_config
 from ..jobs.storage import shared_location
@@ -69,10 +70,10 @@ def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, s
     rnd = record.start_round({"out": config.out, "location": output.location(config.formats), "total": total,
                               "prompts": config.prompts, "model": config.model,
                               "created": stored.get("created") or utc_now(), "config": config.wire(),
-                              "chunks": 0, "queued": 0}, done_ids=done_before)
+                              "chunks": 0, "queued": 0}, done_ids=done_before, after=int(stored.get("round") or 0))
     previous_end = ("finished", "done", "failed")  # of an earlier round; finalize writes them anew
     output.write_job({**{k: v for k, v in stored.items() if k not in previous_end},
-                      "status": JobStatus.QUEUED.value, "submitted": utc_now()})
+                      "status": JobStatus.QUEUED.value, "submitted": utc_now(), "round": rnd})
     job = JobWire(config, rnd)
     pending = (spec_to_wire(s) for s in iter_prompt_file(config.prompts, config.defaults, config.model)
                if s.id not in done_before)
@@ -90,10 +91,16 @@ def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, s
 
 def finalize_job(job: JobWire, client) -> dict:
     """Close a round of a job (the chord's callback): rebuild manifest, errors and index from the markers,
-    write job.json's status and counts, mark the record finished or cancelled. Idempotent."""
+    write job.json's status and counts, mark the record finished or cancelled. Idempotent. When the storage
+    refuses (S3 past its retries, a full disk), the record says the job failed and why: never "running" forever."""
     output = job.output()
-    counts = output.finalize(job.config.formats)
     record = JobRecord(client, job.id)
+    try:
+        counts = output.finalize(job.config.formats)
+    except StorageError as e:
+        done, failed = record.counts()
+        record.finish(JobStatus.FAILED, {"done": done, "failed": failed, "error": str(e)}, job.round)
+        return {"job": job.id, "status": JobStatus.FAILED.value, "error": str(e), "done": done, "failed": failed}
     current_round = client.hget(record.key, "round")
     if current_round is not None and current_round != str(job.round):
         return {"job": job.id, "status": "superseded", **counts}  # a newer round owns the job now

@@ -15,12 +15,20 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..errors import ParamsError
+
 SCHEDULER_CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}
 
 
 def make_scheduler(name: str, base_config: dict):
     """A fresh scheduler of the named kind over the model's noise schedule (schedulers are stateful)."""
     return SCHEDULER_CLASSES[name].from_config(base_config)
+
+
+def max_steps(scheduler_config: dict) -> int:
+    """The most denoising steps a schedule allows: past its training timesteps less its offset, ddpm and ddim
+    index beyond the schedule's end, and dpm-solver repeats a timestep (its step then divides by zero)."""
+    return int(scheduler_config.get("num_train_timesteps", 1000)) - max(int(scheduler_config.get("steps_offset", 0)), 1)
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -56,7 +64,10 @@ def denoise_group(requests: list[ImageRequest], unet: Callable, vae_decode: Call
                   check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
     """Paint a group of images that share a group_key; returns (N, 3, H, W) in [0, 1]."""
     first = requests[0]
-    # 1. scheduler and timesteps
+    # 1. scheduler and timesteps (issue 16: a model's own schedule may allow fewer steps than params.MAX_STEPS)
+    if first.steps > max_steps(scheduler_config):
+        raise ParamsError(f"steps={first.steps}: this model's noise schedule allows at most "
+                          f"{max_steps(scheduler_config)} steps", name="steps")
     scheduler = make_scheduler(first.scheduler, scheduler_config)
     scheduler.set_timesteps(first.steps, device=device)
 

@@ -4,7 +4,7 @@
     output.py   the job folder's layout over a Storage, export_job
     storage.py  a local folder or an S3 bucket behind one interface
     png.py      PNG files that carry their generation parameters
-    run.py      run_job and generate_batch: the one room here that imports generation (and torch)
+    run.py      run_job and generate_documents: the one room here that imports generation (and torch)
 
 May import prompts, model, generation, engines, exporters and the shared vocabulary; never distributed or workers.
 """

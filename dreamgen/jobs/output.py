@@ -83,6 +83,13 @@ class JobOutput:
         Sets each ImageBlock's path and sha256. Returns its manifest entry."""
         doc.job_id = doc.job_id or self.job_id
         doc.created = doc.created or utc_now()
+        try:
+            return self._save_document(doc, formats, self_contained)
+        except StorageError:  # nothing half-written: the files stored so far go (and give back their space)
+            self._remove_unfinished(doc.id)
+            raise
+
+    def _save_document(self, doc: Document, formats, self_contained: bool) -> dict:
         stored = {}
         for block in doc.images:  # 1. pictures, with their parameters inside
             if block.image is None:
@@ -103,6 +110,15 @@ class JobOutput:
         self.storage.create_once(self.marker_key(DONE_DIR, doc.id), _json_bytes(entry))
         self.storage.delete(self.marker_key(FAILED_DIR, doc.id))  # a retry that succeeded
         return entry
+
+    def _remove_unfinished(self, doc_id: str) -> None:
+        """Best effort: delete a document's files unless it is done (another worker may have finished it)."""
+        try:
+            if not self.storage.exists(self.marker_key(DONE_DIR, doc_id)):
+                for key in self.storage.list(self.doc_key(doc_id) + "/"):
+                    self.storage.delete(key)
+        except StorageError:
+            pass
 
     def write_exports(self, doc: Document, formats=FORMATS, self_contained: bool = False, read_image=None) -> None:
         """(Re)write a stored document's index.md / index.html."""

@@ -20,7 +20,7 @@ from exporters import FORMATS
 
 from ..clock import utc_now
 from ..document import Document
-from ..errors import GenerationCancelled, JobInterrupted, StorageError
+from ..errors import GenerationCancelled, JobFailed, JobInterrupted, StorageError
 from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
@@ -95,8 +95,8 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
             return
         except _SourceFailed as e:
             raise e.error from None
-        except (GenerationCancelled, KeyboardInterrupt):
-            raise
+        except (GenerationCancelled, KeyboardInterrupt, StorageError):  # storage failing is the job's, not a
+            raise  # document's: stop rather than generate the rest for a disk that is full
         except Exception as e:
             log.warning("a step failed (%s: %s); running the %d documents in flight one by one, then going on",
                         type(e).__name__, e, len(pulled))
@@ -104,7 +104,7 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
                 try:
                     generator.run(requests(iter([item])), on_document=lambda _, doc, item=item: item.done(doc),
                                   should_stop=should_stop, slots=1)
-                except (GenerationCancelled, KeyboardInterrupt):
+                except (GenerationCancelled, KeyboardInterrupt, StorageError):
                     raise
                 except Exception as e_one:
                     item.fail(e_one, None)
@@ -174,23 +174,52 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
         emit("slots", {"slots": slots, "schedule": config.schedule, "default": config.slots is None,
                        "device": str(generator.model.device)})
     record_running(output, config, total)
-    status = "finished"
+    status, error = "finished", None
     try:
         if first is not None:
             generate_documents(generator, output, itertools.chain([first], pending), config.formats,
                                config.self_contained, config.endpoint_url, on_event, should_stop, slots=slots)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
+    except Exception as e:  # issue 16: a job that stops never stays "running" (a full disk, S3 past its retries)
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        log.warning("job %s stopped: %s", config.job_id, error)
+    recorded = True
+    try:
+        counts = _record_end(output, config, status, error)
+    except StorageError as e:  # the storage that stopped the job may refuse the record too: say so
+        if error is None:
+            raise
+        counts, recorded = {"done": len(_done_ids_if_listable(output)), "failed": 0}, False
+        error = f"{error} (job.json could not be updated either: {e})"
+    summary = JobSummary(job_id=config.job_id, total=total, done=counts["done"], failed=counts["failed"],
+                         skipped=len(done_before), location=output.location(config.formats),
+                         seconds=time.perf_counter() - started, status=status, error=error)
+    if status == "interrupted":
+        raise JobInterrupted(summary)
+    if status == "failed":
+        raise JobFailed(summary, error, recorded)
+    return summary
+
+
+def _record_end(output: JobOutput, config: JobConfig, status: str, error: str | None) -> dict:
+    """job.json's end (status, finish time, why a failed job stopped), then the manifest, errors and index of
+    what is done; returns the counts."""
     record = {**(output.read_job() or config.record()), "status": status, "finished": utc_now()}
+    if error:
+        record["error"] = error
     output.write_job(record)  # first, so the index page shows when the job finished
     counts = output.finalize(config.formats)
     output.write_job({**record, **counts})
-    summary = JobSummary(job_id=config.job_id, total=total, done=counts["done"], failed=counts["failed"],
-                         skipped=len(done_before), location=output.location(config.formats),
-                         seconds=time.perf_counter() - started, status=status)
-    if status == "interrupted":
-        raise JobInterrupted(summary)
-    return summary
+    return counts
+
+
+def _done_ids_if_listable(output: JobOutput) -> set[str]:
+    """The documents done, or none known when the storage cannot even be listed."""
+    try:
+        return output.done_ids()
+    except StorageError:
+        return set()
 
 
 def generate_document(generator: Generator, prompt: str, params: GenerationParams, out: str, model_id: str,

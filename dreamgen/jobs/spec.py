@@ -85,7 +85,8 @@ class JobSummary:
     skipped: int  # already done before this run
     location: str  # where to open the job's index
     seconds: float
-    status: str  # finished | interrupted
+    status: str  # finished | interrupted | failed
+    error: str | None = None  # why a failed job stopped
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import random
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import quote
@@ -14,7 +16,13 @@ from urllib.parse import quote
 from .. import settings
 from ..errors import KeyNotFound, StorageError
 
-S3_MAX_ATTEMPTS = 8  # botocore "standard" retries back off exponentially on throttling and 5xx
+# Transient S3 errors are retried here, not by botocore: its "standard" mode gives up once a client has spent
+# its retry quota (500 units, 5 a retry), which a 55% fault rate empties within a hundred requests.
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 10.0  # full jitter: a random wait up to min(max, first * 2^attempt)
+CHECK_RETRY_S = 5.0  # the check before a job: a wrong endpoint is a mistake to report now, not in minutes
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
+                    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException",
+                    "BandwidthLimitExceeded", "OperationAborted"}
 _TEMP_PREFIX = ".tmp-"
 _CONTENT_TYPES = {".md": "text/markdown; charset=utf-8", ".html": "text/html; charset=utf-8",
                   ".json": "application/json", ".jsonl": "application/x-ndjson", ".png": "image/png"}
@@ -100,7 +108,16 @@ class LocalStorage(Storage):
         self.location = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*check_key(key).split("/"))
+        return self._inside(self.root.joinpath(*check_key(key).split("/")))
+
+    def _inside(self, path: Path) -> Path:
+        """`path`, if it stays inside the root once symbolic links are followed. A link inside the output folder
+        (to a job folder, a document folder, images/) must not carry writes or reads elsewhere (issue 16)."""
+        real = os.path.realpath(path)
+        if real != self.location and not real.startswith(self.location.rstrip(os.sep) + os.sep):
+            raise StorageError(f"refusing to use {path}: a symbolic link leads it to {real}, outside the output "
+                               f"folder {self.root}")
+        return path
 
     def write_bytes(self, key, data, content_type=None):
         path = self._path(key)
@@ -145,7 +162,7 @@ class LocalStorage(Storage):
     def list(self, prefix=""):
         # S3 semantics (a string prefix, not a folder), walking only the folder the prefix lies in.
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        start = self._inside(self.root.joinpath(*folder.split("/"))) if folder else self.root
         keys = []
         for dirpath, _, filenames in os.walk(start):
             rel = Path(dirpath).relative_to(self.root).as_posix()
@@ -221,8 +238,10 @@ def _fsync_dir(folder: Path) -> None:
 class S3Storage(Storage):
     """An S3 bucket (or S3-compatible server) under a key prefix. Credentials come from boto3's chain."""
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None):
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None,
+                 retry_s: float | None = None):
         self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.retry_s = settings.s3_retry_s() if retry_s is None else retry_s
         self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
         self.location = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._client = client
@@ -234,7 +253,7 @@ class S3Storage(Storage):
             import boto3
             from botocore.config import Config
 
-            options = {"retries": {"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+            options = {"retries": {"mode": "standard", "total_max_attempts": 1},  # retried in _retrying
                        "connect_timeout": 10, "read_timeout": 60}
             if self.endpoint_url:
                 # boto3 >= 1.36 sends CRC checksums by default, which S3-compatible servers may reject.
@@ -250,8 +269,8 @@ class S3Storage(Storage):
     def write_bytes(self, key, data, content_type=None):
         full = self._full(key)
         with self._errors(full):
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
-                                   ContentType=content_type or content_type_for(key))
+            self._retrying(lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
+                                                          ContentType=content_type or content_type_for(key)))
 
     def create_once(self, key, data, content_type=None):
         from botocore.exceptions import ClientError
@@ -261,8 +280,9 @@ class S3Storage(Storage):
         if self._conditional_writes:
             try:
                 with self._errors(full, passthrough=True):
-                    self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type,
-                                           IfNoneMatch="*")
+                    # A retry after a lost answer may meet its own object: 412, "exists", which is true.
+                    self._retrying(lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
+                                                                  ContentType=content_type, IfNoneMatch="*"))
                 return True
             except ClientError as e:
                 code = _error_code(e)
@@ -281,8 +301,8 @@ class S3Storage(Storage):
 
     def read_bytes(self, key):
         full = self._full(key)
-        with self._errors(full):
-            return self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
+        with self._errors(full):  # the body's read is retried too: a connection can drop mid-stream
+            return self._retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
 
     def exists(self, key):
         from botocore.exceptions import ClientError
@@ -290,7 +310,7 @@ class S3Storage(Storage):
         full = self._full(key)
         try:
             with self._errors(full, passthrough=True):
-                self.client.head_object(Bucket=self.bucket, Key=full)
+                self._retrying(lambda: self.client.head_object(Bucket=self.bucket, Key=full))
             return True
         except ClientError as e:
             if _error_code(e) in ("404", "NoSuchKey", "NotFound"):
@@ -300,16 +320,17 @@ class S3Storage(Storage):
     def list(self, prefix=""):
         full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
-        keys = []
+        def listing():  # retried whole: a listing is cheap to start again, and pages must not repeat
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix)
+            return [item["Key"][strip:] for page in pages for item in page.get("Contents", [])]
+
         with self._errors(full_prefix):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix):
-                keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
-        return sorted(keys)
+            return sorted(self._retrying(listing))
 
     def delete(self, key):
         full = self._full(key)
         with self._errors(full):
-            self.client.delete_object(Bucket=self.bucket, Key=full)
+            self._retrying(lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
 
     def url_for(self, key):
         full = quote(self._full(key), safe="/")
@@ -319,7 +340,22 @@ class S3Storage(Storage):
 
     def check(self):
         with self._errors(""):
-            self.client.head_bucket(Bucket=self.bucket)
+            self._retrying(lambda: self.client.head_bucket(Bucket=self.bucket), min(self.retry_s, CHECK_RETRY_S))
+
+    def _retrying(self, call, retry_s: float | None = None):
+        """call(), again after each transient error (throttling, 5xx, a dropped or timed-out connection), with
+        exponential backoff and full jitter, for up to `retry_s` seconds (DREAMGEN_S3_RETRY_S); then the error."""
+        budget = self.retry_s if retry_s is None else retry_s
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return call()
+            except Exception as e:
+                wait = random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** attempt))
+                if not _transient(e) or time.monotonic() + wait - started > budget:
+                    raise
+            attempt += 1
+            time.sleep(wait)
 
     def _errors(self, key: str, passthrough: bool = False):
         return _S3Errors(self, key, passthrough)
@@ -366,6 +402,18 @@ class _S3Errors:
         if isinstance(exc, (ClientError, BotoCoreError)):
             raise self.storage._storage_error(exc, self.key) from None
         return False
+
+
+def _transient(error) -> bool:
+    """An S3 error that may pass if the same request is sent again."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+
+    if isinstance(error, (ConnectionError, HTTPClientError, IncompleteReadError)):
+        return True
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return _error_code(error) in _TRANSIENT_CODES or status == 429 or (status >= 500 and status != 501)
+    return False
 
 
 def _error_code(error) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ParamsError, PromptFileError, PromptFileProblems
+from ..errors import ParamsError, PromptFileError, PromptFileProblems, preview, quoted
 from ..ids import document_id, safe_document_id
 from ..params import PARAM_NAMES, GenerationParams
 from .readers import DEFAULT_FIELDS, EXTENSIONS, FIELDS, FileDefaults, reader_for, type_problem, unknown_field_reason
@@ -220,9 +220,9 @@ class _SpecBuilder:
             self.fail(line, f"same prompt and parameters as line {first_line} (document id {doc_id}); "
                             "give one of them an id or a different seed")
         if first_id != doc_id:
-            self.fail(line, f"id {custom_id!r} and the id {first_id!r} on line {first_line} differ only in case; "
-                            "they would share a folder on case-insensitive file systems", field=id_field)
-        shown = f"{custom_id!r}" + (f" (document id {doc_id!r})" if doc_id != custom_id else "")
+            self.fail(line, f"id {quoted(custom_id)} and the id {quoted(first_id)} on line {first_line} differ "
+                            "only in case; they would share a folder on case-insensitive file systems", field=id_field)
+        shown = quoted(custom_id) + (f" (document id {doc_id!r})" if doc_id != custom_id else "")
         self.fail(line, f"duplicate id {shown}: line {first_line} has the same id", field=id_field)
 
 
@@ -261,19 +261,27 @@ class _ImageResolver:
         if ref.startswith("s3://"):
             bucket, _, key = ref[len("s3://"):].partition("/")
             if not bucket or not key:
-                raise PromptFileError(self.prompt_file, line, f"{ref!r} needs a bucket and a key: "
+                raise PromptFileError(self.prompt_file, line, f"{preview(ref)} needs a bucket and a key: "
                                                               "s3://bucket/path/to/picture.png", field="images")
             return ref, ref
         if _URL_SCHEME.match(ref):
-            raise PromptFileError(self.prompt_file, line, f"unsupported URL {ref!r}: use a local path or "
+            raise PromptFileError(self.prompt_file, line, f"unsupported URL {preview(ref)}: use a local path or "
                                                           "an s3:// URL", field="images")
-        location = (self.base / ref).resolve()
-        if not location.is_file():
-            raise PromptFileError(self.prompt_file, line, f"input image not found: {location}", field="images")
-        stat = location.stat()
+        try:
+            location = (self.base / ref).resolve()
+            found = location.is_file()
+            stat = location.stat() if found else None
+        except (OSError, ValueError) as e:  # a name too long for the file system, a loop of links
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise PromptFileError(self.prompt_file, line, f"input image {preview(ref)} cannot be used: {reason}",
+                                  field="images") from None
+        if not found:
+            raise PromptFileError(self.prompt_file, line, f"input image not found: {preview(str(location), 200)}",
+                                  field="images")
         identity = _image_identity(str(location), stat.st_mtime_ns, stat.st_size)
         if identity is None:
-            raise PromptFileError(self.prompt_file, line, f"not an image file: {location}", field="images")
+            raise PromptFileError(self.prompt_file, line, f"not an image file: {preview(str(location), 200)}",
+                                  field="images")
         return str(location), identity
 
 

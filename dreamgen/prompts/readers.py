@@ -4,7 +4,8 @@ goes on to the next one; problems of the whole file (its header, its YAML struct
 are raised.
 
 What a prompt file may contain (its fields and their types) is defined here too; `prompts.py` checks
-the values. Every reader streams: one line (or one YAML item) at a time.
+the values. Every reader streams: one line (or one YAML item) at a time, within the bounds of `limits.py`, so a
+hostile file gets a one-line error like any other mistake, never a traceback or a stall.
 """
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ import csv
 import difflib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import yaml
 
-from ..errors import PromptFileError
+from ..errors import PromptFileError, preview
 from ..params import PARAM_NAMES
+from .bounded_yaml import BoundedLoader, YAMLLimit, check_node
+from .limits import MAX_LINE_BYTES, LongNumber, bounded_int, text_problem
 
 DEFAULT_FIELDS = PARAM_NAMES  # what job defaults and a YAML `defaults:` may set
 ID_FIELDS = ("id", "custom_id")
@@ -55,9 +59,21 @@ def reader_for(path: Path):
 
 
 def decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text with its line ending), decoding each line on its own to name a bad one."""
+    """(line number, text with its line ending), decoding each line on its own to name a bad one. A line is read
+    MAX_LINE_BYTES at most, so a file of one endless line never fills the memory."""
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
+        number = 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise PromptFileError(path, number, f"line is longer than {MAX_LINE_BYTES // 1024} KiB; no prompt "
+                                                    "is that long (is it a prompt file?)")
+            if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                raise PromptFileError(path, number, "is UTF-16 (it starts with a UTF-16 byte-order mark); "
+                                                    "save the file as UTF-8")
+            if b"\x00" in raw:  # UTF-16 without a byte-order mark decodes as UTF-8 full of NULs
+                raise PromptFileError(path, number, f"holds a NUL byte (column {raw.index(0) + 1}): a UTF-16 or "
+                                                    "binary file? Save the file as UTF-8")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -84,9 +100,12 @@ def _read_jsonl(path: Path):
 def _jsonl_item(path: Path, number: int, text: str) -> dict | PromptFileError:
     """The line's object, or the problem that makes it none (yielded, so the lines after it are still read)."""
     try:
-        item = json.loads(text, object_pairs_hook=_object_without_repeated_keys)
+        # Without its line ending, so an unfinished line is reported where it ends, not at "line 2, column 1".
+        item = _JSON.decode(text.rstrip("\r\n"))
     except json.JSONDecodeError as e:
         return PromptFileError(path, number, f"invalid JSON: {e.msg} (column {e.colno})")
+    except RecursionError:  # json's scanner recurses once per [ or {
+        return PromptFileError(path, number, "invalid JSON: nested too deeply (a prompt line nests 3 levels)")
     except _RepeatedKey as e:
         return PromptFileError(path, number, "appears twice in the same object", field=e.key)
     if not isinstance(item, dict):
@@ -109,6 +128,10 @@ def _object_without_repeated_keys(pairs):
                 raise _RepeatedKey(key)
             seen.add(key)
     return item
+
+
+# One decoder for every line (json.loads with options builds a new one per call).
+_JSON = json.JSONDecoder(object_pairs_hook=_object_without_repeated_keys, parse_int=bounded_int)
 
 
 def _read_csv(path: Path):
@@ -163,7 +186,7 @@ def _csv_value(path: Path, line: int, name: str, cell: str):
     if name in INT_FIELDS:
         if not re.fullmatch(r"[+-]?\d+", text):
             raise PromptFileError(path, line, f"must be an integer, got {_show(text)}", field=name)
-        return int(text)
+        return bounded_int(text)
     if name in NUMBER_FIELDS:
         try:
             return float(text)
@@ -178,15 +201,19 @@ def _read_yaml(path: Path):
     """Items one at a time from the event stream, so a long list is never built whole."""
     try:
         with open(path, encoding="utf-8-sig") as stream:
-            loader = yaml.SafeLoader(stream)
+            loader = BoundedLoader(stream)
             try:
                 yield from _yaml_items(path, loader)
             finally:
                 loader.dispose()
-    except UnicodeDecodeError:
-        for _ in decoded_lines(path):  # raises with the line number of the bad bytes
+    except (UnicodeDecodeError, yaml.reader.ReaderError):  # bytes that are not UTF-8, NULs, control characters
+        for _ in decoded_lines(path):  # raises with the line number of bad bytes, NULs and overlong lines
             pass
-        raise
+        raise PromptFileError(path, None, f"invalid YAML: {sys.exc_info()[1]}") from None
+    except YAMLLimit as e:
+        raise PromptFileError(path, e.line, e.reason) from None
+    except RecursionError:  # a last guard: BoundedLoader bounds the nesting well before this
+        raise PromptFileError(path, None, "invalid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise PromptFileError(path, mark.line + 1 if mark else None,
@@ -267,6 +294,10 @@ def _yaml_item(path: Path, loader: yaml.SafeLoader, node, line: int) -> dict | P
 
 
 def _construct(path: Path, loader: yaml.SafeLoader, node):
+    try:
+        check_node(node)  # before building it: aliases may make a small text a billion values
+    except YAMLLimit as e:
+        raise PromptFileError(path, e.line, e.reason) from None
     if isinstance(node, yaml.MappingNode):  # PyYAML would let a repeated key silently win
         seen = set()
         for key_node, _ in node.value:
@@ -281,6 +312,8 @@ def _construct(path: Path, loader: yaml.SafeLoader, node):
 
 def type_problem(name: str, value) -> str | None:
     """Why `value` has the wrong type for field `name`, or None if it is fine."""
+    if isinstance(value, LongNumber) and name in INT_FIELDS | NUMBER_FIELDS:
+        return f"must be {'an integer' if name in INT_FIELDS else 'a number'} in range, got {value}"
     if name in INT_FIELDS:
         ok = isinstance(value, int) and not isinstance(value, bool)
         return None if ok else f"must be an integer, got {_show(value)}"
@@ -289,17 +322,19 @@ def type_problem(name: str, value) -> str | None:
         return None if ok else f"must be a number, got {_show(value)}"
     if name in STRING_FIELDS:
         if isinstance(value, str):
-            return None
-        hint = " (put it in quotes)" if isinstance(value, (int, float)) else ""
+            return text_problem(value)
+        hint = " (put it in quotes)" if isinstance(value, (int, float, LongNumber)) else ""
         return f"must be a string, got {_show(value)}{hint}"
     if name in LIST_FIELDS:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        return None if ok else f"must be a list of local paths or s3:// URLs, got {_show(value)}"
+        if not ok:
+            return f"must be a list of local paths or s3:// URLs, got {_show(value)}"
+        return next((f"entry {i + 1} {problem}" for i, v in enumerate(value) if (problem := text_problem(v))), None)
     return None
 
 
 def unknown_field_reason(name, what: str, known=FIELDS) -> str:
-    close = difflib.get_close_matches(str(name), known, n=1)
+    close = difflib.get_close_matches(str(name)[:100], known, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     return f"unknown {what}; {hint}known: {', '.join(known)}"
 
@@ -309,18 +344,16 @@ def _kind(value) -> str:
         return "a boolean"
     if value is None:
         return "null"
-    names = {int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    names = {int: "a number", float: "a number", LongNumber: "a number", str: "a string", list: "a list",
+             dict: "a mapping"}
     return names.get(type(value), type(value).__name__)
 
 
 def _show(value) -> str:
-    """A short, unambiguous rendering of a bad value for a message."""
+    """A short, unambiguous rendering of a bad value for a message (bounded, however big the value)."""
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, (str, int, float, list, dict)) or value is None:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    else:  # e.g. a date YAML read from 2024-01-01
-        text = str(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
+    if isinstance(value, LongNumber):
+        return str(value)
+    text = preview(value)
     return text if isinstance(value, str) else f"{text} ({_kind(value)})"

@@ -9,7 +9,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import ParamsError
+from ..errors import ParamsError, quoted
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "prompts"
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -21,7 +21,7 @@ CHAT_TEMPLATES = {
 NO_TEMPLATE = "none"  # the topic is the instruction, unchanged
 TOPIC = "{topic}"
 # Names are file stems; a strict pattern keeps "../x" from ever reaching the file system.
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # used with fullmatch
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # used with fullmatch; 64 characters keep it a valid file name
 
 
 def available() -> list[str]:
@@ -34,7 +34,8 @@ def check_template(name: str) -> str:
     if name == NO_TEMPLATE:
         return name
     if not isinstance(name, str) or not _NAME.fullmatch(name) or not (TEMPLATES_DIR / f"{name}.txt").is_file():
-        reason = f"unknown prompt template {name!r}; available: {', '.join(available())}"
+        reason = f"unknown prompt template {quoted(name) if isinstance(name, str) else repr(name)}; " \
+                 f"available: {', '.join(available())}"
         raise ParamsError(reason, name="template", rule=reason)
     return name
 

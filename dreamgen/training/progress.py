@@ -6,7 +6,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class TrainProgress:
-    """Step bar with the latest losses and learning rate; checkpoints and the end are logged as lines."""
+    """Step bar with the latest losses and learning rate; checkpoints and the end are logged as lines (without
+    markup: paths are the user's, and "[/x]" in one is not a style)."""
 
     LOSS_KEYS = ("loss", "lm", "vm", "l1", "mse", "kl")
 
@@ -28,12 +29,13 @@ class TrainProgress:
         if kind == "start":
             what = f"{info.get('documents', info.get('images'))} {'documents' if 'documents' in info else 'images'}"
             self.progress.console.log(f"{info['stage']}: {what}, {info['trainable']:,} trainable parameters"
-                                      + (f", resumed from {info['resumed_from']}" if info.get("resumed_from") else ""))
+                                      + (f", resumed from {info['resumed_from']}" if info.get("resumed_from") else ""),
+                                      markup=False)
             self.task = self.progress.add_task(info["stage"], total=info["steps"], completed=info["step"], losses="")
         elif kind == "step":
             losses = " ".join(f"{k} {info[k]:.4f}" for k in self.LOSS_KEYS if k in info)
             self.progress.update(self.task, completed=info["step"], losses=f"{losses} lr {info['lr']:.2e}")
         elif kind == "save":
-            self.progress.console.log(f"checkpoint {info['path']}")
+            self.progress.console.log(f"checkpoint {info['path']}", markup=False)
         elif kind == "done":
-            self.progress.console.log(f"done in {info['seconds']:.0f}s: {info['path']}")
+            self.progress.console.log(f"done in {info['seconds']:.0f}s: {info['path']}", markup=False)
