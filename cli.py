@@ -58,7 +58,7 @@ def model_option(f):
 
 def dtype_option(f):
     return setting_option("--dtype", setting=settings.DTYPE, type=click.Choice(settings.DTYPES),
-                          help="Weights' precision (the VAE stays fp32).")(f)
+                          help="Weights' precision: auto is bf16 on CUDA, fp32 on the CPU (the VAE stays fp32).")(f)
 
 
 def model_options(f):
