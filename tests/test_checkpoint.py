@@ -41,7 +41,10 @@ def test_released_layout_round_trip_gives_identical_tensors(saved):
     assert set(torch.load(saved / "dream_embedding.bin")) == {"dream_queries"}
     head_keys = set(torch.load(saved / "stable_diffusion_head.bin"))
     assert "projector.projector.weight" in head_keys and any(k.startswith("unet.") for k in head_keys)
-    assert {"projector.projector.weight", "projector.projector.bias"} <= set(torch.load(saved / "clip_vision_embedding.bin"))
+    clip_keys = set(torch.load(saved / "clip_vision_embedding.bin"))
+    assert {"projector.projector.weight", "projector.projector.bias"} <= clip_keys
+    assert {k for k in clip_keys if not k.startswith("projector.")} == {  # transformers 4.35's names, as released
+        "clip_vision_model.vision_model." + k for k in tiny_model().vision.clip_vision_model.state_dict()}
     assert "lm_head.weight" in torch.load(saved / "pytorch_model.bin")
 
     loaded = load_model(str(saved))

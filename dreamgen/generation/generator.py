@@ -402,4 +402,5 @@ class Generator:
             id=request.id or f"doc-{row.index}", prompt=request.prompt, model=self.model.info.name,
             params=request.params.to_dict(), blocks=row.blocks, title=request.title, stop_reason=row.stop_reason,
             timings={"seconds": round(elapsed, 4), "batch_size": batch_size, "new_tokens": row.new_tokens,
-                     "images": row.images_done, "backend": self.components.name})
+                     "images": row.images_done, "backend": self.components.name,
+                     "dtype": self.model.info.dtype})  # issue 12: the dtype --dtype auto resolved to

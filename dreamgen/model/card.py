@@ -148,6 +148,13 @@ class ModelCard:
     def count_tokens(self, text: str) -> int:
         return count_tokens(self.tokenizer, text)
 
+    @classmethod
+    def of(cls, model) -> "ModelCard":
+        """The card of a loaded DreamLLM (its own tokenizer and sizes)."""
+        return cls(path=Path(model.info.path or "."), max_positions=model.max_positions, tokenizer=model.tokenizer,
+                   num_dream_queries=model.special.num_dream_queries,
+                   num_image_patches=model.special.num_image_patches)
+
 
 def read_model_card(ckpt: Path) -> ModelCard:
     config = read_json(ckpt / "config.json")
