@@ -6,12 +6,13 @@ of its own module tree, in bf16:
     pytorch_model.bin            LlamaForCausalLM: model.embed_tokens.weight, model.layers.N.*, model.norm.weight,
                                  lm_head.weight   (or pytorch_model-0000N-of-0000M.bin + pytorch_model.bin.index.json)
     clip_vision_embedding.bin    CLIPVisionEmbedding: clip_vision_model.vision_model.* (transformers 4.35's
-                                 CLIPVisionModel nests everything under `vision_model.`), projector.projector.{weight,bias}
+                                 CLIPVisionModel nests everything under `vision_model.`),
+                                 projector.projector.{weight,bias}
     dream_embedding.bin          DreamEmbedding: dream_queries (1, Q, H)
     stable_diffusion_head.bin    StableDiffusionHead: vae.*, unet.*, projector.projector.weight
     config.json                  DreamLLMConfig: model_type "dreamllm", the wrong bos 0 / eos 1 / pad -1 it inherited
                                  from Vicuna's config, plugins_init_kwargs with `_target_`s, special_tokens2ids_dict
-    tokenizer.model + added_tokens.json, special_tokens_map.json, tokenizer_config.json (a sentencepiece LLaMA tokenizer)
+    tokenizer.model + added_tokens.json, special_tokens_map.json, tokenizer_config.json (sentencepiece, LLaMA-style)
 
 The LLM and CLIP names are written out here by hand, from the 4.35 module structure, so this file does not follow
 whatever the installed transformers calls them. UNet and VAE names come from diffusers' own classes (their names have
@@ -234,7 +235,8 @@ def released_config(s: Sizes, vocab: int, ids: dict, clip_name: str, sd_name: st
 
 def clip_hub_config(s: Sizes) -> dict:
     """The CLIP tower's config in the hub's full CLIPConfig form (text and vision), as a copied snapshot has it."""
-    vision = {"hidden_size": s.clip_hidden, "intermediate_size": s.clip_intermediate, "num_hidden_layers": s.clip_layers,
+    vision = {"hidden_size": s.clip_hidden, "intermediate_size": s.clip_intermediate,
+              "num_hidden_layers": s.clip_layers,
               "num_attention_heads": s.clip_heads, "image_size": s.clip_image, "patch_size": s.clip_patch,
               "projection_dim": s.clip_hidden, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-05,
               "model_type": "clip_vision_model", "num_channels": 3}

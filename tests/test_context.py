@@ -29,7 +29,8 @@ CONTEXT = 128  # a small context, so filling it takes few steps
 @pytest.fixture(scope="module")
 def short(tmp_path_factory):
     """A checkpoint in the released layout whose LLM has a context of 128 positions."""
-    return write_released_checkpoint(tmp_path_factory.mktemp("short") / "ckpt", sizes=replace(TINY, max_positions=CONTEXT))
+    return write_released_checkpoint(tmp_path_factory.mktemp("short") / "ckpt",
+                                     sizes=replace(TINY, max_positions=CONTEXT))
 
 
 def invoke(*args):
@@ -189,5 +190,6 @@ def test_the_resolved_dtype_is_recorded(installed_tiny):
     assert resolve_dtype("auto", torch.device("cuda", 0)) == "bf16"  # decided by the device alone
     assert resolve_dtype("fp16", torch.device("cuda", 0)) == "fp16"
     assert load_model("tiny-random").info.dtype == "fp32"
-    doc = Generator(tiny_model()).generate([DocumentRequest("rivers", GenerationParams(max_new_tokens=4, max_images=0))])[0]
+    request = DocumentRequest("rivers", GenerationParams(max_new_tokens=4, max_images=0))
+    doc = Generator(tiny_model()).generate([request])[0]
     assert doc.timings["dtype"] == "fp32"

@@ -128,7 +128,8 @@ def _reference_picture(released, caption: str, seed: int, steps: int, guidance: 
 
     config = json.loads((released / "config.json").read_text())
     llm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=config["vocab_size"], hidden_size=config["hidden_size"], intermediate_size=config["intermediate_size"],
+        vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
+        intermediate_size=config["intermediate_size"],
         num_hidden_layers=config["num_hidden_layers"], num_attention_heads=config["num_attention_heads"],
         num_key_value_heads=config["num_key_value_heads"], max_position_embeddings=config["max_position_embeddings"],
         rms_norm_eps=config["rms_norm_eps"], tie_word_embeddings=False))
@@ -152,9 +153,10 @@ def _reference_picture(released, caption: str, seed: int, steps: int, guidance: 
         return module
 
     scheduler = DDPMScheduler.from_config(json.loads((released / "scheduler" / "scheduler_config.json").read_text()))
-    pipe = StableDiffusionPipeline(vae=part("vae", AutoencoderKL, "vae"), unet=part("unet", UNet2DConditionModel, "unet"),
-                                   scheduler=scheduler, text_encoder=None, tokenizer=None, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(vae=part("vae", AutoencoderKL, "vae"),
+                                   unet=part("unet", UNet2DConditionModel, "unet"), scheduler=scheduler,
+                                   text_encoder=None, tokenizer=None, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     size = TINY.latent * 8
     return pipe(prompt_embeds=condition([1] + sp.encode(caption)), negative_prompt_embeds=condition([1]),
                 num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
@@ -243,3 +245,15 @@ def test_modules_are_built_without_weights():
     assert sum(p.numel() for p in llm.parameters()) > 6.7e9
     assert all(not b.is_meta for b in llm.buffers())
     assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # and the patch is gone afterwards
+
+
+def test_a_broken_or_legacy_weight_file_is_named(released, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(released, broken)
+    (broken / "dream_embedding.bin").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"dream_embedding.bin is not a readable torch file"):
+        load_model(str(broken))
+    # torch's pre-zip format cannot be memory-mapped: it is read whole, and loads the same
+    state = file_state(released / "dream_embedding.bin")
+    torch.save(state, broken / "dream_embedding.bin", _use_new_zipfile_serialization=False)
+    assert torch.equal(load_model(str(broken)).dream.dream_queries, state["dream_queries"].float())

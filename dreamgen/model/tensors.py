@@ -84,11 +84,12 @@ class WeightFile:
         else:
             self._safe = None
             try:
-                self._state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # a pickle of torch's legacy (pre-zip) format cannot be mapped: read it whole
-                self._state, self.mapped = torch.load(str(path), map_location="cpu", weights_only=True), False
-            except Exception as e:
-                raise CheckpointError(f"{path} is not a readable torch file: {e}") from None
+                try:
+                    self._state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # a pickle of torch's legacy (pre-zip) format cannot be mapped: read it whole
+                    self._state, self.mapped = torch.load(str(path), map_location="cpu", weights_only=True), False
+            except Exception as e:  # not a torch file, truncated, or holding more than tensors
+                raise CheckpointError(f"{path} is not a readable torch file: {type(e).__name__}: {e}") from None
             if not isinstance(self._state, dict):
                 raise CheckpointError(f"{path} holds a {type(self._state).__name__}, not a state dict")
 
@@ -174,7 +175,8 @@ def load_part(module: nn.Module, weights: Weights, dtype_of: Callable[[str], tor
             f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise CheckpointError(f"{weights.path} lacks {len(missing)} key(s) the model needs: {shown}")
     if unexpected:
-        raise CheckpointError(f"{weights.path} has key(s) this model does not know: {', '.join(sorted(unexpected)[:8])}")
+        shown = ", ".join(sorted(unexpected)[:8])
+        raise CheckpointError(f"{weights.path} has key(s) this model does not know: {shown}")
     for key, name in names.items():
         if weights.shape(key) != tuple(expected[name].shape):
             raise CheckpointError(f"{weights.path}: {key} has shape {weights.shape(key)}, "

@@ -7,8 +7,9 @@ check: the user gets every such problem of the file at once (up to MAX_REPORTED_
 
 Where a value comes from, weakest first: GenerationParams defaults, the job's defaults (CLI flags),
 a YAML file's `defaults:`, the item itself. A document given no seed anywhere gets one derived from its id.
-Given the model's context (`ModelContext`), a prompt too long for it is a problem of its line. `template` is a parameter like the others: the generator
-applies the prompt template, so `PromptSpec.prompt` is the topic as the user wrote it.
+Given the model's context (`ModelContext`), a prompt too long for it is a problem of its line.
+`template` is a parameter like the others: the generator applies the prompt template, so `PromptSpec.prompt`
+is the topic as the user wrote it.
 The file formats themselves are read in `readers.py`.
 """
 from __future__ import annotations
