@@ -69,6 +69,23 @@ def test_prompt_length_is_what_the_generator_feeds(which, short, installed_tiny)
         assert prompt_length(card, prompt, request.params, images, image_only) == fed, prompt
 
 
+@pytest.mark.parametrize("which", ["tiny", "released"])
+def test_the_cheap_bound_is_never_below_the_count(which, short, installed_tiny):
+    """Validation skips tokenizing a prompt whose byte bound fits: the bound must hold for every text, including
+    ones NFKC lengthens, byte-fallback characters and runs of spaces."""
+    import random
+
+    from dreamgen.prompts.context import most_tokens
+
+    card = read_model_card(installed_tiny if which == "tiny" else short)
+    rng = random.Random(12)
+    alphabet = list("abc xyz  \n\t.,!?'\"") + ["é", "ß", "日本", "🙂", "ﷺ", "㍿", "ﬁ", "Ⅻ", "<image>", "<s>", "\u0301"]
+    texts = ["", " ", "a", "ﷺ" * 5, "   lead", "<dream_start>" * 3]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(300)]
+    for text in texts:
+        assert card.count_tokens(text) <= most_tokens(text), repr(text)
+
+
 def test_a_prompt_longer_than_the_context_is_rejected_with_file_line_and_counts(short, tmp_path):
     card = read_model_card(short)
     long_prompt = ("the river and the sea " * 30).strip()  # as the file reader strips it
