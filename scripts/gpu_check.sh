@@ -27,4 +27,7 @@ echo
 echo "bench/generation.py on cuda: lockstep batch of 8 vs the naive way"
 timeout --signal=INT 110 "$PY" bench/generation.py --device cuda --config both \
     || echo "bench/generation.py: did not finish (status $?)"
+# The released-layout checkpoint on CUDA: --dtype auto is bf16 with TF32, and it paints (seconds).
+echo
+"$PY" -m pytest -q -m gpu tests/test_released_checkpoint.py || echo "released checkpoint on cuda: failed"
 exit $status

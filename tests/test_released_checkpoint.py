@@ -257,3 +257,20 @@ def test_a_broken_or_legacy_weight_file_is_named(released, tmp_path):
     state = file_state(released / "dream_embedding.bin")
     torch.save(state, broken / "dream_embedding.bin", _use_new_zipfile_serialization=False)
     assert torch.equal(load_model(str(broken)).dream.dream_queries, state["dream_queries"].float())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh runs it)")
+def test_auto_on_cuda_is_bf16_with_tf32_and_paints_as_on_the_cpu(released, tmp_path):
+    model = load_model(str(released), device="cuda")
+    assert model.info.dtype == "bf16" and model.llm.dtype == torch.bfloat16 and model.head.vae.dtype == torch.float32
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    from dreamgen.generation.generator import DocumentRequest, Generator
+    from dreamgen.params import GenerationParams
+    doc = Generator(model).generate([DocumentRequest("a red circle", GenerationParams(seed=7, steps=4),
+                                                     image_only=True)])[0]
+    cpu = Generator(load_model(str(released))).generate([DocumentRequest("a red circle", GenerationParams(
+        seed=7, steps=4), image_only=True)])[0]
+    diff = np.abs(np.asarray(doc.images[0].image, dtype=np.int16) - np.asarray(cpu.images[0].image, dtype=np.int16))
+    assert diff.mean() < 8  # bf16 against fp32: close, not equal
