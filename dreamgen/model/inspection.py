@@ -49,5 +49,5 @@ def inspect_checkpoint(name_or_path: str) -> dict:
         "special_tokens": {t: flat.get(t) for t in RELEASED_IDS},
         "parts": parts,
         "tokenizer": sorted(p.name for p in Path(ckpt).glob("tokenizer*")) + sorted(
-            p.name for p in Path(ckpt).glob("special_tokens_map.json")),
+            p.name for name in ("added_tokens.json", "special_tokens_map.json") for p in Path(ckpt).glob(name)),
     }
