@@ -20,7 +20,8 @@ from workers.launcher import POOLS
 from workers.settings import GPU_QUEUE, LIGHT_QUEUE
 
 PARAM_OPTIONS = [  # (flag, parameter, type, help)
-    ("--seed", "seed", int, "Seed of text sampling and of the first image's noise."),
+    ("--seed", "seed", int, "Seed of text sampling and of the first image's noise (default: derived from the "
+                            "document's id)."),
     ("--steps", "steps", int, "Denoising steps per image (default 50)."),
     ("--guidance", "guidance", float, "Classifier-free guidance scale (default 7.5; <= 1 turns it off)."),
     ("--scheduler", "scheduler", click.Choice(SCHEDULERS), "Diffusion scheduler (default ddpm)."),
@@ -61,7 +62,7 @@ def model_option(f):
 
 def dtype_option(f):
     return setting_option("--dtype", setting=settings.DTYPE, type=click.Choice(settings.DTYPES),
-                          help="Weights' precision (the VAE stays fp32).")(f)
+                          help="Weights' precision: auto is bf16 on CUDA, fp32 on the CPU (the VAE stays fp32).")(f)
 
 
 def model_options(f):
@@ -267,7 +268,9 @@ class JobProgress:
 
 
 def print_summary(summary):
-    click.echo(f"Job {summary.job_id}: {summary.done} done, {summary.failed} failed"
+    # documents the context cut short are not plain successes: counted apart
+    cut = f"{summary.context_full} stopped at the context limit, " if summary.context_full else ""
+    click.echo(f"Job {summary.job_id}: {summary.done - summary.context_full} done, {cut}{summary.failed} failed"
                + (f" ({summary.skipped} already done before)" if summary.skipped else "")
                + f", {summary.total} in the file, {summary.seconds:.1f}s.")
     click.echo(f"Open: {summary.location}")
@@ -301,7 +304,8 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 
     if text_problem(prompt):  # e.g. an argument of bytes that are not UTF-8: the document could not be stored
         raise click.BadParameter(text_problem(prompt), param_hint="'PROMPT'")
-    gen_params = GenerationParams(**given_params(params))
+    given = given_params(params)
+    gen_params = GenerationParams(**given)
     console = Console(stderr=True)
     heard = []
     with console.status("loading model"):
@@ -310,7 +314,8 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
         click.echo(heard[0], err=True)
     with console.status("writing") as status:
         doc, output = generate_document(generator, prompt, gen_params, out, model, image_only=image_only,
-                                        images=list(images), on_progress=lambda kind: status.update(f"{kind} done"))
+                                        images=list(images), on_progress=lambda kind: status.update(f"{kind} done"),
+                                        derive_seed="seed" not in given)
     click.echo(f"{doc.id}: {counted(len(doc.text.split()), 'word')}, {counted(len(doc.images), 'image')} "
                f"({doc.stop_reason}).")
     click.echo(f"Open: {output.url_for(doc.id, 'index.html')}")

@@ -32,11 +32,11 @@ def canonical_json(value) -> str:
 
 
 def document_id(model_id: str, prompt: str, params: GenerationParams, images: Iterable[str] = (),
-                title: str | None = None) -> str:
+                title: str | None = None, image_only: bool = False) -> str:
     """The id of the document this model, prompt, params and input images produce (16 hex chars).
 
     `images` are stable identities of the input pictures (e.g. a content hash or an s3:// URL).
-    A title takes part only when given, so adding none keeps old ids.
+    A title and text-to-image take part only when given, so documents without them keep their old ids.
     """
     params_dict = {name: getattr(params, name) for name in PARAM_NAMES}  # asdict() is 10x slower
     # guidance=7 and guidance=7.0 generate the same document, so they must hash the same.
@@ -45,9 +45,18 @@ def document_id(model_id: str, prompt: str, params: GenerationParams, images: It
     payload = {"model": model_id, "prompt": prompt, "params": params_dict, "images": list(images)}
     if title is not None:
         payload["title"] = title
+    if image_only:
+        payload["image_only"] = True
     # surrogatepass: an id is still defined for text that is not valid UTF-8 (a prompt given as a command-line
     # argument of undecodable bytes); valid text hashes as before. Prompt files reject such text when checked.
     return hashlib.sha256(canonical_json(payload).encode("utf-8", "surrogatepass")).hexdigest()[:DOCUMENT_ID_HEX]
+
+
+def derived_seed(doc_id: str) -> int:
+    """The seed of a document given none: from its id, so the documents of a job start from noise of their own
+    (not all from seed 0), and running a job again gives each document the same seed."""
+    digest = hashlib.sha256(f"dreamgen-seed:{doc_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # in [0, 2^63), as GenerationParams.seed must be
 
 
 def is_safe_id(value: str) -> bool:

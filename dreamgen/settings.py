@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import DreamgenError
 
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = ("auto", "fp32", "fp16", "bf16")  # auto: bf16 on CUDA, fp32 on the CPU
 BACKENDS = ("auto", "torch", "onnx", "tensorrt")
 ENGINE_BACKENDS = ("onnx", "tensorrt")  # the backends whose engines are built ahead (`dreamgen engines build`)
 PRECISIONS = ("fp32", "fp16")  # of exported graphs and engines; the VAE's is always fp32
@@ -36,7 +36,8 @@ class Setting:
 MODEL = Setting("DREAMGEN_MODEL", "shapes", "model of run, generate, submit and the workers' preload: a checkpoint "
                 "directory, a built-in name (shapes, tiny-random) or a hub id")
 OUT = Setting("DREAMGEN_OUT", "out", "where jobs are written: a folder or s3://bucket/prefix")
-DTYPE = Setting("DREAMGEN_DTYPE", "fp32", f"weights' precision: {', '.join(DTYPES)} (the VAE stays fp32)")
+DTYPE = Setting("DREAMGEN_DTYPE", "auto", f"weights' precision: {', '.join(DTYPES)}; auto is bf16 on CUDA (with TF32 "
+                "matmuls), fp32 on the CPU; the VAE stays fp32")
 DEVICE = Setting("DREAMGEN_DEVICE", "cpu", "device of run and generate: cpu, cuda or cuda:N")
 BACKEND = Setting("DREAMGEN_BACKEND", "torch", f"where the model runs: {', '.join(BACKENDS)}")
 HOME = Setting("DREAMGEN_HOME", None, "caches: the tiny model, engines, beat's state, inline schedule prompts "

@@ -28,6 +28,9 @@ echo
 echo "bench/generation.py on cuda: lockstep batch of 8 vs the naive way"
 timeout --signal=INT 110 "$PY" bench/generation.py --device cuda --config both \
     || echo "bench/generation.py: did not finish (status $?)"
+# The released-layout checkpoint on CUDA: --dtype auto is bf16 with TF32, and it paints (seconds).
+echo
+"$PY" -m pytest -q -m gpu tests/test_released_checkpoint.py || echo "released checkpoint on cuda: failed"
 # Continuous batching on the GPU: 24 text documents of the small configuration, slot counts around the default.
 echo
 echo "bench/continuous.py on cuda: continuous batching vs one at a time vs lockstep chunks"

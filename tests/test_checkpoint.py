@@ -41,7 +41,10 @@ def test_released_layout_round_trip_gives_identical_tensors(saved):
     assert set(torch.load(saved / "dream_embedding.bin")) == {"dream_queries"}
     head_keys = set(torch.load(saved / "stable_diffusion_head.bin"))
     assert "projector.projector.weight" in head_keys and any(k.startswith("unet.") for k in head_keys)
-    assert {"projector.projector.weight", "projector.projector.bias"} <= set(torch.load(saved / "clip_vision_embedding.bin"))
+    clip_keys = set(torch.load(saved / "clip_vision_embedding.bin"))
+    assert {"projector.projector.weight", "projector.projector.bias"} <= clip_keys
+    assert {k for k in clip_keys if not k.startswith("projector.")} == {  # transformers 4.35's names, as released
+        "clip_vision_model.vision_model." + k for k in tiny_model().vision.clip_vision_model.state_dict()}
     assert "lm_head.weight" in torch.load(saved / "pytorch_model.bin")
 
     loaded = load_model(str(saved))
@@ -101,16 +104,36 @@ def test_missing_config_and_tokenizer_are_named(saved, tmp_path):
         load_model(str(broken))
 
 
-def test_released_checkpoints_use_the_packaged_sd21_and_clip_configs(saved, tmp_path):
-    # A checkpoint naming the hub ids (as the released ones do) needs no config files of its own.
-    from dreamgen.model.checkpoint import _clip_config, _diffusion_dir, _read_json
-    assert _clip_config(tmp_path, "openai/clip-vit-large-patch14").hidden_size == 1024
-    sd = _diffusion_dir(tmp_path, "stabilityai/stable-diffusion-2-1-base")
-    unet = _read_json(sd / "unet" / "config.json")
-    assert unet["cross_attention_dim"] == 1024 and unet["sample_size"] == 64
-    assert _read_json(sd / "scheduler" / "scheduler_config.json")["prediction_type"] == "epsilon"
+def test_released_checkpoints_use_the_packaged_sd21_and_clip_configs(tmp_path):
+    # A checkpoint naming the hub ids, or hub-cache snapshots of them (as the released config does), needs no
+    # config files of its own.
+    from dreamgen.model.card import find_clip_config, find_diffusion_dir, read_json
+    snapshot = "/data/hf/hub/models--{}/snapshots/0123abcd"
+    for clip in ("openai/clip-vit-large-patch14", snapshot.format("openai--clip-vit-large-patch14"),
+                 "/mnt/models/clip-vit-large-patch14/"):
+        assert find_clip_config(tmp_path, clip)["hidden_size"] == 1024, clip
+    for sd_name in ("stabilityai/stable-diffusion-2-1-base", snapshot.format("stabilityai--stable-diffusion-2-1-base")):
+        sd = find_diffusion_dir(tmp_path, sd_name)
+        unet = read_json(sd / "unet" / "config.json")
+        assert unet["cross_attention_dim"] == 1024 and unet["sample_size"] == 64
+        assert read_json(sd / "scheduler" / "scheduler_config.json")["prediction_type"] == "epsilon"
+    # a name is matched whole: the 336 px CLIP and SD 2.1 at 768 px are other models
     with pytest.raises(CheckpointError, match="not packaged with dreamgen"):
-        _diffusion_dir(tmp_path, "someone/other-diffusion")
+        find_clip_config(tmp_path, snapshot.format("openai--clip-vit-large-patch14-336"))
+    with pytest.raises(CheckpointError, match="not packaged with dreamgen"):
+        find_diffusion_dir(tmp_path, "stabilityai/stable-diffusion-2-1")
+    with pytest.raises(CheckpointError, match="not packaged with dreamgen"):
+        find_diffusion_dir(tmp_path, "someone/other-diffusion")
+
+
+def test_configs_beside_the_weights_win_over_the_packaged_ones(tmp_path):
+    from dreamgen.model.card import find_clip_config, find_diffusion_dir
+    (tmp_path / "clip_vision").mkdir()
+    (tmp_path / "clip_vision" / "config.json").write_text(json.dumps({"hidden_size": 48, "image_size": 32}))
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text("{}")
+    assert find_clip_config(tmp_path, "openai/clip-vit-large-patch14")["hidden_size"] == 48
+    assert find_diffusion_dir(tmp_path, "stabilityai/stable-diffusion-2-1-base") == tmp_path
 
 
 def test_hub_id_offline_gives_advice(monkeypatch):

@@ -193,3 +193,12 @@ def test_a_shared_engine_serves_several_callers_in_one_pool():
         assert sorted(results[n]) == [0, 1, 2]
         for k in range(3):
             assert_same(results[n][k], alone[3 * n + k])
+
+
+def test_a_prompt_longer_than_the_context_fails_alone():
+    model = tiny_model()
+    failures, docs = [], {}
+    too_long = request("word " * (model.max_positions + 10), seed=1)
+    Generator(model).run([JOB[0], too_long, JOB[1]], on_document=lambda i, d: docs.__setitem__(i, d),
+                         on_failure=lambda i, e: failures.append((i, str(e))), slots=3)
+    assert set(docs) == {0, 2} and failures[0][0] == 1 and "context 1024" in failures[0][1]

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from dreamgen.errors import ParamsError, PromptFileError, PromptFileProblems
+from dreamgen.ids import derived_seed
 from dreamgen.params import GenerationParams
 from dreamgen.prompts import templates as prompt_templates
 from dreamgen.prompts.files import MAX_REPORTED_PROBLEMS, iter_prompt_file, validate_prompt_file
@@ -68,7 +69,9 @@ def test_txt_skips_blank_lines_and_comments_and_numbers_lines(tmp_path):
     found = specs(path)
     assert [(s.line, s.prompt) for s in found] == [(3, "A red fox"), (6, "A lighthouse")]
     assert all(s.custom_id is None and len(s.id) == 16 for s in found)
-    assert found[0].params == GenerationParams()
+    # no seed given: each document's comes from its id, so two documents never start from the same noise
+    assert found[0].params == GenerationParams(seed=derived_seed(found[0].id))
+    assert found[0].params.seed != found[1].params.seed
 
 
 def test_jsonl_reads_ids_params_and_images(tmp_path, picture):

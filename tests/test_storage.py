@@ -239,7 +239,7 @@ def test_manifest_and_errors(make_doc, tmp_path):
     job.record_error("d", None, "CUDAOutOfMemory", "out of memory at step 3")
     job.record_error("d", None, "CUDAOutOfMemory", "out of memory again")  # the latest failure wins
     counts = job.finalize()
-    assert counts == {"done": 2, "failed": 2}
+    assert counts == {"done": 2, "context_full": 0, "failed": 2}
     manifest = [json.loads(line) for line in (tmp_path / "job-1/manifest.jsonl").read_text().splitlines()]
     assert sorted(e["id"] for e in manifest) == ["a", "b"]
     assert set(manifest[0]) >= {"id", "custom_id", "title", "path", "images", "finished"}
@@ -280,7 +280,7 @@ def test_concurrent_worker_processes_never_lose_or_double_a_line(make_doc, tmp_p
         worker.join(timeout=60)
     assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
     job = JobOutput(LocalStorage(tmp_path), "job-1")
-    assert job.finalize() == {"done": 17, "failed": 0}
+    assert job.finalize() == {"done": 17, "context_full": 0, "failed": 0}
     ids = [json.loads(line)["id"] for line in (tmp_path / "job-1/manifest.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 17
 
@@ -310,7 +310,7 @@ def test_the_whole_job_on_s3(make_doc, s3_endpoint, s3_bucket):
     job.save_document(make_doc("doc-a"))
     job.save_document(make_doc("doc-b"))
     job.record_error("doc-c", "c", RuntimeError("boom"))
-    assert job.finalize() == {"done": 2, "failed": 1}
+    assert job.finalize() == {"done": 2, "context_full": 0, "failed": 1}
     keys = storage.list("job-s3/")
     for key in ("job.json", "manifest.jsonl", "errors.jsonl", "index.html", "doc-a/document.json",
                 "doc-a/images/00.png", "doc-a/index.md", "doc-a/index.html", "_done/doc-a.json"):

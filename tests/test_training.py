@@ -288,5 +288,11 @@ def test_cli_train(tmp_path, data_file):
     result = CliRunner().invoke(cli, ["train", config])
     assert result.exit_code == 0, result.output
     assert f"Model: {tmp_path / 'cli-run' / 'final'}" in result.output
+    # what `dreamgen train` writes has the released names (transformers 4.35's `vision_model.` level included)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "cli-run" / "final" / "clip_vision_embedding.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert "clip_vision_model.vision_model.embeddings.patch_embedding.weight" in keys
+    assert all(k.startswith(("clip_vision_model.vision_model.", "projector.projector.")) for k in keys)
     bad = CliRunner().invoke(cli, ["train", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 1 and "no training config at" in bad.output

@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..document import Document, ImageBlock, TextBlock
-from ..errors import DreamgenError, GenerationCancelled
+from ..errors import DreamgenError, GenerationCancelled, ParamsError
 from ..model.dreamllm import DreamLLM
 from .components import Components, TorchComponents
 from .diffusion import ImageRequest, image_seed
@@ -188,6 +188,9 @@ class Generator:
                 try:
                     self.check_request(request, index)
                     feed = self.encoder.prompt(request)
+                    if feed.shape[0] >= max_positions:  # prompt files are checked for this; a caller may not be
+                        raise ParamsError(f"request {index}: the prompt is {feed.shape[0]} tokens, the model's "
+                                          f"context {max_positions}")
                 except DreamgenError as e:
                     if on_failure is None:
                         raise
@@ -382,7 +385,8 @@ class Generator:
             id=request.id or f"doc-{doc.index}", prompt=request.prompt, model=self.model.info.name,
             params=request.params.to_dict(), blocks=doc.blocks, title=request.title, stop_reason=doc.stop_reason,
             timings={"seconds": round(time.perf_counter() - doc.started, 4), "slots": slots,
-                     "new_tokens": doc.new_tokens, "images": doc.images_done, "backend": self.components.name})
+                     "new_tokens": doc.new_tokens, "images": doc.images_done, "backend": self.components.name,
+                     "dtype": self.model.info.dtype})  # the dtype --dtype auto resolved to
 
     # ------------------------------------------------------------------------------------------ helpers kept for
     # callers that build prompts or pictures by hand (tests, the naive baseline of the bench)

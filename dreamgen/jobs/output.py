@@ -33,6 +33,7 @@ from ..ids import check_job_id, is_safe_id
 from .png import encode_png
 from .storage import Storage, open_storage
 
+CONTEXT_FULL = "context_full"  # the stop reason of a document the model's context cut short
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
 MESSAGE_MAX = 4000
@@ -131,8 +132,10 @@ class JobOutput:
             self.storage.write_bytes(self.doc_key(doc.id, "index.html"), page.encode())
 
     def manifest_entry(self, doc: Document) -> dict:
+        # stop_reason: eos, max_new_tokens, image_only, or context_full (cut short: the model's context filled)
         return {"id": doc.id, "custom_id": doc.custom_id, "title": document_title(doc), "prompt": doc.prompt,
-                "path": doc.id, "images": [f"{doc.id}/{b.path}" for b in doc.images], "finished": utc_now()}
+                "path": doc.id, "images": [f"{doc.id}/{b.path}" for b in doc.images], "finished": utc_now(),
+                "stop_reason": doc.stop_reason}
 
     def load_document(self, doc_id: str) -> Document:
         return Document.from_dict(json.loads(self.storage.read_bytes(self.doc_key(doc_id, "document.json"))))
@@ -167,7 +170,8 @@ class JobOutput:
 
     def finalize(self, formats=FORMATS) -> dict:
         """Rebuild manifest.jsonl, errors.jsonl and (with html) the job index from the markers.
-        Idempotent; call it at the end of a run, a resume or an export. Returns the counts."""
+        Idempotent; call it at the end of a run, a resume or an export. Returns the counts: done (every finished
+        document), context_full (those of them the model's context cut short), failed."""
         formats = parse_formats(formats)
         entries, failed = self.manifest(), self.failed()
         self.storage.write_bytes(self.key("manifest.jsonl"), _jsonl_bytes(entries))
@@ -176,7 +180,8 @@ class JobOutput:
             record = self.read_job() or {"id": self.job_id}
             page = job_index_page({"id": self.job_id, **record}, entries, failed)
             self.storage.write_bytes(self.key("index.html"), page.encode())
-        return {"done": len(entries), "failed": len(failed)}
+        context_full = sum(1 for e in entries if e.get("stop_reason") == CONTEXT_FULL)
+        return {"done": len(entries), "context_full": context_full, "failed": len(failed)}
 
     def _marker_ids(self, folder: str) -> list[str]:
         prefix = self.key(folder) + "/"

@@ -29,7 +29,8 @@ def parameters_line(doc: Document, block: ImageBlock) -> str:
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     fields = [("Steps", params.get("steps")), ("Sampler", str(params.get("scheduler", "")).upper()),
               ("CFG scale", params.get("guidance")), ("Seed", block.seed), ("Size", f"{block.width}x{block.height}"),
-              ("Model", doc.model), ("Document", doc.id), ("Image", block.index)]
+              ("Model", doc.model), ("Document", doc.id), ("Image", block.index),
+              ("Image only", "yes" if params.get("image_only") else None)]  # text-to-image: `generate --image-only`
     lines.append(", ".join(f"{name}: {value}" for name, value in fields if value not in (None, "")))
     return "\n".join(lines)
 

@@ -1,8 +1,8 @@
 """Running a job in this process: prompt file in, stored documents out. The embedded runner and the Celery chunk
 tasks both call `generate_documents`, so one code path writes every document whichever way the job runs.
 
-    check the whole prompt file (spec.check_job)  ->  load the model  ->  job.json  ->  batches of `batch_size`
-    documents not yet done  ->  Generator (lockstep)  ->  each document stored as it finishes  ->  manifest, index
+    check the whole prompt file (spec.check_job)  ->  load the model  ->  job.json  ->  the documents not yet done
+    stream through the Generator's slot pool  ->  each document stored as it finishes  ->  manifest, index
 
 The one room of dreamgen.jobs that imports generation (and so torch).
 """
@@ -20,7 +20,7 @@ from exporters import FORMATS
 
 from ..clock import utc_now
 from ..document import Document
-from ..errors import GenerationCancelled, JobFailed, JobInterrupted, StorageError
+from ..errors import GenerationCancelled, JobFailed, JobInterrupted, ParamsError, StorageError
 from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
@@ -190,11 +190,12 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     except StorageError as e:  # the storage that stopped the job may refuse the record too: say so
         if error is None:
             raise
-        counts, recorded = {"done": len(_done_ids_if_listable(output)), "failed": 0}, False
+        counts, recorded = {"done": len(_done_ids_if_listable(output)), "failed": 0, "context_full": 0}, False
         error = f"{error} (job.json could not be updated either: {e})"
     summary = JobSummary(job_id=config.job_id, total=total, done=counts["done"], failed=counts["failed"],
                          skipped=len(done_before), location=output.location(config.formats),
-                         seconds=time.perf_counter() - started, status=status, error=error)
+                         seconds=time.perf_counter() - started, status=status, error=error,
+                         context_full=counts["context_full"])  # counted apart from plain successes
     if status == "interrupted":
         raise JobInterrupted(summary)
     if status == "failed":
@@ -224,15 +225,28 @@ def _done_ids_if_listable(output: JobOutput) -> set[str]:
 
 def generate_document(generator: Generator, prompt: str, params: GenerationParams, out: str, model_id: str,
                       image_only: bool = False, images: list[str] | None = None,
-                      on_progress: Callable[[str], None] | None = None) -> tuple[Document, JobOutput]:
+                      on_progress: Callable[[str], None] | None = None,
+                      derive_seed: bool = False) -> tuple[Document, JobOutput]:
     """One document for `prompt` (with input pictures at local paths `images`), stored under the job folder
-    `out`; returns it and the output it went to."""
+    `out`; returns it and the output it went to. `derive_seed`: no seed was given, so the document's comes from
+    its id (as in a job). A prompt that does not fit the model's context is a ParamsError with its token count."""
+    from ..ids import derived_seed
+    from ..model.card import ModelCard
+    from ..prompts.context import context_problem
+
     images = images or []
+    doc_id = document_id(model_id, prompt, params, images, image_only=image_only)
+    if derive_seed:
+        params = params.replace(seed=derived_seed(doc_id))
+    problem = context_problem(ModelCard.of(generator.model), prompt, params, len(images), image_only)
+    if problem:
+        raise ParamsError(f"the prompt {problem}", name="prompt", rule=problem)
     request = DocumentRequest(prompt=prompt, params=params, image_only=image_only,
-                              images=[load_input_image(p) for p in images],
-                              id=document_id(model_id, prompt, params, images))
+                              images=[load_input_image(p) for p in images], id=doc_id)
     output = open_job_output(out)
     doc = generator.generate([request], on_progress=lambda kind, _: on_progress and on_progress(kind))[0]
+    if image_only:  # recorded with the parameters (document.json, the PNG's chunks), so the picture reproduces
+        doc.params = {**doc.params, "image_only": True}
     output.save_document(doc)
     output.finalize()
     return doc, output

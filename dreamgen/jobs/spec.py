@@ -87,6 +87,7 @@ class JobSummary:
     seconds: float
     status: str  # finished | interrupted | failed
     error: str | None = None  # why a failed job stopped
+    context_full: int = 0  # of the done: cut short because the model's context filled
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -96,8 +97,11 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 def check_job(config: JobConfig) -> tuple[JobOutput, int]:
-    """The prompt file checked whole, the job id chosen and the output location checked; nothing written."""
-    total = validate_prompt_file(config.prompts, config.defaults, config.model)
+    """The prompt file checked whole (prompt lengths against the model's context, where its card can be read
+    here), the job id chosen and the output location checked; nothing written."""
+    from ..model.locate import find_model_card  # reads config.json and the tokenizer, never torch
+
+    total = validate_prompt_file(config.prompts, config.defaults, config.model, find_model_card(config.model))
     config.job_id = config.job_id or new_job_id()
     storage = open_storage(config.out, config.endpoint_url)
     storage.check()  # a missing bucket or a read-only folder is reported now, not after the first document

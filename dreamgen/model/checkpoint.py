@@ -5,42 +5,39 @@
     clip_vision_embedding.bin    clip_vision_model.vision_model.*, projector.projector.{weight,bias}
     dream_embedding.bin          dream_queries
     stable_diffusion_head.bin    vae.*, unet.*, projector.projector.weight
-    tokenizer files              loaded with AutoTokenizer.from_pretrained(checkpoint_dir)
+    tokenizer files              tokenizer.model (+ added_tokens.json, ...) or tokenizer.json
 
-Released checkpoints name their CLIP tower and SD 2.1-base by hub id; their small config files ship in
-dreamgen/configs so loading needs nothing but the checkpoint. Other checkpoints keep them beside the weights:
-clip_vision/config.json, unet/config.json, vae/config.json, scheduler/scheduler_config.json.
-A missing part is an error naming the file and keys: never random weights.
+Which CLIP and SD configs a checkpoint means is decided in card.py (packaged for the released ones, or beside the
+weights); how weights are read is tensors.py (memory-mapped, no random init, tensor by tensor).
+A missing part or key is an error naming the file and keys: never random weights.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from .. import settings
 from ..errors import CheckpointError
+from .card import BESIDE_CLIP, find_clip_config, find_diffusion_dir, load_tokenizer, plugin, read_json
 from .dreamllm import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
 from .special_tokens import RELEASED_IDS, SpecialTokens
+from .tensors import LLM_SAFETENSORS, load_part, on_meta, open_part, released_name
 
 log = logging.getLogger(__name__)
 
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 PART_FILES = ("pytorch_model", "clip_vision_embedding", "dream_embedding", "stable_diffusion_head")
-LLM_SAFETENSORS = "model"  # transformers' name for a safetensors LLM
 PLUGIN_TARGET = "omni.models.dreamllm.modeling_plugins."
-DTYPES = dict(zip(settings.DTYPES, (torch.float32, torch.float16, torch.bfloat16)))
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise CheckpointError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# config.json fields that are DreamLLM's or the saving library's, not LlamaConfig's
+NOT_LLAMA = ("plugins_init_kwargs", "plugins_type", "special_tokens2ids_dict", "architectures", "model_type",
+             "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_dreamgen_model_name")
 
 
 def parse_device(name: str) -> torch.device:
@@ -51,150 +48,86 @@ def parse_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# ---------------------------------------------------------------------------------------------- reading weights
-def _read_state_file(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """The dtype `name` means on `device`: auto is bf16 on CUDA (what the released weights are), fp32 on the CPU
+    (where bf16 matmuls are slow and fp16 ones missing)."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in DTYPES:
+        raise CheckpointError(f"unknown dtype {name!r}: use one of {', '.join(settings.DTYPES)}")
+    return name
 
 
-def read_part(ckpt: Path, part: str) -> tuple[dict, str]:
-    """Return (state dict, file name) of one part, in whichever of the accepted forms the checkpoint has it."""
-    names = [f"{part}.safetensors", f"{part}.bin"]
-    if part == "pytorch_model":
-        names = [f"{LLM_SAFETENSORS}.safetensors", "pytorch_model.bin"]
-        for index in (f"{LLM_SAFETENSORS}.safetensors.index.json", "pytorch_model.bin.index.json"):
-            if (ckpt / index).exists():
-                weight_map = json.loads((ckpt / index).read_text())["weight_map"]
-                state = {}
-                for shard in sorted(set(weight_map.values())):
-                    if not (ckpt / shard).exists():
-                        raise CheckpointError(f"{ckpt / index} names shard {shard}, which is missing")
-                    state.update(_read_state_file(ckpt / shard))
-                return state, index
-    for name in names:
-        if (ckpt / name).exists():
-            return _read_state_file(ckpt / name), name
-    raise CheckpointError(f"{ckpt}: missing {' or '.join(names)} (the {part.replace('_', ' ')} part of the model)")
-
-
-def _load_into(module: torch.nn.Module, state: dict, ckpt: Path, file: str, prefix: str = "") -> None:
-    """Load strictly: every key the module has must be in the file, and nothing else may be."""
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
-    expected = set(module.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    # Non-persistent buffers some versions saved (e.g. position_ids) are harmless extras.
-    unexpected = [k for k in unexpected if not k.endswith(("position_ids", "rotary_emb.inv_freq"))]
-    if missing:
-        shown = ", ".join(prefix + k for k in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        raise CheckpointError(f"{ckpt / file} lacks {len(missing)} key(s) the model needs: {shown}")
-    if unexpected:
-        shown = ", ".join(prefix + k for k in unexpected[:8])
-        raise CheckpointError(f"{ckpt / file} has key(s) this model does not know: {shown}")
-    for key, value in state.items():
-        if key in expected and tuple(value.shape) != tuple(module.state_dict()[key].shape):
-            raise CheckpointError(f"{ckpt / file}: {prefix + key} has shape {tuple(value.shape)}, "
-                                  f"the config says {tuple(module.state_dict()[key].shape)}")
-    module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
-
-
-# ---------------------------------------------------------------------------------------------- configs
-def _plugin(config: dict, name: str, ckpt: Path) -> dict:
-    plugins = config.get("plugins_init_kwargs") or {}
-    if name not in plugins:
-        raise CheckpointError(f"{ckpt / 'config.json'}: plugins_init_kwargs has no '{name}' entry")
-    return plugins[name]
-
-
-def _clip_config(ckpt: Path, name_or_path: str) -> CLIPVisionConfig:
-    local = ckpt / name_or_path / "config.json"
-    if (ckpt / name_or_path).resolve() != ckpt.resolve() and local.exists():
-        return CLIPVisionConfig.from_dict(json.loads(local.read_text()))
-    if name_or_path.rstrip("/").endswith("clip-vit-large-patch14"):
-        packaged = json.loads((PACKAGED_CONFIGS / "clip-vit-large-patch14" / "config.json").read_text())
-        return CLIPVisionConfig.from_dict(packaged)
-    raise CheckpointError(f"{ckpt}: vision tower '{name_or_path}' is not packaged with dreamgen; "
-                          f"put its config.json in {ckpt / name_or_path}/")
-
-
-def _diffusion_dir(ckpt: Path, name_or_path: str) -> Path:
-    if (ckpt / "unet" / "config.json").exists():
-        return ckpt
-    if name_or_path.rstrip("/").endswith("stable-diffusion-2-1-base"):
-        return PACKAGED_CONFIGS / "sd21-base"
-    raise CheckpointError(f"{ckpt}: diffusion head '{name_or_path}' is not packaged with dreamgen; put its "
-                          f"unet/config.json, vae/config.json and scheduler/scheduler_config.json in {ckpt}/")
-
-
-def _read_json(path: Path) -> dict:
-    if not path.exists():
-        raise CheckpointError(f"missing {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+def parse_dtype(name: str, device: torch.device = torch.device("cpu")) -> torch.dtype:
+    return DTYPES[resolve_dtype(name, device)]
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "fp32", device: str = "cpu") -> DreamLLM:
+def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "auto", device: str = "cpu") -> DreamLLM:
     """The model in checkpoint directory `ckpt`; `name` is its id in documents (default: the config's, else the
-    directory)."""
-    torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
-    config = _read_json(ckpt / "config.json")
-    if not (ckpt / "tokenizer_config.json").exists() and not (ckpt / "tokenizer.json").exists():
-        raise CheckpointError(f"{ckpt}: missing tokenizer files (tokenizer.json or tokenizer.model + tokenizer_config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    directory). `dtype` auto resolves per device; the resolved one is in `model.info.dtype`."""
+    torch_device = parse_device(device)
+    dtype = resolve_dtype(dtype, torch_device)
+    weights_dtype = DTYPES[dtype]
+    if torch_device.type == "cuda":  # TF32 matmuls and convolutions: the fp32 parts (the VAE) at tensor-core speed
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    config = read_json(ckpt / "config.json")
+    tokenizer = load_tokenizer(ckpt)
+    llm_config = _llm_config(config, tokenizer)
+    clip_kwargs = plugin(config, "clip_vision_embedding", ckpt)
+    dream_kwargs = plugin(config, "dream_embedding", ckpt)
+    sd_kwargs = plugin(config, "stable_diffusion_head", ckpt)
+    clip_config = CLIPVisionConfig.from_dict(find_clip_config(ckpt, clip_kwargs.get("clip_vision_model_name_or_path",
+                                                                                    BESIDE_CLIP)))
+    sd_dir = find_diffusion_dir(ckpt, sd_kwargs.get("diffusion_name_or_path", "."))
 
-    # 1. the language model
-    llm_config = LlamaConfig.from_dict({k: v for k, v in config.items()
-                                        if k not in ("plugins_init_kwargs", "special_tokens2ids_dict", "architectures")})
-    llm = LlamaForCausalLM(llm_config)
-    state, file = read_part(ckpt, "pytorch_model")
-    if "lm_head.weight" not in state and llm_config.tie_word_embeddings:
-        state["lm_head.weight"] = state.get("model.embed_tokens.weight")
-    _load_into(llm, state, ckpt, file)
+    # 1. the modules, parameters on the meta device: nothing initialised, no memory taken
+    with on_meta():
+        llm = LlamaForCausalLM(llm_config)
+        vision = CLIPVisionEmbedding(CLIPVisionModel(clip_config), llm_config.hidden_size,
+                                     select_layer=clip_kwargs.get("select_layer", -2))
+        dream = DreamEmbedding(dream_kwargs.get("num_dream_queries", 64), llm_config.hidden_size)
+        unet = UNet2DConditionModel.from_config(read_json(sd_dir / "unet" / "config.json"))
+        vae = AutoencoderKL.from_config(read_json(sd_dir / "vae" / "config.json"))
+        head = StableDiffusionHead(unet, vae, llm_config.hidden_size,
+                                   read_json(sd_dir / "scheduler" / "scheduler_config.json"))
 
-    # 2. the vision encoder and its projector (comprehension)
-    clip_kwargs = _plugin(config, "clip_vision_embedding", ckpt)
-    clip_config = _clip_config(ckpt, clip_kwargs.get("clip_vision_model_name_or_path", "clip_vision"))
-    vision = CLIPVisionEmbedding(CLIPVisionModel(clip_config), llm_config.hidden_size,
-                                 select_layer=clip_kwargs.get("select_layer", -2))
-    state, file = read_part(ckpt, "clip_vision_embedding")
-    _load_into(vision, state, ckpt, file)
-
-    # 3. the dream queries: never left random
-    dream_kwargs = _plugin(config, "dream_embedding", ckpt)
-    dream = DreamEmbedding(dream_kwargs.get("num_dream_queries", 64), llm_config.hidden_size)
-    state, file = read_part(ckpt, "dream_embedding")
-    _load_into(dream, state, ckpt, file)
-
-    # 4. the diffusion head
-    sd_kwargs = _plugin(config, "stable_diffusion_head", ckpt)
-    sd_dir = _diffusion_dir(ckpt, sd_kwargs.get("diffusion_name_or_path", "."))
-    unet = UNet2DConditionModel.from_config(_read_json(sd_dir / "unet" / "config.json"))
-    vae = AutoencoderKL.from_config(_read_json(sd_dir / "vae" / "config.json"))
-    head = StableDiffusionHead(unet, vae, llm_config.hidden_size, _read_json(sd_dir / "scheduler" / "scheduler_config.json"))
-    state, file = read_part(ckpt, "stable_diffusion_head")
-    _load_into(head, state, ckpt, file)
+    # 2. the weights, part by part, each tensor moved to its dtype and device as it is read
+    as_weights = lambda _: weights_dtype  # noqa: E731
+    tied = {"lm_head.weight": "model.embed_tokens.weight"} if llm_config.tie_word_embeddings else None
+    load_part(llm, open_part(ckpt, "pytorch_model"), as_weights, torch_device, extra=tied)
+    load_part(vision, open_part(ckpt, "clip_vision_embedding"), as_weights, torch_device)
+    load_part(dream, open_part(ckpt, "dream_embedding"), as_weights, torch_device)  # never left random
+    # the VAE stays fp32: it overflows in fp16, and it is a small share of the cost
+    load_part(head, open_part(ckpt, "stable_diffusion_head"),
+              lambda key: torch.float32 if key.startswith("vae.") else weights_dtype, torch_device)
 
     special = _special_tokens(config, tokenizer, ckpt, dream.dream_queries.shape[1], vision.num_patches)
     info = ModelInfo(name=str(config.get("_dreamgen_model_name") or name or ckpt), path=str(ckpt),
                      dtype=dtype, device=str(torch_device))
     model = DreamLLM(llm, vision, dream, head, tokenizer, special, info, config.get("plugins_init_kwargs", {}))
     model.eval().requires_grad_(False)
-    # Weights are built in fp32; cast only when asked (diffusers warns, needlessly, on every .to(dtype=...)).
+    # The buffers no file holds (rotary frequencies, position ids) were built on the CPU in fp32.
     from diffusers.utils import logging as diffusers_logging
     verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()  # diffusers warns, needlessly, on every .to(dtype=...)
     try:
         for part in (llm, vision, dream, head.unet, head.projector):
-            part.to(device=torch_device, dtype=torch_dtype)
+            part.to(device=torch_device, dtype=weights_dtype)
     finally:
         diffusers_logging.set_verbosity(verbosity)
-    head.vae.to(torch_device)  # stays fp32: the VAE overflows in fp16, and it is a small share of the cost
+    head.vae.to(torch_device)
     return model
+
+
+def _llm_config(config: dict, tokenizer) -> LlamaConfig:
+    """LlamaConfig from config.json. bos/eos/pad come from the tokenizer: the released config carries Vicuna's
+    wrong bos 0 / eos 1 / pad -1 (a pad of -1 would also make the last embedding row a padding row)."""
+    fields = {k: v for k, v in config.items() if k not in NOT_LLAMA}
+    fields.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    return LlamaConfig.from_dict(fields)
 
 
 def _special_tokens(config: dict, tokenizer, ckpt: Path, num_queries: int, num_patches: int) -> SpecialTokens:
@@ -218,8 +151,10 @@ def _special_tokens(config: dict, tokenizer, ckpt: Path, num_queries: int, num_p
 
 # ---------------------------------------------------------------------------------------------- saving
 def save_checkpoint(model: DreamLLM, out_dir: str | os.PathLike, safetensors: bool = False,
-                    diffusion_name: str = ".", clip_name: str = "clip_vision") -> Path:
-    """Write `model` in the released layout. Configs of the CLIP tower and SD head go beside the weights."""
+                    diffusion_name: str = ".", clip_name: str = BESIDE_CLIP) -> Path:
+    """Write `model` in the released layout, with the released key names. Configs of the CLIP tower and SD head
+    go beside the weights. Each file is written whole and then moved into place, so a process that has the
+    checkpoint open meanwhile never sees half a file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = model.llm.config.to_dict()
@@ -245,28 +180,45 @@ def save_checkpoint(model: DreamLLM, out_dir: str | os.PathLike, safetensors: bo
     config.setdefault("loss_weight_lm", 1.0)
     config.setdefault("loss_weight_vm", 10.0)
     config["_dreamgen_model_name"] = model.info.name
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    _write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True))
 
     parts = {"pytorch_model": model.llm, "clip_vision_embedding": model.vision,
              "dream_embedding": model.dream, "stable_diffusion_head": model.head}
     for part, module in parts.items():
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        state = {released_name(k): v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         if safetensors:
             from safetensors.torch import save_file
             name = LLM_SAFETENSORS if part == "pytorch_model" else part
-            save_file(state, str(out / f"{name}.safetensors"), metadata={"format": "pt"})
+            _write_file(out / f"{name}.safetensors",
+                        lambda path: save_file(state, str(path), metadata={"format": "pt"}))
         else:
-            torch.save(state, str(out / f"{part}.bin"))
+            _write_file(out / f"{part}.bin", lambda path: torch.save(state, str(path)))
 
-    if clip_name == "clip_vision":
-        (out / "clip_vision").mkdir(exist_ok=True)
+    if clip_name == BESIDE_CLIP:
         clip_cfg = model.vision.clip_vision_model.config.to_dict()
-        (out / "clip_vision" / "config.json").write_text(json.dumps(clip_cfg, indent=2, sort_keys=True, default=str))
+        _write_text(out / BESIDE_CLIP / "config.json", json.dumps(clip_cfg, indent=2, sort_keys=True, default=str))
     if diffusion_name == ".":
         for sub, cfg in (("unet", model.head.unet.config), ("vae", model.head.vae.config)):
-            (out / sub).mkdir(exist_ok=True)
-            (out / sub / "config.json").write_text(json.dumps(dict(cfg), indent=2, sort_keys=True, default=list))
-        (out / "scheduler").mkdir(exist_ok=True)
-        (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.head.scheduler_config, indent=2, sort_keys=True))
+            _write_text(out / sub / "config.json", json.dumps(dict(cfg), indent=2, sort_keys=True, default=list))
+        _write_text(out / "scheduler" / "scheduler_config.json",
+                    json.dumps(model.head.scheduler_config, indent=2, sort_keys=True))
     model.tokenizer.save_pretrained(str(out))
     return out
+
+
+def _write_file(path: Path, write) -> None:
+    """write(temporary path) in the same folder, then an atomic rename onto `path`: a model loaded from the old
+    file keeps reading the old file, never a truncated one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_file(path, lambda p: p.write_text(text))

@@ -5,13 +5,15 @@ import json
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .checkpoint import PART_FILES, read_part
-from .loader import resolve_checkpoint
+from .checkpoint import PART_FILES
+from .locate import resolve_checkpoint
 from .special_tokens import RELEASED_IDS
+from .tensors import CLIP_FLAT, CLIP_RELEASED, open_part
 
 # The tensors worth showing by name; the rest are summarised by count.
 NOTABLE = ("model.embed_tokens.weight", "lm_head.weight", "dream_queries", "projector.projector.weight",
-           "projector.projector.bias", "clip_vision_model.vision_model.embeddings.patch_embedding.weight",
+           "projector.projector.bias", CLIP_RELEASED + "embeddings.patch_embedding.weight",
+           CLIP_FLAT + "embeddings.patch_embedding.weight",  # as dreamgen wrote it before it wrote the released names
            "unet.conv_in.weight", "vae.decoder.conv_out.weight")
 
 
@@ -24,14 +26,16 @@ def inspect_checkpoint(name_or_path: str) -> dict:
     parts = {}
     for part in PART_FILES:
         try:
-            state, file = read_part(ckpt, part)
+            weights = open_part(ckpt, part)  # memory-mapped: reading names, shapes and dtypes reads no weights
         except CheckpointError as e:
             parts[part] = {"error": str(e)}
             continue
+        keys = weights.keys()
+        tensors = [weights.tensor(k) for k in keys]
         parts[part] = {
-            "file": file, "tensors": len(state), "parameters": sum(t.numel() for t in state.values()),
-            "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in state.values()}),
-            "shapes": {k: list(state[k].shape) for k in NOTABLE if k in state},
+            "file": weights.name, "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors),
+            "dtypes": sorted({str(t.dtype).replace("torch.", "") for t in tensors}),
+            "shapes": {k: list(weights.shape(k)) for k in NOTABLE if k in set(keys)},
         }
     flat = {}
     for key, value in (config.get("special_tokens2ids_dict") or {}).items():
@@ -45,5 +49,5 @@ def inspect_checkpoint(name_or_path: str) -> dict:
         "special_tokens": {t: flat.get(t) for t in RELEASED_IDS},
         "parts": parts,
         "tokenizer": sorted(p.name for p in Path(ckpt).glob("tokenizer*")) + sorted(
-            p.name for p in Path(ckpt).glob("special_tokens_map.json")),
+            p.name for name in ("added_tokens.json", "special_tokens_map.json") for p in Path(ckpt).glob(name)),
     }

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..prompts.templates import IMAGE_PLACEHOLDER  # a prompt's text, so defined with the templates
+
 # The released tokenizer's ids: the reference we check every checkpoint against.
 RELEASED_IDS = {
     "[PAD]": 32000, "<im_start>": 32001, "<dream_end>": 32002, "<dream_start>": 32003,
     "<im_patch>": 32004, "<im_end>": 32005, "<image>": 32006, "<dream>": 32007,
 }
 # `<image>` and `<dream>` are text placeholders only; the model never sees them.
-IMAGE_PLACEHOLDER = "<image>"
+__all__ = ["IMAGE_PLACEHOLDER", "RELEASED_IDS", "SpecialTokens"]
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ A problem confined to one prompt (a bad value, a line that is not JSON, a repeat
 check: the user gets every such problem of the file at once (up to MAX_REPORTED_PROBLEMS), not one per try.
 
 Where a value comes from, weakest first: GenerationParams defaults, the job's defaults (CLI flags),
-a YAML file's `defaults:`, the item itself. `template` is a parameter like the others: the generator
-applies the prompt template, so `PromptSpec.prompt` is the topic as the user wrote it.
+a YAML file's `defaults:`, the item itself. A document given no seed anywhere gets one derived from its id.
+Given the model's context (`ModelContext`), a prompt too long for it is a problem of its line.
+`template` is a parameter like the others: the generator applies the prompt template, so `PromptSpec.prompt`
+is the topic as the user wrote it.
 The file formats themselves are read in `readers.py`.
 """
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any, Iterator, Mapping
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ParamsError, PromptFileError, PromptFileProblems, preview, quoted
-from ..ids import document_id, safe_document_id
+from ..ids import derived_seed, document_id, safe_document_id
 from ..params import PARAM_NAMES, GenerationParams
+from .context import ModelContext, context_problem
 from .readers import DEFAULT_FIELDS, EXTENSIONS, FIELDS, FileDefaults, reader_for, type_problem, unknown_field_reason
 from .templates import check_template
 
@@ -50,8 +53,10 @@ class PromptSpec:
     images: list[str] = field(default_factory=list)  # absolute local paths or s3:// URLs
 
 
-def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str) -> int:
-    """Check the whole file in one streaming pass; return how many prompts it holds.
+def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str,
+                         context: ModelContext | None = None) -> int:
+    """Check the whole file in one streaming pass; return how many prompts it holds. With `context` (the
+    model's), a prompt that does not fit it is a problem, with its token count.
 
     One problem is raised as PromptFileError (file, line, field); several as PromptFileProblems, listing up to
     MAX_REPORTED_PROBLEMS of them. A problem that stops the reading (bytes that are not UTF-8, broken YAML, a bad
@@ -68,7 +73,7 @@ def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str
             more = True
 
     try:
-        for outcome in _outcomes(Path(path), defaults, model_id):
+        for outcome in _outcomes(Path(path), defaults, model_id, context):
             if isinstance(outcome, PromptFileError):
                 note(outcome)
                 if more:
@@ -99,11 +104,12 @@ def iter_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str) ->
         raise PromptFileError(path, None, "no prompts in the file")
 
 
-def _outcomes(path: Path, defaults: Mapping[str, Any] | None, model_id: str) -> Iterator[PromptSpec | PromptFileError]:
+def _outcomes(path: Path, defaults: Mapping[str, Any] | None, model_id: str,
+              context: ModelContext | None = None) -> Iterator[PromptSpec | PromptFileError]:
     """Each prompt of the file as a PromptSpec, or as the PromptFileError that rejects it. Problems that are not
     one prompt's (the file, its header, its defaults) are raised."""
     read_items = reader_for(path)
-    builder = _SpecBuilder(path, check_job_defaults(defaults or {}), model_id)
+    builder = _SpecBuilder(path, check_job_defaults(defaults or {}), model_id, context)
     for line, item in read_items(path):
         if isinstance(item, FileDefaults):
             builder.set_file_defaults(line, item.values)
@@ -141,8 +147,8 @@ def check_job_defaults(defaults: Mapping[str, Any]) -> dict:
 
 
 class _SpecBuilder:
-    def __init__(self, path: Path, job_defaults: dict, model_id: str):
-        self.path, self.model_id = path, model_id
+    def __init__(self, path: Path, job_defaults: dict, model_id: str, context: ModelContext | None = None):
+        self.path, self.model_id, self.context = path, model_id, context
         self.defaults = dict(job_defaults)
         self.images = _ImageResolver(path)
         self.seen = _SeenIds()
@@ -185,6 +191,12 @@ class _SpecBuilder:
         else:
             doc_id = document_id(self.model_id, prompt, params, [identity for _, identity in located], title)
         self._check_unique(line, doc_id, custom_id, id_field)
+        if "seed" not in values:  # after the id, which keeps hashing the default seed: ids of earlier jobs hold
+            params = params.replace(seed=derived_seed(doc_id))
+        if self.context is not None:
+            problem = context_problem(self.context, prompt, params, len(located))
+            if problem:
+                self.fail(line, problem, field="prompt")
         return PromptSpec(line=line, id=doc_id, custom_id=custom_id, prompt=prompt, title=title, params=params,
                           images=[location for location, _ in located])
 

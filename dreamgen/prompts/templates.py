@@ -19,6 +19,8 @@ CHAT_TEMPLATES = {
     "none": "{instruction}",
 }
 NO_TEMPLATE = "none"  # the topic is the instruction, unchanged
+# Where an input picture goes in a prompt; the generator puts the picture's image block there.
+IMAGE_PLACEHOLDER = "<image>"
 TOPIC = "{topic}"
 # Names are file stems; a strict pattern keeps "../x" from ever reaching the file system.
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # used with fullmatch; 64 characters keep it a valid file name
