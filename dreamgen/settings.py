@@ -65,11 +65,13 @@ WORKER_POOL = Setting("DREAMGEN_WORKER_POOL", "prefork", "the Celery pool of a w
                       "it): threads shares one slot pool among the chunks the process holds")
 WORKER_SLOTS = Setting("DREAMGEN_WORKER_SLOTS", None, "documents in flight in a worker process (default: the "
                        "device's, see dreamgen.generation.generator.DEFAULT_SLOTS)")
+KV_TOKENS = Setting("DREAMGEN_KV_TOKENS", None, "positions the KV cache of the slot pool holds, allocated once "
+                    "(default: slots x the model's context); documents enter while their worst case fits")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL,
        TASK_TIME_LIMIT, VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL,
-       WORKER_SLOTS, WORKER_PRELOAD)
+       WORKER_SLOTS, KV_TOKENS, WORKER_PRELOAD)
 DEFAULT_MODEL = MODEL.default
 
 
@@ -150,6 +152,10 @@ def worker_pool() -> str:
 
 def worker_slots() -> int | None:
     return None if WORKER_SLOTS.get() is None else _number(WORKER_SLOTS)
+
+
+def kv_tokens() -> int | None:
+    return None if KV_TOKENS.get() is None else _number(KV_TOKENS)
 
 
 def worker_preload() -> bool:

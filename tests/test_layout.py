@@ -155,6 +155,8 @@ def test_only_settings_reads_dreamgen_variables():
     assert not readers, "environment read outside dreamgen/settings.py:\n" + "\n".join(readers)
     names = [s.name for s in settings.ALL]
     assert len(names) == len(set(names)) and all(s.doc for s in settings.ALL)
+    readme = (ROOT / "README.md").read_text()
+    assert [n for n in names if f"`{n}`" not in readme] == [], "README's Settings table lacks these"
 
 
 def test_import_dreamgen_and_the_cli_import_no_torch():

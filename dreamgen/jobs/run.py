@@ -258,10 +258,12 @@ def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend
     from ..engines import select_backend
     from ..model.loader import load_model
 
+    from .. import settings
+
     loaded = load_model(model, dtype=dtype, device=device)
     components, message = select_backend(backend, loaded)
     (report or log.info)(message)
-    return Generator(loaded, components)
+    return Generator(loaded, components, kv_tokens=settings.kv_tokens())
 
 
 def job_generator(config: JobConfig, report: Callable[[str], None] | None = None) -> Generator:
