@@ -6,8 +6,12 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import struct
+import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -77,6 +81,50 @@ def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     assert sorted(names) == ["0.json", "1.json", "2.json", "3.json", "4.json", "document.json"]
     assert storage.url_for("j/d/document.json") == (tmp_path / "j/d/document.json").resolve().as_uri()
 
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, then put the old one back."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_local_files_follow_the_umask_like_any_tool(tmp_path, umask, mask, mode):
+    umask(mask)
+    storage = LocalStorage(tmp_path)
+    storage.write_bytes("j/d/document.json", b"{}")
+    storage.write_bytes("j/d/document.json", b"{}")  # replacing keeps the mode too
+    storage.create_once("j/_done/d.json", b"{}")
+    reference = tmp_path / "touched"  # what any other program gets under the same umask
+    reference.touch()
+    assert reference.stat().st_mode & 0o777 == mode
+    for name in ("j/d/document.json", "j/_done/d.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_whole_job_is_readable_by_another_user(umask, make_doc):
+    """A web server runs as its own user: every file of a job must be readable by it under umask 022."""
+    umask(0o022)
+    root = Path(tempfile.mkdtemp(prefix="dreamgen-modes-"))  # not under pytest's private (0700) base folder
+    try:
+        root.chmod(0o755)
+        job = JobOutput(LocalStorage(root / "out"), "j")
+        job.write_job({"id": "j"})
+        job.save_document(make_doc("d1"))
+        job.finalize()
+        files = [p for p in (root / "out").rglob("*") if p.is_file()]
+        assert len(files) >= 9  # job.json, manifest, errors, index, document.json, 2 images, index.md/html, marker
+        assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}
+        if os.geteuid() != 0 or not shutil.which("runuser"):
+            pytest.skip("the modes are checked; reading as another user needs root (runuser)")
+        read = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(root / "out/j/d1/index.html"),
+                               str(root / "out/j/d1/images/00.png")], capture_output=True)
+        assert read.returncode == 0, read.stderr
+        assert b"<html" in read.stdout and b"PNG" in read.stdout
+    finally:
+        shutil.rmtree(root)
 
 def test_open_storage_picks_by_url(tmp_path, monkeypatch):
     local = open_storage(str(tmp_path / "out"))
