@@ -257,7 +257,9 @@ def print_summary(summary):
 # ------------------------------------------------------------------------------------------------ generate
 @cli.command()
 @click.argument("prompt")
-@click.option("-o", "--out", default="out/generate", show_default=True, help="Folder for the document.")
+@click.option("-o", "--out", default=None, metavar="DIR",
+              help="Folder for the document: DIR/document.json, images/, index.md, index.html "
+                   "(default: out/generate/<document id>).")
 @click.option("--image-only", is_flag=True, help="Text-to-image: paint one picture from PROMPT as a caption.")
 @click.option("-i", "--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An input picture for the model to read (repeatable; placed at <image> or before the prompt).")
@@ -291,7 +293,7 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
                                         images=list(images), on_progress=lambda kind: status.update(f"{kind} done"))
     click.echo(f"{doc.id}: {counted(len(doc.text.split()), 'word')}, {counted(len(doc.images), 'image')} "
                f"({doc.stop_reason}).")
-    click.echo(f"Open: {output.url_for(doc.id, 'index.html')}")
+    click.echo(f"Open: {output.url_for('index.html')}")
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -299,20 +301,32 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 @click.argument("job")
 @formats_option
 @click.option("--self-contained", is_flag=True, help="Embed images in the HTML pages as data URIs.")
+@click.option("--hugo", "hugo_dir", default=None, metavar="DIR",
+              help="Instead, write the job as a Hugo section DIR/<job>/ (_index.md, <doc>/index.md, <doc>/images/): "
+                   "give a site's content/ folder or one below it.")
 @s3_endpoint_option
 @friendly_errors
-def export(job, formats, self_contained, s3_endpoint_url):
-    """Re-render a stored job's Markdown and HTML from its documents.
+def export(job, formats, self_contained, hugo_dir, s3_endpoint_url):
+    """Re-render a stored job's Markdown and HTML from its documents, or write it as a Hugo section.
 
     JOB is a job folder: out/job-... or s3://bucket/prefix/job-...
 
     \b
-    Example:
+    Examples:
         dreamgen export out/job-20261128-101500-3fa9c1 --format html --self-contained
+        dreamgen export out/job-20261128-101500-3fa9c1 --hugo my-site/content/articles
     """
     from dreamgen.jobs.output import export_job, open_job_output
 
     output = open_job_output(job, s3_endpoint_url)
+    if hugo_dir:
+        from dreamgen.jobs.hugo import export_hugo
+        from dreamgen.jobs.storage import open_storage
+
+        dest = open_storage(hugo_dir, s3_endpoint_url)
+        count = export_hugo(output, dest)
+        click.echo(f"Exported {count} documents of {output.job_id} as a Hugo section: {dest.location}/{output.job_id}")
+        return
     count = export_job(output.storage, output.job_id, formats, self_contained)
     click.echo(f"Exported {count} documents of {output.job_id} ({formats}).")
     click.echo(f"Open: {output.url_for('index.html')}")

@@ -33,6 +33,7 @@ from ..ids import check_job_id, is_safe_id
 from .png import encode_png
 from .storage import Storage, open_storage
 
+GENERATE_OUT = "out/generate"  # where `dreamgen generate` puts a document folder when no --out is given
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
 MESSAGE_MAX = 4000
@@ -83,22 +84,9 @@ class JobOutput:
         Sets each ImageBlock's path and sha256. Returns its manifest entry."""
         doc.job_id = doc.job_id or self.job_id
         doc.created = doc.created or utc_now()
-        stored = {}
-        for block in doc.images:  # 1. pictures, with their parameters inside
-            if block.image is None:
-                if not block.path:
-                    raise ValueError(f"document {doc.id}: image {block.index} has neither pixels nor a path")
-                continue
-            data = encode_png(doc, block)
-            block.path, block.sha256 = f"images/{block.index:02d}.png", hashlib.sha256(data).hexdigest()
-            self.storage.write_bytes(self.doc_key(doc.id, block.path), data, "image/png")
-            stored[block.path] = data
-        # 2. the document itself
-        self.storage.write_bytes(self.doc_key(doc.id, "document.json"), _json_bytes(doc.to_dict()))
-        # 3. exports (a self-contained page embeds the bytes just written rather than reading them back)
-        self.write_exports(doc, formats, self_contained, read_image=lambda path: stored.get(path)
-                           or self.storage.read_bytes(self.doc_key(doc.id, path)))
-        # 4. last: the marker that says every file above is in place
+        store_document(self.storage, lambda *parts: self.doc_key(doc.id, *parts), doc, formats, self_contained,
+                       self.job_id)
+        # last: the marker that says every file above is in place
         entry = self.manifest_entry(doc)
         self.storage.create_once(self.marker_key(DONE_DIR, doc.id), _json_bytes(entry))
         self.storage.delete(self.marker_key(FAILED_DIR, doc.id))  # a retry that succeeded
@@ -106,17 +94,13 @@ class JobOutput:
 
     def write_exports(self, doc: Document, formats=FORMATS, self_contained: bool = False, read_image=None) -> None:
         """(Re)write a stored document's index.md / index.html."""
-        formats = parse_formats(formats)
-        if "md" in formats:
-            self.storage.write_bytes(self.doc_key(doc.id, "index.md"), to_markdown(doc, self.job_id).encode())
-        if "html" in formats:
-            read_image = read_image or (lambda path: self.storage.read_bytes(self.doc_key(doc.id, path)))
-            page = document_page(doc, self.job_id, self_contained=self_contained, read_image=read_image)
-            self.storage.write_bytes(self.doc_key(doc.id, "index.html"), page.encode())
+        write_exports(self.storage, lambda *parts: self.doc_key(doc.id, *parts), doc, formats, self_contained,
+                      self.job_id, read_image)
 
     def manifest_entry(self, doc: Document) -> dict:
         return {"id": doc.id, "custom_id": doc.custom_id, "title": document_title(doc), "prompt": doc.prompt,
-                "path": doc.id, "images": [f"{doc.id}/{b.path}" for b in doc.images], "finished": utc_now()}
+                "path": doc.id, "images": [f"{doc.id}/{b.path}" for b in doc.images],
+                "sizes": [[b.width, b.height] for b in doc.images], "finished": utc_now()}
 
     def load_document(self, doc_id: str) -> Document:
         return Document.from_dict(json.loads(self.storage.read_bytes(self.doc_key(doc_id, "document.json"))))
@@ -149,16 +133,20 @@ class JobOutput:
         ids = [i for i in self._marker_ids(FAILED_DIR) if i not in done]
         return sorted(self._read_markers(FAILED_DIR, ids), key=lambda e: e["id"])
 
-    def finalize(self, formats=FORMATS) -> dict:
+    def finalize(self, formats=FORMATS, self_contained: bool | None = None) -> dict:
         """Rebuild manifest.jsonl, errors.jsonl and (with html) the job index from the markers.
-        Idempotent; call it at the end of a run, a resume or an export. Returns the counts."""
+        Idempotent; call it at the end of a run, a resume or an export. The index embeds its thumbnails when
+        `self_contained` says so (None: as the job was asked, in job.json). Returns the counts."""
         formats = parse_formats(formats)
         entries, failed = self.manifest(), self.failed()
         self.storage.write_bytes(self.key("manifest.jsonl"), _jsonl_bytes(entries))
         self.storage.write_bytes(self.key("errors.jsonl"), _jsonl_bytes(failed))
         if "html" in formats:
             record = self.read_job() or {"id": self.job_id}
-            page = job_index_page({"id": self.job_id, **record}, entries, failed)
+            if self_contained is None:
+                self_contained = bool(record.get("self_contained"))
+            read_image = (lambda path: self.storage.read_bytes(self.key(path))) if self_contained else None
+            page = job_index_page({"id": self.job_id, **record}, entries, failed, read_image=read_image)
             self.storage.write_bytes(self.key("index.html"), page.encode())
         return {"done": len(entries), "failed": len(failed)}
 
@@ -177,6 +165,25 @@ class JobOutput:
             return [entry for entry in pool.map(read, ids) if entry is not None]
 
 
+class DocumentFolder:
+    """One document of its own, as `dreamgen generate --out DIR` writes it: DIR/document.json, DIR/images/NN.png,
+    DIR/index.md, DIR/index.html; no job around it. Writing another document there replaces the first."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def save(self, doc: Document, formats=FORMATS) -> None:
+        doc.created = doc.created or utc_now()
+        store_document(self.storage, lambda *parts: "/".join(parts), doc, formats, job_id=None)
+        kept = {block.path for block in doc.images}
+        for key in self.storage.list("images/"):  # pictures of a document written here before, with more of them
+            if key not in kept:
+                self.storage.delete(key)
+
+    def url_for(self, name: str) -> str:
+        return self.storage.url_for(name)
+
+
 def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, self_contained: bool = False) -> int:
     """Re-render every finished document of a stored job (local or S3) from its document.json, then the
     job's manifest, errors and index. Returns how many documents were rendered."""
@@ -187,7 +194,7 @@ def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, 
         raise StorageError(f"no job {job_id!r} in {storage.location}")
     for doc_id in done:
         job.write_exports(job.load_document(doc_id), formats, self_contained=self_contained)
-    job.finalize(formats)
+    job.finalize(formats, self_contained)
     return len(done)
 
 
@@ -201,6 +208,39 @@ def open_job_output(job_url: str, endpoint_url: str | None = None) -> JobOutput:
         return JobOutput(open_storage(parent, endpoint_url), job_id)
     path = Path(url).expanduser().resolve()
     return JobOutput(open_storage(str(path.parent), endpoint_url), path.name)
+
+
+def store_document(storage: Storage, key, doc: Document, formats=FORMATS, self_contained: bool = False,
+                   job_id: str | None = None) -> None:
+    """A document's files, at `key("images", "00.png")`, `key("document.json")`, ...: its pictures (parameters
+    inside), document.json, then its exports. Sets each ImageBlock's path and sha256."""
+    stored = {}
+    for block in doc.images:  # 1. pictures, with their parameters inside
+        if block.image is None:
+            if not block.path:
+                raise ValueError(f"document {doc.id}: image {block.index} has neither pixels nor a path")
+            continue
+        data = encode_png(doc, block)
+        block.path, block.sha256 = f"images/{block.index:02d}.png", hashlib.sha256(data).hexdigest()
+        storage.write_bytes(key(block.path), data, "image/png")
+        stored[block.path] = data
+    # 2. the document itself
+    storage.write_bytes(key("document.json"), _json_bytes(doc.to_dict()))
+    # 3. exports (a self-contained page embeds the bytes just written rather than reading them back)
+    write_exports(storage, key, doc, formats, self_contained, job_id,
+                  read_image=lambda path: stored.get(path) or storage.read_bytes(key(path)))
+
+
+def write_exports(storage: Storage, key, doc: Document, formats=FORMATS, self_contained: bool = False,
+                  job_id: str | None = None, read_image=None) -> None:
+    """(Re)write a stored document's index.md / index.html at `key("index.md")`, `key("index.html")`."""
+    formats = parse_formats(formats)
+    if "md" in formats:
+        storage.write_bytes(key("index.md"), to_markdown(doc, job_id).encode())
+    if "html" in formats:
+        read_image = read_image or (lambda path: storage.read_bytes(key(path)))
+        page = document_page(doc, job_id, self_contained=self_contained, read_image=read_image)
+        storage.write_bytes(key("index.html"), page.encode())
 
 
 def _json_bytes(value) -> bytes:

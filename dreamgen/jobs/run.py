@@ -25,7 +25,7 @@ from ..generation.generator import DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec, iter_prompt_file
-from .output import JobOutput, open_job_output
+from .output import GENERATE_OUT, DocumentFolder, JobOutput
 from .spec import JobConfig, JobSummary, batched, check_job, record_running
 from .storage import open_storage
 
@@ -134,20 +134,21 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     return summary
 
 
-def generate_document(generator: Generator, prompt: str, params: GenerationParams, out: str, model_id: str,
+def generate_document(generator: Generator, prompt: str, params: GenerationParams, out: str | None, model_id: str,
                       image_only: bool = False, images: list[str] | None = None,
-                      on_progress: Callable[[str], None] | None = None) -> tuple[Document, JobOutput]:
-    """One document for `prompt` (with input pictures at local paths `images`), stored under the job folder
-    `out`; returns it and the output it went to."""
+                      on_progress: Callable[[str], None] | None = None) -> tuple[Document, DocumentFolder]:
+    """One document for `prompt` (with input pictures at local paths `images`), stored as the document folder
+    `out` (default: out/generate/<document id>); returns it and the folder it went to."""
     images = images or []
     request = DocumentRequest(prompt=prompt, params=params, image_only=image_only,
                               images=[load_input_image(p) for p in images],
                               id=document_id(model_id, prompt, params, images))
-    output = open_job_output(out)
+    # issue 15: a document folder (document.json, images/, index.md, index.html), not a whole job folder
+    folder = DocumentFolder(open_storage(out or f"{GENERATE_OUT}/{request.id}"))
+    folder.storage.check()  # before the model works, not after
     doc = generator.generate([request], on_progress=lambda kind, _: on_progress and on_progress(kind))[0]
-    output.save_document(doc)
-    output.finalize()
-    return doc, output
+    folder.save(doc)
+    return doc, folder
 
 
 def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend: str = "torch",
