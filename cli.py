@@ -13,7 +13,7 @@ import click
 from dreamgen import settings
 from dreamgen.params import CHAT_FORMATS, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
-from exporters import FORMATS
+from exporters import FORMATS, RESULTS
 from workers.settings import GPU_QUEUE, LIGHT_QUEUE
 
 PARAM_OPTIONS = [  # (flag, parameter, type, help)
@@ -105,11 +105,18 @@ def formats_option(f):
                         help=f"Exports: {' or '.join(FORMATS)}, or both, comma-separated.")(f)
 
 
+def results_option(f):
+    return click.option("--results", type=click.Choice(RESULTS), default=None,
+                        help="openai: also write results.jsonl, a line per document in the OpenAI Batch API's output "
+                             "shape (custom_id, response.body.choices[0].message.content, error) [default: none].")(f)
+
+
 def output_options(f):
     """How a job's documents are exported and where its S3 endpoint is."""
     options = [
         formats_option,
         click.option("--self-contained", is_flag=True, help="Embed images in the HTML pages as data URIs."),
+        results_option,
         s3_endpoint_option,
     ]
     for option in reversed(options):  # decorators apply bottom-up; --help lists them in this order
@@ -160,7 +167,7 @@ def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
 @output_options
 @param_options
 @friendly_errors
-def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size, formats, self_contained,
+def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size, formats, self_contained, results,
         s3_endpoint_url, **params):
     """Generate a document for every prompt in PROMPTS, in this process.
 
@@ -183,13 +190,14 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
     if resume:
         if prompts:
             raise click.UsageError("give PROMPTS or --resume JOB, not both")
-        config = stored_config(resume, out, s3_endpoint_url)
+        config = stored_config(resume, out, s3_endpoint_url, results=results)
     elif not prompts:
         raise click.UsageError("missing PROMPTS (a prompt file), or --resume JOB")
     else:
         config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=defaults,
                            batch_size=batch_size, formats=formats, self_contained=self_contained,
-                           endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend)
+                           endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend,
+                           results=results or "none")
     with JobProgress() as progress:
         try:
             # markup off: the backend line may hold "[tensorrt]" (the pip extra), which is not a rich style
@@ -301,12 +309,13 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 @click.argument("job")
 @formats_option
 @click.option("--self-contained", is_flag=True, help="Embed images in the HTML pages as data URIs.")
+@results_option
 @click.option("--hugo", "hugo_dir", default=None, metavar="DIR",
               help="Instead, write the job as a Hugo section DIR/<job>/ (_index.md, <doc>/index.md, <doc>/images/): "
                    "give a site's content/ folder or one below it.")
 @s3_endpoint_option
 @friendly_errors
-def export(job, formats, self_contained, hugo_dir, s3_endpoint_url):
+def export(job, formats, self_contained, results, hugo_dir, s3_endpoint_url):
     """Re-render a stored job's Markdown and HTML from its documents, or write it as a Hugo section.
 
     JOB is a job folder: out/job-... or s3://bucket/prefix/job-...
@@ -327,7 +336,7 @@ def export(job, formats, self_contained, hugo_dir, s3_endpoint_url):
         count = export_hugo(output, dest)
         click.echo(f"Exported {count} documents of {output.job_id} as a Hugo section: {dest.location}/{output.job_id}")
         return
-    count = export_job(output.storage, output.job_id, formats, self_contained)
+    count = export_job(output.storage, output.job_id, formats, self_contained, results)
     click.echo(f"Exported {count} documents of {output.job_id} ({formats}).")
     click.echo(f"Open: {output.url_for('index.html')}")
 
@@ -523,7 +532,7 @@ def broker_option(f):
 @click.option("-w", "--wait", is_flag=True, help="Show progress until the job ends.")
 @param_options
 @friendly_errors
-def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, self_contained, s3_endpoint_url,
+def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, self_contained, results, s3_endpoint_url,
            broker_url, wait, **params):
     """Send a job to the Celery workers and print its id.
 
@@ -547,7 +556,7 @@ def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, sel
 
     config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=given_params(params),
                        batch_size=batch_size, formats=formats, self_contained=self_contained,
-                       endpoint_url=s3_endpoint_url, dtype=dtype, backend=backend)
+                       endpoint_url=s3_endpoint_url, dtype=dtype, backend=backend, results=results or "none")
     job = submit_job(config, send_chunks, broker_url)
     click.echo(job)
     if wait:

@@ -9,6 +9,7 @@ from typing import Iterable
 from dreamgen.errors import ParamsError
 
 FORMATS = ("md", "html")
+RESULTS = ("none", "openai")  # `--results openai`: also results.jsonl in the OpenAI Batch API's output shape
 
 
 def parse_formats(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -25,3 +26,9 @@ def parse_formats(value: str | Iterable[str]) -> tuple[str, ...]:
     if not formats:
         raise ParamsError(f"no format given; choose from {', '.join(FORMATS)}")
     return tuple(formats)
+
+
+def check_results(value: str) -> str:
+    if value not in RESULTS:
+        raise ParamsError(f"unknown results format {value!r}; choose from {', '.join(RESULTS)}")
+    return value

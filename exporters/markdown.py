@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import yaml
 
@@ -22,20 +23,25 @@ def to_markdown(doc: Document, job_id: str | None = None) -> str:
     front = {"title": title, "date": doc.created, "job": job_id, "document": doc.id, "model": doc.model,
              "seed": doc.params.get("seed"), "custom_id": doc.custom_id}
     front = {key: value for key, value in front.items() if value is not None}  # e.g. no job: `dreamgen generate`
+    return front_matter(front) + "\n" + markdown_body(doc, drop_heading=leading_heading(doc) == title)
+
+
+def markdown_body(doc: Document, image_src: Callable[[ImageBlock], str] | None = None,
+                  drop_heading: bool = False) -> str:
+    """The document's text as Markdown, each picture an image link: to `image_src(block)`, else its path."""
     parts = []
     alts = image_alt_texts(doc)
-    skip_heading = leading_heading(doc) == title
     for block in doc.blocks:
         if isinstance(block, TextBlock):
-            text = without_first_heading(block.text) if skip_heading and block.text.strip() else block.text
-            skip_heading = skip_heading and not block.text.strip()
+            text = without_first_heading(block.text) if drop_heading and block.text.strip() else block.text
+            drop_heading = drop_heading and not block.text.strip()
             parts.append(escape_untrusted_markdown(text))
         elif isinstance(block, ImageBlock):
             if not block.path:
                 raise ValueError(f"document {doc.id}: image {block.index} is not stored yet (no path)")
-            parts.append(f"\n\n![{escape_alt(alts[block.index])}]({block.path})\n\n")
-    body = re.sub(r"\n{3,}", "\n\n", "".join(parts)).strip("\n")
-    return front_matter(front) + "\n" + body + "\n"
+            src = image_src(block) if image_src else block.path
+            parts.append(f"\n\n![{escape_alt(alts[block.index])}]({src})\n\n")
+    return re.sub(r"\n{3,}", "\n\n", "".join(parts)).strip("\n") + "\n"
 
 
 def front_matter(values: dict) -> str:

@@ -7,6 +7,7 @@
     <job>/_done/<doc>.json               written create-once LAST: the document is finished
     <job>/_failed/<doc>.json             the last failure of a document that is not finished
     <job>/manifest.jsonl, errors.jsonl, index.html   rebuilt from the markers by finalize()
+    <job>/results.jsonl                  with --results openai: the Batch API's output shape (exporters.openai)
 
 S3 has no append, and several workers may finish documents at once, so the per-document markers are the
 source of truth; a marker appears only after all of its document's files are stored, so nothing listed
@@ -21,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from exporters import FORMATS, parse_formats
+from exporters import FORMATS, check_results, parse_formats
 from exporters.html import document_page, job_index_page
 from exporters.markdown import to_markdown
+from exporters.openai import error_line, result_line
 from exporters.text import document_title
 
 from ..clock import utc_now
@@ -34,6 +36,7 @@ from .png import encode_png
 from .storage import Storage, open_storage
 
 GENERATE_OUT = "out/generate"  # where `dreamgen generate` puts a document folder when no --out is given
+RESULTS_FILE = "results.jsonl"  # with --results openai
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
 MESSAGE_MAX = 4000
@@ -133,22 +136,35 @@ class JobOutput:
         ids = [i for i in self._marker_ids(FAILED_DIR) if i not in done]
         return sorted(self._read_markers(FAILED_DIR, ids), key=lambda e: e["id"])
 
-    def finalize(self, formats=FORMATS, self_contained: bool | None = None) -> dict:
-        """Rebuild manifest.jsonl, errors.jsonl and (with html) the job index from the markers.
-        Idempotent; call it at the end of a run, a resume or an export. The index embeds its thumbnails when
-        `self_contained` says so (None: as the job was asked, in job.json). Returns the counts."""
+    def finalize(self, formats=FORMATS, self_contained: bool | None = None, results: str | None = None) -> dict:
+        """Rebuild manifest.jsonl, errors.jsonl, (with html) the job index and (with results "openai")
+        results.jsonl from the markers. Idempotent; call it at the end of a run, a resume or an export. The index
+        embeds its thumbnails when `self_contained` says so; None, for both, means as job.json asks. Returns the
+        counts."""
         formats = parse_formats(formats)
+        record = self.read_job() or {"id": self.job_id}
+        self_contained = bool(record.get("self_contained")) if self_contained is None else self_contained
+        results = check_results((record.get("results") or "none") if results is None else results)
         entries, failed = self.manifest(), self.failed()
         self.storage.write_bytes(self.key("manifest.jsonl"), _jsonl_bytes(entries))
         self.storage.write_bytes(self.key("errors.jsonl"), _jsonl_bytes(failed))
         if "html" in formats:
-            record = self.read_job() or {"id": self.job_id}
-            if self_contained is None:
-                self_contained = bool(record.get("self_contained"))
             read_image = (lambda path: self.storage.read_bytes(self.key(path))) if self_contained else None
             page = job_index_page({"id": self.job_id, **record}, entries, failed, read_image=read_image)
             self.storage.write_bytes(self.key("index.html"), page.encode())
+        if results == "openai":
+            self.write_openai_results(entries, failed)
         return {"done": len(entries), "failed": len(failed)}
+
+    def write_openai_results(self, entries: list[dict], failed: list[dict]) -> None:
+        """results.jsonl in the Batch API's output shape: a line per finished document, then one per failure."""
+        def url_for(doc_id):
+            return lambda path: self.storage.url_for(self.doc_key(doc_id, path))
+
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            docs = list(pool.map(self.load_document, [entry["id"] for entry in entries]))
+        lines = [result_line(doc, url_for(doc.id)) for doc in docs] + [error_line(entry) for entry in failed]
+        self.storage.write_bytes(self.key(RESULTS_FILE), _jsonl_bytes(lines))
 
     def _marker_ids(self, folder: str) -> list[str]:
         prefix = self.key(folder) + "/"
@@ -184,9 +200,11 @@ class DocumentFolder:
         return self.storage.url_for(name)
 
 
-def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, self_contained: bool = False) -> int:
+def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, self_contained: bool = False,
+               results: str | None = None) -> int:
     """Re-render every finished document of a stored job (local or S3) from its document.json, then the
-    job's manifest, errors and index. Returns how many documents were rendered."""
+    job's manifest, errors, index and (results "openai", or as the job asked) results.jsonl. Returns how many
+    documents were rendered."""
     formats = parse_formats(formats)
     job = JobOutput(storage, job_id)
     done = sorted(job.done_ids())
@@ -194,7 +212,7 @@ def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, 
         raise StorageError(f"no job {job_id!r} in {storage.location}")
     for doc_id in done:
         job.write_exports(job.load_document(doc_id), formats, self_contained=self_contained)
-    job.finalize(formats, self_contained)
+    job.finalize(formats, self_contained, results)
     return len(done)
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from exporters import FORMATS, parse_formats
+from exporters import FORMATS, check_results, parse_formats
 
 from .. import settings
 from ..clock import utc_now
@@ -37,10 +37,12 @@ class JobConfig:
     dtype: str = settings.DTYPE.default
     device: str = settings.DEVICE.default
     backend: str = settings.BACKEND.default
+    results: str = "none"  # "openai": also results.jsonl in the Batch API's output shape
 
     def __post_init__(self):
         self.prompts = str(Path(self.prompts).expanduser().resolve())  # so a resume works from anywhere
         self.formats = parse_formats(self.formats)
+        check_results(self.results)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise DreamgenError(f"batch size {self.batch_size!r} must be a positive integer")
         if self.job_id is not None:
