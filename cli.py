@@ -728,11 +728,15 @@ def jobs_list(limit, broker_url):
 @setting_option("--device", setting=settings.WORKER_DEVICE, help="Device without --gpus: cpu, cuda or cuda:N.")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True,
               help="prefork gives time limits and redelivery when a process dies; solo has neither.")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="Celery's log level: DEBUG, INFO, WARNING, ERROR.")
+@click.option("--events/--no-events", default=True, show_default=True,
+              help="Send task events (sent, started, succeeded, ...) for celery events, Flower and Prometheus "
+                   "exporters.")
 @click.option("--dry-run", is_flag=True, help="Print the commands and exit.")
 @broker_option
 @friendly_errors
-def worker(gpus, concurrency, queues, name, model, dtype, device, pool, loglevel, dry_run, broker_url):
+def worker(gpus, concurrency, queues, name, model, dtype, device, pool, loglevel, events, dry_run, broker_url):
     """Start the Celery workers of this machine: one process per GPU, or one on the CPU.
 
     Each process loads the model once, after it starts, and keeps it for every chunk. Stop with Ctrl-C
@@ -748,7 +752,7 @@ def worker(gpus, concurrency, queues, name, model, dtype, device, pool, loglevel
 
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     plan = plan_workers(gpu_list, [q.strip() for q in queues.split(",") if q.strip()], concurrency, name, model,
-                        dtype, device, broker_url, pool, loglevel)
+                        dtype, device, broker_url, pool, loglevel, events)
     if dry_run:
         for process in plan:
             click.echo(process.describe())

@@ -56,9 +56,11 @@ CHUNK_LOCK_TTL = Setting("DREAMGEN_CHUNK_LOCK_TTL", "600", "seconds a dead worke
 MAX_ATTEMPTS = Setting("DREAMGEN_MAX_ATTEMPTS", "3", "starts of one chunk before its documents are recorded failed")
 WORKER_DEVICE = Setting("DREAMGEN_WORKER_DEVICE", "cpu", "device of a worker process (dreamgen worker sets it)")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
+WORKER_EVENTS = Setting("DREAMGEN_WORKER_EVENTS", "1", "0: workers send no task events (for celery events, Flower, "
+                        "Prometheus exporters)")
 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, BROKER_URL, REDIS_PREFIX, JOB_TTL, TASK_TIME_LIMIT,
-       VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_PRELOAD)
+       VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_PRELOAD, WORKER_EVENTS)
 DEFAULT_MODEL = MODEL.default
 
 
@@ -128,3 +130,7 @@ def worker_device() -> str:
 
 def worker_preload() -> bool:
     return WORKER_PRELOAD.get() != "0"
+
+
+def worker_events() -> bool:
+    return WORKER_EVENTS.get() != "0"

@@ -39,15 +39,18 @@ class WorkerProcess:
 def plan_workers(gpus: list[str] | None = None, queues: list[str] | None = None, concurrency: int = 1,
                  name: str = "dreamgen", model: str | None = None, dtype: str | None = None,
                  device: str | None = None, broker_url: str | None = None, pool: str = "prefork",
-                 loglevel: str = "INFO") -> list[WorkerProcess]:
-    """The processes to start (nothing is started)."""
+                 loglevel: str = "INFO", events: bool = True) -> list[WorkerProcess]:
+    """The processes to start (nothing is started). With `events` they send task events (-E), which `celery
+    events`, Flower and Prometheus exporters read."""
     queues = queues or [GPU_QUEUE, LIGHT_QUEUE]
     common = {k: v for k, v in {settings.BROKER_URL.name: broker_url, settings.MODEL.name: model,
                                 settings.DTYPE.name: dtype}.items() if v}
+    if not events:
+        common[settings.WORKER_EVENTS.name] = "0"
 
     def celery(node: str, node_queues: list[str], procs: int) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(node_queues),
-                "-c", str(procs), "-P", pool, "-n", f"{node}@%h", "-l", loglevel]
+                "-c", str(procs), "-P", pool, "-n", f"{node}@%h", "-l", loglevel] + (["-E"] if events else [])
 
     if not gpus:
         env = {**common, **({settings.WORKER_DEVICE.name: device} if device else {})}
