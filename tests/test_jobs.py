@@ -73,7 +73,18 @@ def test_retry_finishes_only_the_failed_documents(ns, tmp_path):
     ids = manifest_ids(out, "retry-1")
     assert len(ids) == len(set(ids)) == 4
     assert (out / "retry-1" / "errors.jsonl").read_text() == ""
+
+    # A finished job with nothing to retry: the retry changes nothing, in Redis or in storage.
+    def state():
+        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "retry-1").rglob("*") if p.is_file()}
+        keys = sorted(k for k in ns.redis.scan_iter(match=f"{ns.prefix}:*") if "retry-1" in k)
+        redis = {k: ns.redis.hgetall(k) if ns.redis.type(k) == "hash" else ns.redis.dump(k) for k in keys}
+        return files, redis
+
+    before = state()
+    assert any(k.endswith(":job:retry-1") for k in before[1])
     assert invoke("retry", "retry-1").output.strip() == "Nothing to retry: every document of job retry-1 is done."
+    assert state() == before
 
 
 def test_cancel_stops_a_running_job(ns, tmp_path):
