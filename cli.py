@@ -38,6 +38,20 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def print_table(headers: tuple[str, ...], rows: list[tuple]) -> None:
+    """Rows under a header row, columns padded to their widest cell; a header starting with ">" is right-aligned."""
+    names = [h.lstrip(">") for h in headers]
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(names)]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if h.startswith(">") else v.ljust(w)
+                         for h, v, w in zip(headers, values, widths)).rstrip()
+
+    for values in [names] + cells:
+        click.echo(line(values))
+
+
 def param_options(f):
     """The generation parameters as flags; only the ones given become job defaults."""
     for flag, name, type_, help_ in reversed(PARAM_OPTIONS):
@@ -108,7 +122,7 @@ def formats_option(f):
 def results_option(f):
     return click.option("--results", type=click.Choice(RESULTS), default=None,
                         help="openai: also write results.jsonl, a line per document in the OpenAI Batch API's output "
-                             "shape (custom_id, response.body.choices[0].message.content, error) [default: none].")(f)
+                             "shape [default: none].")(f)
 
 
 def output_options(f):
@@ -150,6 +164,15 @@ def cli(verbose):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def log_console(stderr: bool = False):
+    """Where progress bars and their log lines go: a line names its source file only with -v."""
+    import logging
+
+    from rich.console import Console
+
+    return Console(stderr=stderr, log_path=logging.getLogger().isEnabledFor(logging.INFO))
+
+
 def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
     return lambda f: setting_option("-o", "--out", setting=settings.OUT, help=help_text)(f)
 
@@ -183,6 +206,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
         dreamgen run topics.txt --backend onnx --out out
     """
     from dreamgen.errors import JobInterrupted
+    from dreamgen.jobs.progress import JobProgress
     from dreamgen.jobs.run import job_generator, run_job
     from dreamgen.jobs.spec import JobConfig, stored_config
 
@@ -198,11 +222,10 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
                            batch_size=batch_size, formats=formats, self_contained=self_contained,
                            endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend,
                            results=results or "none")
-    with JobProgress() as progress:
+    with JobProgress(log_console()) as progress:
         try:
             # markup off: the backend line may hold "[tensorrt]" (the pip extra), which is not a rich style
-            report = functools.partial(progress.progress.console.log, markup=False) \
-                if config.backend != "torch" else None
+            report = functools.partial(progress.log, markup=False) if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
                               make_generator=functools.partial(job_generator, report=report))
         except JobInterrupted as e:
@@ -211,48 +234,6 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, batch_size,
     if summary.status == "interrupted":
         click.echo(f"Resume with: dreamgen run --resume {summary.job_id} --out {config.out}")
         sys.exit(130)
-
-
-class JobProgress:
-    """A rich progress bar over the run's events: documents and images done, rate, ETA."""
-
-    def __enter__(self):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        self.images = 0
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("docs · {task.fields[images]} images · {task.fields[rate]}"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 transient=False)
-        self.progress.__enter__()
-        self.task = None
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def event(self, kind: str, info: dict):
-        if kind == "start":
-            self.task = self.progress.add_task(info["job_id"], total=info["total"], completed=info["skipped"],
-                                               images=0, rate="")
-        elif kind == "loading":
-            self.progress.console.log(f"loading model {info['model']}")
-        elif kind == "image":
-            self.images += 1
-            self.progress.update(self.task, images=self.images)
-        elif kind in ("document", "failed"):
-            if kind == "failed":
-                self.progress.console.log(f"[red]failed[/red] {info['id']}: {info['error']}")
-            self.progress.advance(self.task)
-            task = self.progress.tasks[0]
-            if task.elapsed:
-                self.progress.update(self.task, rate=f"{60 * task.completed / task.elapsed:.1f} docs/min")
 
 
 def print_summary(summary):
@@ -467,16 +448,21 @@ def engines_list(as_json):
     if not rows:
         click.echo(f"No engines in {cache.root}.")
         return
+    table = []
     for path, manifest, problem in rows:
         if manifest is None:
-            click.echo(f"{path}: unusable ({problem})")
             continue
         megabytes = sum(f.get("bytes", 0) for f in manifest.get("files", {}).values()) / 1e6
         # onnx graphs: their flavour (onnxruntime | portable); TensorRT engines: the GPU they were built for
         flavor = manifest.get("key_inputs", {}).get("compute_capability", "?") \
             if manifest.get("backend") == "tensorrt" else manifest.get("flavor", "?")
-        click.echo(f"{manifest.get('backend', '?'):9} {manifest.get('part', '?'):12} {manifest.get('precision', '?'):5} "
-                   f"{flavor:12} {manifest.get('label') or '?'}  {megabytes:.1f} MB  {manifest.get('created', '?')}  {path}")
+        table.append((manifest.get("backend", "?"), manifest.get("part", "?"), manifest.get("precision", "?"), flavor,
+                      manifest.get("label") or "?", f"{megabytes:.1f} MB", manifest.get("created", "?"), path))
+    if table:
+        print_table(("BACKEND", "PART", "PRECISION", "FLAVOR", "MODEL", ">SIZE", "CREATED", "PATH"), table)
+    for path, manifest, problem in rows:
+        if manifest is None:
+            click.echo(f"{path}: unusable ({problem})")
 
 
 @engines.command("verify")
@@ -572,20 +558,16 @@ def watch_job(job: str, broker_url: str | None, out: str | None = None, endpoint
     report."""
     import time
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from dreamgen.distributed.status import job_status
+    from dreamgen.jobs.progress import DocumentProgress
 
     report = job_status(job, broker_url, out, endpoint_url)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("docs · {task.fields[failed]} failed · {task.fields[state]}"), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task(job, total=report.total, failed=0, state=report.status)
+        with DocumentProgress(log_console(stderr=True), transient=True) as progress:
+            progress.start(f"job {job}: {report.total} documents", report.total, report.done + report.failed)
             while True:
-                progress.update(task, total=report.total, completed=report.done + report.failed,
-                                failed=report.failed, state=_chunk_line(report))
+                progress.update(total=report.total, completed=report.done + report.failed,
+                                note=f"{report.failed} failed · {report.status}")
                 if report.final:
                     break
                 time.sleep(poll_s)
@@ -707,10 +689,8 @@ def jobs_list(limit, broker_url):
     if not found:
         click.echo(f"No jobs (records expire after a week; see {settings.JOB_TTL.name}).")
         return
-    width = max(len(r.id) for r in found)
-    for r in found:
-        click.echo(f"{r.id:<{width}}  {r.status:<10}  {r.done:>6} done  {r.failed:>4} failed  {r.total:>6} total  "
-                   f"{r.created or ''}")
+    print_table(("JOB", "STATUS", ">DONE", ">FAILED", ">TOTAL", "CREATED"),
+                [(r.id, r.status, r.done, r.failed, r.total, r.created or "") for r in found])
 
 
 @cli.command()
@@ -764,7 +744,8 @@ def worker(gpus, concurrency, queues, name, model, dtype, device, pool, loglevel
 @click.option("-s", "--schedule", "schedule_file", required=True, type=click.Path(dir_okay=False),
               help="The schedules file (YAML).")
 @click.option("--state", default=None, help="Beat's state file (default: DREAMGEN_HOME/beat-schedule).")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="Celery's log level: DEBUG, INFO, WARNING, ERROR.")
 @broker_option
 @friendly_errors
 def beat(schedule_file, state, loglevel, broker_url):
@@ -882,12 +863,23 @@ def eval_command(model, dtype, device, count, ablations, batch_size, as_json, **
     from dreamgen.shapes.dataset import eval_prompts
     from dreamgen.shapes.evaluation import ablate, evaluate
 
+    from dreamgen.jobs.progress import DocumentProgress
+
     gen_params = GenerationParams(**given_params(params))
     prompts = eval_prompts(count)
     reports = []
     for ablation in dict.fromkeys(ablations):
         loaded = ablate(load_model(model, dtype=dtype, device=device), ablation)
-        reports.append(evaluate(loaded, prompts, gen_params, batch_size=batch_size, ablation=ablation))
+        with DocumentProgress(log_console(stderr=True)) as progress:  # stderr: --json output stays clean
+            progress.start(f"eval {model}, ablation {ablation}: {len(prompts)} prompts", len(prompts), note="0 images")
+            images = []
+
+            def seen(doc, score):
+                images.append(len(doc.images))
+                progress.update(advance=1, note=f"{sum(images)} images")
+
+            reports.append(evaluate(loaded, prompts, gen_params, batch_size=batch_size, ablation=ablation,
+                                    on_document=seen))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
         return

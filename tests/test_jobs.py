@@ -149,8 +149,10 @@ def test_jobs_lists_recent_jobs(ns, tmp_path):
     listing = invoke("jobs", "--limit", "3")
     assert listing.exit_code == 0
     lines = listing.output.splitlines()
-    assert 1 <= len(lines) <= 3
-    assert lines[0].split()[:4] == ["listed-1", "finished", "1", "done"]
+    assert 2 <= len(lines) <= 4  # a header row, then the jobs, newest first
+    assert lines[0].split() == ["JOB", "STATUS", "DONE", "FAILED", "TOTAL", "CREATED"]
+    assert lines[1].split()[:5] == ["listed-1", "finished", "1", "0", "1"]
+    assert lines[1].index("finished") == lines[0].index("STATUS")  # the columns line up under the header
 
 
 def test_a_bad_file_is_rejected_before_anything_is_queued(ns, tmp_path):
