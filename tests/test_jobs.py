@@ -11,7 +11,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
+from dreamgen.distributed.broker import redact
 from tests.celery_support import (
+    REDIS_URL,
     Namespace,
     first_quick_then_long,
     manifest_ids,
@@ -132,7 +134,7 @@ def test_status_reads_storage_after_the_record_expires(ns, tmp_path):
 
     missing = invoke("status", "old-1")
     assert missing.exit_code == 1
-    assert "no record of job old-1 at redis://127.0.0.1:6379/13" in missing.output and "--out" in missing.output
+    assert f"no record of job old-1 at {redact(REDIS_URL)}" in missing.output and "--out" in missing.output
     status = invoke("status", "old-1", "--out", out)
     assert status.exit_code == 0, status.output
     assert "Job old-1: finished" in status.output and "2 done, 0 failed" in status.output
