@@ -329,12 +329,13 @@ def model():
 
 
 @model.command("init-tiny")
-@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("directory", type=click.Path(file_okay=False), default="models/tiny")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--safetensors", is_flag=True, help="Write .safetensors instead of .bin files.")
 @friendly_errors
 def model_init_tiny(directory, seed, safetensors):
-    """Write a tiny random DreamLLM in the released checkpoint layout (offline, deterministic).
+    """Write a tiny random DreamLLM in the released checkpoint layout (offline, deterministic) into DIRECTORY
+    (default models/tiny, which git ignores).
 
     \b
     Example:

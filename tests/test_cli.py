@@ -31,6 +31,21 @@ def test_model_init_tiny_writes_a_loadable_deterministic_checkpoint(tmp_path):
     assert a.dream.dream_queries.equal(tiny_model().dream.dream_queries)
 
 
+def test_model_init_tiny_writes_its_default_folder_which_git_ignores(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    result = invoke("model", "init-tiny")
+    assert result.exit_code == 0 and result.output == "Wrote a tiny DreamLLM to models/tiny\n"
+    assert (tmp_path / "models" / "tiny" / "config.json").is_file()
+    repo = Path(__file__).resolve().parent.parent
+    if shutil.which("git") and (repo / ".git").exists():
+        ignored = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", "models/tiny/config.json"])
+        assert ignored.returncode == 0  # made in a checkout, it never shows up as a change
+
+
 def test_model_inspect_prints_parts_shapes_and_token_ids(tmp_path):
     invoke("model", "init-tiny", str(tmp_path / "ck"))
     result = invoke("model", "inspect", str(tmp_path / "ck"))
