@@ -766,7 +766,7 @@ def beat(schedule_file, state, loglevel, broker_url):
 @cli.group()
 def schedule():
     """Scheduled jobs: a schedules.yaml of named cron entries, each a prompt file or inline prompts, an output
-    and parameters (the format is in dreamgen/schedules.py). `dreamgen beat` fires them.
+    and parameters (the format: README, "Schedules"; examples/schedules.yaml). `dreamgen beat` fires them.
 
     \b
     Example:
