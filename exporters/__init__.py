@@ -1,4 +1,5 @@
-"""Exporters: a stored Document -> Markdown and HTML. Functions of a document; no model, no job logic.
+"""Exporters: a stored Document -> Markdown, HTML, and the body of an OpenAI Batch API result line. Functions of a
+document; no model, no job logic.
 
 May import dreamgen.document and dreamgen.errors only (and templates/ as files).
 """

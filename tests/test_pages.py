@@ -24,7 +24,8 @@ VNU_JAR = ROOT / ".cache" / "node" / "node_modules" / "vnu-jar" / "build" / "dis
 # Without the background-networking flags Chromium keeps dialling out, which this machine's closed network refuses.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--force-device-scale-factor=1"]
+                  "--hide-scrollbars", "--force-device-scale-factor=1",
+                  "--virtual-time-budget=10000"]  # take the shot once the pictures are loaded, however busy the machine
 RED, BLUE, GREEN = (230, 20, 20), (20, 40, 230), (20, 170, 40)
 WIDTH = 1200  # a laptop's window
 
