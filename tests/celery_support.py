@@ -1,8 +1,8 @@
 """Real Celery workers on a real Redis for the integration tests (no eager mode).
 
-Each test module gets its own namespace: Redis database 13 (or $TEST_REDIS_URL) with a unique key prefix (kombu's queues included),
-cleaned before and after. Workers share the session's DREAMGEN_HOME, where conftest's `installed_tiny` has
-written the tiny model, so they start fast.
+Each test module gets its own namespace: Redis database 13 (or $TEST_REDIS_URL) with a unique key prefix (kombu's
+queues included), cleaned before and after. Workers share the session's DREAMGEN_HOME, where conftest's
+`installed_tiny` has written the tiny model, so they start fast.
 Workers are `celery worker` processes in their own process groups, killed with their children at teardown.
 """
 from __future__ import annotations

@@ -115,7 +115,8 @@ def test_markdown_alt_text_is_what_the_text_before_the_image_says(make_doc, tmp_
     alts = [alt_text(i) for i in images]
     assert alts[0] == ("Two shapes. Once upon a time, there were two shapes. The blue square was small. "
                        "It lived at the bottom on a white background.")
-    assert alts[1] == "It was a happy square. The yellow triangle big was large. It lived at the left on a white background and was happy."
+    assert alts[1] == ("It was a happy square. The yellow triangle big was large. It lived at the left on a white "
+                       "background and was happy.")
     doc.blocks.append(ImageBlock(index=2, width=16, height=16, seed=0, path="images/01.png"))  # after a long text
     assert len(image_alt_texts(doc)[2]) <= 125 and image_alt_texts(doc)[2].startswith("Very long words")
     assert "\\" not in text.split("---", 2)[2]  # no backslash escapes: Hugo's renderer would show them

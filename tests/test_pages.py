@@ -37,7 +37,8 @@ def checkerboard(size: int, cell: int = 8) -> Image.Image:
     return image
 
 
-def shapes_document(doc_id: str, images: list[Image.Image], prompt: str = "Write about a red and blue board") -> Document:
+def shapes_document(doc_id: str, images: list[Image.Image],
+                    prompt: str = "Write about a red and blue board") -> Document:
     blocks = [TextBlock("Once upon a time, there was a board. It was red and blue.")]
     for index, image in enumerate(images):
         blocks += [ImageBlock(index=index, width=image.width, height=image.height, seed=index, image=image),

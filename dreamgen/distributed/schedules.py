@@ -15,8 +15,8 @@
         batch_size: 4                  # optional: batch_size, model, dtype, formats
 
 Cron strings are read as cron reads them (see cron.py: @daily and the like; day-of-month and day-of-week both
-given means either). Firing is idempotent per (schedule, fire time): the job id is made of both, and a SET NX in Redis claims it,
-so a schedule fired twice for the same time (two beats, a restart) produces one job.
+given means either). Firing is idempotent per (schedule, fire time): the job id is made of both, and a SET NX in
+Redis claims it, so a schedule fired twice for the same time (two beats, a restart) produces one job.
 """
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ class Schedule:
 # -------------------------------------------------------------------------------------------- loading
 def load_schedules(path, check_prompts: bool = True) -> list[Schedule]:
     """Read and check a schedules file. A problem is a ScheduleFileError naming the file, the schedule and the
-    field; problems of several schedules are one ScheduleFileProblems listing them all. With `check_prompts`, each schedule's prompts are validated whole too (as `dreamgen run` would)."""
+    field; problems of several schedules are one ScheduleFileProblems listing them all. With `check_prompts`,
+    each schedule's prompts are validated whole too (as `dreamgen run` would)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
