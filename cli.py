@@ -15,7 +15,7 @@ from dreamgen.generation.scheduler import SCHEDULES
 from dreamgen.model.sizes import MODEL_SIZES
 from dreamgen.params import CHAT_FORMATS, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
-from exporters import FORMATS
+from exporters import FORMATS, RESULTS
 from workers.launcher import POOLS
 from workers.settings import GPU_QUEUE, LIGHT_QUEUE
 
@@ -40,6 +40,20 @@ FLAG_OF = {name: flag for flag, name, _, _ in PARAM_OPTIONS}
 
 def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def print_table(headers: tuple[str, ...], rows: list[tuple]) -> None:
+    """Rows under a header row, columns padded to their widest cell; a header starting with ">" is right-aligned."""
+    names = [h.lstrip(">") for h in headers]
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(names)]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if h.startswith(">") else v.ljust(w)
+                         for h, v, w in zip(headers, values, widths)).rstrip()
+
+    for values in [names] + cells:
+        click.echo(line(values))
 
 
 def param_options(f):
@@ -109,11 +123,18 @@ def formats_option(f):
                         help=f"Exports: {' or '.join(FORMATS)}, or both, comma-separated.")(f)
 
 
+def results_option(f):
+    return click.option("--results", type=click.Choice(RESULTS), default=None,
+                        help="openai: also write results.jsonl, a line per document in the OpenAI Batch API's output "
+                             "shape [default: none].")(f)
+
+
 def output_options(f):
     """How a job's documents are exported and where its S3 endpoint is."""
     options = [
         formats_option,
         click.option("--self-contained", is_flag=True, help="Embed images in the HTML pages as data URIs."),
+        results_option,
         s3_endpoint_option,
     ]
     for option in reversed(options):  # decorators apply bottom-up; --help lists them in this order
@@ -147,6 +168,15 @@ def cli(verbose):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def log_console(stderr: bool = False):
+    """Where progress bars and their log lines go: a line names its source file only with -v."""
+    import logging
+
+    from rich.console import Console
+
+    return Console(stderr=stderr, log_path=logging.getLogger().isEnabledFor(logging.INFO))
+
+
 def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
     return lambda f: setting_option("-o", "--out", setting=settings.OUT, help=help_text)(f)
 
@@ -168,7 +198,7 @@ def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
 @output_options
 @param_options
 @friendly_errors
-def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, schedule, formats, self_contained,
+def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, schedule, formats, self_contained, results,
         s3_endpoint_url, **params):
     """Generate a document for every prompt in PROMPTS, in this process.
 
@@ -184,6 +214,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
         dreamgen run topics.txt --backend onnx --out out
     """
     from dreamgen.errors import JobFailed, JobInterrupted
+    from dreamgen.jobs.progress import JobProgress
     from dreamgen.jobs.run import job_generator, run_job
     from dreamgen.jobs.spec import JobConfig, stored_config
 
@@ -191,18 +222,18 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
     if resume:
         if prompts:
             raise click.UsageError("give PROMPTS or --resume JOB, not both")
-        config = stored_config(resume, out, s3_endpoint_url, slots=slots)
+        config = stored_config(resume, out, s3_endpoint_url, slots=slots, results=results)
     elif not prompts:
         raise click.UsageError("missing PROMPTS (a prompt file), or --resume JOB")
     else:
         config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=defaults,
                            slots=slots, schedule=schedule, formats=formats, self_contained=self_contained,
-                           endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend)
-    with JobProgress() as progress:
+                           endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend,
+                           results=results or "none")
+    with JobProgress(log_console()) as progress:
         try:
             # markup off: the backend line may hold "[tensorrt]" (the pip extra), which is not a rich style
-            report = functools.partial(progress.progress.console.log, markup=False) \
-                if config.backend != "torch" else None
+            report = functools.partial(progress.log, markup=False) if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
                               make_generator=functools.partial(job_generator, report=report))
         except (JobInterrupted, JobFailed) as e:
@@ -213,58 +244,6 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
     if summary.status in ("interrupted", "failed"):
         click.echo(f"Resume with: dreamgen run --resume {summary.job_id} --out {config.out}")
         sys.exit(130 if summary.status == "interrupted" else 1)
-
-
-class JobProgress:
-    """A rich progress bar over the run's events: documents, pictures, tokens/s, slots busy, ETA."""
-
-    def __enter__(self):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        self.images = 0
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("docs · {task.fields[images]} pictures · {task.fields[rate]}"
-                                            "{task.fields[engine]}"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 transient=False)
-        self.task = None
-        return self
-
-    def __exit__(self, *exc):
-        # shown from the job's start only: a file rejected by the check gets its error alone, no empty bar
-        return self.progress.__exit__(*exc) if self.task is not None else None
-
-    def event(self, kind: str, info: dict):
-        if kind == "start":
-            self.progress.__enter__()
-            self.task = self.progress.add_task(info["job_id"], total=info["total"], completed=info["skipped"],
-                                               images=0, rate="", engine="")
-        elif kind == "loading":
-            self.progress.console.log(f"loading model {info['model']}", markup=False)  # user text is never markup
-        elif kind == "slots":
-            default = f" (the default on {info['device']})" if info["default"] else ""
-            self.progress.console.log(f"{info['slots']} slots{default}, {info['schedule']} schedule", markup=False)
-        elif kind == "stats":
-            self.progress.update(self.task, engine=f" · {info['tokens_per_s']:.0f} tok/s · "
-                                                   f"{info['busy']}/{info['slots']} slots busy")
-        elif kind == "image":
-            self.images += 1
-            self.progress.update(self.task, images=self.images)
-        elif kind in ("document", "failed"):
-            if kind == "failed":
-                from rich.markup import escape  # an id or an error may hold "[/x]", which is not a style
-
-                self.progress.console.log(f"[red]failed[/red] {escape(info['id'])}: {escape(info['error'])}")
-            self.progress.advance(self.task)
-            task = self.progress.tasks[0]
-            if task.elapsed:
-                self.progress.update(self.task, rate=f"{60 * task.completed / task.elapsed:.1f} docs/min")
 
 
 def print_summary(summary):
@@ -279,7 +258,9 @@ def print_summary(summary):
 # ------------------------------------------------------------------------------------------------ generate
 @cli.command()
 @click.argument("prompt")
-@click.option("-o", "--out", default="out/generate", show_default=True, help="Folder for the document.")
+@click.option("-o", "--out", default=None, metavar="DIR",
+              help="Folder for the document: DIR/document.json, images/, index.md, index.html "
+                   "(default: out/generate/<document id>).")
 @click.option("--image-only", is_flag=True, help="Text-to-image: paint one picture from PROMPT as a caption.")
 @click.option("-i", "--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="An input picture for the model to read (repeatable; placed at <image> or before the prompt).")
@@ -318,7 +299,7 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
                                         derive_seed="seed" not in given)
     click.echo(f"{doc.id}: {counted(len(doc.text.split()), 'word')}, {counted(len(doc.images), 'image')} "
                f"({doc.stop_reason}).")
-    click.echo(f"Open: {output.url_for(doc.id, 'index.html')}")
+    click.echo(f"Open: {output.url_for('index.html')}")
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -326,21 +307,34 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 @click.argument("job")
 @formats_option
 @click.option("--self-contained", is_flag=True, help="Embed images in the HTML pages as data URIs.")
+@results_option
+@click.option("--hugo", "hugo_dir", default=None, metavar="DIR",
+              help="Instead, write the job as a Hugo section DIR/<job>/ (_index.md, <doc>/index.md, <doc>/images/): "
+                   "give a site's content/ folder or one below it.")
 @s3_endpoint_option
 @friendly_errors
-def export(job, formats, self_contained, s3_endpoint_url):
-    """Re-render a stored job's Markdown and HTML from its documents.
+def export(job, formats, self_contained, results, hugo_dir, s3_endpoint_url):
+    """Re-render a stored job's Markdown and HTML from its documents, or write it as a Hugo section.
 
     JOB is a job folder: out/job-... or s3://bucket/prefix/job-...
 
     \b
-    Example:
+    Examples:
         dreamgen export out/job-20261128-101500-3fa9c1 --format html --self-contained
+        dreamgen export out/job-20261128-101500-3fa9c1 --hugo my-site/content/articles
     """
     from dreamgen.jobs.output import export_job, open_job_output
 
     output = open_job_output(job, s3_endpoint_url)
-    count = export_job(output.storage, output.job_id, formats, self_contained)
+    if hugo_dir:
+        from dreamgen.jobs.hugo import export_hugo
+        from dreamgen.jobs.storage import open_storage
+
+        dest = open_storage(hugo_dir, s3_endpoint_url)
+        count = export_hugo(output, dest)
+        click.echo(f"Exported {count} documents of {output.job_id} as a Hugo section: {dest.location}/{output.job_id}")
+        return
+    count = export_job(output.storage, output.job_id, formats, self_contained, results)
     click.echo(f"Exported {count} documents of {output.job_id} ({formats}).")
     click.echo(f"Open: {output.url_for('index.html')}")
 
@@ -352,7 +346,7 @@ def model():
 
 
 @model.command("init-tiny")
-@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("directory", type=click.Path(file_okay=False), default="models/tiny")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--safetensors", is_flag=True, help="Write .safetensors instead of .bin files.")
 @click.option("--size", type=click.Choice(list(MODEL_SIZES)), default="tiny", show_default=True,
@@ -360,7 +354,8 @@ def model():
                    "512 px pictures), where compute dominates.")
 @friendly_errors
 def model_init_tiny(directory, seed, safetensors, size):
-    """Write a random DreamLLM of the real classes in the released checkpoint layout (offline, deterministic).
+    """Write a random DreamLLM of the real classes in the released checkpoint layout (offline, deterministic)
+    into DIRECTORY (default models/tiny, which git ignores).
 
     \b
     Examples:
@@ -477,16 +472,21 @@ def engines_list(as_json):
     if not rows:
         click.echo(f"No engines in {cache.root}.")
         return
+    table = []
     for path, manifest, problem in rows:
         if manifest is None:
-            click.echo(f"{path}: unusable ({problem})")
             continue
         megabytes = sum(f.get("bytes", 0) for f in manifest.get("files", {}).values()) / 1e6
         # onnx graphs: their flavour (onnxruntime | portable); TensorRT engines: the GPU they were built for
         flavor = manifest.get("key_inputs", {}).get("compute_capability", "?") \
             if manifest.get("backend") == "tensorrt" else manifest.get("flavor", "?")
-        click.echo(f"{manifest.get('backend', '?'):9} {manifest.get('part', '?'):12} {manifest.get('precision', '?'):5} "
-                   f"{flavor:12} {manifest.get('label') or '?'}  {megabytes:.1f} MB  {manifest.get('created', '?')}  {path}")
+        table.append((manifest.get("backend", "?"), manifest.get("part", "?"), manifest.get("precision", "?"), flavor,
+                      manifest.get("label") or "?", f"{megabytes:.1f} MB", manifest.get("created", "?"), path))
+    if table:
+        print_table(("BACKEND", "PART", "PRECISION", "FLAVOR", "MODEL", ">SIZE", "CREATED", "PATH"), table)
+    for path, manifest, problem in rows:
+        if manifest is None:
+            click.echo(f"{path}: unusable ({problem})")
 
 
 @engines.command("verify")
@@ -542,7 +542,7 @@ def broker_option(f):
 @click.option("-w", "--wait", is_flag=True, help="Show progress until the job ends.")
 @param_options
 @friendly_errors
-def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, self_contained, s3_endpoint_url,
+def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, self_contained, results, s3_endpoint_url,
            broker_url, wait, **params):
     """Send a job to the Celery workers and print its id.
 
@@ -566,7 +566,7 @@ def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, sel
 
     config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=given_params(params),
                        batch_size=batch_size, formats=formats, self_contained=self_contained,
-                       endpoint_url=s3_endpoint_url, dtype=dtype, backend=backend)
+                       endpoint_url=s3_endpoint_url, dtype=dtype, backend=backend, results=results or "none")
     job = submit_job(config, send_chunks, broker_url)
     click.echo(job)
     if wait:
@@ -582,22 +582,16 @@ def watch_job(job: str, broker_url: str | None, out: str | None = None, endpoint
     report."""
     import time
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from dreamgen.distributed.status import job_status
+    from dreamgen.jobs.progress import DocumentProgress
 
     report = job_status(job, broker_url, out, endpoint_url)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("docs · {task.fields[failed]} failed · {task.fields[state]}"), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            from rich.markup import escape
-
-            task = progress.add_task(escape(job), total=report.total, failed=0, state=report.status)
+        with DocumentProgress(log_console(stderr=True), transient=True) as progress:
+            progress.start(f"job {job}: {report.total} documents", report.total, report.done + report.failed)
             while True:
-                progress.update(task, total=report.total, completed=report.done + report.failed,
-                                failed=report.failed, state=_chunk_line(report))
+                progress.update(total=report.total, completed=report.done + report.failed,
+                                note=f"{report.failed} failed · {_chunk_line(report)}")
                 if report.final:
                     break
                 time.sleep(poll_s)
@@ -732,10 +726,8 @@ def jobs_list(limit, broker_url):
     if not found:
         click.echo(f"No jobs (records expire after a week; see {settings.JOB_TTL.name}).")
         return
-    width = max(len(r.id) for r in found)
-    for r in found:
-        click.echo(f"{r.id:<{width}}  {r.status:<10}  {r.done:>6} done  {r.failed:>4} failed  {r.total:>6} total  "
-                   f"{r.created or ''}")
+    print_table(("JOB", "STATUS", ">DONE", ">FAILED", ">TOTAL", "CREATED"),
+                [(r.id, r.status, r.done, r.failed, r.total, r.created or "") for r in found])
 
 
 @cli.command()
@@ -757,11 +749,15 @@ def jobs_list(limit, broker_url):
 @click.option("-P", "--pool", type=click.Choice(POOLS), default="threads", show_default=True,
               help="threads: one slot pool across the chunks a process holds; prefork: one chunk at a time per "
                    "process, with hard time limits and a dead process's chunk handed back at once; solo: neither.")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="Celery's log level: DEBUG, INFO, WARNING, ERROR.")
+@click.option("--events/--no-events", default=True, show_default=True,
+              help="Send task events (sent, started, succeeded, ...) for celery events, Flower and Prometheus "
+                   "exporters.")
 @click.option("--dry-run", is_flag=True, help="Print the commands and exit.")
 @broker_option
 @friendly_errors
-def worker(gpus, concurrency, slots, queues, name, model, dtype, device, pool, loglevel, dry_run, broker_url):
+def worker(gpus, concurrency, slots, queues, name, model, dtype, device, pool, loglevel, events, dry_run, broker_url):
     """Start the Celery workers of this machine: one process per GPU, or one on the CPU.
 
     Each process loads the model once, after it starts, and keeps it for every chunk. Stop with Ctrl-C
@@ -777,7 +773,7 @@ def worker(gpus, concurrency, slots, queues, name, model, dtype, device, pool, l
 
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     plan = plan_workers(gpu_list, [q.strip() for q in queues.split(",") if q.strip()], concurrency, name, model,
-                        dtype, device, broker_url, pool, loglevel, slots)
+                        dtype, device, broker_url, pool, loglevel, slots, events)
     if dry_run:
         for process in plan:
             click.echo(process.describe())
@@ -789,7 +785,8 @@ def worker(gpus, concurrency, slots, queues, name, model, dtype, device, pool, l
 @click.option("-s", "--schedule", "schedule_file", required=True, type=click.Path(dir_okay=False),
               help="The schedules file (YAML).")
 @click.option("--state", default=None, help="Beat's state file (default: DREAMGEN_HOME/beat-schedule).")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="Celery's log level: DEBUG, INFO, WARNING, ERROR.")
 @broker_option
 @friendly_errors
 def beat(schedule_file, state, loglevel, broker_url):
@@ -809,7 +806,7 @@ def beat(schedule_file, state, loglevel, broker_url):
 @cli.group()
 def schedule():
     """Scheduled jobs: a schedules.yaml of named cron entries, each a prompt file or inline prompts, an output
-    and parameters (the format is in dreamgen/schedules.py). `dreamgen beat` fires them.
+    and parameters (the format: README, "Schedules"; examples/schedules.yaml). `dreamgen beat` fires them.
 
     \b
     Example:
@@ -902,6 +899,7 @@ def eval_command(model, dtype, device, count, ablations, batch_size, as_json, **
         dreamgen eval --ablate none --ablate queries --ablate condition --steps 20 --scheduler ddim
         dreamgen eval --model tiny-random -n 10
     """
+    from dreamgen.jobs.progress import DocumentProgress
     from dreamgen.model.loader import load_model
     from dreamgen.params import GenerationParams
     from dreamgen.shapes.dataset import eval_prompts
@@ -912,7 +910,16 @@ def eval_command(model, dtype, device, count, ablations, batch_size, as_json, **
     reports = []
     for ablation in dict.fromkeys(ablations):
         loaded = ablate(load_model(model, dtype=dtype, device=device), ablation)
-        reports.append(evaluate(loaded, prompts, gen_params, batch_size=batch_size, ablation=ablation))
+        with DocumentProgress(log_console(stderr=True)) as progress:  # stderr: --json output stays clean
+            progress.start(f"eval {model}, ablation {ablation}: {len(prompts)} prompts", len(prompts), note="0 images")
+            images = []
+
+            def seen(doc, score):
+                images.append(len(doc.images))
+                progress.update(advance=1, note=f"{sum(images)} images")
+
+            reports.append(evaluate(loaded, prompts, gen_params, batch_size=batch_size, ablation=ablation,
+                                    on_document=seen))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
         return

@@ -157,6 +157,18 @@ class ScheduleFileError(DreamgenError):
         super().__init__(f"{where}:{what} {reason}")
 
 
+class ScheduleFileProblems(ScheduleFileError):
+    """Several schedules of one file are bad, each a ScheduleFileError in `problems`; the message lists them one per
+    line. path, entry, field and reason are the first problem's."""
+
+    def __init__(self, problems: list[ScheduleFileError]):
+        first = problems[0]
+        self.problems = problems
+        self.path, self.entry, self.field, self.reason = first.path, first.entry, first.field, first.reason
+        lines = [f"{first.path}: {len(problems)} problems:"] + [str(p) for p in problems]
+        DreamgenError.__init__(self, "\n".join(lines))
+
+
 class TrainingError(DreamgenError):
     """A training config or data set cannot be used; the message names the file, line or key and the reason."""
 

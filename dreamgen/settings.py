@@ -68,10 +68,12 @@ WORKER_SLOTS = Setting("DREAMGEN_WORKER_SLOTS", None, "documents in flight in a 
 KV_TOKENS = Setting("DREAMGEN_KV_TOKENS", None, "positions the KV cache of the slot pool holds, allocated once "
                     "(default: slots x the model's context); documents enter while their worst case fits")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
+WORKER_EVENTS = Setting("DREAMGEN_WORKER_EVENTS", "1", "0: workers send no task events (for celery events, Flower, "
+                        "Prometheus exporters)")
 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL,
        TASK_TIME_LIMIT, VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL,
-       WORKER_SLOTS, KV_TOKENS, WORKER_PRELOAD)
+       WORKER_SLOTS, KV_TOKENS, WORKER_PRELOAD, WORKER_EVENTS)
 DEFAULT_MODEL = MODEL.default
 
 
@@ -160,3 +162,7 @@ def kv_tokens() -> int | None:
 
 def worker_preload() -> bool:
     return WORKER_PRELOAD.get() != "0"
+
+
+def worker_events() -> bool:
+    return WORKER_EVENTS.get() != "0"

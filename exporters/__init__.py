@@ -1,4 +1,5 @@
-"""Exporters: a stored Document -> Markdown and HTML. Functions of a document; no model, no job logic.
+"""Exporters: a stored Document -> Markdown, HTML, and the body of an OpenAI Batch API result line. Functions of a
+document; no model, no job logic.
 
 May import dreamgen.document and dreamgen.errors only (and templates/ as files).
 """
@@ -9,6 +10,7 @@ from typing import Iterable
 from dreamgen.errors import ParamsError
 
 FORMATS = ("md", "html")
+RESULTS = ("none", "openai")  # `--results openai`: also results.jsonl in the OpenAI Batch API's output shape
 
 
 def parse_formats(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -25,3 +27,9 @@ def parse_formats(value: str | Iterable[str]) -> tuple[str, ...]:
     if not formats:
         raise ParamsError(f"no format given; choose from {', '.join(FORMATS)}")
     return tuple(formats)
+
+
+def check_results(value: str) -> str:
+    if value not in RESULTS:
+        raise ParamsError(f"unknown results format {value!r}; choose from {', '.join(RESULTS)}")
+    return value

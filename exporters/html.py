@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -18,11 +19,13 @@ from markupsafe import Markup
 
 from dreamgen.document import Document, ImageBlock, TextBlock
 
-from .text import document_title, image_alt_texts, leading_heading, shorten
+from .text import document_title, image_alt_texts, leading_heading, plain, shorten, without_first_heading
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 PROMPT_PREVIEW = 280
 THUMBNAILS = 4
+DISPLAY_MIN_PX = 320  # pictures narrower than this are shown scaled up (a whole factor), pixelated
+THUMBNAIL_PX = 160  # about the width of a thumbnail on the index (two to a card's row)
 # What the index shows of job.json: not local paths or settings, which a published page should not carry.
 INDEX_FACTS = ("model", "created", "finished")
 
@@ -54,38 +57,63 @@ def render_markdown(text: str) -> Markup:
     return Markup(_md.render(text))
 
 
-def document_page(doc: Document, job_id: str, self_contained: bool = False,
+def document_page(doc: Document, job_id: str | None, self_contained: bool = False,
                   read_image: Callable[[str], bytes] | None = None) -> str:
     """The `index.html` of a document. Images are linked relatively (`images/00.png`), or with
-    `self_contained` embedded as data URIs read through `read_image(path)`."""
+    `self_contained` embedded as data URIs read through `read_image(path)`. With no `job_id` (a document of
+    its own, from `dreamgen generate`) the page links to no job index."""
     title = document_title(doc)
     alts = image_alt_texts(doc)
     blocks, skip_heading = [], leading_heading(doc) == title
     for block in doc.blocks:
         if isinstance(block, TextBlock):
-            text = _without_first_heading(block.text) if skip_heading and block.text.strip() else block.text
+            text = without_first_heading(block.text) if skip_heading and block.text.strip() else block.text
             skip_heading = skip_heading and not block.text.strip()
             if text.strip():
                 blocks.append({"kind": "text", "html": render_markdown(text)})
         elif isinstance(block, ImageBlock):
             caption = f"Figure {block.index + 1} · {block.width}×{block.height} · seed {block.seed}"
+            scale = display_scale(block.width)
             blocks.append({"kind": "image", "src": _image_src(doc, block, self_contained, read_image),
-                           "alt": alts[block.index], "caption": caption,
-                           "width": block.width, "height": block.height})
+                           "alt": alts[block.index], "caption": caption, "pixelated": scale > 1,
+                           "width": block.width * scale, "height": block.height * scale})
     params = [(name, value) for name, value in doc.params.items() if value not in (None, "")]
     return _env.get_template("document.html.j2").render(
         title=title, doc=doc, job_id=job_id, blocks=blocks, params=params)
 
 
-def job_index_page(job_record: dict, docs: Iterable[dict], failed: Iterable[dict] = ()) -> str:
+def display_scale(width: int) -> int:
+    """How many times larger a picture is shown: small ones (the shapes model paints 64x64) by the whole number
+    that brings them to DISPLAY_MIN_PX, drawn pixelated so they stay crisp; CSS caps every picture at the column
+    width."""
+    return max(1, math.ceil(DISPLAY_MIN_PX / max(width, 1)))
+
+
+def job_index_page(job_record: dict, docs: Iterable[dict], failed: Iterable[dict] = (),
+                   read_image: Callable[[str], bytes] | None = None) -> str:
     """The job's `index.html`. `docs` are manifest entries (id, title, prompt, images relative to the job
-    folder); `failed` are errors.jsonl entries (id, custom_id, error, message)."""
+    folder, their sizes); `failed` are errors.jsonl entries (id, custom_id, error, message). With `read_image`
+    (path relative to the job folder -> bytes) the thumbnails are embedded as data URIs."""
     job_id = job_record.get("id") or job_record.get("job_id") or "job"
-    entries = [{"id": d["id"], "title": d.get("title") or d["id"], "link": f"{d['id']}/index.html",
-                "prompt": shorten(" ".join(str(d.get("prompt") or "").split()), PROMPT_PREVIEW),
-                "thumbnails": list(d.get("images") or [])[:THUMBNAILS]} for d in docs]
+    entries = []
+    for d in docs:
+        title = d.get("title") or d["id"]
+        prompt = " ".join(str(d.get("prompt") or "").split())
+        sizes = list(d.get("sizes") or [])
+        thumbnails = [{"src": _data_uri(read_image(path)) if read_image else path,
+                       "pixelated": index < len(sizes) and sizes[index][0] < THUMBNAIL_PX}
+                      for index, path in enumerate(list(d.get("images") or [])[:THUMBNAILS])]
+        entries.append({"id": d["id"], "title": title, "link": f"{d['id']}/index.html", "thumbnails": thumbnails,
+                        # the title is often the prompt itself (no title given, no heading written): say it once
+                        "prompt": "" if _same_text(title, prompt) else shorten(prompt, PROMPT_PREVIEW)})
     facts = [(key, job_record[key]) for key in INDEX_FACTS if isinstance(job_record.get(key), (str, int, float))]
     return _env.get_template("index.html.j2").render(job_id=job_id, facts=facts, docs=entries, failed=list(failed))
+
+
+def _same_text(title: str, prompt: str) -> bool:
+    """Whether the title is the prompt, or its start shortened with … (the document page shows it whole)."""
+    title, prompt = plain(title).rstrip("…"), plain(prompt)
+    return bool(title) and prompt.startswith(title)
 
 
 def _image_src(doc: Document, block: ImageBlock, self_contained: bool, read_image) -> str:
@@ -101,12 +129,8 @@ def _image_src(doc: Document, block: ImageBlock, self_contained: bool, read_imag
         data = buffer.getvalue()
     else:
         raise ValueError(f"document {doc.id}: image {block.index}: pass read_image to embed stored images")
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return _data_uri(data)
 
 
-def _without_first_heading(text: str) -> str:
-    """The page shows the title as its <h1>; drop the model's identical opening heading."""
-    stripped = text.lstrip("\n")
-    first, _, rest = stripped.partition("\n")
-    return rest if first.lstrip().startswith("#") else text
-
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

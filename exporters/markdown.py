@@ -2,35 +2,50 @@
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import yaml
 
 from dreamgen.document import Document, ImageBlock, TextBlock
 
-from .text import document_title, image_alt_texts
+from .text import document_title, image_alt_texts, leading_heading, without_first_heading
 
-# Backslash-escape ASCII punctuation in alt text so it can never close the `![...]` or start markup;
-# angle brackets are dropped instead because some renderers do not honour `\<`.
-_ALT_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|~\"'&:;=])")
+# Characters that could end the `![...]` of an image or start markup; alt text (text.image_alt_texts) has none,
+# and this keeps it so. Dropped, not backslash-escaped: Hugo's renderer shows `\.` in alt text as is.
+_ALT_UNSAFE = re.compile(r"[\\\[\]<>`*_]")
 
 
-def to_markdown(doc: Document, job_id: str) -> str:
-    """The `index.md` of a stored document; image links are relative (`images/00.png`)."""
-    front = {"title": document_title(doc), "job": job_id, "document": doc.id, "model": doc.model,
-             "seed": doc.params.get("seed"), "created": doc.created}
-    if doc.custom_id is not None:
-        front["custom_id"] = doc.custom_id
-    parts = ["---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1 << 16) + "---\n"]
+def to_markdown(doc: Document, job_id: str | None = None) -> str:
+    """The `index.md` of a stored document, a leaf bundle that Hugo (or Jekyll, or any static site generator
+    reading YAML front matter) builds as a page: front matter with `title` and `date`; the model's opening
+    heading left out when it is the title (themes show the title); image links relative (`images/00.png`)."""
+    title = document_title(doc)
+    front = {"title": title, "date": doc.created, "job": job_id, "document": doc.id, "model": doc.model,
+             "seed": doc.params.get("seed"), "custom_id": doc.custom_id}
+    front = {key: value for key, value in front.items() if value is not None}  # e.g. no job: `dreamgen generate`
+    return front_matter(front) + "\n" + markdown_body(doc, drop_heading=leading_heading(doc) == title)
+
+
+def markdown_body(doc: Document, image_src: Callable[[ImageBlock], str] | None = None,
+                  drop_heading: bool = False) -> str:
+    """The document's text as Markdown, each picture an image link: to `image_src(block)`, else its path."""
+    parts = []
     alts = image_alt_texts(doc)
     for block in doc.blocks:
         if isinstance(block, TextBlock):
-            parts.append(escape_untrusted_markdown(block.text))
+            text = without_first_heading(block.text) if drop_heading and block.text.strip() else block.text
+            drop_heading = drop_heading and not block.text.strip()
+            parts.append(escape_untrusted_markdown(text))
         elif isinstance(block, ImageBlock):
             if not block.path:
                 raise ValueError(f"document {doc.id}: image {block.index} is not stored yet (no path)")
-            parts.append(f"\n\n![{escape_alt(alts[block.index])}]({block.path})\n\n")
-    body = re.sub(r"\n{3,}", "\n\n", "".join(parts[1:])).strip("\n")
-    return parts[0] + "\n" + body + "\n"
+            src = image_src(block) if image_src else block.path
+            parts.append(f"\n\n![{escape_alt(alts[block.index])}]({src})\n\n")
+    return re.sub(r"\n{3,}", "\n\n", "".join(parts)).strip("\n") + "\n"
+
+
+def front_matter(values: dict) -> str:
+    return "---\n" + yaml.safe_dump(values, sort_keys=False, allow_unicode=True, width=1 << 16) + "---\n"
 
 
 def escape_untrusted_markdown(text: str) -> str:
@@ -41,5 +56,4 @@ def escape_untrusted_markdown(text: str) -> str:
 
 
 def escape_alt(text: str) -> str:
-    text = " ".join(text.replace("<", " ").replace(">", " ").split())
-    return _ALT_PUNCTUATION.sub(r"\\\1", text)
+    return " ".join(_ALT_UNSAFE.sub(" ", text).split())

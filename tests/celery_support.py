@@ -1,8 +1,8 @@
 """Real Celery workers on a real Redis for the integration tests (no eager mode).
 
-Each test module gets its own namespace: Redis database 13 with a unique key prefix (kombu's queues included),
-cleaned before and after. Workers share the session's DREAMGEN_HOME, where conftest's `installed_tiny` has
-written the tiny model, so they start fast.
+Each test module gets its own namespace: Redis database 13 (or $TEST_REDIS_URL) with a unique key prefix (kombu's
+queues included), cleaned before and after. Workers share the session's DREAMGEN_HOME, where conftest's
+`installed_tiny` has written the tiny model, so they start fast.
 Workers are `celery worker` processes in their own process groups, killed with their children at teardown.
 A test that restarts Redis starts its own `redis-server` (RedisServer, on a free port, never the shared one) and
 gives its URL to the Namespace.
@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = "redis://127.0.0.1:6379/13"
+# TEST_REDIS_URL points the suite at another Redis (or database), to run beside another user of 127.0.0.1:6379.
+REDIS_URL = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379/13"
 MODEL = "tiny-random"  # built in seconds, runs a chunk in about one; named, so a new default model changes nothing
 CELERY = Path(sys.executable).parent / "celery"
 SLOW = 180  # seconds: the test machine may be shared and busy; a chunk of the tiny model takes ~1 s when idle

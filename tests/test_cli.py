@@ -31,6 +31,21 @@ def test_model_init_tiny_writes_a_loadable_deterministic_checkpoint(tmp_path):
     assert a.dream.dream_queries.equal(tiny_model().dream.dream_queries)
 
 
+def test_model_init_tiny_writes_its_default_folder_which_git_ignores(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    result = invoke("model", "init-tiny")
+    assert result.exit_code == 0 and result.output == "Wrote a tiny DreamLLM to models/tiny\n"
+    assert (tmp_path / "models" / "tiny" / "config.json").is_file()
+    repo = Path(__file__).resolve().parent.parent
+    if shutil.which("git") and (repo / ".git").exists():
+        ignored = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", "models/tiny/config.json"])
+        assert ignored.returncode == 0  # made in a checkout, it never shows up as a change
+
+
 def test_model_inspect_prints_parts_shapes_and_token_ids(tmp_path):
     invoke("model", "init-tiny", str(tmp_path / "ck"))
     result = invoke("model", "inspect", str(tmp_path / "ck"))
@@ -53,19 +68,34 @@ def test_model_inspect_names_a_missing_part(tmp_path):
     assert "    dream_embedding: MISSING (" in result.output
 
 
-def test_generate_writes_one_document(tmp_path, installed_tiny):
-    result = invoke("generate", "How to build a bird house", "--out", str(tmp_path / "g"), "--steps", "2",
+def test_generate_writes_one_document_folder_as_its_help_says(tmp_path, installed_tiny):
+    out = tmp_path / "birdhouse"
+    result = invoke("generate", "How to build a bird house", "--out", str(out), "--steps", "2",
                     "--max-new-tokens", "40", "--seed", "3")
     assert result.exit_code == 0, result.output
     first = result.output.splitlines()[0]
     doc_id = first.split(":")[0]
-    doc = json.loads((tmp_path / "g" / doc_id / "document.json").read_text())
+    doc = json.loads((out / "document.json").read_text())
+    assert doc["id"] == doc_id and doc["job_id"] is None
     assert doc["prompt"] == "How to build a bird house" and doc["params"]["seed"] == 3
     images = [b for b in doc["blocks"] if b["type"] == "image"]
     words = len(''.join(b['text'] for b in doc['blocks'] if b['type'] == 'text').split())
     assert first == f"{doc_id}: {words} word{'' if words == 1 else 's'}, " \
                     f"{len(images)} image{'' if len(images) == 1 else 's'} ({doc['stop_reason']})."
-    assert all((tmp_path / "g" / doc_id / b["path"]).is_file() for b in images)
+    assert result.output.splitlines()[1] == f"Open: {(out / 'index.html').as_uri()}"
+    # what the help promises, and nothing of a job's (no manifest, markers, job index)
+    expected = {"document.json", "index.md", "index.html"} | {b["path"] for b in images}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == expected
+    help_text = " ".join(invoke("generate", "--help").output.split())
+    assert "DIR/document.json, images/, index.md, index.html" in help_text
+    assert '../index.html' not in (out / "index.html").read_text()  # no job index to go back to
+
+    # another document in the same folder replaces the first, leaving none of its pictures behind
+    (out / "images" / "03.png").write_bytes((out / "images" / "00.png").read_bytes())  # as if it had had four
+    again = invoke("generate", "--image-only", "a red circle", "--out", str(out), "--steps", "2")
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["00.png"]
+    assert json.loads((out / "document.json").read_text())["prompt"] == "a red circle"
 
 
 def test_generate_image_only_paints_one_picture(tmp_path, installed_tiny):

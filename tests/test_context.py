@@ -173,12 +173,12 @@ def test_image_only_is_recorded_so_the_png_reproduces_its_run(tmp_path, installe
     result = invoke("generate", "--image-only", "a red circle", "--out", tmp_path / "g", "--steps", 2)
     assert result.exit_code == 0, result.output
     doc_id = result.output.split(":")[0]
-    doc = json.loads((tmp_path / "g" / doc_id / "document.json").read_text())
+    doc = json.loads((tmp_path / "g" / "document.json").read_text())  # generate writes one document folder
     assert doc["params"]["image_only"] is True and doc["params"]["seed"] == derived_seed(doc_id)
-    data = (tmp_path / "g" / doc_id / "images" / "00.png").read_bytes()
+    data = (tmp_path / "g" / "images" / "00.png").read_bytes()
     meta = read_png_parameters(data)
     assert meta["params"]["image_only"] is True
-    assert "Image only: yes" in Image.open(tmp_path / "g" / doc_id / "images" / "00.png").text["parameters"]
+    assert "Image only: yes" in Image.open(tmp_path / "g" / "images" / "00.png").text["parameters"]
 
     # everything the PNG says, given back to the command, paints the same picture
     p = meta["params"]
@@ -186,15 +186,15 @@ def test_image_only_is_recorded_so_the_png_reproduces_its_run(tmp_path, installe
                    "--out", tmp_path / "again", "--seed", p["seed"], "--steps", p["steps"], "--guidance", p["guidance"],
                    "--scheduler", p["scheduler"], "--model", meta["model"])
     assert again.exit_code == 0, again.output
-    again_id = again.output.split(":")[0]
-    with Image.open(tmp_path / "again" / again_id / "images" / "00.png") as repainted, \
-            Image.open(tmp_path / "g" / doc_id / "images" / "00.png") as painted:
+
+    with Image.open(tmp_path / "again" / "images" / "00.png") as repainted, \
+            Image.open(tmp_path / "g" / "images" / "00.png") as painted:
         assert np.array_equal(np.asarray(repainted), np.asarray(painted))
     # a document written as an article says nothing of image_only, and has another id
-    article = invoke("generate", "a red circle", "--out", tmp_path / "g", "--steps", 2, "--max-new-tokens", 8)
+    article = invoke("generate", "a red circle", "--out", tmp_path / "article", "--steps", 2, "--max-new-tokens", 8)
     article_id = article.output.split(":")[0]
     assert article_id != doc_id
-    assert "image_only" not in json.loads((tmp_path / "g" / article_id / "document.json").read_text())["params"]
+    assert "image_only" not in json.loads((tmp_path / "article" / "document.json").read_text())["params"]
 
 
 def test_the_resolved_dtype_is_recorded(installed_tiny):

@@ -83,10 +83,13 @@ def test_engines_list_and_verify(built_home, monkeypatch):
     monkeypatch.setenv("DREAMGEN_HOME", str(home))
     listed = CliRunner().invoke(cli, ["engines", "list"])
     assert listed.exit_code == 0
-    assert sorted(line.split()[1] for line in listed.output.splitlines()) == ["lm_step", "unet", "vae_decoder", "vision"]
+    header, *rows = listed.output.splitlines()
+    assert header.split() == ["BACKEND", "PART", "PRECISION", "FLAVOR", "MODEL", "SIZE", "CREATED", "PATH"]
+    assert sorted(line.split()[1] for line in rows) == ["lm_step", "unet", "vae_decoder", "vision"]
     assert all(line.split()[0] == "onnx" and line.split()[2] == "fp32" and line.split()[4] == "tiny-random"
-               for line in listed.output.splitlines())
-    flavors = {line.split()[1]: line.split()[3] for line in listed.output.splitlines()}
+               for line in rows)
+    assert all(line.index(" MB") + 3 == header.index("SIZE") + 4 for line in rows)  # sizes right-aligned
+    flavors = {line.split()[1]: line.split()[3] for line in rows}
     assert flavors == {"unet": "onnxruntime", "vae_decoder": "portable", "vision": "portable", "lm_step": "portable"}
     verified = CliRunner().invoke(cli, ["engines", "verify", "--model", "tiny-random"])
     assert verified.exit_code == 0, verified.output

@@ -10,12 +10,14 @@ import pytest
 import yaml
 from markdown_it import MarkdownIt
 
+from dreamgen.document import ImageBlock
 from dreamgen.errors import ParamsError, StorageError
 from dreamgen.jobs.output import JobOutput, export_job
 from dreamgen.jobs.storage import LocalStorage
 from exporters import FORMATS, parse_formats
 from exporters.html import document_page, job_index_page
 from exporters.markdown import to_markdown
+from exporters.text import image_alt_texts
 
 JOB = "job-1"
 EVIL_PROMPT = ('Cats <script>alert(1)</script> "onerror=alert(2) \'><img src=x onerror=alert(3)> '
@@ -76,9 +78,9 @@ def test_markdown_bundle_parses_back_with_every_image_resolving(job, doc_id):
     folder = doc_folder(job, doc_id)
     doc = job.load_document(doc_id)
     front, body = split_front_matter((folder / "index.md").read_text(encoding="utf-8"))
-    assert set(front) >= {"title", "job", "document", "model", "seed", "created"}
+    assert set(front) >= {"title", "date", "job", "document", "model", "seed"}
     assert (front["job"], front["document"], front["model"], front["seed"]) == (JOB, doc_id, "tiny-dreamllm", 7)
-    assert front["created"] == doc.created
+    assert front["date"] == doc.created
 
     # Parse with raw HTML *enabled*: escaped text must still produce no HTML at all.
     tokens = MarkdownIt("commonmark").parse(body)
@@ -100,13 +102,24 @@ def test_markdown_front_matter_is_safely_quoted(job):
     assert body.lstrip().startswith("# Autumn forest")
 
 
-def test_markdown_alt_text_comes_from_the_text_before_the_image(make_doc, tmp_path):
-    doc = make_doc("d", texts=("Intro. The fox [jumps] (high)", "Second part.", "End"))
+def test_markdown_alt_text_is_what_the_text_before_the_image_says(make_doc, tmp_path):
+    """The sentences since the previous picture, as many as fit: they name what was painted."""
+    doc = make_doc("d", texts=("# Two shapes\n\nOnce upon a time, there were two shapes. The blue square was small. "
+                               "It lived at the bottom on a white background.",
+                               "It was a happy square. The yellow triangle [big] was *large*. It lived at the left "
+                               "on a white background & was happy.", "Long. " + "Very long words " * 20 + "here."))
     JobOutput(LocalStorage(tmp_path), JOB).save_document(doc)
     text = to_markdown(doc, JOB)
     tokens = MarkdownIt("commonmark").parse(split_front_matter(text)[1])
     images = [c for t in tokens for c in (t.children or []) if c.type == "image"]
-    assert [alt_text(i) for i in images] == ["The fox jumps (high)", "Second part."]
+    alts = [alt_text(i) for i in images]
+    assert alts[0] == ("Two shapes. Once upon a time, there were two shapes. The blue square was small. "
+                       "It lived at the bottom on a white background.")
+    assert alts[1] == ("It was a happy square. The yellow triangle big was large. It lived at the left on a white "
+                       "background and was happy.")
+    doc.blocks.append(ImageBlock(index=2, width=16, height=16, seed=0, path="images/01.png"))  # after a long text
+    assert len(image_alt_texts(doc)[2]) <= 125 and image_alt_texts(doc)[2].startswith("Very long words")
+    assert "\\" not in text.split("---", 2)[2]  # no backslash escapes: Hugo's renderer would show them
 
 
 # ------------------------------------------------------------------------------------- HTML

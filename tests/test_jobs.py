@@ -11,7 +11,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
+from dreamgen.distributed.broker import redact
 from tests.celery_support import (
+    REDIS_URL,
     Namespace,
     first_quick_then_long,
     manifest_ids,
@@ -73,7 +75,18 @@ def test_retry_finishes_only_the_failed_documents(ns, tmp_path):
     ids = manifest_ids(out, "retry-1")
     assert len(ids) == len(set(ids)) == 4
     assert (out / "retry-1" / "errors.jsonl").read_text() == ""
+
+    # A finished job with nothing to retry: the retry changes nothing, in Redis or in storage.
+    def state():
+        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "retry-1").rglob("*") if p.is_file()}
+        keys = sorted(k for k in ns.redis.scan_iter(match=f"{ns.prefix}:*") if "retry-1" in k)
+        redis = {k: ns.redis.hgetall(k) if ns.redis.type(k) == "hash" else ns.redis.dump(k) for k in keys}
+        return files, redis
+
+    before = state()
+    assert any(k.endswith(":job:retry-1") for k in before[1])
     assert invoke("retry", "retry-1").output.strip() == "Nothing to retry: every document of job retry-1 is done."
+    assert state() == before
 
 
 def test_cancel_stops_a_running_job(ns, tmp_path):
@@ -121,7 +134,7 @@ def test_status_reads_storage_after_the_record_expires(ns, tmp_path):
 
     missing = invoke("status", "old-1")
     assert missing.exit_code == 1
-    assert "no record of job old-1 at redis://127.0.0.1:6379/13" in missing.output and "--out" in missing.output
+    assert f"no record of job old-1 at {redact(REDIS_URL)}" in missing.output and "--out" in missing.output
     status = invoke("status", "old-1", "--out", out)
     assert status.exit_code == 0, status.output
     assert "Job old-1: finished" in status.output and "2 done, 0 failed" in status.output
@@ -138,8 +151,10 @@ def test_jobs_lists_recent_jobs(ns, tmp_path):
     listing = invoke("jobs", "--limit", "3")
     assert listing.exit_code == 0
     lines = listing.output.splitlines()
-    assert 1 <= len(lines) <= 3
-    assert lines[0].split()[:4] == ["listed-1", "finished", "1", "done"]
+    assert 2 <= len(lines) <= 4  # a header row, then the jobs, newest first
+    assert lines[0].split() == ["JOB", "STATUS", "DONE", "FAILED", "TOTAL", "CREATED"]
+    assert lines[1].split()[:5] == ["listed-1", "finished", "1", "0", "1"]
+    assert lines[1].index("finished") == lines[0].index("STATUS")  # the columns line up under the header
 
 
 def test_a_bad_file_is_rejected_before_anything_is_queued(ns, tmp_path):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from dreamgen.distributed.schedules import Schedule, load_schedules, next_fire_times, previous_fire_time
-from dreamgen.errors import ScheduleFileError
+from dreamgen.errors import ScheduleFileError, ScheduleFileProblems
 from tests.celery_support import Namespace, quick_prompts, wait_for_job, write_prompts
 
 
@@ -99,6 +99,35 @@ def test_file_level_problems(tmp_path):
     assert str(error) == f"{twice}: schedule 'a': field 'name': duplicate name: schedule #1 has it"
 
 
+def test_every_bad_schedule_is_reported_at_once(tmp_path):
+    path = write_schedules(tmp_path, """\
+        schedules:
+          - {name: fine, cron: "@daily", prompts: [x], out: o}
+          - {name: a, cron: "0 6 * *", prompts: [x], out: o}
+          - {name: b, cron: "@reboot", prompts: [x], out: o}
+          - {name: c, cron: "0 6 * * *", prompts: [x], out: o, params: {stepz: 3}}
+          - {name: fine, cron: "0 7 * * *", prompts: [y], out: o}
+    """)
+    with pytest.raises(ScheduleFileProblems) as caught:
+        load_schedules(path)
+    assert str(caught.value).splitlines() == [
+        f"{path}: 4 problems:",
+        f"{path}: schedule 'a': field 'cron': '0 6 * *' needs 5 fields (minute hour day-of-month month "
+        "day-of-week), got 4",
+        f"{path}: schedule 'b': field 'cron': '@reboot' is not a time; use five fields (minute hour day-of-month "
+        "month day-of-week) or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly",
+        f"{path}: schedule 'c': field 'params.stepz': unknown parameter; known: seed, temperature, top_p, "
+        "max_new_tokens, max_images, steps, guidance, scheduler, image_size, negative_prompt, template, chat",
+        f"{path}: schedule 'fine': field 'name': duplicate name: schedule #1 has it"]
+
+
+def test_the_example_schedules_file_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "schedules.yaml"
+    assert [s.name for s in load_schedules(example)] == ["morning-shapes", "nightly-notes", "first-and-mondays"]
+
+
 # -------------------------------------------------------------------------------------------- fire times
 def test_fire_times():
     weekdays = Schedule(name="s", cron="30 6 * * 1-5", prompts=[], out="o")
@@ -111,6 +140,58 @@ def test_fire_times():
     quarter = Schedule(name="q", cron="*/15 * * * *", prompts=[], out="o")
     assert next_fire_times(quarter, 2, utc(2026, 12, 31, 23, 50)) == [utc(2027, 1, 1, 0, 0), utc(2027, 1, 1, 0, 15)]
     assert weekdays.job_id(utc(2026, 11, 27, 6, 30)) == "s-20261127-0630"
+
+
+@pytest.mark.parametrize("alias, expected", [
+    ("@hourly", [utc(2026, 11, 27, 13, 0), utc(2026, 11, 27, 14, 0)]),
+    ("@daily", [utc(2026, 11, 28, 0, 0), utc(2026, 11, 29, 0, 0)]),
+    ("@midnight", [utc(2026, 11, 28, 0, 0), utc(2026, 11, 29, 0, 0)]),
+    ("@weekly", [utc(2026, 11, 29, 0, 0), utc(2026, 12, 6, 0, 0)]),  # Sundays
+    ("@monthly", [utc(2026, 12, 1, 0, 0), utc(2027, 1, 1, 0, 0)]),
+    ("@yearly", [utc(2027, 1, 1, 0, 0), utc(2028, 1, 1, 0, 0)]),
+    ("@annually", [utc(2027, 1, 1, 0, 0), utc(2028, 1, 1, 0, 0)]),
+])
+def test_cron_aliases(alias, expected):
+    schedule = Schedule(name="s", cron=alias, prompts=[], out="o")
+    assert next_fire_times(schedule, 2, utc(2026, 11, 27, 12, 0)) == expected  # a Friday noon
+
+
+def test_day_of_month_and_day_of_week_both_set_mean_either_as_in_cron():
+    either = Schedule(name="s", cron="0 6 1 * mon", prompts=[], out="o")  # the 1st, and every Monday
+    assert next_fire_times(either, 4, utc(2026, 11, 27, 12, 0)) == [
+        utc(2026, 11, 30, 6, 0), utc(2026, 12, 1, 6, 0), utc(2026, 12, 7, 6, 0), utc(2026, 12, 14, 6, 0)]
+    assert previous_fire_time(either, utc(2026, 12, 3, 0, 0)) == utc(2026, 12, 1, 6, 0)  # a Tuesday, the 1st
+    only_days = Schedule(name="d", cron="0 6 1,15 * *", prompts=[], out="o")  # one field is '*': the other decides
+    assert next_fire_times(only_days, 2, utc(2026, 11, 27)) == [utc(2026, 12, 1, 6, 0), utc(2026, 12, 15, 6, 0)]
+    stepped = Schedule(name="t", cron="0 6 */10 * 1", prompts=[], out="o")  # '*/10' starts with '*': both
+    assert next_fire_times(stepped, 1, utc(2026, 11, 1)) == [utc(2026, 12, 21, 6, 0)]  # a Monday and the 21st
+    sundays = Schedule(name="u", cron="0 6 * * 7", prompts=[], out="o")  # cron's other name for Sunday
+    assert next_fire_times(sundays, 1, utc(2026, 11, 27)) == [utc(2026, 11, 29, 6, 0)]
+    weekend = Schedule(name="w", cron="0 6 * * 6-7", prompts=[], out="o")
+    assert next_fire_times(weekend, 2, utc(2026, 11, 27)) == [utc(2026, 11, 28, 6, 0), utc(2026, 11, 29, 6, 0)]
+
+
+def test_beat_fires_by_the_same_rule(schedules_file):
+    """Celery beat's own entry logic, over the schedule dreamgen gives it (Celery's crontab alone would wait for a
+    Monday that is also the 1st)."""
+    import pickle
+
+    from celery.beat import ScheduleEntry
+
+    from workers.app import app
+
+    tab = Schedule(name="s", cron="0 6 1 * mon", prompts=[], out="o").crontab
+    now = [utc(2026, 11, 30, 6, 0, 20)]  # Monday 30 November, 20 s after the fire time
+    tab.nowfun = lambda: now[0]
+    entry = ScheduleEntry(name="s", task="dreamgen.fire_schedule", schedule=tab, app=app,
+                          last_run_at=utc(2026, 11, 29, 6, 0))
+    due, next_in = entry.is_due()
+    assert due and next_in == pytest.approx((utc(2026, 12, 1, 6, 0) - now[0]).total_seconds())
+    entry = entry._next_instance(last_run_at=now[0])
+    now[0] = utc(2026, 11, 30, 23, 0)
+    assert entry.is_due() == (False, 7 * 3600)  # next: Tuesday the 1st, 06:00
+    copy = pickle.loads(pickle.dumps(tab))  # beat keeps its schedule in a shelve file
+    assert type(copy) is type(tab) and copy.either_day and copy.day_of_month == {1}
 
 
 def test_schedule_list_command(schedules_file):

@@ -239,7 +239,7 @@ def test_cli_eval_prints_one_row_per_ablation(installed_tiny):
     result = CliRunner().invoke(cli, ["eval", "-m", "tiny-random", "-n", "2", "--steps", "2", "--max-new-tokens", "12",
                                       "--ablate", "none", "--ablate", "condition"])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # the table; the progress bars go to stderr
     assert lines[0].split() == ["model", "ablation", "docs", "images", "colour", "shape", "background", "well",
                                 "formed", "follows", "prompt", "size", "position"]
     assert [line.split()[:3] for line in lines[1:]] == [["tiny-random", "none", "2"], ["tiny-random", "condition", "2"]]

@@ -6,13 +6,19 @@ import io
 import json
 import multiprocessing
 import os
+import re
+import shutil
 import struct
+import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from dreamgen.errors import StorageError
+from dreamgen.generation.diffusion import image_seed
 from dreamgen.jobs.output import JobOutput, export_job, open_job_output
 from dreamgen.jobs.png import read_png_parameters
 from dreamgen.jobs.storage import KeyNotFound, LocalStorage, S3Storage, open_storage
@@ -77,6 +83,50 @@ def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     assert sorted(names) == ["0.json", "1.json", "2.json", "3.json", "4.json", "document.json"]
     assert storage.url_for("j/d/document.json") == (tmp_path / "j/d/document.json").resolve().as_uri()
 
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, then put the old one back."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_local_files_follow_the_umask_like_any_tool(tmp_path, umask, mask, mode):
+    umask(mask)
+    storage = LocalStorage(tmp_path)
+    storage.write_bytes("j/d/document.json", b"{}")
+    storage.write_bytes("j/d/document.json", b"{}")  # replacing keeps the mode too
+    storage.create_once("j/_done/d.json", b"{}")
+    reference = tmp_path / "touched"  # what any other program gets under the same umask
+    reference.touch()
+    assert reference.stat().st_mode & 0o777 == mode
+    for name in ("j/d/document.json", "j/_done/d.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_whole_job_is_readable_by_another_user(umask, make_doc):
+    """A web server runs as its own user: every file of a job must be readable by it under umask 022."""
+    umask(0o022)
+    root = Path(tempfile.mkdtemp(prefix="dreamgen-modes-"))  # not under pytest's private (0700) base folder
+    try:
+        root.chmod(0o755)
+        job = JobOutput(LocalStorage(root / "out"), "j")
+        job.write_job({"id": "j"})
+        job.save_document(make_doc("d1"))
+        job.finalize()
+        files = [p for p in (root / "out").rglob("*") if p.is_file()]
+        assert len(files) >= 9  # job.json, manifest, errors, index, document.json, 2 images, index.md/html, marker
+        assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}
+        if os.geteuid() != 0 or not shutil.which("runuser"):
+            pytest.skip("the modes are checked; reading as another user needs root (runuser)")
+        read = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(root / "out/j/d1/index.html"),
+                               str(root / "out/j/d1/images/00.png")], capture_output=True)
+        assert read.returncode == 0, read.stderr
+        assert b"<html" in read.stdout and b"PNG" in read.stdout
+    finally:
+        shutil.rmtree(root)
 
 def test_open_storage_picks_by_url(tmp_path, monkeypatch):
     local = open_storage(str(tmp_path / "out"))
@@ -216,6 +266,40 @@ def test_pngs_carry_their_generation_parameters(make_doc, tmp_path):
     assert parameters.startswith("A walk, café included\nNegative prompt: blurry\nSteps: 50, Sampler: DDPM")
     assert "CFG scale: 7.5, Seed: 8, Size: 16x16, Model: tiny-dreamllm" in parameters
     assert Image.open(io.BytesIO(data)).size == (16, 16)
+
+
+def a1111_fields(parameters: str) -> dict:
+    """The last line of an A1111 `parameters` text as A1111-style readers split it: 'Key: value' pairs."""
+    return dict(re.findall(r"\s*([A-Z][\w \-/]*?): ([^,]*)(?:,|$)", parameters.splitlines()[-1]))
+
+
+def test_pngs_name_their_checkpoint_by_model_hash_and_have_seeds_tools_read(make_doc, tmp_path):
+    checkpoint = tmp_path / "my-model"
+    (checkpoint / "unet").mkdir(parents=True)
+    (checkpoint / "config.json").write_text("{}")  # not a weight: changes nothing
+    (checkpoint / "model.safetensors").write_bytes(b"weights of the LLM")
+    (checkpoint / "stable_diffusion_head.bin").write_bytes(b"weights of the head")
+    expected = hashlib.sha256(b"model.safetensors\0weights of the LLM"
+                              b"stable_diffusion_head.bin\0weights of the head").hexdigest()[:10]
+    doc = make_doc("doc-1", seed=3)
+    doc.model = str(checkpoint)
+    doc.images[1].seed = image_seed(3, 1)  # as the generator seeds a later picture
+    JobOutput(LocalStorage(tmp_path / "out"), "job-1").save_document(doc)
+    for index, block in enumerate(doc.images):
+        png = (tmp_path / "out/job-1/doc-1" / block.path).read_bytes()
+        fields = a1111_fields(_png_text_chunks(png)["parameters"][1])
+        assert fields["Model hash"] == expected and fields["Model"] == str(checkpoint)
+        assert 0 <= int(fields["Seed"]) < 2**32  # A1111 and its readers take 32-bit seeds
+    assert a1111_fields(_png_text_chunks((tmp_path / "out/job-1/doc-1/images/00.png").read_bytes())
+                        ["parameters"][1])["Seed"] == "3"  # the first picture's seed is the document's
+    assert all(image_seed(seed, i) < 2**32 for seed in (0, 1, 2**62) for i in range(1, 50))
+    assert len({image_seed(0, i) for i in range(1, 1000)}) == 999  # still distinct per picture
+
+    doc = make_doc("doc-2")  # a model this machine does not hold: no hash rather than a wrong one
+    JobOutput(LocalStorage(tmp_path / "out"), "job-1").save_document(doc)
+    fields = a1111_fields(_png_text_chunks((tmp_path / "out/job-1/doc-2/images/00.png").read_bytes())
+                          ["parameters"][1])
+    assert "Model hash" not in fields and fields["Model"] == "tiny-dreamllm"
 
 
 def test_a_failed_save_leaves_the_document_unfinished_and_a_retry_finishes_it(make_doc, tmp_path):

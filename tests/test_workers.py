@@ -334,3 +334,16 @@ def test_worker_plan_pins_one_process_per_gpu():
     assert "pw" not in plan[0].describe() and ":***@h" in plan[0].describe()
     [cpu] = plan_workers(None)
     assert cpu.argv[cpu.argv.index("-Q") + 1] == "dreamgen.gpu,dreamgen.light" and "CUDA_VISIBLE_DEVICES" not in cpu.env
+
+
+def test_workers_send_task_events_unless_told_not_to():
+    from workers.launcher import plan_workers
+    from workers.settings import celery_settings
+
+    assert all("-E" in p.argv for p in plan_workers(["0"]))
+    [quiet] = plan_workers(None, events=False)
+    assert "-E" not in quiet.argv and quiet.env["DREAMGEN_WORKER_EVENTS"] == "0"
+    assert celery_settings()["worker_send_task_events"] and celery_settings()["task_send_sent_event"]
+    dry = CliRunner().invoke(cli, ["worker", "--dry-run", "--no-events"])
+    assert dry.exit_code == 0 and "DREAMGEN_WORKER_EVENTS=0" in dry.output and " -E" not in dry.output
+    assert " -E" in CliRunner().invoke(cli, ["worker", "--dry-run"]).output

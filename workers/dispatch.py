@@ -33,9 +33,13 @@ def send_chunks(url: str, job: JobWire, chunks: Iterable[list[dict]]) -> tuple[i
         documents += len(specs)
     if not header:
         return 0, 0
-    finalize = app.signature(FINALIZE_TASK, args=(job_dict,), immutable=True)
+    # Readable ids like the chunks' (JOB.finalize.ROUND.TOKEN), so `celery events` and Flower name the job.
+    argsrepr = f"({job.id!r}, round {job.round})"
+    finalize = app.signature(FINALIZE_TASK, args=(job_dict,), immutable=True, argsrepr=argsrepr, kwargsrepr="{}",
+                             task_id=f"{job.id}.finalize.{job.round}.{token}")
     # Also on error: a chunk killed by the hard time limit fails the chord, and the job must still be closed.
-    finalize.on_error(app.signature(FINALIZE_TASK, args=(job_dict,), immutable=True))
+    finalize.on_error(app.signature(FINALIZE_TASK, args=(job_dict,), immutable=True, argsrepr=argsrepr,
+                                    kwargsrepr="{}", task_id=f"{job.id}.finalize-on-error.{job.round}.{token}"))
     try:
         chord(header, app=app)(finalize)
     except OperationalError as e:

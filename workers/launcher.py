@@ -47,18 +47,21 @@ CHUNKS_HELD = 3  # chunk tasks a threads-pool process holds at once: enough that
 def plan_workers(gpus: list[str] | None = None, queues: list[str] | None = None, concurrency: int | None = None,
                  name: str = "dreamgen", model: str | None = None, dtype: str | None = None,
                  device: str | None = None, broker_url: str | None = None, pool: str = "threads",
-                 loglevel: str = "INFO", slots: int | None = None) -> list[WorkerProcess]:
+                 loglevel: str = "INFO", slots: int | None = None, events: bool = True) -> list[WorkerProcess]:
     """The processes to start (nothing is started). `concurrency`: chunk tasks held at once (threads, which share
-    one slot pool) or processes (prefork, each with its own model)."""
+    one slot pool) or processes (prefork, each with its own model). With `events` they send task events (-E),
+    which `celery events`, Flower and Prometheus exporters read."""
     queues = queues or [GPU_QUEUE, LIGHT_QUEUE]
     concurrency = concurrency or (CHUNKS_HELD if pool == "threads" else 1)
     common = {k: v for k, v in {settings.BROKER_URL.name: broker_url, settings.MODEL.name: model,
                                 settings.DTYPE.name: dtype, settings.WORKER_POOL.name: pool,
                                 settings.WORKER_SLOTS.name: slots and str(slots)}.items() if v}
+    if not events:
+        common[settings.WORKER_EVENTS.name] = "0"
 
     def celery(node: str, node_queues: list[str], procs: int) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(node_queues),
-                "-c", str(procs), "-P", pool, "-n", f"{node}@%h", "-l", loglevel]
+                "-c", str(procs), "-P", pool, "-n", f"{node}@%h", "-l", loglevel] + (["-E"] if events else [])
 
     if not gpus:
         env = {**common, **({settings.WORKER_DEVICE.name: device} if device else {})}
@@ -71,7 +74,7 @@ def plan_workers(gpus: list[str] | None = None, queues: list[str] | None = None,
             for gpu in gpus] if heavy else []
     if LIGHT_QUEUE in queues:
         light = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", LIGHT_QUEUE, "-c", "2",
-                 "-P", "prefork", "-n", f"{name}-light@%h", "-l", loglevel]
+                 "-P", "prefork", "-n", f"{name}-light@%h", "-l", loglevel] + (["-E"] if events else [])
         plan.append(WorkerProcess(f"{name}-light", light, {**common, "CUDA_VISIBLE_DEVICES": "",
                                                            settings.WORKER_POOL.name: "prefork",
                                                            settings.WORKER_PRELOAD.name: "0"}))

@@ -58,6 +58,10 @@ def celery_settings(url: str | None = None, client: bool = False) -> dict:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_deduplicate_successful_tasks": True,
         "task_track_started": True,
+        # task events (sent, received, started, succeeded, ...) for `celery events`, Flower and Prometheus exporters,
+        # on from the start: turning them on later means a restart or a broadcast to every worker
+        "worker_send_task_events": env.worker_events(),
+        "task_send_sent_event": True,
         "task_time_limit": limit,
         "result_expires": env.result_expires_s(),
         "worker_proc_alive_timeout": MODEL_LOAD_TIMEOUT_S,

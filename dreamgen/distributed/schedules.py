@@ -2,7 +2,7 @@
 
     schedules:
       - name: morning-news             # letters, digits, . _ -; names its jobs: morning-news-20261128-0600
-        cron: "0 6 * * *"              # minute hour day-of-month month day-of-week, in UTC
+        cron: "0 6 * * *"              # minute hour day-of-month month day-of-week, in UTC; or @daily ...
         prompts: news.jsonl            # a prompt file, relative to the schedules file ...
         out: s3://my-bucket/news       # where its jobs are written
         params: {template: news, steps: 30}   # defaults for every prompt, like the flags of `dreamgen run`
@@ -14,8 +14,9 @@
         out: out/weekly
         batch_size: 4                  # optional: batch_size, model, dtype, formats
 
-Firing is idempotent per (schedule, fire time): the job id is made of both, and a SET NX in Redis claims it,
-so a schedule fired twice for the same time (two beats, a restart) produces one job.
+Cron strings are read as cron reads them (see cron.py: @daily and the like; day-of-month and day-of-week both
+given means either). Firing is idempotent per (schedule, fire time): the job id is made of both, and a SET NX in
+Redis claims it, so a schedule fired twice for the same time (two beats, a restart) produces one job.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -31,13 +32,13 @@ import yaml
 from exporters import FORMATS, parse_formats
 
 from .. import settings
-from ..errors import ParamsError, PromptFileError, ScheduleFileError
+from ..errors import ParamsError, PromptFileError, ScheduleFileError, ScheduleFileProblems
 from ..ids import is_safe_id
 from ..jobs.spec import JobConfig
 from ..params import GenerationParams
 from ..prompts.files import validate_prompt_file
 from ..prompts.readers import DEFAULT_FIELDS
-from . import broker
+from . import broker, cron
 from .submit import ChunkSender, submit_job
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 REQUIRED = ("name", "cron", "prompts", "out")
 OPTIONAL = ("params", "batch_size", "model", "dtype", "formats")
 NAME_MAX = 80  # leaves room for "-YYYYmmdd-HHMM" within a job id's 100 characters
-CRON_FIELDS = "minute hour day-of-month month day-of-week"
-_SEARCH_LIMIT = 6000  # steps of the fire-time search; a few hundred cover any real cron string
 
 
 @dataclass
@@ -72,8 +71,8 @@ class Schedule:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     @property
-    def crontab(self):
-        return parse_cron(self.cron)
+    def crontab(self) -> cron.CronSchedule:
+        return cron.parse_cron(self.cron)
 
     def job_id(self, fire_time: datetime) -> str:
         return f"{self.name}-{fire_time:%Y%m%d-%H%M}"
@@ -97,8 +96,9 @@ class Schedule:
 
 # -------------------------------------------------------------------------------------------- loading
 def load_schedules(path, check_prompts: bool = True) -> list[Schedule]:
-    """Read and check a schedules file. Every problem is a ScheduleFileError naming the file, the schedule and
-    the field. With `check_prompts`, each schedule's prompts are validated whole too (as `dreamgen run` would)."""
+    """Read and check a schedules file. A problem is a ScheduleFileError naming the file, the schedule and the
+    field; problems of several schedules are one ScheduleFileProblems listing them all. With `check_prompts`,
+    each schedule's prompts are validated whole too (as `dreamgen run` would)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -117,14 +117,23 @@ def load_schedules(path, check_prompts: bool = True) -> list[Schedule]:
     unknown_top = sorted(set(data) - {"schedules"})
     if unknown_top:
         raise ScheduleFileError(path, None, f"unknown top-level key(s): {', '.join(map(str, unknown_top))}")
-    schedules, seen = [], {}
+    # Every bad schedule is reported at once (its first problem), as prompt files report every bad line.
+    schedules, seen, problems = [], {}, []
     for index, entry in enumerate(data["schedules"], start=1):
-        schedule = _check_entry(path, index, entry, check_prompts)
-        if schedule.name in seen:
-            raise ScheduleFileError(path, f"'{schedule.name}'",
-                                    f"duplicate name: schedule #{seen[schedule.name]} has it", field="name")
+        try:
+            schedule = _check_entry(path, index, entry, check_prompts)
+            if schedule.name in seen:
+                raise ScheduleFileError(path, f"'{schedule.name}'",
+                                        f"duplicate name: schedule #{seen[schedule.name]} has it", field="name")
+        except ScheduleFileError as e:
+            problems.append(e)
+            continue
         seen[schedule.name] = index
         schedules.append(schedule)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ScheduleFileProblems(problems)
     return schedules
 
 
@@ -146,11 +155,11 @@ def _check_entry(path: Path, index: int, entry, check_prompts: bool) -> Schedule
     if not isinstance(name, str) or not is_safe_id(name) or len(name) > NAME_MAX:
         fail(f"{name!r} must be 1-{NAME_MAX} letters, digits, '.', '_' or '-', starting with a letter or digit",
              "name")
-    cron = entry["cron"]
-    if not isinstance(cron, str):
-        fail(f"must be a cron string ({CRON_FIELDS}), got {cron!r}", "cron")
+    cron_text = entry["cron"]
+    if not isinstance(cron_text, str):
+        fail(f"must be a cron string ({cron.FIELDS}, or @daily ...), got {cron_text!r}", "cron")
     try:
-        parse_cron(cron)
+        cron.parse_cron(cron_text)
     except ValueError as e:
         fail(str(e), "cron")
     out = entry["out"]
@@ -169,7 +178,7 @@ def _check_entry(path: Path, index: int, entry, check_prompts: bool) -> Schedule
     elif not isinstance(prompts, list) or not all(isinstance(p, (str, dict)) for p in prompts):
         fail("must be a prompt file path, or a list of prompts (text, or mappings like a .jsonl line)", "prompts")
     try:
-        schedule = Schedule(name=name, cron=cron, prompts=prompts, out=out, params=dict(params),
+        schedule = Schedule(name=name, cron=cron_text, prompts=prompts, out=out, params=dict(params),
                             batch_size=batch_size, model=str(entry.get("model") or settings.DEFAULT_MODEL),
                             dtype=str(entry.get("dtype") or settings.DTYPE.default),
                             formats=entry.get("formats") or FORMATS)
@@ -205,64 +214,18 @@ def _check_prompts(schedule: Schedule, fail) -> None:
 
 
 # -------------------------------------------------------------------------------------------- fire times
-def parse_cron(cron: str):
-    """A Celery crontab from a 5-field cron string; ValueError saying what is wrong."""
-    from celery.schedules import crontab
-
-    fields = cron.split()
-    if len(fields) != 5:
-        raise ValueError(f"{cron!r} needs 5 fields ({CRON_FIELDS}), got {len(fields)}")
-    try:
-        return crontab.from_string(cron)
-    except ValueError as e:
-        raise ValueError(f"{cron!r}: {e}") from None
-
-
-def _matches_day(tab, t: datetime) -> bool:
-    # Celery's crontab requires both day-of-month and day-of-week (Sunday = 0), where classic cron takes either.
-    return t.month in tab.month_of_year and t.day in tab.day_of_month and t.isoweekday() % 7 in tab.day_of_week
-
-
 def previous_fire_time(schedule: Schedule, now: datetime) -> datetime:
     """The latest fire time at or before `now` (UTC, whole minutes): the time a firing stands for, even when
     its task runs a little late."""
-    tab, t = schedule.crontab, _minute(now)
-    for _ in range(_SEARCH_LIMIT):
-        if not _matches_day(tab, t):
-            t = t.replace(hour=0, minute=0) - timedelta(minutes=1)  # the last minute of the day before
-        elif t.hour not in tab.hour:
-            t = t.replace(minute=0) - timedelta(minutes=1)
-        elif t.minute not in tab.minute:
-            t -= timedelta(minutes=1)
-        else:
-            return t
-    raise ValueError(f"schedule {schedule.name}: no fire time of {schedule.cron!r} found before {now}")
+    try:
+        return cron.previous_fire_time(schedule.crontab, now)
+    except ValueError as e:
+        raise ValueError(f"schedule {schedule.name}: {e}") from None
 
 
 def next_fire_times(schedule: Schedule, count: int = 3, now: datetime | None = None) -> list[datetime]:
     """The next `count` fire times after `now` (UTC)."""
-    tab = schedule.crontab
-    t = _minute(now or datetime.now(timezone.utc)) + timedelta(minutes=1)
-    found = []
-    for _ in range(_SEARCH_LIMIT * max(count, 1)):
-        if len(found) == count:
-            break
-        if not _matches_day(tab, t):
-            t = t.replace(hour=0, minute=0) + timedelta(days=1)
-        elif t.hour not in tab.hour:
-            t = t.replace(minute=0) + timedelta(hours=1)
-        elif t.minute not in tab.minute:
-            t += timedelta(minutes=1)
-        else:
-            found.append(t)
-            t += timedelta(minutes=1)
-    return found
-
-
-def _minute(t: datetime) -> datetime:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc).replace(second=0, microsecond=0)
+    return cron.next_fire_times(schedule.crontab, count, now or datetime.now(timezone.utc))
 
 
 # -------------------------------------------------------------------------------------------- firing

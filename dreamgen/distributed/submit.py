@@ -60,6 +60,9 @@ def retry_job(job_id: str, send_chunks: ChunkSender, broker_url: str | None = No
     config = stored_config(job_id, out, endpoint_url)
     output = config.output()
     total = validate_prompt_file(config.prompts, config.defaults, config.model)
+    done = output.done_ids()
+    if all(spec.id in done for spec in iter_prompt_file(config.prompts, config.defaults, config.model)):
+        return 0  # nothing to retry: the job's record, job.json, manifest and chunk history stay as they are
     return _queue(client, url, config, output, total, send_chunks)
 
 

@@ -37,7 +37,7 @@ def image_seed(seed: int, index: int) -> int:
     if index == 0:
         return seed
     digest = hashlib.sha256(f"dreamgen-image:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return int.from_bytes(digest[:4], "big")  # issue 15: 32 bits, the seeds A1111-style tools read (was 63)
 
 
 @dataclass

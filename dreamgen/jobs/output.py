@@ -7,6 +7,7 @@
     <job>/_done/<doc>.json               written create-once LAST: the document is finished
     <job>/_failed/<doc>.json             the last failure of a document that is not finished
     <job>/manifest.jsonl, errors.jsonl, index.html   rebuilt from the markers by finalize()
+    <job>/results.jsonl                  with --results openai: the Batch API's output shape (exporters.openai)
 
 S3 has no append, and several workers may finish documents at once, so the per-document markers are the
 source of truth; a marker appears only after all of its document's files are stored, so nothing listed
@@ -21,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from exporters import FORMATS, parse_formats
+from exporters import FORMATS, check_results, parse_formats
 from exporters.html import document_page, job_index_page
 from exporters.markdown import to_markdown
+from exporters.openai import error_line, result_line
 from exporters.text import document_title
 
 from ..clock import utc_now
@@ -34,6 +36,8 @@ from .png import encode_png
 from .storage import Storage, open_storage
 
 CONTEXT_FULL = "context_full"  # the stop reason of a document the model's context cut short
+GENERATE_OUT = "out/generate"  # where `dreamgen generate` puts a document folder when no --out is given
+RESULTS_FILE = "results.jsonl"  # with --results openai
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
 MESSAGE_MAX = 4000
@@ -85,30 +89,14 @@ class JobOutput:
         doc.job_id = doc.job_id or self.job_id
         doc.created = doc.created or utc_now()
         try:
-            return self._save_document(doc, formats, self_contained)
+            store_document(self.storage, lambda *parts: self.doc_key(doc.id, *parts), doc, formats, self_contained,
+                           self.job_id)
+            # last: the marker that says every file above is in place
+            entry = self.manifest_entry(doc)
+            self.storage.create_once(self.marker_key(DONE_DIR, doc.id), _json_bytes(entry))
         except StorageError:  # nothing half-written: the files stored so far go (and give back their space)
             self._remove_unfinished(doc.id)
             raise
-
-    def _save_document(self, doc: Document, formats, self_contained: bool) -> dict:
-        stored = {}
-        for block in doc.images:  # 1. pictures, with their parameters inside
-            if block.image is None:
-                if not block.path:
-                    raise ValueError(f"document {doc.id}: image {block.index} has neither pixels nor a path")
-                continue
-            data = encode_png(doc, block)
-            block.path, block.sha256 = f"images/{block.index:02d}.png", hashlib.sha256(data).hexdigest()
-            self.storage.write_bytes(self.doc_key(doc.id, block.path), data, "image/png")
-            stored[block.path] = data
-        # 2. the document itself
-        self.storage.write_bytes(self.doc_key(doc.id, "document.json"), _json_bytes(doc.to_dict()))
-        # 3. exports (a self-contained page embeds the bytes just written rather than reading them back)
-        self.write_exports(doc, formats, self_contained, read_image=lambda path: stored.get(path)
-                           or self.storage.read_bytes(self.doc_key(doc.id, path)))
-        # 4. last: the marker that says every file above is in place
-        entry = self.manifest_entry(doc)
-        self.storage.create_once(self.marker_key(DONE_DIR, doc.id), _json_bytes(entry))
         self.storage.delete(self.marker_key(FAILED_DIR, doc.id))  # a retry that succeeded
         return entry
 
@@ -123,18 +111,14 @@ class JobOutput:
 
     def write_exports(self, doc: Document, formats=FORMATS, self_contained: bool = False, read_image=None) -> None:
         """(Re)write a stored document's index.md / index.html."""
-        formats = parse_formats(formats)
-        if "md" in formats:
-            self.storage.write_bytes(self.doc_key(doc.id, "index.md"), to_markdown(doc, self.job_id).encode())
-        if "html" in formats:
-            read_image = read_image or (lambda path: self.storage.read_bytes(self.doc_key(doc.id, path)))
-            page = document_page(doc, self.job_id, self_contained=self_contained, read_image=read_image)
-            self.storage.write_bytes(self.doc_key(doc.id, "index.html"), page.encode())
+        write_exports(self.storage, lambda *parts: self.doc_key(doc.id, *parts), doc, formats, self_contained,
+                      self.job_id, read_image)
 
     def manifest_entry(self, doc: Document) -> dict:
         # stop_reason: eos, max_new_tokens, image_only, or context_full (cut short: the model's context filled)
         return {"id": doc.id, "custom_id": doc.custom_id, "title": document_title(doc), "prompt": doc.prompt,
-                "path": doc.id, "images": [f"{doc.id}/{b.path}" for b in doc.images], "finished": utc_now(),
+                "path": doc.id, "images": [f"{doc.id}/{b.path}" for b in doc.images],
+                "sizes": [[b.width, b.height] for b in doc.images], "finished": utc_now(),
                 "stop_reason": doc.stop_reason}
 
     def load_document(self, doc_id: str) -> Document:
@@ -168,20 +152,37 @@ class JobOutput:
         ids = [i for i in self._marker_ids(FAILED_DIR) if i not in done]
         return sorted(self._read_markers(FAILED_DIR, ids), key=lambda e: e["id"])
 
-    def finalize(self, formats=FORMATS) -> dict:
-        """Rebuild manifest.jsonl, errors.jsonl and (with html) the job index from the markers.
-        Idempotent; call it at the end of a run, a resume or an export. Returns the counts: done (every finished
-        document), context_full (those of them the model's context cut short), failed."""
+    def finalize(self, formats=FORMATS, self_contained: bool | None = None, results: str | None = None) -> dict:
+        """Rebuild manifest.jsonl, errors.jsonl, (with html) the job index and (with results "openai")
+        results.jsonl from the markers. Idempotent; call it at the end of a run, a resume or an export. The index
+        embeds its thumbnails when `self_contained` says so; None, for both, means as job.json asks. Returns the
+        counts: done (every finished document), context_full (those of them the model's context cut short),
+        failed."""
         formats = parse_formats(formats)
+        record = self.read_job() or {"id": self.job_id}
+        self_contained = bool(record.get("self_contained")) if self_contained is None else self_contained
+        results = check_results((record.get("results") or "none") if results is None else results)
         entries, failed = self.manifest(), self.failed()
         self.storage.write_bytes(self.key("manifest.jsonl"), _jsonl_bytes(entries))
         self.storage.write_bytes(self.key("errors.jsonl"), _jsonl_bytes(failed))
         if "html" in formats:
-            record = self.read_job() or {"id": self.job_id}
-            page = job_index_page({"id": self.job_id, **record}, entries, failed)
+            read_image = (lambda path: self.storage.read_bytes(self.key(path))) if self_contained else None
+            page = job_index_page({"id": self.job_id, **record}, entries, failed, read_image=read_image)
             self.storage.write_bytes(self.key("index.html"), page.encode())
+        if results == "openai":
+            self.write_openai_results(entries, failed)
         context_full = sum(1 for e in entries if e.get("stop_reason") == CONTEXT_FULL)
         return {"done": len(entries), "context_full": context_full, "failed": len(failed)}
+
+    def write_openai_results(self, entries: list[dict], failed: list[dict]) -> None:
+        """results.jsonl in the Batch API's output shape: a line per finished document, then one per failure."""
+        def url_for(doc_id):
+            return lambda path: self.storage.url_for(self.doc_key(doc_id, path))
+
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            docs = list(pool.map(self.load_document, [entry["id"] for entry in entries]))
+        lines = [result_line(doc, url_for(doc.id)) for doc in docs] + [error_line(entry) for entry in failed]
+        self.storage.write_bytes(self.key(RESULTS_FILE), _jsonl_bytes(lines))
 
     def _marker_ids(self, folder: str) -> list[str]:
         prefix = self.key(folder) + "/"
@@ -198,9 +199,30 @@ class JobOutput:
             return [entry for entry in pool.map(read, ids) if entry is not None]
 
 
-def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, self_contained: bool = False) -> int:
+class DocumentFolder:
+    """One document of its own, as `dreamgen generate --out DIR` writes it: DIR/document.json, DIR/images/NN.png,
+    DIR/index.md, DIR/index.html; no job around it. Writing another document there replaces the first."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def save(self, doc: Document, formats=FORMATS) -> None:
+        doc.created = doc.created or utc_now()
+        store_document(self.storage, lambda *parts: "/".join(parts), doc, formats, job_id=None)
+        kept = {block.path for block in doc.images}
+        for key in self.storage.list("images/"):  # pictures of a document written here before, with more of them
+            if key not in kept:
+                self.storage.delete(key)
+
+    def url_for(self, name: str) -> str:
+        return self.storage.url_for(name)
+
+
+def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, self_contained: bool = False,
+               results: str | None = None) -> int:
     """Re-render every finished document of a stored job (local or S3) from its document.json, then the
-    job's manifest, errors and index. Returns how many documents were rendered."""
+    job's manifest, errors, index and (results "openai", or as the job asked) results.jsonl. Returns how many
+    documents were rendered."""
     formats = parse_formats(formats)
     job = JobOutput(storage, job_id)
     done = sorted(job.done_ids())
@@ -208,7 +230,7 @@ def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, 
         raise StorageError(f"no job {job_id!r} in {storage.location}")
     for doc_id in done:
         job.write_exports(job.load_document(doc_id), formats, self_contained=self_contained)
-    job.finalize(formats)
+    job.finalize(formats, self_contained, results)
     return len(done)
 
 
@@ -222,6 +244,39 @@ def open_job_output(job_url: str, endpoint_url: str | None = None) -> JobOutput:
         return JobOutput(open_storage(parent, endpoint_url), job_id)
     path = Path(url).expanduser().resolve()
     return JobOutput(open_storage(str(path.parent), endpoint_url), path.name)
+
+
+def store_document(storage: Storage, key, doc: Document, formats=FORMATS, self_contained: bool = False,
+                   job_id: str | None = None) -> None:
+    """A document's files, at `key("images", "00.png")`, `key("document.json")`, ...: its pictures (parameters
+    inside), document.json, then its exports. Sets each ImageBlock's path and sha256."""
+    stored = {}
+    for block in doc.images:  # 1. pictures, with their parameters inside
+        if block.image is None:
+            if not block.path:
+                raise ValueError(f"document {doc.id}: image {block.index} has neither pixels nor a path")
+            continue
+        data = encode_png(doc, block)
+        block.path, block.sha256 = f"images/{block.index:02d}.png", hashlib.sha256(data).hexdigest()
+        storage.write_bytes(key(block.path), data, "image/png")
+        stored[block.path] = data
+    # 2. the document itself
+    storage.write_bytes(key("document.json"), _json_bytes(doc.to_dict()))
+    # 3. exports (a self-contained page embeds the bytes just written rather than reading them back)
+    write_exports(storage, key, doc, formats, self_contained, job_id,
+                  read_image=lambda path: stored.get(path) or storage.read_bytes(key(path)))
+
+
+def write_exports(storage: Storage, key, doc: Document, formats=FORMATS, self_contained: bool = False,
+                  job_id: str | None = None, read_image=None) -> None:
+    """(Re)write a stored document's index.md / index.html at `key("index.md")`, `key("index.html")`."""
+    formats = parse_formats(formats)
+    if "md" in formats:
+        storage.write_bytes(key("index.md"), to_markdown(doc, job_id).encode())
+    if "html" in formats:
+        read_image = read_image or (lambda path: storage.read_bytes(key(path)))
+        page = document_page(doc, job_id, self_contained=self_contained, read_image=read_image)
+        storage.write_bytes(key("index.html"), page.encode())
 
 
 def _json_bytes(value) -> bytes:

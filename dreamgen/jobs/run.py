@@ -25,7 +25,7 @@ from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec, iter_prompt_file
-from .output import JobOutput, open_job_output
+from .output import GENERATE_OUT, DocumentFolder, JobOutput
 from .spec import JobConfig, JobSummary, WorkItem, check_job, record_running
 from .storage import open_storage
 
@@ -223,13 +223,14 @@ def _done_ids_if_listable(output: JobOutput) -> set[str]:
         return set()
 
 
-def generate_document(generator: Generator, prompt: str, params: GenerationParams, out: str, model_id: str,
+def generate_document(generator: Generator, prompt: str, params: GenerationParams, out: str | None, model_id: str,
                       image_only: bool = False, images: list[str] | None = None,
                       on_progress: Callable[[str], None] | None = None,
-                      derive_seed: bool = False) -> tuple[Document, JobOutput]:
-    """One document for `prompt` (with input pictures at local paths `images`), stored under the job folder
-    `out`; returns it and the output it went to. `derive_seed`: no seed was given, so the document's comes from
-    its id (as in a job). A prompt that does not fit the model's context is a ParamsError with its token count."""
+                      derive_seed: bool = False) -> tuple[Document, DocumentFolder]:
+    """One document for `prompt` (with input pictures at local paths `images`), stored as the document folder
+    `out` (default: out/generate/<document id>); returns it and the folder it went to. `derive_seed`: no seed was
+    given, so the document's comes from its id (as in a job). A prompt that does not fit the model's context is a
+    ParamsError with its token count."""
     from ..ids import derived_seed
     from ..model.card import ModelCard
     from ..prompts.context import context_problem
@@ -243,22 +244,22 @@ def generate_document(generator: Generator, prompt: str, params: GenerationParam
         raise ParamsError(f"the prompt {problem}", name="prompt", rule=problem)
     request = DocumentRequest(prompt=prompt, params=params, image_only=image_only,
                               images=[load_input_image(p) for p in images], id=doc_id)
-    output = open_job_output(out)
+    # a document folder (document.json, images/, index.md, index.html), not a whole job folder
+    folder = DocumentFolder(open_storage(out or f"{GENERATE_OUT}/{request.id}"))
+    folder.storage.check()  # before the model works, not after
     doc = generator.generate([request], on_progress=lambda kind, _: on_progress and on_progress(kind))[0]
     if image_only:  # recorded with the parameters (document.json, the PNG's chunks), so the picture reproduces
         doc.params = {**doc.params, "image_only": True}
-    output.save_document(doc)
-    output.finalize()
-    return doc, output
+    folder.save(doc)
+    return doc, folder
 
 
 def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend: str = "torch",
                    report: Callable[[str], None] | None = None) -> Generator:
     """The model on a backend, ready to generate; report(line) hears which backend was chosen and why."""
+    from .. import settings
     from ..engines import select_backend
     from ..model.loader import load_model
-
-    from .. import settings
 
     loaded = load_model(model, dtype=dtype, device=device)
     components, message = select_backend(backend, loaded)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from exporters import FORMATS, parse_formats
+from exporters import FORMATS, check_results, parse_formats
 
 from .. import settings
 from ..clock import utc_now
@@ -41,10 +41,12 @@ class JobConfig:
     backend: str = settings.BACKEND.default
     slots: int | None = None  # documents in flight in `dreamgen run` (None: the device's default)
     schedule: str = "continuous"  # or "lockstep": fixed batches of `slots`, the way before continuous batching
+    results: str = "none"  # "openai": also results.jsonl in the Batch API's output shape
 
     def __post_init__(self):
         self.prompts = str(Path(self.prompts).expanduser().resolve())  # so a resume works from anywhere
         self.formats = parse_formats(self.formats)
+        check_results(self.results)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise DreamgenError(f"batch size {self.batch_size!r} must be a positive integer")
         if self.job_id is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import random
-import tempfile
+import secrets
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -24,6 +24,7 @@ _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTim
                     "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException",
                     "BandwidthLimitExceeded", "OperationAborted"}
 _TEMP_PREFIX = ".tmp-"
+FILE_MODE = 0o666  # less the umask: 0644 under the usual 022, like any other tool's files
 _CONTENT_TYPES = {".md": "text/markdown; charset=utf-8", ".html": "text/html; charset=utf-8",
                   ".json": "application/json", ".jsonl": "application/x-ndjson", ".png": "image/png"}
 
@@ -188,7 +189,7 @@ class LocalStorage(Storage):
     def _write_temp(self, path: Path, data: bytes) -> str:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX + path.name + ".")
+            fd, temp = _open_temp(path)
         except OSError as e:
             raise StorageError(f"cannot write {path}: {e.strerror}") from None
         try:
@@ -202,9 +203,20 @@ class LocalStorage(Storage):
         return temp
 
 
+def _open_temp(path: Path) -> tuple[int, str]:
+    """A new temp file beside `path`, created with mode 0666 less the umask, as any tool's output is
+    (tempfile.mkstemp makes 0600, which a web server running as another user cannot serve)."""
+    while True:
+        temp = path.parent / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+        try:
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), str(temp)
+        except FileExistsError:  # 48 random bits: a clash is all but impossible, but never overwrite one
+            continue
+
+
 def _create_exclusive(path: Path, data: bytes) -> bool:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileExistsError:
         return False
     with os.fdopen(fd, "wb") as f:

@@ -24,6 +24,7 @@ from ..errors import PromptFileError, preview
 from ..params import PARAM_NAMES
 from .bounded_yaml import BoundedLoader, YAMLLimit, check_node
 from .limits import MAX_LINE_BYTES, LongNumber, bounded_int, text_problem
+from .openai_batch import batch_request_item, is_batch_request
 
 DEFAULT_FIELDS = PARAM_NAMES  # what job defaults and a YAML `defaults:` may set
 ID_FIELDS = ("id", "custom_id")
@@ -94,7 +95,10 @@ def _read_txt(path: Path):
 def _read_jsonl(path: Path):
     for number, text in decoded_lines(path):
         if text.strip():
-            yield number, _jsonl_item(path, number, text)
+            item = _jsonl_item(path, number, text)
+            if isinstance(item, dict) and is_batch_request(item):  # issue 15: an OpenAI Batch API request line
+                item = batch_request_item(path, number, item)
+            yield number, item
 
 
 def _jsonl_item(path: Path, number: int, text: str) -> dict | PromptFileError:

@@ -12,7 +12,7 @@ class TrainProgress:
     LOSS_KEYS = ("loss", "lm", "vm", "l1", "mse", "kl")
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, log_path=False)  # no source locations in a user's log
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TextColumn("ETA"),
                                  TimeRemainingColumn(), console=self.console)
