@@ -168,7 +168,6 @@ def test_text_to_image_equals_stable_diffusion_pipeline_from_the_files(released,
     result = invoke("generate", "--image-only", caption, "--model", released, "--out", tmp_path / "g",
                     "--seed", 7, "--steps", 4, "--guidance", 7.5)
     assert result.exit_code == 0, result.output
-    doc_id = result.output.split(":")[0]
     png = tmp_path / "g" / "images" / "00.png"  # generate writes one document folder
     ours = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
     reference = np.asarray(_reference_picture(released, caption, seed=7, steps=4, guidance=7.5), dtype=np.int16)
