@@ -875,7 +875,12 @@ def train(config, steps, output_dir, fresh):
 @cli.command("eval")
 @model_options
 @click.option("-n", "--prompts", "count", default=40, show_default=True, type=click.IntRange(min=1),
-              help="How many held-out prompts (shapes of colour-kind pairs never seen in training).")
+              help="How many held-out prompts per split.")
+@click.option("--split", "splits", type=click.Choice(["combos", "phrasings"]), multiple=True,
+              default=("combos", "phrasings"), show_default=True,
+              help="combos: shapes of colour-kind pairs never seen in training, in the first five verbs; "
+                   "phrasings: training pairs asked in phrasings and verbs never seen in training. Repeat for "
+                   "several.")
 @click.option("--ablate", "ablations", type=click.Choice(["none", "queries", "condition"]), multiple=True,
               default=("none",), show_default=True,
               help="Cut a path from text to pictures: queries (zero the dream queries), condition (zero the "
@@ -885,19 +890,20 @@ def train(config, steps, output_dir, fresh):
 @click.option("--json", "as_json", is_flag=True, help="Print the full report (every document) as JSON.")
 @param_options
 @friendly_errors
-def eval_command(model, dtype, device, count, ablations, batch_size, as_json, **params):
-    """Measure whether a model draws what its text says, on the shapes world's held-out prompts.
+def eval_command(model, dtype, device, count, splits, ablations, batch_size, as_json, **params):
+    """Measure whether a model follows its prompt and draws what its text says, on the shapes world's held-out
+    prompts.
 
-    A pixel checker reads each picture's colour, shape and background; the text before it names what it
-    should show. Reports pictures whose colour / shape / background match the text, documents that are well
+    A pixel checker reads each picture's colour, shape, size, position and background; the text before it
+    names what it should show. Reports pictures whose attributes match the text, documents that are well
     formed (one picture per shape asked for, each after its description, ending with </s>) and documents
-    whose text follows the prompt.
+    whose text follows the prompt (names the colours and kinds asked for, in order).
 
     \b
     Examples:
         dreamgen eval
-        dreamgen eval --ablate none --ablate queries --ablate condition --steps 20 --scheduler ddim
-        dreamgen eval --model tiny-random -n 10
+        dreamgen eval --split phrasings --ablate none --ablate queries --ablate condition
+        dreamgen eval --model tiny-random -n 10 --steps 20 --scheduler ddim
     """
     from dreamgen.jobs.progress import DocumentProgress
     from dreamgen.model.loader import load_model
@@ -906,29 +912,32 @@ def eval_command(model, dtype, device, count, ablations, batch_size, as_json, **
     from dreamgen.shapes.evaluation import ablate, evaluate
 
     gen_params = GenerationParams(**given_params(params))
-    prompts = eval_prompts(count)
     reports = []
     for ablation in dict.fromkeys(ablations):
         loaded = ablate(load_model(model, dtype=dtype, device=device), ablation)
-        with DocumentProgress(log_console(stderr=True)) as progress:  # stderr: --json output stays clean
-            progress.start(f"eval {model}, ablation {ablation}: {len(prompts)} prompts", len(prompts), note="0 images")
-            images = []
+        for split in dict.fromkeys(splits):
+            prompts = eval_prompts(count, split)
+            with DocumentProgress(log_console(stderr=True)) as progress:  # stderr: --json output stays clean
+                progress.start(f"eval {model}, {split}, ablation {ablation}: {len(prompts)} prompts", len(prompts),
+                               note="0 images")
+                images = []
 
-            def seen(doc, score):
-                images.append(len(doc.images))
-                progress.update(advance=1, note=f"{sum(images)} images")
+                def seen(doc, score):
+                    images.append(len(doc.images))
+                    progress.update(advance=1, note=f"{sum(images)} images")
 
-            reports.append(evaluate(loaded, prompts, gen_params, batch_size=batch_size, ablation=ablation,
-                                    on_document=seen))
+                reports.append(evaluate(loaded, prompts, gen_params, batch_size=batch_size, ablation=ablation,
+                                        on_document=seen, split=split))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
         return
-    columns = ("colour", "shape", "background", "well_formed", "follows_prompt", "size", "position")
+    columns = ("follows_prompt", "colour", "shape", "size", "position", "size_asked", "position_asked",
+               "background", "well_formed")
     header = "".join(f"{c.replace('_', ' '):>15}" for c in columns)
-    click.echo(f"{'model':<14}{'ablation':<10}{'docs':>5}{'images':>7}{header}")
+    click.echo(f"{'model':<14}{'split':<11}{'ablation':<10}{'docs':>5}{'images':>7}{header}")
     for report in reports:
         s = report.summary()
-        click.echo(f"{s['model'][:13]:<14}{s['ablation']:<10}{s['documents']:>5}{s['images']:>7}"
+        click.echo(f"{s['model'][:13]:<14}{s['split']:<11}{s['ablation']:<10}{s['documents']:>5}{s['images']:>7}"
                    + "".join(f"{100 * s[c]:>14.1f}%" for c in columns))
 
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Reproduce the built-in `shapes` model from nothing, on CPU (about an hour on a shared 2-core machine):
+# Reproduce the built-in `shapes` model from nothing, on CPU (about 80 minutes on a shared 2-core machine):
 #   1. write the shapes world's training set      runs/shapes/data/
+#      (prompts from the phrasing grammar's training part; pictures seeded apart from words, so a change to
+#      the wording never changes a picture)
 #   2. train its VAE                               runs/shapes/vae/final/          (configs/shapes-vae.yaml)
-#   3. train the whole DreamLLM (I-GPT)            runs/shapes/model/final/        (configs/shapes.yaml)
+#   3. train the whole DreamLLM (I-GPT, with the readout loss that reads each picture's attributes back from
+#      its condition)                              runs/shapes/model/final/        (configs/shapes.yaml)
 #      then a second pass at a lower rate          runs/shapes/finetune/final/     (configs/shapes-finetune.yaml)
 #   4. sharpen the VAE's decoder, encoder fixed    runs/shapes/vae-decoder/final/  (configs/shapes-vae-decoder.yaml)
 #   5. sharpen it further, weighing the shapes'    runs/shapes/vae-decoder-edges/final/
@@ -10,7 +13,8 @@
 #      (4 and 5 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
 #   6. ship, with the sharper decoder, whichever of stage 3's two models does better on 200 validation prompts
 #      (python -m dreamgen.shapes.select)          dreamgen/model/weights/shapes/
-#   7. evaluate it on held-out prompts (the eval set, never used to choose)
+#   7. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; never used to choose),
+#      and with the paths from text to picture cut
 # Every stage is seeded, single-threaded (so deterministic) and resumable: run the script again after a stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +23,7 @@ DREAMGEN="$PY cli.py"
 RUNS=runs/shapes
 
 if [ ! -s "$RUNS/data/train.jsonl" ]; then
-  $PY -m dreamgen.shapes "$RUNS/data" --documents 6000 --seed 0
+  $PY -m dreamgen.shapes "$RUNS/data" --documents 10000 --seed 0
 fi
 [ -f "$RUNS/vae/final/config.json" ] || $DREAMGEN train configs/shapes-vae.yaml
 sharpen_decoder() {
@@ -54,5 +58,6 @@ touch dreamgen/model/weights/__init__.py
 for dir in "$TARGET" "$TARGET"/*/; do touch "$dir/__init__.py"; done
 du -sh "$TARGET"
 
-$DREAMGEN eval --model shapes --prompts 60 --ablate none --ablate queries --ablate condition
+$DREAMGEN eval --model shapes --prompts 200
+$DREAMGEN eval --model shapes --prompts 40 --ablate queries --ablate condition
 $DREAMGEN eval --model tiny-random --prompts 60

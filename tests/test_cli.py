@@ -91,7 +91,8 @@ def test_generate_writes_one_document_folder_as_its_help_says(tmp_path, installe
     assert '../index.html' not in (out / "index.html").read_text()  # no job index to go back to
 
     # another document in the same folder replaces the first, leaving none of its pictures behind
-    (out / "images" / "03.png").write_bytes((out / "images" / "00.png").read_bytes())  # as if it had had four
+    (out / "images").mkdir(exist_ok=True)
+    (out / "images" / "03.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # as if it had had four pictures
     again = invoke("generate", "--image-only", "a red circle", "--out", str(out), "--steps", "2")
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in (out / "images").iterdir()) == ["00.png"]

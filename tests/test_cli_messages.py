@@ -70,5 +70,6 @@ def test_eval_shows_progress_on_stderr_and_keeps_json_clean(installed_tiny):
                                       "--max-new-tokens", "8", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["summary"]["ablation"] == "none"
-    assert "eval tiny-random, ablation none: 2 prompts" in result.stderr
+    assert "eval tiny-random, combos, ablation none: 2 prompts" in result.stderr
+    assert "eval tiny-random, phrasings, ablation none: 2 prompts" in result.stderr
     assert "2/2 docs" in result.stderr

@@ -155,6 +155,62 @@ def test_cfg_dropout_trains_the_unconditional_condition(data_file):
     torch.testing.assert_close(uncond[0], expected, rtol=1e-4, atol=1e-5)
 
 
+def test_readout_learns_what_the_condition_must_carry(data_file):
+    """The readout loss reads the labelled attributes back from each condition: training on it alone (no text,
+    no diffusion loss) makes the condition of a fixed batch name its pictures' positions."""
+    from dreamgen.training.readout import Readout
+
+    model = tiny_model(data_file)
+    params = apply_freeze(model, FreezeConfig(unet=True))
+    batch, samples = fixed_batch(model, data_file, n=8)
+    assert all(set(labels) == {"background", "colour", "kind", "position", "size"} for labels in batch.dream_labels)
+    width = model.special.num_dream_queries * model.head.unet.config.cross_attention_dim
+    readout = Readout.for_labels(batch.dream_labels, width)
+    assert readout.vocab["size"] == ["large", "small"]
+    objective = IGPTObjective(model, ImageInputs(model, True, True), w_lm=0.0, w_vm=0.0, readout=readout,
+                              w_readout=1.0)
+    optimizer = torch.optim.Adam([p for _, p in params] + list(readout.parameters()), lr=3e-3)
+    first = objective(batch, step_generator(0, 0)).readout
+    for _ in range(40):
+        out = objective(batch, step_generator(0, 0))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert out.readout < 0.3 * first, (first, out.readout)
+    # the gradient went into the model: the queries, the projector and the LLM changed, not just the heads
+    assert model.dream.dream_queries.grad.abs().sum() > 0
+    assert model.head.projector.projector.weight.grad.abs().sum() > 0
+
+
+def test_readout_run_resumes_and_its_heads_stay_out_of_the_model(tmp_path, data_file):
+    loss = {"loss": {"noise_samples": 2, "w_readout": 1.0}}
+    straight = train(load_config(_config(tmp_path, data_file, tmp_path / "straight", steps=4, **loss)))
+    assert (tmp_path / "straight" / "checkpoint-2" / "readout.pt").exists()
+    assert not (straight.output / "readout.pt").exists()  # scaffolding: the shipped model has no heads
+    lines = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert all(line["readout"] > 0 for line in lines)
+    stopped = _config(tmp_path, data_file, tmp_path / "stopped", steps=4, **loss)
+    train(load_config(stopped, {"optim.steps": 2}))
+    import shutil
+    shutil.rmtree(tmp_path / "stopped" / "final")
+    resumed = train(load_config(stopped))
+    a, b = load_model(str(straight.output)), load_model(str(resumed.output))
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_readout_needs_labelled_images(tmp_path):
+    from dreamgen.training.readout import Readout
+
+    with pytest.raises(TrainingError, match="no image in the training data has 'labels'"):
+        Readout.for_labels([{}, {}], 8)
+    (tmp_path / "a.png").write_bytes(b"")
+    bad = tmp_path / "docs.jsonl"
+    bad.write_text('{"blocks": [{"type": "image", "path": "a.png", "labels": {"size": 3}}]}\n')
+    with pytest.raises(TrainingError, match=r"docs.jsonl:1: block 0: 'labels' must map attribute names"):
+        read_documents(bad)
+
+
 # ---------------------------------------------------------------------------------------------- runs
 def _config(tmp_path, data_file, model_dir, steps=3, **extra) -> str:
     vae_dir = tmp_path / "vae"

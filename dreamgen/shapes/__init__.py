@@ -3,8 +3,9 @@ DreamLLM on a CPU, and simple enough to check every picture against its text by 
 
     world.py     attributes (colours, shapes, sizes, positions, backgrounds) and the held-out (colour, shape) pairs
     render.py    pictures, drawn with Pillow
-    articles.py  prompts and articles in a few styles, each picture right after the sentence describing it
-    dataset.py   the training set in dreamgen's interleaved JSONL format, and the held-out evaluation prompts
+    phrasing.py  how people ask: the prompt grammar, its held-out part, synonyms and stand-ins ("a star")
+    articles.py  articles in a few styles, each picture right after the sentence describing it
+    dataset.py   the training set in dreamgen's interleaved JSONL format, and the eval's held-out splits
     checker.py   reads a picture (colour, shape, background, ...) and the text around it
     evaluation.py  `dreamgen eval`: do a model's pictures show what its text says?
     select.py, roundtrip.py  choosing between trained models; how well a VAE keeps each kind readable

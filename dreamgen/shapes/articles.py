@@ -10,11 +10,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from .phrasing import Asked, ask, phrase_prompt, with_article
 from .world import BACKGROUNDS, CORNERS, POSITIONS, SIZES, Shape
 
 STYLES = ("plain", "lesson", "story")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+# The first prompts' verbs: the eval's "combos" split still asks in these words, so its figures compare over time.
 PROMPT_VERBS = ("Write about", "Write an article about", "Describe", "Tell me about", "Show me")
+STAND_IN_RATE = 0.06  # training prompts that ask for something the world cannot draw
 JITTER = 2  # pixels the centre may move without the text saying so
 MAX_SHAPES = 3
 
@@ -27,6 +30,7 @@ class Article:
     style: str
     shapes: list[Shape]
     blocks: list[tuple[str, object]] = field(default_factory=list)
+    asked: list[Asked] = field(default_factory=list)  # how the prompt asked for each shape (phrasing.py)
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -40,11 +44,17 @@ def _join(items: list[str]) -> str:
 
 
 def prompt_for(shapes: list[Shape], rng: random.Random, with_background: bool,
-               size_rate: float = 0.4, position_rate: float = 0.3) -> str:
-    """"Write about a red circle on a white background." Colour and kind always; the rest sometimes."""
-    phrases = ["a " + _phrase(s, rng.random() < size_rate, rng.random() < position_rate) for s in shapes]
+               size_rate: float = 0.4, position_rate: float = 0.3) -> tuple[str, list[Asked]]:
+    """"Write about a red circle on a white background." Colour and kind always; the rest sometimes. The first
+    prompts' five-verb form, kept for the eval's "combos" split; training prompts come from phrasing.py.
+    Returns the prompt and what it asked of each shape."""
+    asked = []
+    for s in shapes:
+        with_size, with_position = rng.random() < size_rate, rng.random() < position_rate
+        asked.append(Asked(s, s.colour, s.kind, s.size if with_size else None, s.position if with_position else None))
+    phrases = [with_article(_phrase(a.shape, a.size_word is not None, a.position_word is not None)) for a in asked]
     tail = f" on a {shapes[0].background} background" if with_background else ""
-    return f"{rng.choice(PROMPT_VERBS)} {_join(phrases)}{tail}."
+    return f"{rng.choice(PROMPT_VERBS)} {_join(phrases)}{tail}.", asked
 
 
 # ---------------------------------------------------------------------------------------------- articles
@@ -52,7 +62,7 @@ def _sentences(style: str, shape: Shape, index: int) -> tuple[str, str]:
     """(the text before the picture, the text after it) for one shape."""
     s = shape
     if style == "plain":
-        before = f"Picture {NUMBER_WORDS[index + 1]} shows a {s.describe()}."
+        before = f"Picture {NUMBER_WORDS[index + 1]} shows {with_article(s.describe())}."
         after = f"The {s.kind} is {s.colour}. A {s.kind} has {CORNERS[s.kind]} corners."
     elif style == "lesson":
         before = (f"Look at this {s.size} {s.colour} {s.kind}. "
@@ -60,7 +70,7 @@ def _sentences(style: str, shape: Shape, index: int) -> tuple[str, str]:
         after = f"Can you see the {s.colour} {s.kind}? It has {CORNERS[s.kind]} corners."
     elif style == "story":
         before = f"The {s.colour} {s.kind} was {s.size}. It lived {s.position} on a {s.background} background."
-        after = f"It was a happy {s.kind}."
+        after = f"It was a happy {s.kind}."  # "a happy": every kind's article is "a"
     else:
         raise ValueError(f"unknown article style {style!r}")
     return before, after
@@ -68,7 +78,7 @@ def _sentences(style: str, shape: Shape, index: int) -> tuple[str, str]:
 
 def _intro(style: str, shapes: list[Shape]) -> str:
     n = len(shapes)
-    what = f"a {shapes[0].colour} {shapes[0].kind}" if n == 1 else f"{NUMBER_WORDS[n]} shapes"
+    what = with_article(f"{shapes[0].colour} {shapes[0].kind}") if n == 1 else f"{NUMBER_WORDS[n]} shapes"
     if style == "plain":
         return f"This is a short article about {what}."
     if style == "lesson":
@@ -84,10 +94,21 @@ def _outro(style: str, shapes: list[Shape]) -> str:
     return "The end."
 
 
-def write_article(prompt: str, shapes: list[Shape], style: str) -> Article:
-    """The article for `prompt` about `shapes`: intro, then per shape its sentence, its picture and a remark."""
+def stand_in_note(asked: list[Asked]) -> str:
+    """The sentence an article opens with when the prompt asked for what the world cannot draw."""
+    notes = []
+    for a in asked:
+        for word, nearest in a.stand_ins:
+            what = f"the colour is {nearest}" if nearest == a.shape.colour else f"this is {with_article(nearest)}"
+            notes.append(f"There is no {word} here, so {what} instead.")
+    return " ".join(notes)
+
+
+def write_article(prompt: str, shapes: list[Shape], style: str, note: str = "") -> Article:
+    """The article for `prompt` about `shapes`: intro, then per shape its sentence, its picture and a remark.
+    `note` (what the prompt asked for that the world lacks) opens it."""
     article = Article(prompt=prompt, style=style, shapes=shapes)
-    text = _intro(style, shapes)
+    text = (note + " " if note else "") + _intro(style, shapes)
     for i, shape in enumerate(shapes):
         before, after = _sentences(style, shape, i)
         article.blocks += [("text", f"{text} {before}"), ("image", shape)]
@@ -111,10 +132,20 @@ def sample_count(rng: random.Random) -> int:
     return rng.choices((1, 2, 3), weights=(0.55, 0.35, 0.10))[0]
 
 
-def sample_article(rng: random.Random, combos: list[tuple[str, str]]) -> Article:
-    """One training document: 1-3 shapes of the given (colour, kind) pairs on one background, a prompt for them
-    that names some of their attributes, and the article in a random style."""
-    shapes = sample_shapes(rng, combos, sample_count(rng), rng.choice(list(BACKGROUNDS)))
-    prompt = prompt_for(shapes, rng, with_background=rng.random() < 0.5)
-    return write_article(prompt, shapes, rng.choice(STYLES))
+def sample_pictures(rng: random.Random, combos: list[tuple[str, str]]) -> list[Shape]:
+    """A document's pictures: 1-3 shapes of the given (colour, kind) pairs on one background."""
+    return sample_shapes(rng, combos, sample_count(rng), rng.choice(list(BACKGROUNDS)))
+
+
+def sample_article(pictures: random.Random, words: random.Random, combos: list[tuple[str, str]]) -> Article:
+    """One training document: its pictures drawn from `pictures`, then from `words` a prompt for them that names
+    some of their attributes and the article in a random style. Two streams, so a change to the wording never
+    moves a pixel (the VAE trained on the pictures stays valid)."""
+    shapes = sample_pictures(pictures, combos)
+    asked = [ask(s, words, stand_in_rate=STAND_IN_RATE) for s in shapes]
+    background = shapes[0].background if words.random() < 0.5 else None
+    prompt = phrase_prompt(asked, background, words)
+    article = write_article(prompt, shapes, words.choice(STYLES), stand_in_note(asked))
+    article.asked = asked
+    return article
 

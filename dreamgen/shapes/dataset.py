@@ -1,6 +1,7 @@
 """Write the shapes world as a training set in dreamgen's interleaved format, and the held-out prompts.
 
-    OUT/train.jsonl     {"prompt": ..., "blocks": [{"type": "text", "text": ...}, {"type": "image", "path": ...}],
+    OUT/train.jsonl     {"prompt": ..., "blocks": [{"type": "text", "text": ...},
+                                           {"type": "image", "path": ..., "labels": {"position": ..., ...}}],
                          "meta": {"style": ..., "shapes": [...]}}
     OUT/images/NNNNNN-K.png
 
@@ -14,16 +15,30 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .articles import Article, prompt_for, sample_article, sample_shapes
+from .phrasing import Asked, ask, phrase_prompt
 from .render import render
-from .world import BACKGROUNDS, HELD_OUT, training_combos
+from .world import BACKGROUNDS, HELD_OUT, Shape, training_combos
 
 EVAL_SEED = 20240601  # apart from any training seed, so evaluation prompts are never training prompts
+PHRASINGS_SEED = 20261203
+# The eval's splits, each held out from training in its own way:
+#   combos     shapes of (colour, kind) pairs no training document has, asked in the first prompts' five verbs
+#   phrasings  shapes of training pairs, asked only in the grammar's held-out part (frames, politeness, fillers
+#              and openings no training prompt uses)
+SPLITS = ("combos", "phrasings")
+
+
+def picture_labels(shape: Shape) -> dict[str, str]:
+    """What a picture shows, for the trainer's readout loss (the article's text names all of it)."""
+    return {"colour": shape.colour, "kind": shape.kind, "size": shape.size, "position": shape.position,
+            "background": shape.background}
 
 
 def article_record(article: Article, image_paths: list[str]) -> dict:
     blocks, paths = [], iter(image_paths)
     for kind, value in article.blocks:
-        blocks.append({"type": "text", "text": value} if kind == "text" else {"type": "image", "path": next(paths)})
+        blocks.append({"type": "text", "text": value} if kind == "text" else
+                      {"type": "image", "path": next(paths), "labels": picture_labels(value)})
     return {"prompt": article.prompt, "blocks": blocks,
             "meta": {"style": article.style, "shapes": [asdict(s) for s in article.shapes]}}
 
@@ -32,12 +47,13 @@ def write_dataset(out_dir: str | Path, documents: int, seed: int = 0, name: str 
     """Write `documents` training articles (held-out pairs excluded) and their pictures; returns the JSONL path."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
     combos = training_combos()
     path = out / f"{name}.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for n in range(documents):
-            article = sample_article(rng, combos)
+            # Seeded per document and per stream (string seeds hash the same on every machine and run).
+            article = sample_article(random.Random(f"{seed}-{n}-pictures"), random.Random(f"{seed}-{n}-words"),
+                                     combos)
             paths = []
             for k, shape in enumerate(article.shapes):
                 rel = f"images/{name}-{n:06d}-{k}.png"
@@ -51,15 +67,30 @@ def write_dataset(out_dir: str | Path, documents: int, seed: int = 0, name: str 
 class EvalPrompt:
     prompt: str
     combos: tuple[tuple[str, str], ...]  # the (colour, kind) pairs asked for, in order
+    positions: tuple[str | None, ...] = ()  # the place asked for each (None: left to the article)
+    sizes: tuple[str | None, ...] = ()
+
+    @classmethod
+    def of(cls, prompt: str, asked: list[Asked]) -> "EvalPrompt":
+        return cls(prompt, tuple(a.shape.combo for a in asked),
+                   tuple(a.shape.position if a.position_word else None for a in asked),
+                   tuple(a.shape.size if a.size_word else None for a in asked))
 
 
-def eval_prompts(count: int, seed: int = EVAL_SEED, held_out: bool = True) -> list[EvalPrompt]:
-    """`count` prompts about one or two shapes, every one of a held-out (colour, kind) pair when `held_out`."""
-    rng = random.Random(seed)
-    combos = list(HELD_OUT) if held_out else training_combos()
+def eval_prompts(count: int, split: str = "combos", seed: int | None = None) -> list[EvalPrompt]:
+    """`count` prompts of `split` about one or two shapes each; `seed` None takes the split's own."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: use one of {', '.join(SPLITS)}")
+    rng = random.Random((EVAL_SEED if split == "combos" else PHRASINGS_SEED) if seed is None else seed)
+    combos = list(HELD_OUT) if split == "combos" else training_combos()
     prompts = []
     for _ in range(count):
         shapes = sample_shapes(rng, combos, rng.choice((1, 1, 2)), rng.choice(list(BACKGROUNDS)))
-        prompt = prompt_for(shapes, rng, with_background=rng.random() < 0.5)
-        prompts.append(EvalPrompt(prompt=prompt, combos=tuple(s.combo for s in shapes)))
+        if split == "combos":
+            prompt, asked = prompt_for(shapes, rng, with_background=rng.random() < 0.5)
+        else:
+            background = shapes[0].background if rng.random() < 0.5 else None
+            asked = [ask(s, rng) for s in shapes]
+            prompt = phrase_prompt(asked, background, rng, held_out=True)
+        prompts.append(EvalPrompt.of(prompt, asked))
     return prompts

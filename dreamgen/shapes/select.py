@@ -23,8 +23,8 @@ VALIDATION_SEED = 777  # not the eval set's seed (dataset.EVAL_SEED) nor any tra
 
 
 def validation_score(summary: dict) -> float:
-    """What the choice maximises: the two measures the shapes model is held to (issue 6), equally weighted."""
-    return summary["colour"] + summary["shape"]
+    """What the choice maximises: what the picture must match in the text (issue 6, issue 14), equally weighted."""
+    return summary["colour"] + summary["shape"] + summary["position"] + summary["size"]
 
 
 def choose(candidates: list[str], prompts: int = 200, seed: int = VALIDATION_SEED, report=print) -> str:
@@ -35,7 +35,7 @@ def choose(candidates: list[str], prompts: int = 200, seed: int = VALIDATION_SEE
         summary = evaluate(load_model(folder), validation, GenerationParams()).summary()
         score = validation_score(summary)
         report(f"{folder}: colour {summary['colour']:.1%}  shape {summary['shape']:.1%}  "
-               f"well formed {summary['well_formed']:.1%}  ({summary['images']} pictures, validation seed {seed})")
+               f"position {summary['position']:.1%}  size {summary['size']:.1%}  well formed {summary['well_formed']:.1%}  ({summary['images']} pictures, validation seed {seed})")
         if score > best_score:
             best, best_score = folder, score
     return best

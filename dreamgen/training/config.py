@@ -100,6 +100,7 @@ class LossConfig:
     w_vm: float = 10.0
     cfg_dropout: float = 0.1  # chance an image's condition is replaced by the unconditional one
     noise_samples: int = 1  # noised copies of each image per step: more diffusion signal per LLM forward
+    w_readout: float = 0.0  # > 0: read labelled attributes back from each condition (training/readout.py)
 
 
 @dataclass

@@ -5,8 +5,11 @@ One document a line:
     {"prompt": "Write about ...",                       # optional: wrapped in the chat format, not a target
      "blocks": [{"type": "text", "text": "..."},
                 {"type": "image", "path": "images/0001.png"},              # the model makes it: dream + image block
-                {"type": "image", "path": "in.png", "generate": false}]}   # the model reads it: image block only
+                {"type": "image", "path": "in.png", "generate": false},    # the model reads it: image block only
+                {"type": "image", "path": "b.png", "labels": {"position": "at the left"}}]}
+                                                  # what the picture shows, for the optional readout loss
 
+Image paths are relative to the JSONL file. Other keys (e.g. "meta") are ignored.
 Image paths are relative to the JSONL file. Other keys (e.g. "meta") are ignored.
 
 A sequence is laid out as the generation loop lays it out, so what is learned is what runs:
@@ -37,6 +40,7 @@ IGNORE = -100  # cross-entropy's ignore_index
 class ImageRef:
     path: str  # absolute
     generate: bool = True
+    labels: tuple[tuple[str, str], ...] = ()  # (attribute, value) pairs the picture shows, e.g. ("size", "small")
 
 
 @dataclass
@@ -80,11 +84,19 @@ def _parse(record, base: Path, where: str) -> InterleavedDocument:
             image = (base / block["path"]).resolve()
             if not image.is_file():
                 raise TrainingError(f"{where}: block {i}: no image at {image}")
-            blocks.append(ImageRef(str(image), bool(block.get("generate", True))))
+            blocks.append(ImageRef(str(image), bool(block.get("generate", True)), _labels(block, i, where)))
         else:
             raise TrainingError(f"{where}: block {i}: expected {{'type': 'text', 'text': str}} "
                                 f"or {{'type': 'image', 'path': str}}")
     return InterleavedDocument(prompt=prompt, blocks=blocks, source=where)
+
+
+def _labels(block: dict, i: int, where: str) -> tuple[tuple[str, str], ...]:
+    labels = block.get("labels", {})
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise TrainingError(f"{where}: block {i}: 'labels' must map attribute names to strings, "
+                            f"e.g. {{\"position\": \"at the left\"}}")
+    return tuple(sorted(labels.items()))
 
 
 # ---------------------------------------------------------------------------------------------- sequences
@@ -94,7 +106,7 @@ class Sample:
 
     input_ids: list[int]
     labels: list[int]
-    dreams: list[tuple[int, str]] = field(default_factory=list)  # (first query position, image path)
+    dreams: list[tuple[int, ImageRef]] = field(default_factory=list)  # (first query position, image)
     images: list[tuple[int, str]] = field(default_factory=list)  # (first patch position, image path)
 
 
@@ -125,7 +137,7 @@ class SequenceBuilder:
                 labels += text
                 continue
             if block.generate:
-                sample.dreams.append((len(ids) + 1, block.path))
+                sample.dreams.append((len(ids) + 1, block))
                 ids += s.dream_block()
                 labels += [s.dream_start] + [IGNORE] * (s.num_dream_queries + 1)
             sample.images.append((len(ids) + 1, block.path))
@@ -146,6 +158,7 @@ class Batch:
     dream_rows: torch.Tensor  # (N,) row of each generated image
     dream_starts: torch.Tensor  # (N,) position of its first query
     dream_paths: list[str]
+    dream_labels: list[dict[str, str]]  # what each generated image shows (empty where the data says nothing)
     image_rows: torch.Tensor  # (M,) row of each image block
     image_starts: torch.Tensor  # (M,) position of its first patch
     image_paths: list[str]
@@ -162,10 +175,11 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
         ids[row, :n] = torch.tensor(s.input_ids)
         labels[row, :n] = torch.tensor(s.labels)
         mask[row, :n] = 1
-        dream += [(row, start, path) for start, path in s.dreams]
+        dream += [(row, start, ref) for start, ref in s.dreams]
         image += [(row, start, path) for start, path in s.images]
     as_long = lambda items, k: torch.tensor([it[k] for it in items], dtype=torch.long)  # noqa: E731
-    return Batch(ids, mask, labels, as_long(dream, 0), as_long(dream, 1), [d[2] for d in dream],
+    return Batch(ids, mask, labels, as_long(dream, 0), as_long(dream, 1), [d[2].path for d in dream],
+                 [dict(d[2].labels) for d in dream],
                  as_long(image, 0), as_long(image, 1), [i[2] for i in image])
 
 

@@ -1,6 +1,7 @@
 """The I-GPT objective of DreamLLM: one causal pass over interleaved sequences, two losses.
 
     loss = w_lm * cross-entropy(next token) + w_vm * MSE(UNet noise prediction, noise)
+           [+ w_readout * cross-entropy(attributes read from the condition), where images are labelled: readout.py]
 
 The dream block's Q `<im_patch>` embeddings are replaced by the learned queries, the image block's P by projected
 CLIP features. The UNet is conditioned on the condition projector applied to the final (post-norm) hidden states
@@ -27,6 +28,7 @@ class LossOutput:
     vm: float
     lm_tokens: int
     images: int
+    readout: float = 0.0
 
 
 def clip_hidden(vision, pixels: torch.Tensor) -> torch.Tensor:
@@ -84,8 +86,9 @@ class ImageInputs:
 
 class IGPTObjective:
     def __init__(self, model: DreamLLM, inputs: ImageInputs, w_lm: float = 1.0, w_vm: float = 10.0,
-                 cfg_dropout: float = 0.1, noise_samples: int = 1):
+                 cfg_dropout: float = 0.1, noise_samples: int = 1, readout=None, w_readout: float = 0.0):
         self.model, self.inputs = model, inputs
+        self.readout, self.w_readout = readout, w_readout  # readout.Readout, when the data labels its images
         self.w_lm, self.w_vm = w_lm, w_vm
         self.cfg_dropout, self.noise_samples = cfg_dropout, noise_samples
         self.scheduler = make_scheduler("ddpm", model.head.scheduler_config)
@@ -161,16 +164,21 @@ class IGPTObjective:
         loss = self.w_lm * lm
         # 4. conditions at the query positions, some replaced by the unconditional one
         n = len(batch.dream_paths)
-        vm = hidden.new_zeros(())
-        if n and self.w_vm > 0:
+        vm = readout = hidden.new_zeros(())
+        if n and (self.w_vm > 0 or self.readout is not None):
             q = model.special.num_dream_queries
             rows, cols = self._positions(batch.dream_rows, batch.dream_starts, q)
             cond = model.condition(hidden[rows, cols].reshape(n, q, -1))  # (N, Q, cross_dim)
+            if self.readout is not None:  # on the conditions the text made, before any is dropped
+                readout = self.readout.loss(cond, batch.dream_labels)
+                loss = loss + self.w_readout * readout
             if self.cfg_dropout > 0:
                 drop = torch.rand(n, generator=generator) < self.cfg_dropout
                 if drop.any():
                     cond = torch.where(drop.to(cond.device)[:, None, None], self.unconditional().expand_as(cond), cond)
+        if n and self.w_vm > 0:
             # 5. diffusion loss through the UNet
             vm = self.diffusion_loss(cond, batch.dream_paths, generator)
             loss = loss + self.w_vm * vm
-        return LossOutput(loss=loss, lm=float(lm.detach()), vm=float(vm.detach()), lm_tokens=lm_tokens, images=n)
+        return LossOutput(loss=loss, lm=float(lm.detach()), vm=float(vm.detach()), lm_tokens=lm_tokens, images=n,
+                          readout=float(readout.detach()))

@@ -21,6 +21,7 @@ from .config import IGPTConfig, VAEArchitectureConfig
 from .data import ImageRef, InterleavedDataset, SequenceBuilder, batch_indices, collate, read_documents
 from .loop import OnEvent, StepLog, lr_at, make_optimizer, open_run, step_generator, update
 from .objective import IGPTObjective, ImageInputs
+from .readout import Readout
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,16 @@ def train_igpt(config: IGPTConfig, on_event: OnEvent | None = None, resume: bool
     dataset = InterleavedDataset(config.data.train, builder, min(config.data.max_length, model.max_positions))
     inputs = ImageInputs(model, cache_clip=config.freeze.vision, cache_latents=config.freeze.vae)
     loss_cfg = config.loss
+    readout = None
+    if loss_cfg.w_readout > 0:
+        labels = [dict(ref.labels) for sample in dataset.samples for _, ref in sample.dreams]
+        readout = Readout.for_labels(labels, model.special.num_dream_queries * model.head.unet.config.cross_attention_dim)
+        if latest and readout.load_from(latest):
+            log.info("readout heads from %s", latest)
+        trainable = trainable + [(f"readout.{n}", p) for n, p in readout.named_parameters()]
     objective = IGPTObjective(model, inputs, w_lm=loss_cfg.w_lm, w_vm=loss_cfg.w_vm,
-                              cfg_dropout=loss_cfg.cfg_dropout, noise_samples=loss_cfg.noise_samples)
+                              cfg_dropout=loss_cfg.cfg_dropout, noise_samples=loss_cfg.noise_samples,
+                              readout=readout, w_readout=loss_cfg.w_readout)
     optimizer = make_optimizer(trainable, o)
     if state:
         optimizer.load_state_dict(state["optimizer"])
@@ -135,7 +144,12 @@ def train_igpt(config: IGPTConfig, on_event: OnEvent | None = None, resume: bool
                    "resumed_from": str(latest) if latest else None})
 
     # 3. the loop
-    step_log = StepLog(out, config, o.steps, optimizer, lambda d: save_checkpoint(model, d, safetensors=True), emit)
+    def save_weights(directory: Path) -> None:
+        save_checkpoint(model, directory, safetensors=True)
+        if readout is not None:
+            readout.save(directory)
+
+    step_log = StepLog(out, config, o.steps, optimizer, save_weights, emit)
     started = time.perf_counter()
     for step in range(start, o.steps):
         lr = lr_at(step, o)
@@ -143,6 +157,8 @@ def train_igpt(config: IGPTConfig, on_event: OnEvent | None = None, resume: bool
         result = objective(collate(samples, model.special.pad), step_generator(config.seed, step))
         grad_norm = update(optimizer, result.loss, params, lr, o.grad_clip)
         metrics = {"loss": float(result.loss.detach()), "lm": result.lm, "vm": result.vm, "grad_norm": grad_norm}
+        if readout is not None:
+            metrics["readout"] = result.readout
         step_log.step_done(step + 1, lr, metrics)
 
     # 4. the final model, in the released layout
