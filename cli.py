@@ -912,11 +912,11 @@ def eval_command(model, dtype, device, count, splits, ablations, batch_size, as_
     from dreamgen.shapes.evaluation import ablate, evaluate
 
     gen_params = GenerationParams(**given_params(params))
+    prompt_sets = {split: eval_prompts(count, split) for split in dict.fromkeys(splits)}
     reports = []
     for ablation in dict.fromkeys(ablations):
         loaded = ablate(load_model(model, dtype=dtype, device=device), ablation)
-        for split in dict.fromkeys(splits):
-            prompts = eval_prompts(count, split)
+        for split, prompts in prompt_sets.items():
             with DocumentProgress(log_console(stderr=True)) as progress:  # stderr: --json output stays clean
                 progress.start(f"eval {model}, {split}, ablation {ablation}: {len(prompts)} prompts", len(prompts),
                                note="0 images")

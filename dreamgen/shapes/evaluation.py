@@ -50,33 +50,18 @@ class ImageScore:
     asked_size: str | None = None  # what the prompt asked of this picture's shape, where it said
     asked_position: str | None = None
 
-    @property
-    def colour_ok(self) -> bool:
-        return self.named_colour is not None and self.reading.colour == self.named_colour
+    # Each check: the picture shows what was named (by the text, or by the prompt), where something was.
+    colour_ok = property(lambda self: _shows(self.named_colour, self.reading.colour))
+    kind_ok = property(lambda self: _shows(self.named_kind, self.reading.kind))
+    background_ok = property(lambda self: _shows(self.named_background, self.reading.background))
+    size_ok = property(lambda self: _shows(self.named_size, self.reading.size))
+    position_ok = property(lambda self: _shows(self.named_position, self.reading.position))
+    asked_size_ok = property(lambda self: _shows(self.asked_size, self.reading.size))
+    asked_position_ok = property(lambda self: _shows(self.asked_position, self.reading.position))
 
-    @property
-    def kind_ok(self) -> bool:
-        return self.named_kind is not None and self.reading.kind == self.named_kind
 
-    @property
-    def background_ok(self) -> bool:
-        return self.named_background is not None and self.reading.background == self.named_background
-
-    @property
-    def size_ok(self) -> bool:
-        return self.named_size is not None and self.reading.size == self.named_size
-
-    @property
-    def position_ok(self) -> bool:
-        return self.named_position is not None and self.reading.position == self.named_position
-
-    @property
-    def asked_position_ok(self) -> bool:
-        return self.asked_position is not None and self.reading.position == self.asked_position
-
-    @property
-    def asked_size_ok(self) -> bool:
-        return self.asked_size is not None and self.reading.size == self.asked_size
+def _shows(named: str | None, read: str | None) -> bool:
+    return named is not None and read == named
 
 
 @dataclass
@@ -138,7 +123,8 @@ class EvalReport:
     def summary(self) -> dict:
         images = self.images
         return {
-            "model": self.model, "split": self.split, "ablation": self.ablation, "documents": len(self.documents), "images": len(images),
+            "model": self.model, "split": self.split, "ablation": self.ablation, "documents": len(self.documents),
+            "images": len(images),
             "colour": self._rate([im.colour_ok for im in images]),
             "shape": self._rate([im.kind_ok for im in images]),
             "background": self._rate([im.background_ok for im in images]),

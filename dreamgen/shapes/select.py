@@ -35,7 +35,8 @@ def choose(candidates: list[str], prompts: int = 200, seed: int = VALIDATION_SEE
         summary = evaluate(load_model(folder), validation, GenerationParams()).summary()
         score = validation_score(summary)
         report(f"{folder}: colour {summary['colour']:.1%}  shape {summary['shape']:.1%}  "
-               f"position {summary['position']:.1%}  size {summary['size']:.1%}  well formed {summary['well_formed']:.1%}  ({summary['images']} pictures, validation seed {seed})")
+               f"position {summary['position']:.1%}  size {summary['size']:.1%}  "
+               f"well formed {summary['well_formed']:.1%}  ({summary['images']} pictures, validation seed {seed})")
         if score > best_score:
             best, best_score = folder, score
     return best

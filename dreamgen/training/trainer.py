@@ -128,7 +128,8 @@ def train_igpt(config: IGPTConfig, on_event: OnEvent | None = None, resume: bool
     readout = None
     if loss_cfg.w_readout > 0:
         labels = [dict(ref.labels) for sample in dataset.samples for _, ref in sample.dreams]
-        readout = Readout.for_labels(labels, model.special.num_dream_queries * model.head.unet.config.cross_attention_dim)
+        width = model.special.num_dream_queries * model.head.unet.config.cross_attention_dim  # a flat condition
+        readout = Readout.for_labels(labels, width)
         if latest and readout.load_from(latest):
             log.info("readout heads from %s", latest)
         trainable = trainable + [(f"readout.{n}", p) for n, p in readout.named_parameters()]
