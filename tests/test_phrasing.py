@@ -6,7 +6,8 @@ import re
 
 from dreamgen.shapes.articles import sample_article
 from dreamgen.shapes.dataset import eval_prompts
-from dreamgen.shapes.phrasing import (FILLERS, FRAMES, OPENINGS, POLITE_AFTER, POLITE_BEFORE, ask, phrase_prompt,
+from dreamgen.shapes.phrasing import (ABOUT_WORDS, DOCUMENTS, FILLERS, FRAMES, OPENINGS, POLITE_AFTER, POLITE_BEFORE,
+                                      POSITION_WORDS, SHORT_FRAMES, SIZE_WORDS, VERBS, ask, phrase_prompt,
                                       with_article)
 from dreamgen.shapes.world import COLOURS, SHAPES, Shape, training_combos
 
@@ -16,6 +17,10 @@ _A_BEFORE_VOWEL = re.compile(r"\ba [aeiou]", re.IGNORECASE)
 def _training_articles(count: int, seed: int = 0):
     return [sample_article(random.Random(f"{seed}-{n}-p"), random.Random(f"{seed}-{n}-w"), training_combos())
             for n in range(count)]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower().replace("{x}", " ")))
 
 
 def _stem(frame: str) -> str:
@@ -33,6 +38,14 @@ def test_the_held_out_part_of_the_grammar_is_apart_from_training():
         assert not any(prompt.startswith(s) or f", {s}" in prompt or f" {s} " in f" {prompt} " for s in stems), prompt
         assert not any(f in prompt for f in FILLERS["held_out"] + POLITE_AFTER["held_out"]), prompt
         assert not prompt.startswith(POLITE_BEFORE["held_out"] + OPENINGS["held_out"]), prompt
+    # word by word: what only the held-out part says (its verbs, nouns, courtesies) no training prompt says
+    layers = (FRAMES, POLITE_BEFORE, POLITE_AFTER, FILLERS, OPENINGS)
+    train_words = set().union(*(_words(e) for layer in layers for e in layer["train"]))
+    held_out_words = set().union(*(_words(e) for layer in layers for e in layer["held_out"])) - train_words
+    held_out_words -= _words(" ".join(w for words in (*SIZE_WORDS.values(), *POSITION_WORDS.values()) for w in words))
+    assert {"depict", "portray", "compose", "chronicle", "sketch", "cheers", "chance"} <= held_out_words
+    for prompt in prompts:
+        assert not _words(prompt) & held_out_words, prompt
     # and the eval's phrasings split uses nothing else
     for p in eval_prompts(60, "phrasings"):
         assert any(s in p.prompt.lower() for s in stems), p.prompt
@@ -41,9 +54,14 @@ def test_the_held_out_part_of_the_grammar_is_apart_from_training():
 def test_training_prompts_vary_in_every_layer():
     prompts = [a.prompt for a in _training_articles(2000)]
     assert len(set(prompts)) > 0.98 * len(prompts)
-    stems = {_stem(f) for f in FRAMES["train"] if _stem(f)}
+    # the short frames each turn up, and the built ones use every verb, document and preposition of the grammar
+    stems = {_stem(f) for f in SHORT_FRAMES if _stem(f)}
     used = {s for s in stems if any(p.lower().startswith(s) or f" {s} " in f" {p.lower()} " for p in prompts)}
     assert len(used) >= 0.9 * len(stems), stems - used
+    text = " ".join(f" {p.lower()} " for p in prompts)
+    for words in (VERBS, DOCUMENTS, ABOUT_WORDS):
+        assert all(f" {w} " in text for w in words), [w for w in words if f" {w} " not in text]
+    assert len(set(FRAMES["train"])) > 5000  # a grammar, not a list
     assert any(p.isupper() for p in prompts) and any(p == p.lower() for p in prompts)
     assert any(p.endswith("?") for p in prompts) and any(p[-1].isalpha() for p in prompts)
     assert any(p.lower().startswith("on a ") or p.lower().startswith("with a ") for p in prompts)  # word order

@@ -8,6 +8,10 @@ A prompt is built in layers, each drawn from its own choices:
     filler    " for my class" | " in a few sentences" ...   (words that carry nothing)
     casing    as written | lower | UPPER | Title Case          ending  "." | "!" | "" | "?" ...
 
+Training frames are themselves built, request x verb x document x preposition ("could you draft a worksheet
+covering {x}?"), beside short ones ("describe {x}"): thousands of ways round the things asked for, several with
+words like "a poster" that start as a shape would, so the model learns that none of them ask for a picture.
+
 Each layer with a vocabulary (frames, politeness, fillers, openings) is split in two: TRAIN and HELD_OUT. Training
 prompts use only TRAIN; `held_out=True` draws every such layer from HELD_OUT alone, so an evaluation on those
 prompts measures phrasings and verbs the model has never read. The words for the world's things (synonyms such as
@@ -25,37 +29,75 @@ from .world import Shape
 
 # ---------------------------------------------------------------------------------------------- the grammar
 # {x}: the things asked for. A frame ending in "?" is a question: its ending is "?" or nothing.
-FRAMES = {
-    "train": (
-        "write about {x}", "write an article about {x}", "write a story about {x}", "write a lesson about {x}",
-        "write a page about {x}", "write something about {x}", "write a short text on {x}", "describe {x}",
-        "tell me about {x}", "show me {x}", "draw {x}", "paint {x}", "illustrate {x}", "explain {x}",
-        "make an article about {x}", "create a document about {x}", "generate a page about {x}",
-        "produce an illustrated article about {x}", "talk about {x}", "present {x}", "picture {x}",
-        "prepare a lesson on {x}", "give me an article about {x}", "give me a story about {x}",
-        "can you write about {x}?", "could you describe {x}?", "would you draw {x}?", "can you show me {x}?",
-        "what does {x} look like?", "what can you tell me about {x}?", "how would you describe {x}?",
-        "will you tell me about {x}?", "i want an article about {x}", "i would like a story about {x}",
-        "i'd like to see {x}", "i need a page about {x}", "i want to read about {x}", "my topic is {x}",
-        "topic: {x}", "{x}", "an article about {x}", "a story about {x}",
-    ),
-    "held_out": (
+# The training frames: request x verb x document x preposition, and short ones.
+VERBS = ("write", "make", "create", "produce", "give me", "prepare", "draft", "type", "generate", "do",
+          "send me", "build")
+DOCUMENTS = ("an article", "a story", "a lesson", "a page", "a short text", "a text", "a report", "an essay",
+              "a paragraph", "a description", "a post", "a summary", "a blurb", "a document", "a guide",
+              "an illustrated article", "a short story", "a handout", "a worksheet", "some text", "something",
+              "a poem", "a caption", "an explainer")
+ABOUT_WORDS = ("about", "on", "featuring", "describing", "showing", "covering", "regarding", "that shows")
+REQUESTS = ("{verb} {doc} {about} {x}", "can you {verb} {doc} {about} {x}?", "could you {verb} {doc} {about} {x}?",
+             "would you {verb} {doc} {about} {x}?", "i want {doc} {about} {x}", "i would like {doc} {about} {x}",
+             "i need {doc} {about} {x}", "we need {doc} {about} {x}", "my teacher wants {doc} {about} {x}",
+             "{doc} {about} {x}", "{doc} {about} {x}, please?")
+BUILT_FRAMES = tuple(sorted({r.format(verb=v, doc=d, about=a, x="{x}")
+                              for r in REQUESTS for v in VERBS for d in DOCUMENTS for a in ABOUT_WORDS}))
+SHORT_FRAMES = (
+    "write about {x}", "describe {x}", "tell me about {x}", "show me {x}", "draw {x}", "paint {x}",
+    "illustrate {x}", "explain {x}", "talk about {x}", "present {x}", "picture {x}", "imagine {x}",
+    "draw me {x}", "paint me {x}", "render {x}", "visualise {x}", "visualize {x}", "teach me about {x}",
+    "tell a story about {x}", "teach a lesson on {x}", "say something about {x}", "i want to read about {x}",
+    "i'd like to see {x}", "i would love to see {x}", "i want to see {x}", "we want to read about {x}",
+    "can you write about {x}?", "could you describe {x}?", "would you draw {x}?", "can you show me {x}?",
+    "can you paint {x}?", "could you draw me {x}?", "will you tell me about {x}?", "would you explain {x}?",
+    "what does {x} look like?", "what can you tell me about {x}?", "how would you describe {x}?",
+    "what would {x} look like?", "do you know {x}?", "have you seen {x}?", "can i see {x}?",
+    "my topic is {x}", "the topic is {x}", "topic: {x}", "subject: {x}", "theme: {x}", "prompt: {x}",
+    "today's topic: {x}", "{x}", "{x} please", "just {x}", "only {x}", "something with {x}",
+    "the subject of today is {x}", "next one: {x}", "one about {x}", "everything about {x}",
+)
+# Each part's frames in groups drawn alike: a prompt is as likely short ("describe {x}") as built.
+FRAME_GROUPS = {"train": (BUILT_FRAMES, SHORT_FRAMES), "held_out": ((
         "compose a short piece about {x}", "give me a few lines about {x}", "put together a page on {x}",
         "depict {x}", "portray {x}", "jot down a note about {x}", "craft a little text about {x}",
         "outline {x}", "share something about {x}", "chronicle {x}", "sketch {x} for me",
         "is it possible to depict {x}?", "how about {x}?", "any chance you could portray {x}?",
         "mind writing up {x}?", "i'm curious about {x}", "i'd enjoy reading about {x}", "let's have {x}",
         "here is my request: {x}", "a few words on {x}",
-    ),
-}
-POLITE_BEFORE = {"train": ("please ", "please, ", "kindly ", "hey, ", "hi! ", "hello, "),
+    ),)}
+FRAMES = {part: tuple(f for group in groups for f in group) for part, groups in FRAME_GROUPS.items()}
+POLITE_BEFORE = {"train": ("please ", "please, ", "kindly ", "hey, ", "hi! ", "hello, ", "hi there, ", "hey there! ",
+                           "hello again. ", "dear model, ", "greetings! ", "yo, ", "thanks in advance: ",
+                           "hi, i have a question: ", "one favour: ", "if you can, ", "when you can, "),
                  "held_out": ("pretty please, ", "good morning! ", "excuse me, ")}
-POLITE_AFTER = {"train": (", please", " please", ", thanks", ". thank you", " for me"),
+POLITE_AFTER = {"train": (", please", " please", ", thanks", ". thank you", " for me", ", thank you so much",
+                          ". thanks a lot", ", ty", ", if you can", ", if possible", ", if you would", " :)",
+                          ". that would be great", ". i'd be grateful", ", thanks in advance", " for us",
+                          ". many thanks", ", whenever you can", ", if it's no trouble", ". thx"),
                 "held_out": (", cheers", ", if you don't mind", ". much appreciated")}
-FILLERS = {"train": (" for my class", " for a child", " in simple words", " in a few sentences", " today",
-                     " quickly", " now", " briefly"),
+# Words that carry nothing, several with an article ("for a poster") so "a" does not always begin a shape.
+_AUDIENCES = ("my class", "a child", "a kid", "my kids", "my sister", "a friend", "a school project", "a poster",
+              "a newsletter", "a book", "my students", "a website", "a slide", "the team", "my son", "my daughter",
+              "a birthday card", "a quiz", "an exam", "a workshop", "a blog", "grandma", "beginners", "everyone")
+_MANNERS = ("in simple words", "in a few sentences", "in two sentences", "in one paragraph", "in plain english",
+            "in a friendly tone", "in a fun way", "in detail", "in a nutshell", "in a minute", "as a surprise",
+            "as a gift", "as an example", "as a treat", "at some point", "if you are able", "as soon as you can",
+            "when you have time", "if you have time", "whenever", "today", "quickly", "now", "briefly", "again",
+            "once more", "this afternoon", "tonight", "for fun", "for practice", "as a test", "as usual")
+_TRAIN_FILLERS = tuple(f" for {a}" for a in _AUDIENCES) + tuple(f" {m}" for m in _MANNERS) + (
+    ". keep it short", ". make it simple", ". it is for a school project", ". nothing fancy", ". be brief",
+    ". a short one is fine", ". one page is enough", ". keep it clear", ". use easy words", ". no rush")
+FILLERS = {"train": _TRAIN_FILLERS,
            "held_out": (" real quick", " for my little brother", " when you get a chance", " if you have a moment")}
-OPENINGS = {"train": ("so, ", "okay, ", "well, ", "now, "), "held_out": ("alright, ", "right, ")}
+OPENINGS = {"train": ("so, ", "okay, ", "well, ", "now, ", "ok, ", "ok so ", "hmm, ", "listen, ", "look, ", "oh, ",
+                      "yes, ", "first, ", "also, ", "and ", "next, ", "one more: ", "new task: ", "another one: ",
+                      "question: ", "so ", "um, ", "hm. ", "again: ", "lastly, "),
+            "held_out": ("alright, ", "right, ")}
+# Rates of the optional layers, and of each casing. Training oversamples the rarer ones so the model reads
+# them often; the held-out part keeps the rates of the prompts it was first measured on.
+RATES = {"train": {"filler": 0.35, "polite": 0.4, "opening": 0.2, "casing": (0.55, 0.15, 0.15, 0.15)},
+         "held_out": {"filler": 0.2, "polite": 0.3, "opening": 0.1, "casing": (0.7, 0.15, 0.07, 0.08)}}
 ENDINGS = (".", ".", ".", "!", "", "...", " .", "!!")
 QUESTION_ENDINGS = ("?", "?", "?", "", " ?")
 
@@ -146,8 +188,8 @@ def _things(asked: list[Asked], rng: random.Random) -> str:
     return text
 
 
-def _case(text: str, rng: random.Random) -> str:
-    style = rng.choices(("sentence", "lower", "upper", "title"), weights=(0.7, 0.15, 0.07, 0.08))[0]
+def _case(text: str, rng: random.Random, weights: tuple[float, ...]) -> str:
+    style = rng.choices(("sentence", "lower", "upper", "title"), weights=weights)[0]
     if style == "lower":
         return text.lower()
     if style == "upper":
@@ -163,7 +205,8 @@ def phrase_prompt(asked: list[Asked], background: str | None, rng: random.Random
     or from the HELD_OUT part alone."""
     part = "held_out" if held_out else "train"
     things = _things(asked, rng)
-    frame = rng.choice(FRAMES[part])
+    groups = FRAME_GROUPS[part]
+    frame = rng.choice(groups[0] if len(groups) == 1 else rng.choice(groups))
     question = frame.endswith("?")
     frame = frame.rstrip("?")
     tail = ""
@@ -175,13 +218,14 @@ def phrase_prompt(asked: list[Asked], background: str | None, rng: random.Random
         else:
             tail = " " + where.format(word)
     text = frame.replace("{x}", things + tail)
-    if rng.random() < 0.2:
+    rates = RATES[part]
+    if rng.random() < rates["filler"]:
         text += rng.choice(FILLERS[part])
     polite = rng.random()
-    if polite < 0.15:
+    if polite < rates["polite"] / 2:
         text = rng.choice(POLITE_BEFORE[part]) + text
-    elif polite < 0.3:
+    elif polite < rates["polite"]:
         text += rng.choice(POLITE_AFTER[part])
-    if rng.random() < 0.1:
+    if rng.random() < rates["opening"]:
         text = rng.choice(OPENINGS[part]) + text
-    return _case(text, rng) + rng.choice(QUESTION_ENDINGS if question else ENDINGS)
+    return _case(text, rng, rates["casing"]) + rng.choice(QUESTION_ENDINGS if question else ENDINGS)
