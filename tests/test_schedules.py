@@ -99,6 +99,20 @@ def test_file_level_problems(tmp_path):
     assert str(error) == f"{twice}: schedule 'a': field 'name': duplicate name: schedule #1 has it"
 
 
+def test_a_hostile_file_is_an_error_not_a_stalled_scheduler(tmp_path):
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    cases = {"laughs.yaml": (laughs + "schedules: [*i]\n", "values"),
+             "deep.yaml": ("schedules: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than"),
+             "long.yaml": ("schedules:\n  - {name: a, cron: '@daily', prompts: [x], out: " + "o" * 300_000 + "}\n",
+                           "long")}
+    for name, (text, reason) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        error = pytest.raises(ScheduleFileError, load_schedules, path).value
+        assert str(error).startswith(f"{path}: not usable YAML") and reason in str(error), str(error)
+
+
 def test_every_bad_schedule_is_reported_at_once(tmp_path):
     path = write_schedules(tmp_path, """\
         schedules:
