@@ -612,7 +612,8 @@ def print_job_report(report) -> None:
     from dreamgen.distributed.status import redelivery_by
 
     click.echo(f"Job {report.id}: {report.status}")
-    click.echo(f"  documents: {report.done} done, {report.failed} failed, {report.pending} pending, "
+    cut = f" ({report.context_full} stopped at the context limit)" if report.context_full else ""
+    click.echo(f"  documents: {report.done} done{cut}, {report.failed} failed, {report.pending} pending, "
                f"{report.total} in all")
     if report.chunks:
         click.echo("  chunks: " + ", ".join(f"{n} {state}" for state, n in sorted(report.chunks.items())))

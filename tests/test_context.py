@@ -127,6 +127,10 @@ def test_documents_the_context_cut_short_are_marked_and_counted_apart(short, tmp
         "short": "max_new_tokens", "long-1": "context_full", "long-2": "context_full"}
     record = json.loads((job / "job.json").read_text())
     assert (record["done"], record["context_full"], record["failed"]) == (3, 2, 0)
+    # status reads the same count back from job.json
+    result = invoke("status", "j", "--out", tmp_path / "out")
+    assert "  documents: 3 done (2 stopped at the context limit), 0 failed, 0 pending, 3 in all" in result.output, \
+        result.output
 
 
 def test_a_model_not_here_is_checked_later_not_refused(tmp_path, caplog):

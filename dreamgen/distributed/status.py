@@ -45,6 +45,7 @@ class JobReport:
     finished: str | None = None
     submitted: float | None = None  # epoch seconds of the last submission (job.json), for a report from storage
     error: str | None = None  # why a failed job failed
+    context_full: int = 0  # of the done: cut short by the model's context (counted when a round finishes)
 
     @property
     def pending(self) -> int:
@@ -133,7 +134,8 @@ def _report_from_record(record: JobRecord, data: dict, failures: int = FAILURES_
                      failed=failed, location=data.get("location", ""), out=data.get("out", ""), source="redis",
                      round=rnd, chunks=dict(by_state), running=running, lost=lost,
                      failures=record.failures(failures), error=data.get("error") or None,
-                     created=data.get("created"), finished=_time(data.get("finished")))
+                     created=data.get("created"), finished=_time(data.get("finished")),
+                     context_full=_int(data.get("context_full")))
 
 
 def _report_from_storage(job_id: str, out: str, endpoint_url: str | None, failures: int) -> JobReport:
@@ -148,7 +150,8 @@ def _report_from_storage(job_id: str, out: str, endpoint_url: str | None, failur
                      failed=len(failed_entries), out=out, source="storage", submitted=_parsed(stored.get("submitted")),
                      location=output.location(stored.get("formats") or ["html"]),
                      failures={e["id"]: f"{e['error']}: {e['message']}" for e in failed_entries[:failures]},
-                     created=stored.get("created"), finished=stored.get("finished"))
+                     created=stored.get("created"), finished=stored.get("finished"),
+                     context_full=_int(stored.get("context_full")))
 
 
 def redelivery_by(state: dict) -> float:
