@@ -17,7 +17,7 @@ STYLES = ("plain", "lesson", "story")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 # The first prompts' verbs: the eval's "combos" split still asks in these words, so its figures compare over time.
 PROMPT_VERBS = ("Write about", "Write an article about", "Describe", "Tell me about", "Show me")
-STAND_IN_RATE = 0.06  # training prompts that ask for something the world cannot draw
+STAND_IN_RATE = 0.1  # training prompts that ask for something the world cannot draw
 JITTER = 2  # pixels the centre may move without the text saying so
 MAX_SHAPES = 3
 

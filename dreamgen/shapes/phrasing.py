@@ -119,6 +119,14 @@ KIND_STAND_INS = {
     "window": "square", "rectangle": "square", "block": "square", "pyramid": "triangle", "roof": "triangle",
     "wedge": "triangle", "cone": "triangle", "arrow": "triangle", "mountain": "triangle", "kite": "diamond",
     "gem": "diamond", "rhombus": "diamond", "crystal": "diamond",
+    # everyday things and animals: the nearest outline where there is one ("a tree" is a triangle); a round
+    # body for the animals without one, so "a horse" still gets a note and an article about a known shape
+    "face": "circle", "apple": "circle", "clock": "circle", "planet": "circle", "button": "circle",
+    "cookie": "circle", "dog": "circle", "cat": "circle", "horse": "circle", "cow": "circle", "house": "square",
+    "door": "square", "table": "square", "car": "square", "bus": "square",
+    "phone": "square", "tree": "triangle", "tent": "triangle", "sail": "triangle", "boat": "triangle",
+    "hat": "triangle", "bird": "triangle", "fish": "diamond", "leaf": "diamond", "sign": "diamond",
+    "plane": "cross", "sword": "cross", "flag": "square",
 }
 COLOUR_STAND_INS = {
     "pink": "red", "crimson": "red", "scarlet": "red", "maroon": "red", "gold": "yellow", "lemon": "yellow",
