@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the built-in `shapes` model from nothing, on CPU (about 80 minutes on a shared 2-core machine):
+# Reproduce the built-in `shapes` model from nothing, on CPU (about 55 minutes on an idle 2-core machine, 85 shared):
 #   1. write the shapes world's training set      runs/shapes/data/
 #      (prompts from the phrasing grammar's training part; pictures seeded apart from words, so a change to
 #      the wording never changes a picture)
