@@ -12,6 +12,7 @@ from dreamgen.shapes.phrasing import (ABOUT_WORDS, COLOUR_STAND_INS, DOCUMENTS, 
 from dreamgen.shapes.world import COLOURS, SHAPES, Shape, training_combos
 
 _A_BEFORE_VOWEL = re.compile(r"\ba [aeiou]", re.IGNORECASE)
+LAYERS = (FRAMES, POLITE_BEFORE, POLITE_AFTER, FILLERS, OPENINGS)  # the phrasing layers with a held-out part
 
 
 def _training_articles(count: int, seed: int = 0):
@@ -23,12 +24,17 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower().replace("{x}", " ")))
 
 
+def _layer_words(*parts: str) -> set[str]:
+    """Every word the phrasing layers use in `parts` ("train", "held_out")."""
+    return set().union(*(_words(e) for layer in LAYERS for part in parts for e in layer[part]))
+
+
 def _stem(frame: str) -> str:
     return frame.split("{x}")[0].strip(" ?:").lower()
 
 
 def test_the_held_out_part_of_the_grammar_is_apart_from_training():
-    for layer in (FRAMES, POLITE_BEFORE, POLITE_AFTER, FILLERS, OPENINGS):
+    for layer in LAYERS:
         assert not set(layer["train"]) & set(layer["held_out"])
     # no training prompt uses a held-out frame's words, politeness, filler or opening
     prompts = [a.prompt.lower() for a in _training_articles(3000)]
@@ -39,9 +45,7 @@ def test_the_held_out_part_of_the_grammar_is_apart_from_training():
         assert not any(f in prompt for f in FILLERS["held_out"] + POLITE_AFTER["held_out"]), prompt
         assert not prompt.startswith(POLITE_BEFORE["held_out"] + OPENINGS["held_out"]), prompt
     # word by word: what only the held-out part says (its verbs, nouns, courtesies) no training prompt says
-    layers = (FRAMES, POLITE_BEFORE, POLITE_AFTER, FILLERS, OPENINGS)
-    train_words = set().union(*(_words(e) for layer in layers for e in layer["train"]))
-    held_out_words = set().union(*(_words(e) for layer in layers for e in layer["held_out"])) - train_words
+    held_out_words = _layer_words("held_out") - _layer_words("train")
     held_out_words -= _words(" ".join(w for words in (*SIZE_WORDS.values(), *POSITION_WORDS.values()) for w in words))
     assert {"depict", "portray", "compose", "chronicle", "sketch", "cheers", "chance"} <= held_out_words
     for prompt in prompts:
@@ -94,9 +98,7 @@ def test_a_stand_in_is_named_and_the_article_is_about_the_nearest_known_thing():
 
 def test_no_stand_in_is_a_word_the_phrasing_uses_for_nothing():
     # "for a book" carries nothing; "a book" as the thing asked for would be a stand-in: one word, not both
-    layers = (FRAMES, POLITE_BEFORE, POLITE_AFTER, FILLERS, OPENINGS)
-    phrasing_words = set().union(*(_words(e) for layer in layers for part in layer.values() for e in part))
-    assert not (set(KIND_STAND_INS) | set(COLOUR_STAND_INS)) & phrasing_words
+    assert not (set(KIND_STAND_INS) | set(COLOUR_STAND_INS)) & _layer_words("train", "held_out")
     assert KIND_STAND_INS["horse"] in SHAPES and KIND_STAND_INS["star"] == "cross"
 
 

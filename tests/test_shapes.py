@@ -162,8 +162,8 @@ def _one_thread():
     return before
 
 
-def _shipped_eval(split: str, count: int, ablation: str = "none") -> dict:
-    """The built-in model's eval on a held-out split, at the default generation parameters."""
+def _shipped_report(prompts, split: str = "combos", ablation: str = "none", on_document=None):
+    """The built-in model's eval on `prompts`, at the default generation parameters, on one thread."""
     import torch
 
     from dreamgen.model.loader import load_model
@@ -172,9 +172,14 @@ def _shipped_eval(split: str, count: int, ablation: str = "none") -> dict:
     before = _one_thread()
     try:
         model = ablate(load_model("shapes"), ablation)
-        return evaluate(model, eval_prompts(count, split), GenerationParams(), batch_size=8, split=split).summary()
+        return evaluate(model, prompts, GenerationParams(), batch_size=8, split=split, on_document=on_document)
     finally:
         torch.set_num_threads(before)
+
+
+def _shipped_eval(split: str, count: int, ablation: str = "none") -> dict:
+    """The built-in model's eval summary on a held-out split."""
+    return _shipped_report(eval_prompts(count, split), split, ablation).summary()
 
 
 @pytest.fixture(scope="module")
@@ -288,22 +293,13 @@ def test_cli_eval_prints_one_row_per_ablation(installed_tiny):
 
 def test_the_shipped_model_says_what_it_cannot_draw_and_draws_the_nearest_thing():
     """Issue 14: a star is drawn as a cross, pink as red, a tree as a triangle, each with a note that says so."""
-    import torch
-
-    from dreamgen.model.loader import load_model
-    from dreamgen.params import GenerationParams
     from dreamgen.shapes.dataset import EvalPrompt
 
     prompts = [EvalPrompt("Describe a green star.", (("green", "cross"),)),
                EvalPrompt("Write about a pink circle.", (("red", "circle"),)),
                EvalPrompt("Could you draw a yellow tree on a white background?", (("yellow", "triangle"),))]
     texts = []
-    before = _one_thread()
-    try:
-        report = evaluate(load_model("shapes"), prompts, GenerationParams(), batch_size=3,
-                          on_document=lambda doc, score: texts.append(doc.text))
-    finally:
-        torch.set_num_threads(before)
+    report = _shipped_report(prompts, on_document=lambda doc, score: texts.append(doc.text))
     assert all(text.startswith("There is no ") for text in texts), texts
     s = report.summary()
     assert s["follows_prompt"] == 1.0 and s["well_formed"] == 1.0 and s["colour"] == 1.0 and s["shape"] == 1.0, \

@@ -36,7 +36,7 @@ from ..errors import ParamsError, PromptFileError, ScheduleFileError, ScheduleFi
 from ..ids import is_safe_id
 from ..jobs.spec import JobConfig
 from ..params import GenerationParams
-from ..prompts.bounded_yaml import BoundedLoader, YAMLLimit, check_node
+from ..prompts.bounded_yaml import YAMLLimit, load_document
 from ..prompts.files import validate_prompt_file
 from ..prompts.readers import DEFAULT_FIELDS
 from . import broker, cron
@@ -96,28 +96,13 @@ class Schedule:
 
 
 # -------------------------------------------------------------------------------------------- loading
-def _read_yaml(path: Path):
-    """The file's one document, under the prompt files' bounds: the scheduler reads it on every tick, so a file
-    nested thousands deep or a "billion laughs" of aliases must be an error, not a stalled or crashed scheduler."""
-    with open(path, encoding="utf-8-sig") as stream:
-        loader = BoundedLoader(stream)
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                return None
-            check_node(node)  # before building it: aliases may make a small text a billion values
-            return loader.construct_document(node)
-        finally:
-            loader.dispose()
-
-
 def load_schedules(path, check_prompts: bool = True) -> list[Schedule]:
     """Read and check a schedules file. A problem is a ScheduleFileError naming the file, the schedule and the
     field; problems of several schedules are one ScheduleFileProblems listing them all. With `check_prompts`,
     each schedule's prompts are validated whole too (as `dreamgen run` would)."""
     path = Path(path)
     try:
-        data = _read_yaml(path)
+        data = load_document(path)  # the scheduler reads it on every tick: a hostile file must not stall it
     except FileNotFoundError:
         raise ScheduleFileError(path, None, "file not found") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -85,3 +85,18 @@ def _children(node) -> list:
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)
     return []
+
+
+def load_document(path):
+    """A file's one YAML document, under the same bounds: nesting as it is composed, then alias expansion and
+    value length before anything is built. Raises YAMLLimit, or PyYAML's errors for text that is not YAML."""
+    with open(path, encoding="utf-8-sig") as stream:
+        loader = BoundedLoader(stream)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            check_node(node)  # before building it: aliases may make a small text a billion values
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()

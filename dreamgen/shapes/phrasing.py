@@ -31,18 +31,18 @@ from .world import Shape
 # {x}: the things asked for. A frame ending in "?" is a question: its ending is "?" or nothing.
 # The training frames: request x verb x document x preposition, and short ones.
 VERBS = ("write", "make", "create", "produce", "give me", "prepare", "draft", "type", "generate", "do",
-          "send me", "build")
+         "send me", "build")
 DOCUMENTS = ("an article", "a story", "a lesson", "a page", "a short text", "a text", "a report", "an essay",
-              "a paragraph", "a description", "a post", "a summary", "a blurb", "a document", "a guide",
-              "an illustrated article", "a short story", "a handout", "a worksheet", "some text", "something",
-              "a poem", "a caption", "an explainer")
+             "a paragraph", "a description", "a post", "a summary", "a blurb", "a document", "a guide",
+             "an illustrated article", "a short story", "a handout", "a worksheet", "some text", "something",
+             "a poem", "a caption", "an explainer")
 ABOUT_WORDS = ("about", "on", "featuring", "describing", "showing", "covering", "regarding", "that shows")
 REQUESTS = ("{verb} {doc} {about} {x}", "can you {verb} {doc} {about} {x}?", "could you {verb} {doc} {about} {x}?",
-             "would you {verb} {doc} {about} {x}?", "i want {doc} {about} {x}", "i would like {doc} {about} {x}",
-             "i need {doc} {about} {x}", "we need {doc} {about} {x}", "my teacher wants {doc} {about} {x}",
-             "{doc} {about} {x}", "{doc} {about} {x}, please?")
+            "would you {verb} {doc} {about} {x}?", "i want {doc} {about} {x}", "i would like {doc} {about} {x}",
+            "i need {doc} {about} {x}", "we need {doc} {about} {x}", "my teacher wants {doc} {about} {x}",
+            "{doc} {about} {x}", "{doc} {about} {x}, please?")
 BUILT_FRAMES = tuple(sorted({r.format(verb=v, doc=d, about=a, x="{x}")
-                              for r in REQUESTS for v in VERBS for d in DOCUMENTS for a in ABOUT_WORDS}))
+                             for r in REQUESTS for v in VERBS for d in DOCUMENTS for a in ABOUT_WORDS}))
 SHORT_FRAMES = (
     "write about {x}", "describe {x}", "tell me about {x}", "show me {x}", "draw {x}", "paint {x}",
     "illustrate {x}", "explain {x}", "talk about {x}", "present {x}", "picture {x}", "imagine {x}",
@@ -214,6 +214,7 @@ def phrase_prompt(asked: list[Asked], background: str | None, rng: random.Random
     part = "held_out" if held_out else "train"
     things = _things(asked, rng)
     groups = FRAME_GROUPS[part]
+    # one group draws no group: the held-out part's prompts stay those its figures were first measured on
     frame = rng.choice(groups[0] if len(groups) == 1 else rng.choice(groups))
     question = frame.endswith("?")
     frame = frame.rstrip("?")
