@@ -183,7 +183,8 @@ def test_a_model_that_cannot_load_leaves_no_job_behind(tmp_path):
 def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, installed_tiny):
     # 40 documents: the shipped model writes a short one in about 0.1 s, and 8 could all be done before the
     # signal lands
-    prompts = write_jsonl(tmp_path / "p.jsonl", 40)
+    count = 40
+    prompts = write_jsonl(tmp_path / "p.jsonl", count)
     dreamgen = Path(sys.executable).parent / "dreamgen"
     out = tmp_path / "out"
     args = [str(dreamgen), "run", str(prompts), "--out", str(out), "--job-id", "ctrlc", "--batch-size", "1",
@@ -201,13 +202,13 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, installed_tiny):
     assert "Resume with: dreamgen run --resume ctrlc" in output
     assert "Traceback" not in output
     partial = manifest_ids(out / "ctrlc")
-    assert 1 <= len(partial) < 40
+    assert 1 <= len(partial) < count
 
     resumed = subprocess.run([str(dreamgen), "run", "--resume", "ctrlc", "--out", str(out)], capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     ids = manifest_ids(out / "ctrlc")
-    assert sorted(ids) == sorted(f"doc-{i}" for i in range(40)) and len(set(ids)) == 40
+    assert sorted(ids) == sorted(f"doc-{i}" for i in range(count)) and len(set(ids)) == count
     assert f"({len(partial)} already done before)" in resumed.stdout
 
 
