@@ -155,6 +155,43 @@ def test_cfg_dropout_trains_the_unconditional_condition(data_file):
     torch.testing.assert_close(uncond[0], expected, rtol=1e-4, atol=1e-5)
 
 
+def test_word_weights_raise_only_their_words_next_token_loss(data_file):
+    """{large: 3}: the loss is the plain per-token mean with each target " large" counted three times (over the
+    same token count), so the other tokens' gradient keeps its scale."""
+    import torch.nn.functional as F
+    from dreamgen.training.objective import word_token_weights
+
+    model = tiny_model(data_file).eval()
+    batch, _ = fixed_batch(model, data_file, n=8)
+    [large] = model.tokenizer(" large", add_special_tokens=False)["input_ids"]  # one token to the tiny tokenizer
+    targets = batch.labels[:, 1:]
+    assert (targets == large).sum() > 0  # the fixture's articles name sizes
+    weights = word_token_weights(model.tokenizer, {"large": 3}, model.llm.config.vocab_size)
+    plain = IGPTObjective(model, ImageInputs(model, True, True), cfg_dropout=0.0)
+    weighted = IGPTObjective(model, ImageInputs(model, True, True), cfg_dropout=0.0, token_weights=weights)
+    with torch.no_grad():
+        hidden = model.llm.model(inputs_embeds=plain.embed(batch), attention_mask=batch.attention_mask).last_hidden_state
+        logits = model.llm.lm_head(hidden[:, :-1]).float()
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+        count = int((targets != IGNORE).sum())
+        expected = (per_token.sum() + 2 * per_token[targets == large].sum()) / count
+        lm_plain, _ = plain.lm_loss(hidden, batch.labels)
+        lm_weighted, _ = weighted.lm_loss(hidden, batch.labels)
+    torch.testing.assert_close(lm_plain, per_token.sum() / count)
+    torch.testing.assert_close(lm_weighted, expected)
+    assert lm_weighted > lm_plain
+
+
+def test_word_weights_errors_name_the_word(tmp_path, data_file):
+    with pytest.raises(TrainingError, match=r"zero.yaml: loss.word_weights.small must be a number > 0 \(got 0\)"):
+        load_config(_config(tmp_path, data_file, tmp_path / "zero", loss={"word_weights": {"small": 0}}))
+    # a word the tokenizer splits has no one target to weigh: said before any step runs
+    split = _config(tmp_path, data_file, tmp_path / "split", loss={"word_weights": {"smallish": 2.0}})
+    with pytest.raises(TrainingError, match=r"loss.word_weights.smallish: 'smallish' is \d+ tokens"):
+        train(load_config(split))
+    assert not (tmp_path / "split" / "final").exists()
+
+
 def test_readout_learns_what_the_condition_must_carry(data_file):
     """The readout loss reads the labelled attributes back from each condition: training on it alone (no text,
     no diffusion loss) makes the condition of a fixed batch name its pictures' positions."""

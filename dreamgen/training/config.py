@@ -101,6 +101,9 @@ class LossConfig:
     cfg_dropout: float = 0.1  # chance an image's condition is replaced by the unconditional one
     noise_samples: int = 1  # noised copies of each image per step: more diffusion signal per LLM forward
     w_readout: float = 0.0  # > 0: read labelled attributes back from each condition (training/readout.py)
+    # next-token loss weight of single-token words, e.g. {small: 5}: a word the text must copy from the prompt
+    # but that is one token in sixty gets its gradient raised; every other token keeps weight 1
+    word_weights: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -261,6 +264,10 @@ def check_config(config, where: str = "config") -> None:
         need(loss.w_lm >= 0 and loss.w_vm >= 0, "loss.w_lm/w_vm", "must be >= 0")
         need(0 <= loss.cfg_dropout < 1, "loss.cfg_dropout", f"must be in [0, 1) (got {loss.cfg_dropout})")
         need(loss.noise_samples >= 1, "loss.noise_samples", "must be >= 1")
+        need(isinstance(loss.word_weights, dict), "loss.word_weights", "must map words to weights")
+        for word, weight in loss.word_weights.items():
+            need(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0,
+                 f"loss.word_weights.{word}", f"must be a number > 0 (got {weight!r})")
         need(config.save_dtype in ("fp32", "fp16"), "save_dtype", "must be fp32 or fp16")
         from ..prompts.templates import CHAT_TEMPLATES
         need(config.data.chat in CHAT_TEMPLATES, "data.chat", f"must be one of {', '.join(CHAT_TEMPLATES)}")

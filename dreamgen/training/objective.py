@@ -84,10 +84,26 @@ class ImageInputs:
         return (mean + std * noise) * vae.config.scaling_factor
 
 
+def word_token_weights(tokenizer, word_weights: dict, vocab_size: int) -> torch.Tensor | None:
+    """(V,) loss weights from {word: weight}: the word's token as it appears after a space gets the weight.
+    A word that is not one token has no single target to weigh: an error naming it."""
+    if not word_weights:
+        return None
+    weights = torch.ones(vocab_size)
+    for word, weight in word_weights.items():
+        ids = tokenizer(f" {word}", add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"loss.word_weights.{word}: {word!r} is {len(ids)} tokens to this tokenizer, not one")
+        weights[ids[0]] = float(weight)
+    return weights
+
+
 class IGPTObjective:
     def __init__(self, model: DreamLLM, inputs: ImageInputs, w_lm: float = 1.0, w_vm: float = 10.0,
-                 cfg_dropout: float = 0.1, noise_samples: int = 1, readout=None, w_readout: float = 0.0):
+                 cfg_dropout: float = 0.1, noise_samples: int = 1, readout=None, w_readout: float = 0.0,
+                 token_weights: torch.Tensor | None = None):
         self.model, self.inputs = model, inputs
+        self.token_weights = token_weights  # (V,) next-token loss weight per token id; None: all 1
         self.readout, self.w_readout = readout, w_readout  # readout.Readout, when the data labels its images
         self.w_lm, self.w_vm = w_lm, w_vm
         self.cfg_dropout, self.noise_samples = cfg_dropout, noise_samples
@@ -132,7 +148,12 @@ class IGPTObjective:
         count = int((targets != IGNORE).sum())
         if not count:
             return hidden.new_zeros(()), 0
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE), count
+        flat = targets.reshape(-1)
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat, ignore_index=IGNORE, reduction="none")
+        if self.token_weights is not None:
+            # divided by the token count, not the weights' sum: the other tokens keep their gradient's scale
+            losses = losses * self.token_weights.to(losses.device)[flat.clamp(min=0)]
+        return losses.sum() / count, count
 
     def diffusion_loss(self, cond: torch.Tensor, paths: list[str], generator: torch.Generator) -> torch.Tensor:
         """Noise-prediction MSE of the UNet conditioned on `cond` (N, Q, C), `noise_samples` draws per image."""

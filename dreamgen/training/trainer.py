@@ -20,7 +20,7 @@ from .architecture import apply_freeze, build_model, build_vae
 from .config import IGPTConfig, VAEArchitectureConfig
 from .data import ImageRef, InterleavedDataset, SequenceBuilder, batch_indices, collate, read_documents
 from .loop import OnEvent, StepLog, lr_at, make_optimizer, open_run, step_generator, update
-from .objective import IGPTObjective, ImageInputs
+from .objective import IGPTObjective, ImageInputs, word_token_weights
 from .readout import Readout
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,13 @@ def train_igpt(config: IGPTConfig, on_event: OnEvent | None = None, resume: bool
         if latest and readout.load_from(latest):
             log.info("readout heads from %s", latest)
         trainable = trainable + [(f"readout.{n}", p) for n, p in readout.named_parameters()]
+    try:
+        token_weights = word_token_weights(model.tokenizer, loss_cfg.word_weights, model.llm.config.vocab_size)
+    except ValueError as e:
+        raise TrainingError(f"{config.output_dir}: {e}") from None
     objective = IGPTObjective(model, inputs, w_lm=loss_cfg.w_lm, w_vm=loss_cfg.w_vm,
                               cfg_dropout=loss_cfg.cfg_dropout, noise_samples=loss_cfg.noise_samples,
-                              readout=readout, w_readout=loss_cfg.w_readout)
+                              readout=readout, w_readout=loss_cfg.w_readout, token_weights=token_weights)
     optimizer = make_optimizer(trainable, o)
     if state:
         optimizer.load_state_dict(state["optimizer"])
