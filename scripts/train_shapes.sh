@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Reproduce the built-in `shapes` model from nothing, on CPU (about 55 minutes on an idle 2-core machine, 85 shared):
+# Reproduce the built-in `shapes` model from nothing, on CPU (about 55 minutes on an idle 2-core machine):
 #   1. write the shapes world's training set      runs/shapes/data/
 #      (prompts from the phrasing grammar's training part; pictures seeded apart from words, so a change to
 #      the wording never changes a picture)
 #   2. train its VAE                               runs/shapes/vae/final/          (configs/shapes-vae.yaml)
 #   3. train the whole DreamLLM (I-GPT, with the readout loss that reads each picture's attributes back from
 #      its condition)                              runs/shapes/model/final/        (configs/shapes.yaml)
-#      then a second pass at a lower rate          runs/shapes/finetune/final/     (configs/shapes-finetune.yaml)
 #   4. sharpen the VAE's decoder, encoder fixed    runs/shapes/vae-decoder/final/  (configs/shapes-vae-decoder.yaml)
 #   5. sharpen it further, weighing the shapes'    runs/shapes/vae-decoder-edges/final/
 #      pixels more (small diamonds and crosses)    (configs/shapes-vae-decoder-edges.yaml)
-#      (4 and 5 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
-#   6. ship, with the sharper decoder, whichever of stage 3's two models does better on 200 validation prompts
-#      (python -m dreamgen.shapes.select)          dreamgen/model/weights/shapes/
-#   7. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; never used to choose),
+#   6. and again at half the rate                  runs/shapes/vae-decoder-fine/final/
+#                                                  (configs/shapes-vae-decoder-fine.yaml)
+#      (4 to 6 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
+#   7. ship stage 3's model with stage 6's decoder dreamgen/model/weights/shapes/
+#   8. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; never used to choose),
 #      and with the paths from text to picture cut
 # Every stage is seeded, single-threaded (so deterministic) and resumable: run the script again after a stop.
 set -euo pipefail
@@ -29,30 +29,24 @@ fi
 sharpen_decoder() {
   [ -f "$RUNS/vae-decoder/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder.yaml
   [ -f "$RUNS/vae-decoder-edges/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder-edges.yaml
+  [ -f "$RUNS/vae-decoder-fine/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder-fine.yaml
 }
 sharpen_decoder > "$RUNS/decoder.log" 2>&1 &
 decoder=$!
 [ -f "$RUNS/model/final/config.json" ] || $DREAMGEN train configs/shapes.yaml
-[ -f "$RUNS/finetune/final/config.json" ] || $DREAMGEN train configs/shapes-finetune.yaml
 wait $decoder || { echo "decoder stages failed; see $RUNS/decoder.log"; exit 1; }
 
-# Both whole-model stages with the sharper decoder, then the one that does better on validation prompts: the
-# second pass helped on one run (shape +6 points) and hurt on another (-7), so it is chosen per run, on data.
-for stage in model finetune; do
-  if [ ! -d "$RUNS/candidate-$stage" ]; then  # written aside, then moved: a stop never leaves half a candidate
-    rm -rf "$RUNS/candidate-$stage.partial"
-    $PY -c "from dreamgen.training.trainer import replace_vae; \
-replace_vae('$RUNS/$stage/final', '$RUNS/vae-decoder-edges/final', '$RUNS/candidate-$stage.partial')"
-    mv "$RUNS/candidate-$stage.partial" "$RUNS/candidate-$stage"
-  fi
-done
-CHOSEN=$($PY -m dreamgen.shapes.select "$RUNS/candidate-model" "$RUNS/candidate-finetune" | tee "$RUNS/select.log" | tail -1)
-echo "chosen on validation prompts: $CHOSEN"
+if [ ! -d "$RUNS/shipped" ]; then  # written aside, then moved: a stop never leaves half a model
+  rm -rf "$RUNS/shipped.partial"
+  $PY -c "from dreamgen.training.trainer import replace_vae; \
+replace_vae('$RUNS/model/final', '$RUNS/vae-decoder-fine/final', '$RUNS/shipped.partial')"
+  mv "$RUNS/shipped.partial" "$RUNS/shipped"
+fi
 
 # The released layout, plus __init__.py files so the package data (*.json, *.safetensors) ships every folder.
 TARGET=dreamgen/model/weights/shapes
 rm -rf "$TARGET"
-cp -r "$CHOSEN" "$TARGET"
+cp -r "$RUNS/shipped" "$TARGET"
 $PY -m dreamgen.shapes.roundtrip "$TARGET"
 touch dreamgen/model/weights/__init__.py
 for dir in "$TARGET" "$TARGET"/*/; do touch "$dir/__init__.py"; done

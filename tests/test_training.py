@@ -321,7 +321,7 @@ def test_foreground_weight_weighs_the_shape_and_zero_is_the_plain_loss():
     import torch.nn.functional as F
 
     from dreamgen.shapes.render import render
-    from dreamgen.shapes.world import Shape
+    from dreamgen.shapes.world import SIZES, Shape
     from dreamgen.training.config import VAEConfig, VAELossConfig
     from dreamgen.training.vae import pixel_weights, vae_loss
 
@@ -329,7 +329,8 @@ def test_foreground_weight_weighs_the_shape_and_zero_is_the_plain_loss():
     pixels = torch.from_numpy(np.asarray(render(shape), dtype=np.float32) / 255).permute(2, 0, 1)[None]
     w = pixel_weights(pixels, 5.0)[0, 0]
     assert w[32, 32] == 6.0 and w[0, 0] == 1.0 and set(w.unique().tolist()) == {1.0, 6.0}
-    assert w[32, 32 - 10] == 6.0 and w[32, 32 - 12] == 1.0  # the diamond's left tip and a pixel beyond it count
+    tip = 32 - SIZES["small"]
+    assert w[32, tip] == 6.0 and w[32, tip - 2] == 1.0  # the diamond's left tip counts, two pixels beyond it not
     assert 0.05 < (w > 1).float().mean() < 0.2  # a small shape is a small share of the picture
     assert torch.equal(pixel_weights(pixels, 0.0), torch.ones_like(pixels[:, :1]))
 

@@ -8,7 +8,7 @@ DreamLLM on a CPU, and simple enough to check every picture against its text by 
     dataset.py   the training set in dreamgen's interleaved JSONL format, and the eval's held-out splits
     checker.py   reads a picture (colour, shape, background, ...) and the text around it
     evaluation.py  `dreamgen eval`: do a model's pictures show what its text says?
-    select.py, roundtrip.py  choosing between trained models; how well a VAE keeps each kind readable
+    roundtrip.py  how well a VAE keeps each kind readable
 
 May import training, generation, model and the shared vocabulary.
 """
