@@ -185,6 +185,8 @@ def test_word_weights_raise_only_their_words_next_token_loss(data_file):
 def test_word_weights_errors_name_the_word(tmp_path, data_file):
     with pytest.raises(TrainingError, match=r"zero.yaml: loss.word_weights.small must be a number > 0 \(got 0\)"):
         load_config(_config(tmp_path, data_file, tmp_path / "zero", loss={"word_weights": {"small": 0}}))
+    with pytest.raises(TrainingError, match=r"loss.word_weights.True must be a word; quote on/off/yes/no"):
+        load_config(_config(tmp_path, data_file, tmp_path / "bare", loss={"word_weights": {True: 2.0}}))
     # a word the tokenizer splits has no one target to weigh: said before any step runs
     split = _config(tmp_path, data_file, tmp_path / "split", loss={"word_weights": {"smallish": 2.0}})
     with pytest.raises(TrainingError, match=r"loss.word_weights.smallish: 'smallish' is \d+ tokens"):

@@ -266,6 +266,8 @@ def check_config(config, where: str = "config") -> None:
         need(loss.noise_samples >= 1, "loss.noise_samples", "must be >= 1")
         need(isinstance(loss.word_weights, dict), "loss.word_weights", "must map words to weights")
         for word, weight in loss.word_weights.items():
+            # YAML reads a bare on/off/yes/no key as a boolean: it would weigh the token " True"
+            need(isinstance(word, str), f"loss.word_weights.{word}", "must be a word; quote on/off/yes/no in YAML")
             need(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0,
                  f"loss.word_weights.{word}", f"must be a number > 0 (got {weight!r})")
         need(config.save_dtype in ("fp32", "fp16"), "save_dtype", "must be fp32 or fp16")
