@@ -1,6 +1,8 @@
 """Checkpoints in the released layout: round trips, safetensors, and clear errors for anything missing."""
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from dreamgen.model.checkpoint import save_checkpoint
 from dreamgen.model.loader import load_model
 from tests.helpers import request, tiny_model
 
+REPO = Path(__file__).resolve().parent.parent
 RELEASED_FILES = {"config.json", "pytorch_model.bin", "clip_vision_embedding.bin", "dream_embedding.bin",
                   "stable_diffusion_head.bin"}
 
@@ -153,3 +156,22 @@ def test_bf16_load_keeps_the_vae_in_fp32(saved):
     model = load_model(str(saved), dtype="bf16")
     assert model.llm.dtype == torch.bfloat16 and model.head.unet.dtype == torch.bfloat16
     assert model.head.vae.dtype == torch.float32
+
+
+def test_a_rerun_writes_the_same_config_bytes(tmp_path):
+    """diffusers keeps the UNet's and VAE's default keys as list(set): their order follows Python's per-process
+    string hash, so without sorting two runs of the same recipe wrote different unet/config.json files."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from tests.helpers import tiny_model; from dreamgen.model.checkpoint import "
+              "save_checkpoint; save_checkpoint(tiny_model(), sys.argv[1])")
+    texts = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / hash_seed
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, cwd=REPO)
+        unet = json.loads((out / "unet" / "config.json").read_text())
+        assert unet["_use_default_values"], "the tiny UNet leaves some keys to their defaults"
+        texts.append([(out / sub / "config.json").read_bytes() for sub in ("unet", "vae")])
+    assert texts[0] == texts[1]

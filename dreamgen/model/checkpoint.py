@@ -199,7 +199,10 @@ def save_checkpoint(model: DreamLLM, out_dir: str | os.PathLike, safetensors: bo
         _write_text(out / BESIDE_CLIP / "config.json", json.dumps(clip_cfg, indent=2, sort_keys=True, default=str))
     if diffusion_name == ".":
         for sub, cfg in (("unet", model.head.unet.config), ("vae", model.head.vae.config)):
-            _write_text(out / sub / "config.json", json.dumps(dict(cfg), indent=2, sort_keys=True, default=list))
+            cfg = dict(cfg)
+            if "_use_default_values" in cfg:  # diffusers keeps it as list(set): sorted, so a rerun writes the same bytes
+                cfg["_use_default_values"] = sorted(cfg["_use_default_values"])
+            _write_text(out / sub / "config.json", json.dumps(cfg, indent=2, sort_keys=True, default=list))
         _write_text(out / "scheduler" / "scheduler_config.json",
                     json.dumps(model.head.scheduler_config, indent=2, sort_keys=True))
     model.tokenizer.save_pretrained(str(out))
