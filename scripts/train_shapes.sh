@@ -13,8 +13,9 @@
 #                                                  (configs/shapes-vae-decoder-fine.yaml)
 #      (4 to 6 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
 #   7. ship stage 3's model with stage 6's decoder dreamgen/model/weights/shapes/
-#   8. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; never used to choose),
-#      and with the paths from text to picture cut
+#   8. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; nothing here chooses on
+#      them, though the README's candidate runs, which set configs/shapes.yaml, were compared on them), and with
+#      the paths from text to picture cut
 # Every stage is seeded, single-threaded (so deterministic) and resumable: run the script again after a stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."

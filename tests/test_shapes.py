@@ -217,15 +217,19 @@ def test_shipped_model_meets_the_shape_target(shipped_summary):
     assert shipped_summary["shape"] >= TARGETS["shape"], shipped_summary
 
 
+def _missed(summary: dict, targets: dict) -> dict:
+    """{measure: (what the model did, its target)} for every target it falls short of."""
+    return {k: (round(summary[k], 3), target) for k, target in targets.items() if summary[k] < target}
+
+
 def test_shipped_model_follows_prompts_in_phrasings_it_never_read(phrasings_summary):
-    s = phrasings_summary
-    missed = {k: (round(s[k], 3), target) for k, target in PHRASING_TARGETS.items() if s[k] < target}
-    assert not missed, (missed, s)
+    missed = _missed(phrasings_summary, PHRASING_TARGETS)
+    assert not missed, (missed, phrasings_summary)
 
 
 def test_shipped_model_draws_the_size_and_place_the_prompt_asked(shipped_summary, phrasings_summary):
     for s in (shipped_summary, phrasings_summary):
-        missed = {k: (round(s[k], 3), target) for k, target in ASKED_TARGETS.items() if s[k] < target}
+        missed = _missed(s, ASKED_TARGETS)
         assert not missed, (missed, s)
 
 
