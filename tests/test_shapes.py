@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 from dreamgen.document import Document, ImageBlock, TextBlock
 from dreamgen.shapes.articles import sample_article, sample_shapes, write_article
 from dreamgen.shapes.checker import last_mention, mentions, read_image
-from dreamgen.shapes.dataset import eval_prompts, write_dataset
+from dreamgen.shapes.dataset import eval_prompts, write_dataset, write_pictures
 from dreamgen.shapes.evaluation import ablate, evaluate, score_document
 from dreamgen.shapes.render import render
 from dreamgen.shapes.phrasing import COLOUR_STAND_INS, KIND_STAND_INS
@@ -43,6 +43,19 @@ def test_dataset_is_deterministic_and_leaves_out_held_out_pairs(tmp_path):
         images = [b for b in record["blocks"] if b["type"] == "image"]
         assert len(images) == len(record["meta"]["shapes"])
         assert (tmp_path / "a" / images[0]["path"]).is_file()
+
+
+def test_the_vae_pictures_show_the_whole_world_held_out_pairs_too(tmp_path):
+    """The VAE is a codec without text (as SD's is): it must give back what the UNet paints for a held-out pair."""
+    folder = write_pictures(tmp_path / "a", 150, seed=3)
+    again = write_pictures(tmp_path / "b", 150, seed=3)
+    files = sorted(folder.glob("*.png"))
+    assert len(files) == 150
+    assert all(f.read_bytes() == (again / f.name).read_bytes() for f in files)
+    readings = [read_image(Image.open(f)) for f in files]  # read by the checker, not by what wrote them
+    seen = {(r.colour, r.kind) for r in readings}
+    assert set(HELD_OUT) <= seen and set(training_combos()) <= seen
+    assert {r.size for r in readings} == set(SIZES) and {r.background for r in readings} == set(BACKGROUNDS)
 
 
 def test_article_names_each_shape_right_before_its_picture():

@@ -17,7 +17,7 @@ from pathlib import Path
 from .articles import Article, prompt_for, sample_article, sample_shapes
 from .phrasing import Asked, ask, phrase_prompt
 from .render import render
-from .world import BACKGROUNDS, HELD_OUT, Shape, training_combos
+from .world import BACKGROUNDS, COLOURS, HELD_OUT, SHAPES, Shape, training_combos
 
 EVAL_SEED = 20240601  # apart from any training seed, so evaluation prompts are never training prompts
 PHRASINGS_SEED = 20261203
@@ -61,6 +61,23 @@ def write_dataset(out_dir: str | Path, documents: int, seed: int = 0, name: str 
                 paths.append(rel)
             f.write(json.dumps(article_record(article, paths)) + "\n")
     return path
+
+
+def write_pictures(out_dir: str | Path, count: int, seed: int = 0) -> Path:
+    """Write `count` pictures of the whole world, held-out pairs included, to OUT/pictures/; returns the folder.
+
+    They train the VAE, a picture codec with no text: as Stable Diffusion's VAE learned from all of LAION, it learns
+    every picture the world can show, or it cannot give back what the UNet paints for a pair no document has (the
+    documents' own pictures taught it green + four points = cross: 6 of 24 green diamonds came back diamonds). The
+    DreamLLM (LM, queries, UNet) still learns only from train.jsonl, which has no held-out pair."""
+    folder = Path(out_dir) / "pictures"
+    folder.mkdir(parents=True, exist_ok=True)
+    every_pair = [(colour, kind) for colour in COLOURS for kind in SHAPES]
+    for n in range(count):
+        rng = random.Random(f"{seed}-{n}-codec")
+        shape, = sample_shapes(rng, every_pair, 1, rng.choice(list(BACKGROUNDS)))
+        render(shape).save(folder / f"{n:06d}.png")
+    return folder
 
 
 @dataclass(frozen=True)
