@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce the built-in `shapes` model from nothing, on CPU (about 55 minutes on an idle 2-core machine):
-#   1. write the shapes world's training set      runs/shapes/data/
+# Reproduce the built-in `shapes` model from nothing, on CPU (about 60 minutes on an idle 2-core machine):
+#   1. write the shapes world's training set      runs/shapes/data/train.jsonl
 #      (prompts from the phrasing grammar's training part; pictures seeded apart from words, so a change to
-#      the wording never changes a picture)
+#      the wording never changes a picture; no held-out pair), and pictures of the whole world, held-out
+#      pairs too, for the VAE's last stage         runs/shapes/data/pictures/
 #   2. train its VAE                               runs/shapes/vae/final/          (configs/shapes-vae.yaml)
 #   3. train the whole DreamLLM (I-GPT, with the readout loss that reads each picture's attributes back from
 #      its condition)                              runs/shapes/model/final/        (configs/shapes.yaml)
@@ -11,9 +12,11 @@
 #      pixels more (small diamonds and crosses)    (configs/shapes-vae-decoder-edges.yaml)
 #   6. and again at half the rate                  runs/shapes/vae-decoder-fine/final/
 #                                                  (configs/shapes-vae-decoder-fine.yaml)
-#      (4 to 6 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
-#   7. ship stage 3's model with stage 6's decoder dreamgen/model/weights/shapes/
-#   8. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; nothing here chooses on
+#   7. and again on the whole world's pictures,    runs/shapes/vae-decoder-world/final/
+#      so it draws the held-out pairs too          (configs/shapes-vae-decoder-world.yaml)
+#      (4 to 7 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
+#   8. ship stage 3's model with stage 7's decoder dreamgen/model/weights/shapes/
+#   9. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; nothing here chooses on
 #      them, though the README's candidate runs, which set configs/shapes.yaml, were compared on them), and with
 #      the paths from text to picture cut
 # Every stage is seeded, single-threaded (so deterministic) and resumable: run the script again after a stop.
@@ -23,14 +26,15 @@ PY=${PY:-.venv/bin/python}
 DREAMGEN="$PY cli.py"
 RUNS=runs/shapes
 
-if [ ! -s "$RUNS/data/train.jsonl" ]; then
-  $PY -m dreamgen.shapes "$RUNS/data" --documents 10000 --seed 0
+if [ ! -s "$RUNS/data/train.jsonl" ] || [ ! -s "$RUNS/data/pictures/014999.png" ]; then
+  $PY -m dreamgen.shapes "$RUNS/data" --documents 10000 --pictures 15000 --seed 0
 fi
 [ -f "$RUNS/vae/final/config.json" ] || $DREAMGEN train configs/shapes-vae.yaml
 sharpen_decoder() {
   [ -f "$RUNS/vae-decoder/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder.yaml
   [ -f "$RUNS/vae-decoder-edges/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder-edges.yaml
   [ -f "$RUNS/vae-decoder-fine/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder-fine.yaml
+  [ -f "$RUNS/vae-decoder-world/final/config.json" ] || $DREAMGEN train configs/shapes-vae-decoder-world.yaml
 }
 sharpen_decoder > "$RUNS/decoder.log" 2>&1 &
 decoder=$!
@@ -40,7 +44,7 @@ wait $decoder || { echo "decoder stages failed; see $RUNS/decoder.log"; exit 1; 
 if [ ! -d "$RUNS/shipped" ]; then  # written aside, then moved: a stop never leaves half a model
   rm -rf "$RUNS/shipped.partial"
   $PY -c "from dreamgen.training.trainer import replace_vae; \
-replace_vae('$RUNS/model/final', '$RUNS/vae-decoder-fine/final', '$RUNS/shipped.partial')"
+replace_vae('$RUNS/model/final', '$RUNS/vae-decoder-world/final', '$RUNS/shipped.partial')"
   mv "$RUNS/shipped.partial" "$RUNS/shipped"
 fi
 

@@ -154,14 +154,16 @@ def test_score_document_on_ground_truth_and_on_mistakes():
 
 
 # ---------------------------------------------------------------------------------------------- the shipped model
-TARGETS = {"colour": 0.90, "shape": 0.80, "well_formed": 0.95}  # issue 6, on the combos split
-# issue 14, on the phrasings split: prompts in phrasings and verbs no training prompt has. Its targets; shape is
-# held a picture under its 0.90 (90.3% on these first 100 prompts, 90.1% on the README's 200), so that one picture
-# another CPU's rounding draws otherwise does not fail a model that meets it.
-PHRASING_TARGETS = {"follows_prompt": 0.95, "colour": 0.95, "shape": 0.89, "position": 0.80, "size": 0.85,
+# On the combos split: issue 6's targets were colour 0.90, shape 0.80; issue 14 asks that the split not get worse,
+# so shape is held at the 88.6% of the model shipped until 2026-12-02 (90.8% now), colour at 95% (95.6% now; that
+# model had 98.5%, see the README).
+TARGETS = {"colour": 0.95, "shape": 0.88, "well_formed": 0.95}
+# issue 14, on the phrasings split: prompts in phrasings and verbs no training prompt has. Its targets (shape
+# 93.3% on these first 100 prompts, 92.3% on the README's 200).
+PHRASING_TARGETS = {"follows_prompt": 0.95, "colour": 0.95, "shape": 0.90, "position": 0.80, "size": 0.85,
                     "well_formed": 0.98}
 # The picture's size and place against the prompt's words, where it asked for them (the text can say "large" for a
-# prompt that asked "small", and the picture then follows the text): 87% and 100% on these prompts, 53-59% for size
+# prompt that asked "small", and the picture then follows the text): 89% and 100% on these prompts, 53-59% for size
 # before loss.word_weights.
 ASKED_TARGETS = {"size_asked": 0.80, "position_asked": 0.90}
 # The combos targets are held on the README's eval (200 held-out prompts), the phrasing targets on its first 100
@@ -272,10 +274,35 @@ def test_shipped_vae_keeps_the_kind_of_shapes_readable():
     finally:
         torch.set_num_threads(before)
     assert all(accuracy[kind, "large"] >= 0.9 for kind in SHAPES), accuracy
-    # small diamonds are the known loss (their tips barely survive 8 x 8 latents): 75% here, 67% over the README's
+    # small diamonds are the known loss (their tips barely survive 8 x 8 latents): 75% here, 83% over the README's
     # 240 pictures, 0% before small shapes grew from 10 to 13 px; every other small kind 100%
     assert all(accuracy[kind, "small"] >= 0.6 for kind in SHAPES), accuracy
     assert np.mean(list(accuracy.values())) >= 0.92, accuracy  # 97% here (90% with 10 px small shapes)
+
+
+def test_shipped_vae_gives_back_the_held_out_pairs():
+    """No training document shows a held-out pair, but the codec must give one back, or the UNet cannot show it
+    however well it paints it. The decoder taught only the documents' pictures gave back 4 of these 16 green
+    diamonds as green diamonds (crosses and circles otherwise); its last stage, on pictures of every pair, 15."""
+    import torch
+
+    from dreamgen.model.loader import load_model
+    from dreamgen.shapes.articles import JITTER
+    from dreamgen.shapes.roundtrip import roundtrip
+
+    rng = random.Random(0)
+    before = _one_thread()
+    try:
+        vae = load_model("shapes").head.vae.eval()
+        for colour, kind in HELD_OUT:
+            shapes = [Shape(colour, kind, size, rng.choice(list(POSITIONS)), background,
+                            rng.randint(-JITTER, JITTER), rng.randint(-JITTER, JITTER))
+                      for size in SIZES for background in BACKGROUNDS for _ in range(2)]
+            readings = [read_image(image) for image in roundtrip(vae, shapes)]
+            right = sum((r.colour, r.kind) == (colour, kind) for r in readings)
+            assert right >= 14, (colour, kind, [(r.colour, r.kind) for r in readings])
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cli_eval_prints_one_row_per_ablation(installed_tiny):
