@@ -66,10 +66,11 @@ def write_dataset(out_dir: str | Path, documents: int, seed: int = 0, name: str 
 def write_pictures(out_dir: str | Path, count: int, seed: int = 0) -> Path:
     """Write `count` pictures of the whole world, held-out pairs included, to OUT/pictures/; returns the folder.
 
-    They train the VAE, a picture codec with no text: as Stable Diffusion's VAE learned from all of LAION, it learns
-    every picture the world can show, or it cannot give back what the UNet paints for a pair no document has (the
-    documents' own pictures taught it green + four points = cross: 6 of 24 green diamonds came back diamonds). The
-    DreamLLM (LM, queries, UNet) still learns only from train.jsonl, which has no held-out pair."""
+    They train the VAE's last decoder stage (configs/shapes-vae-decoder-world.yaml). The VAE is a picture codec with
+    no text: as Stable Diffusion's learned from all of LAION, it must draw every picture the world can show, or it
+    cannot give back what the UNet paints for a pair no document has (the documents' own pictures taught it green +
+    four points = cross: 4 of 16 green diamonds came back green diamonds, 15 after that stage). The DreamLLM (LM,
+    queries, UNet) still learns only from train.jsonl, which has no held-out pair."""
     folder = Path(out_dir) / "pictures"
     folder.mkdir(parents=True, exist_ok=True)
     every_pair = [(colour, kind) for colour in COLOURS for kind in SHAPES]

@@ -38,8 +38,8 @@ POSITIONS = {
     "at the top": (32, 20),
     "at the bottom": (32, 44),
 }
-# Never in a training document, text or picture: one per colour, spread over the shapes. (The VAE, a codec without
-# text, learns from pictures of every pair: dataset.write_pictures.)
+# Never in a training document, text or picture: one per colour, spread over the shapes. (The VAE's decoder, part of
+# a codec without text, also learns from pictures of every pair: dataset.write_pictures.)
 HELD_OUT = (("red", "triangle"), ("orange", "cross"), ("yellow", "circle"), ("green", "diamond"),
             ("blue", "square"), ("purple", "triangle"))
 
