@@ -25,9 +25,10 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DREAMGEN="$PY cli.py"
 RUNS=runs/shapes
+PICTURES=15000  # of the whole world, for the last decoder stage
 
-if [ ! -s "$RUNS/data/train.jsonl" ] || [ ! -s "$RUNS/data/pictures/014999.png" ]; then
-  $PY -m dreamgen.shapes "$RUNS/data" --documents 10000 --pictures 15000 --seed 0
+if [ ! -s "$RUNS/data/train.jsonl" ] || [ ! -s "$RUNS/data/pictures/$(printf %06d $((PICTURES - 1))).png" ]; then
+  $PY -m dreamgen.shapes "$RUNS/data" --documents 10000 --pictures $PICTURES --seed 0
 fi
 [ -f "$RUNS/vae/final/config.json" ] || $DREAMGEN train configs/shapes-vae.yaml
 sharpen_decoder() {

@@ -17,7 +17,7 @@ from pathlib import Path
 from .articles import Article, prompt_for, sample_article, sample_shapes
 from .phrasing import Asked, ask, phrase_prompt
 from .render import render
-from .world import BACKGROUNDS, COLOURS, HELD_OUT, SHAPES, Shape, training_combos
+from .world import BACKGROUNDS, HELD_OUT, Shape, all_combos, training_combos
 
 EVAL_SEED = 20240601  # apart from any training seed, so evaluation prompts are never training prompts
 PHRASINGS_SEED = 20261203
@@ -73,7 +73,7 @@ def write_pictures(out_dir: str | Path, count: int, seed: int = 0) -> Path:
     queries, UNet) still learns only from train.jsonl, which has no held-out pair."""
     folder = Path(out_dir) / "pictures"
     folder.mkdir(parents=True, exist_ok=True)
-    every_pair = [(colour, kind) for colour in COLOURS for kind in SHAPES]
+    every_pair = all_combos()
     for n in range(count):
         rng = random.Random(f"{seed}-{n}-codec")
         shape, = sample_shapes(rng, every_pair, 1, rng.choice(list(BACKGROUNDS)))

@@ -81,5 +81,10 @@ class Shape:
         return f"{self.size} {self.colour} {self.kind} {self.position} on a {self.background} background"
 
 
+def all_combos() -> list[tuple[str, str]]:
+    """Every (colour, kind) pair the world can draw, held-out ones too."""
+    return [(c, k) for c in COLOURS for k in SHAPES]
+
+
 def training_combos() -> list[tuple[str, str]]:
-    return [(c, k) for c in COLOURS for k in SHAPES if (c, k) not in HELD_OUT]
+    return [combo for combo in all_combos() if combo not in HELD_OUT]
