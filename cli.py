@@ -23,7 +23,8 @@ PARAM_OPTIONS = [  # (flag, parameter, type, help)
     ("--seed", "seed", int, "Seed of text sampling and of the first image's noise (default: derived from the "
                             "document's id)."),
     ("--steps", "steps", int, "Denoising steps per image (default 50)."),
-    ("--guidance", "guidance", float, "Classifier-free guidance scale (default 7.5; <= 1 turns it off)."),
+    ("--guidance", "guidance", float, "Classifier-free guidance scale (default: the model's own, 7.5 unless its "
+                                      "checkpoint names one; <= 1 turns it off)."),
     ("--scheduler", "scheduler", click.Choice(SCHEDULERS), "Diffusion scheduler (default ddpm)."),
     ("--max-images", "max_images", int, "Most images per document (default 4)."),
     ("--max-new-tokens", "max_new_tokens", int, "Most tokens the model writes per document (default 256)."),
@@ -404,6 +405,7 @@ def model_inspect(path, as_json):
             click.echo(f"      {key} {tuple(shape)}")
     click.echo("  special tokens: " + " ".join(f"{t}={i}" for t, i in info["special_tokens"].items()))
     click.echo("  tokenizer files: " + ", ".join(info["tokenizer"]))
+    click.echo(f"  guidance when a request names none: {info['guidance']}")
 
 
 @model.command("list")
@@ -888,10 +890,13 @@ def train(config, steps, output_dir, fresh):
                    "condition projector). Repeat for several rows.")
 @click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Documents generated together in lockstep.")
+@click.option("--prompt-seed", type=click.IntRange(min=0), default=None,
+              help="Draw each split's prompts with this seed, not the split's own: a validation set, for choosing "
+                   "settings (such as --guidance) without looking at the eval's prompts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report (every document) as JSON.")
 @param_options
 @friendly_errors
-def eval_command(model, dtype, device, count, splits, ablations, batch_size, as_json, **params):
+def eval_command(model, dtype, device, count, splits, ablations, batch_size, prompt_seed, as_json, **params):
     """Measure whether a model follows its prompt and draws what its text says, on the shapes world's held-out
     prompts.
 
@@ -905,6 +910,7 @@ def eval_command(model, dtype, device, count, splits, ablations, batch_size, as_
         dreamgen eval
         dreamgen eval --split phrasings --ablate none --ablate queries --ablate condition
         dreamgen eval --model tiny-random -n 10 --steps 20 --scheduler ddim
+        dreamgen eval -n 200 --prompt-seed 1001 --guidance 2
     """
     from dreamgen.jobs.progress import DocumentProgress
     from dreamgen.model.loader import load_model
@@ -913,7 +919,7 @@ def eval_command(model, dtype, device, count, splits, ablations, batch_size, as_
     from dreamgen.shapes.evaluation import ablate, evaluate
 
     gen_params = GenerationParams(**given_params(params))
-    prompt_sets = {split: eval_prompts(count, split) for split in dict.fromkeys(splits)}
+    prompt_sets = {split: eval_prompts(count, split, seed=prompt_seed) for split in dict.fromkeys(splits)}
     reports = []
     for ablation in dict.fromkeys(ablations):
         loaded = ablate(load_model(model, dtype=dtype, device=device), ablation)
@@ -940,6 +946,9 @@ def eval_command(model, dtype, device, count, splits, ablations, batch_size, as_
         s = report.summary()
         click.echo(f"{s['model'][:13]:<14}{s['split']:<11}{s['ablation']:<10}{s['documents']:>5}{s['images']:>7}"
                    + "".join(f"{100 * s[c]:>14.1f}%" for c in columns))
+    used = reports[0].params  # the same for every row; guidance as resolved (the model's own unless given)
+    click.echo(f"({used['scheduler']}, {used['steps']} steps, guidance {used['guidance']}"
+               + (f"; prompts drawn with seed {prompt_seed})" if prompt_seed is not None else ")"))
 
 
 def main():

@@ -14,15 +14,19 @@ SCHEDULERS = ("ddpm", "ddim", "dpm-solver")
 SD_TRAIN_TIMESTEPS, SD_STEPS_OFFSET = 1000, 1
 MAX_STEPS = SD_TRAIN_TIMESTEPS - SD_STEPS_OFFSET
 CHAT_FORMATS = ("vicuna", "none")
+# The classifier-free guidance of Stable Diffusion and of the reference's pipeline: what a model paints with when
+# neither the request nor the checkpoint names one (a checkpoint may: ModelInfo.guidance).
+REFERENCE_GUIDANCE = 7.5
 
 
 @dataclass(frozen=True)
 class GenerationParams:
     """What decides one document, besides the model and the prompt.
 
-    Defaults follow the reference: DDPM, 50 steps, guidance 7.5. `template` names a prompt template of
-    templates/prompts/ (how a topic becomes an instruction); `chat` the chat format around it (vicuna_v1.1 for
-    the released chat models, or none).
+    Defaults follow the reference: DDPM, 50 steps. `guidance=None` means the model's own (the scale its
+    checkpoint names, else the reference's 7.5): a small model trained here may paint best at another.
+    `template` names a prompt template of templates/prompts/ (how a topic becomes an instruction); `chat` the
+    chat format around it (vicuna_v1.1 for the released chat models, or none).
     `image_size=None` means the model's native size (sample_size x VAE factor).
     """
 
@@ -32,7 +36,7 @@ class GenerationParams:
     max_new_tokens: int = 256
     max_images: int = 4
     steps: int = 50
-    guidance: float = 7.5
+    guidance: float | None = None
     scheduler: str = "ddpm"
     image_size: int | None = None
     negative_prompt: str = ""
@@ -80,7 +84,8 @@ def check_params(p: GenerationParams) -> None:
     need(_is_int(p.max_new_tokens) and 1 <= p.max_new_tokens <= 32768, "max_new_tokens", "must be an integer in [1, 32768]")
     need(_is_int(p.max_images) and 0 <= p.max_images <= 64, "max_images", "must be an integer in [0, 64]")
     need(_is_int(p.steps) and 1 <= p.steps <= MAX_STEPS, "steps", f"must be an integer in [1, {MAX_STEPS}]")
-    need(_is_number(p.guidance) and 0 <= p.guidance <= 50, "guidance", "must be a number in [0, 50]")
+    need(p.guidance is None or (_is_number(p.guidance) and 0 <= p.guidance <= 50), "guidance",
+         "must be a number in [0, 50] (or unset for the model's own)")
     need(p.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
     need(p.image_size is None or (_is_int(p.image_size) and 8 <= p.image_size <= 2048),
          "image_size", "must be an integer in [8, 2048] (or unset for the model's size)")

@@ -31,7 +31,8 @@ def make_document(doc_id: str = "doc-1", prompt: str = "A walk through an autumn
                   texts: tuple[str, ...] = ("# Autumn forest\n\nThe leaves turn red and gold.",
                                             "A path winds between old oaks.", "The end."),
                   size: int = 16, seed: int = 7, title: str | None = None, custom_id: str | None = None) -> Document:
-    """A Document as the generator makes it: text, an image, text, an image, text (one image fewer than texts)."""
+    """A Document as the generator makes it: text, an image, text, an image, text (one image fewer than texts);
+    its params name the guidance the generator resolved (the model's own, when the request named none)."""
     blocks = []
     for index, text in enumerate(texts):
         blocks.append(TextBlock(text))
@@ -39,7 +40,8 @@ def make_document(doc_id: str = "doc-1", prompt: str = "A walk through an autumn
             color = ((37 * index + 50) % 256, (91 * index + 120) % 256, (53 * index + 200) % 256)
             blocks.append(ImageBlock(index=index, width=size, height=size, seed=seed + index,
                                      image=Image.new("RGB", (size, size), color)))
-    return Document(id=doc_id, prompt=prompt, model="tiny-dreamllm", params=GenerationParams(seed=seed).to_dict(),
+    params = GenerationParams(seed=seed, guidance=7.5).to_dict()
+    return Document(id=doc_id, prompt=prompt, model="tiny-dreamllm", params=params,
                     blocks=blocks, title=title, stop_reason="eos", custom_id=custom_id)
 
 

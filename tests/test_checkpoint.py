@@ -1,4 +1,5 @@
 """Checkpoints in the released layout: round trips, safetensors, and clear errors for anything missing."""
+import copy
 import json
 import os
 import shutil
@@ -175,3 +176,23 @@ def test_a_rerun_writes_the_same_config_bytes(tmp_path):
         assert unet["_use_default_values"], "the tiny UNet leaves some keys to their defaults"
         texts.append([(out / sub / "config.json").read_bytes() for sub in ("unet", "vae")])
     assert texts[0] == texts[1]
+
+
+def test_a_checkpoint_may_name_the_guidance_it_paints_with(tmp_path):
+    model = copy.deepcopy(tiny_model())  # tiny_model() is shared: never change it
+    save_checkpoint(model, tmp_path / "reference")
+    assert "_dreamgen_guidance" not in json.loads((tmp_path / "reference" / "config.json").read_text())
+    assert load_model(str(tmp_path / "reference")).info.guidance == 7.5  # the released checkpoints name none
+
+    model.info.guidance = 2.0
+    save_checkpoint(model, tmp_path / "own")
+    config_path = tmp_path / "own" / "config.json"
+    assert json.loads(config_path.read_text())["_dreamgen_guidance"] == 2.0
+    assert load_model(str(tmp_path / "own")).info.guidance == 2.0
+
+    for bad in ("high", -1, 51, True):
+        config = json.loads(config_path.read_text())
+        config["_dreamgen_guidance"] = bad
+        config_path.write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match=r"config\.json: _dreamgen_guidance=.* must be a number in \[0, 50\]"):
+            load_model(str(tmp_path / "own"))

@@ -57,8 +57,10 @@ def test_model_inspect_prints_parts_shapes_and_token_ids(tmp_path):
     assert "    dream_embedding.bin: 1 tensors, 512 parameters, float32" in lines
     assert ("  special tokens: [PAD]=32000 <im_start>=32001 <dream_end>=32002 <dream_start>=32003 <im_patch>=32004 "
             "<im_end>=32005 <image>=32006 <dream>=32007") in lines
+    assert "  guidance when a request names none: 7.5" in lines  # the reference's: this checkpoint names none
     data = json.loads(invoke("model", "inspect", str(tmp_path / "ck"), "--json").output)
     assert data["parts"]["stable_diffusion_head"]["shapes"]["projector.projector.weight"] == [32, 64]
+    assert data["guidance"] == 7.5
 
 
 def test_model_inspect_names_a_missing_part(tmp_path):

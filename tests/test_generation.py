@@ -1,4 +1,6 @@
 """The interleaved loop: lockstep batches, stopping rules, input images, reproducibility, cancellation."""
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -191,3 +193,21 @@ def test_pictures_asked_together_share_each_unet_step():
     pictures = sum(len(d.images) for d in mixed)
     assert pictures >= 4 and max(batches) > 2
     assert len(batches) < pictures * 2
+
+
+def test_an_unset_guidance_is_the_models_own_and_the_document_names_it():
+    gen = tiny_generator()
+    req = request("a guide to painting a room", seed=7, max_images=1, max_new_tokens=50, steps=3)
+    assert req.params.guidance is None and gen.model.info.guidance == 7.5  # the reference's, unless a checkpoint says
+    gen.model.info = dataclasses.replace(gen.model.info, guidance=2.0)  # as a checkpoint naming 2 would load
+    try:
+        own = gen.generate([req])[0]
+        explicit = gen.generate([DocumentRequest(req.prompt, req.params.replace(guidance=2.0))])[0]
+        other = gen.generate([DocumentRequest(req.prompt, req.params.replace(guidance=7.5))])[0]
+    finally:
+        gen.model.info = dataclasses.replace(gen.model.info, guidance=7.5)  # tiny_model() is shared
+    assert own.images, "the tiny model should paint here"
+    assert own.params["guidance"] == explicit.params["guidance"] == 2.0 and other.params["guidance"] == 7.5
+    for x, y, z in zip(own.images, explicit.images, other.images):
+        assert max_pixel_diff(x.image, y.image) == 0
+        assert max_pixel_diff(x.image, z.image) > 0  # the scale reached the UNet: another one paints otherwise

@@ -28,17 +28,21 @@ def test_document_id_is_stable_short_hex_and_known():
     assert first == document_id("tiny", "A fox", GenerationParams(steps=20, seed=1), ["sha256:abc"], title="Foxes")
     # A fixed value: changing how ids are computed would orphan every stored job, so it must be deliberate.
     assert document_id("tiny", "A fox", GenerationParams()) == document_id("tiny", "A fox", GenerationParams(), [])
-    assert document_id("tiny", "A fox", GenerationParams()) == "f378483cc4572efb"
+    # Changed once, deliberately, on 2026-12-06: an unset guidance became "the model's own" (None, not 7.5),
+    # which another model may set otherwise, so it is no longer the document an explicit 7.5 makes.
+    assert document_id("tiny", "A fox", GenerationParams()) == "f9758e4963aeb286"
+    assert document_id("tiny", "A fox", GenerationParams(guidance=7.5)) == "f378483cc4572efb"  # the old default's
 
 
 def test_document_id_changes_with_everything_that_makes_the_document():
     base = dict(model_id="tiny", prompt="A fox", params=GenerationParams(), images=[], title=None)
     ids = {document_id(**base)}
     for change in [{"model_id": "big"}, {"prompt": "A fox."}, {"params": GenerationParams(seed=1)},
-                   {"params": GenerationParams(guidance=7.0001)}, {"params": GenerationParams(template="news")},
+                   {"params": GenerationParams(guidance=7.0001)}, {"params": GenerationParams(guidance=7.5)},
+                   {"params": GenerationParams(template="news")},
                    {"images": ["s3://b/k.png"]}, {"title": "Foxes"}]:
         ids.add(document_id(**{**base, **change}))
-    assert len(ids) == 8
+    assert len(ids) == 9
 
 
 def test_document_id_treats_equal_numbers_alike():

@@ -317,14 +317,26 @@ def test_cli_eval_prints_one_row_per_ablation(installed_tiny):
     assert lines[0].split() == ["model", "split", "ablation", "docs", "images", "follows", "prompt", "colour",
                                 "shape", "size", "position", "size", "asked", "position", "asked", "background",
                                 "well", "formed"]
+    assert lines[-1] == "(ddpm, 2 steps, guidance 7.5)"  # tiny-random names no guidance: the reference's
     # both splits by default, for each ablation
-    assert [line.split()[:4] for line in lines[1:]] == [
+    assert [line.split()[:4] for line in lines[1:-1]] == [
         ["tiny-random", "combos", "none", "2"], ["tiny-random", "phrasings", "none", "2"],
         ["tiny-random", "combos", "condition", "2"], ["tiny-random", "phrasings", "condition", "2"]]
     one = CliRunner().invoke(cli, ["eval", "-m", "tiny-random", "-n", "1", "--steps", "2", "--max-new-tokens", "4",
                                    "--split", "phrasings"])
     assert one.exit_code == 0, one.output
-    assert [line.split()[1] for line in one.stdout.splitlines()[1:]] == ["phrasings"]
+    assert [line.split()[1] for line in one.stdout.splitlines()[1:-1]] == ["phrasings"]
+    # a validation set: prompts of the split drawn with a seed of their own
+    reports = {}
+    for seed in ([], ["--prompt-seed", "1001"]):
+        out = CliRunner().invoke(cli, ["eval", "-m", "tiny-random", "-n", "3", "--steps", "1", "--max-new-tokens", "4",
+                                       "--split", "combos", "--guidance", "2", "--json", *seed])
+        assert out.exit_code == 0, out.output
+        reports[bool(seed)] = json.loads(out.stdout)[0]
+    prompts = {key: [d["prompt"] for d in r["documents"]] for key, r in reports.items()}
+    assert prompts[False] == [p.prompt for p in eval_prompts(3, "combos")]
+    assert prompts[True] == [p.prompt for p in eval_prompts(3, "combos", seed=1001)] != prompts[False]
+    assert reports[True]["params"]["guidance"] == 2.0
 
 
 def test_the_shipped_model_says_what_it_cannot_draw_and_draws_the_nearest_thing():

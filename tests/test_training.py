@@ -2,6 +2,7 @@
 stage, configs and the CLI. A tiny model on a few shapes documents, on CPU."""
 from __future__ import annotations
 
+import copy
 import functools
 import json
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dreamgen.errors import TrainingError
+from dreamgen.errors import ParamsError, TrainingError
 from dreamgen.model.loader import load_model
 from dreamgen.model.tokenizer import build_tokenizer
 from dreamgen.prompts.templates import CHAT_TEMPLATES
@@ -392,3 +393,31 @@ def test_cli_train(tmp_path, data_file):
     assert all(k.startswith(("clip_vision_model.vision_model.", "projector.projector.")) for k in keys)
     bad = CliRunner().invoke(cli, ["train", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 1 and "no training config at" in bad.output
+
+
+def test_replace_vae_ships_a_new_decoder_and_the_guidance_but_never_a_new_encoder(tmp_path):
+    from dreamgen.model.checkpoint import save_checkpoint
+    from dreamgen.training.trainer import replace_vae
+    from tests.helpers import tiny_model
+
+    model = tiny_model()
+    save_checkpoint(model, tmp_path / "model")
+    vae = copy.deepcopy(model.head.vae)  # tiny_model() is shared: never change it
+    with torch.no_grad():
+        for p in vae.decoder.parameters():
+            p.add_(0.01)  # a sharpened decoder, as the decoder-only stages write
+    vae.save_pretrained(tmp_path / "decoder")
+    replace_vae(str(tmp_path / "model"), str(tmp_path / "decoder"), str(tmp_path / "shipped"), guidance=2.0)
+    shipped = load_model(str(tmp_path / "shipped"))
+    assert shipped.info.guidance == 2.0
+    for a, b in zip(shipped.head.vae.decoder.parameters(), vae.decoder.parameters()):
+        assert torch.equal(a, b)
+    assert load_model(str(tmp_path / "model")).info.guidance == 7.5
+
+    with torch.no_grad():
+        next(vae.encoder.parameters()).add_(0.01)  # other latents: the UNet never learned them
+    vae.save_pretrained(tmp_path / "encoder")
+    with pytest.raises(TrainingError, match="encoder or scaling factor differs"):
+        replace_vae(str(tmp_path / "model"), str(tmp_path / "encoder"), str(tmp_path / "other"))
+    with pytest.raises(ParamsError, match="guidance"):
+        replace_vae(str(tmp_path / "model"), str(tmp_path / "decoder"), str(tmp_path / "other"), guidance=-1)

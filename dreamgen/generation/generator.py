@@ -17,6 +17,7 @@ runs beside it, its sampling uses its own generator, its pictures their own seed
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -202,6 +203,9 @@ class Generator:
                     break
                 seq = scheduler.admit(index, reserve, feed.shape[0])
                 executor.open(seq.slot, reserve)
+                if request.params.guidance is None:  # the model's own scale, so the document records what it used
+                    request = dataclasses.replace(request, params=request.params.replace(
+                        guidance=self.model.info.guidance))
                 docs[index] = _Doc(index, request, seq, torch.Generator("cpu").manual_seed(request.params.seed),
                                    feed, then="dream" if request.image_only else "sample")
                 waiting = take()

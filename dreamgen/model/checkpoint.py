@@ -25,6 +25,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 
 from .. import settings
 from ..errors import CheckpointError
+from ..params import REFERENCE_GUIDANCE
 from .card import BESIDE_CLIP, find_clip_config, find_diffusion_dir, load_tokenizer, plugin, read_json
 from .dreamllm import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
 from .special_tokens import RELEASED_IDS, SpecialTokens
@@ -35,9 +36,11 @@ log = logging.getLogger(__name__)
 PART_FILES = ("pytorch_model", "clip_vision_embedding", "dream_embedding", "stable_diffusion_head")
 PLUGIN_TARGET = "omni.models.dreamllm.modeling_plugins."
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GUIDANCE_KEY = "_dreamgen_guidance"  # the scale a model we trained paints best at (ModelInfo.guidance)
 # config.json fields that are DreamLLM's or the saving library's, not LlamaConfig's
 NOT_LLAMA = ("plugins_init_kwargs", "plugins_type", "special_tokens2ids_dict", "architectures", "model_type",
-             "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_dreamgen_model_name")
+             "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_dreamgen_model_name",
+             GUIDANCE_KEY)
 
 
 def parse_device(name: str) -> torch.device:
@@ -105,7 +108,7 @@ def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "auto", de
 
     special = _special_tokens(config, tokenizer, ckpt, dream.dream_queries.shape[1], vision.num_patches)
     info = ModelInfo(name=str(config.get("_dreamgen_model_name") or name or ckpt), path=str(ckpt),
-                     dtype=dtype, device=str(torch_device))
+                     dtype=dtype, device=str(torch_device), guidance=_guidance(config, ckpt))
     model = DreamLLM(llm, vision, dream, head, tokenizer, special, info, config.get("plugins_init_kwargs", {}))
     model.eval().requires_grad_(False)
     # The buffers no file holds (rotary frequencies, position ids) were built on the CPU in fp32.
@@ -119,6 +122,13 @@ def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "auto", de
         diffusers_logging.set_verbosity(verbosity)
     head.vae.to(torch_device)
     return model
+
+
+def _guidance(config: dict, ckpt: Path) -> float:
+    value = config.get(GUIDANCE_KEY, REFERENCE_GUIDANCE)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 50:
+        raise CheckpointError(f"{ckpt / 'config.json'}: {GUIDANCE_KEY}={value!r} must be a number in [0, 50]")
+    return float(value)
 
 
 def _llm_config(config: dict, tokenizer) -> LlamaConfig:
@@ -180,6 +190,8 @@ def save_checkpoint(model: DreamLLM, out_dir: str | os.PathLike, safetensors: bo
     config.setdefault("loss_weight_lm", 1.0)
     config.setdefault("loss_weight_vm", 10.0)
     config["_dreamgen_model_name"] = model.info.name
+    if model.info.guidance != REFERENCE_GUIDANCE:  # the released checkpoints name none: keep ours like them
+        config[GUIDANCE_KEY] = model.info.guidance
     _write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True))
 
     parts = {"pytorch_model": model.llm, "clip_vision_embedding": model.vision,

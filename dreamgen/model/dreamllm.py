@@ -19,6 +19,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
+from ..params import REFERENCE_GUIDANCE
 from .special_tokens import SpecialTokens
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,14 @@ class StableDiffusionHead(nn.Module):
 
 @dataclass
 class ModelInfo:
-    """Where a model came from: its id goes into every document's provenance and id."""
+    """Where a model came from: its id goes into every document's provenance and id. `guidance` is the scale
+    it paints with when a request names none (its checkpoint's `_dreamgen_guidance`, else the reference's)."""
 
     name: str
     path: str | None = None
     dtype: str = "fp32"
     device: str = "cpu"
+    guidance: float = REFERENCE_GUIDANCE
 
 
 class DreamLLM(nn.Module):

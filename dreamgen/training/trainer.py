@@ -15,6 +15,7 @@ from ..model.checkpoint import save_checkpoint
 from ..model.dreamllm import DreamLLM
 from ..model.loader import load_model
 from ..model.tokenizer import build_tokenizer
+from ..params import GenerationParams
 from ..prompts.templates import CHAT_TEMPLATES
 from .architecture import apply_freeze, build_model, build_vae
 from .config import IGPTConfig, VAEArchitectureConfig
@@ -79,10 +80,15 @@ def initial_model(config: IGPTConfig) -> DreamLLM:
     return model
 
 
-def replace_vae(checkpoint: str, vae_dir: str, out_dir: str, dtype: str = "fp32") -> Path:
+def replace_vae(checkpoint: str, vae_dir: str, out_dir: str, dtype: str = "fp32",
+                guidance: float | None = None) -> Path:
     """Write `checkpoint` again with the VAE of `vae_dir` (e.g. a decoder sharpened after the I-GPT stage: its
-    encoder, hence every latent the UNet learned, must be the one the model was trained with)."""
+    encoder, hence every latent the UNet learned, must be the one the model was trained with), and with
+    `guidance`, where given, as the scale it paints with when a request names none."""
     model = load_model(checkpoint)
+    if guidance is not None:
+        GenerationParams(guidance=guidance)  # the same bounds a request's scale has
+        model.info.guidance = float(guidance)
     vae = load_vae(vae_dir)
     old = model.head.vae
     same_encoder = all(torch.equal(a, b) for a, b in zip(old.encoder.state_dict().values(),
