@@ -16,6 +16,8 @@
 #      so it draws the held-out pairs too          (configs/shapes-vae-decoder-world.yaml)
 #      (4 to 7 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
 #   8. ship stage 3's model with stage 7's decoder dreamgen/model/weights/shapes/
+#      and the guidance it paints with when a request names none (GUIDANCE: chosen on validation prompts, seeds
+#      of their own, not the eval's; the README has the sweep)
 #   9. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; nothing here chooses on
 #      them, though the README's candidate runs, which set configs/shapes.yaml, were compared on them), and with
 #      the paths from text to picture cut
@@ -26,6 +28,7 @@ PY=${PY:-.venv/bin/python}
 DREAMGEN="$PY cli.py"
 RUNS=runs/shapes
 PICTURES=15000  # of the whole world, for the last decoder stage
+GUIDANCE=3  # the shipped model's own classifier-free guidance (the reference's 7.5 turns green on black blue)
 
 if [ ! -s "$RUNS/data/train.jsonl" ] || [ ! -s "$RUNS/data/pictures/$(printf %06d $((PICTURES - 1))).png" ]; then
   $PY -m dreamgen.shapes "$RUNS/data" --documents 10000 --pictures $PICTURES --seed 0
@@ -45,7 +48,7 @@ wait $decoder || { echo "decoder stages failed; see $RUNS/decoder.log"; exit 1; 
 if [ ! -d "$RUNS/shipped" ]; then  # written aside, then moved: a stop never leaves half a model
   rm -rf "$RUNS/shipped.partial"
   $PY -c "from dreamgen.training.trainer import replace_vae; \
-replace_vae('$RUNS/model/final', '$RUNS/vae-decoder-world/final', '$RUNS/shipped.partial')"
+replace_vae('$RUNS/model/final', '$RUNS/vae-decoder-world/final', '$RUNS/shipped.partial', guidance=$GUIDANCE)"
   mv "$RUNS/shipped.partial" "$RUNS/shipped"
 fi
 
