@@ -162,10 +162,16 @@ def test_chunk_of_a_killed_worker_is_redelivered_to_the_other(ns, tmp_path):
         return state if state and state["state"] == "running" and state["done"] >= 1 else None
 
     state = wait_until(first_document_stored, what="the chunk's first document")
-    # Celery's own view of the running task: state PROGRESS with the chunk's counts
-    [meta_key] = ns.redis.keys(f"{ns.prefix}:celery:celery-task-meta-{job_id}.1.0.*")
-    meta = json.loads(ns.redis.get(meta_key))
-    assert meta["status"] == "PROGRESS" and meta["result"]["done"] >= 1 and meta["result"]["total"] == 3
+
+    # Celery's own view of the running task: state PROGRESS with the chunk's counts. The worker writes the chunk's
+    # record, then the task's state: one Redis write behind, so wait for it rather than race it.
+    def progress_meta():
+        keys = ns.redis.keys(f"{ns.prefix}:celery:celery-task-meta-{job_id}.1.0.*")
+        meta = json.loads(ns.redis.get(keys[0])) if len(keys) == 1 else None
+        return meta if meta and meta["status"] == "PROGRESS" and meta["result"]["done"] >= 1 else None
+
+    meta = wait_until(progress_meta, what="the task's PROGRESS state")
+    assert meta["result"]["total"] == 3
     victim = ns.workers[state["worker"].split("@")[0]]
     survivor = ns.workers["w2" if victim.name == "w1" else "w1"]
     # The victim's main process stays up to requeue the message; it must not take the chunk back itself.
