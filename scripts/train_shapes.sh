@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the built-in `shapes` model from nothing, on CPU (about 60 minutes on an idle 2-core machine):
+# Reproduce the built-in `shapes` model from nothing, on CPU (60 to 100 minutes on a 2-core machine; README):
 #   1. write the shapes world's training set      runs/shapes/data/train.jsonl
 #      (prompts from the phrasing grammar's training part; pictures seeded apart from words, so a change to
 #      the wording never changes a picture; no held-out pair), and pictures of the whole world, held-out
