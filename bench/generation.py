@@ -61,7 +61,7 @@ def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentR
     text_generator = torch.Generator("cpu").manual_seed(p.seed)
     text_ids, images, new_tokens, pipeline_s = [], 0, 0, 0.0
     size = p.image_size or model.head.default_image_size
-    guidance = model.info.guidance if p.guidance is None else p.guidance  # as the generator resolves it
+    guidance = p.resolved(model.info.guidance).guidance  # as the generator resolves it
     while new_tokens < p.max_new_tokens:
         allow_dream = images < p.max_images and context.shape[0] + 1 + s.image_cost + 1 <= model.max_positions
         banned = gen.encoder.banned.tolist() + ([] if allow_dream else [s.dream_start])

@@ -49,6 +49,10 @@ class GenerationParams:
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
 
+    def resolved(self, model_guidance: float) -> "GenerationParams":
+        """These params with an unset guidance given the model's own (ModelInfo.guidance), as they are painted."""
+        return self if self.guidance is not None else self.replace(guidance=model_guidance)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

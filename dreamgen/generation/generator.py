@@ -203,9 +203,9 @@ class Generator:
                     break
                 seq = scheduler.admit(index, reserve, feed.shape[0])
                 executor.open(seq.slot, reserve)
-                if request.params.guidance is None:  # the model's own scale, so the document records what it used
-                    request = dataclasses.replace(request, params=request.params.replace(
-                        guidance=self.model.info.guidance))
+                params = request.params.resolved(self.model.info.guidance)
+                if params is not request.params:  # the model's own scale: the document records the one it used
+                    request = dataclasses.replace(request, params=params)
                 docs[index] = _Doc(index, request, seq, torch.Generator("cpu").manual_seed(request.params.seed),
                                    feed, then="dream" if request.image_only else "sample")
                 waiting = take()

@@ -108,7 +108,7 @@ def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "auto", de
 
     special = _special_tokens(config, tokenizer, ckpt, dream.dream_queries.shape[1], vision.num_patches)
     info = ModelInfo(name=str(config.get("_dreamgen_model_name") or name or ckpt), path=str(ckpt),
-                     dtype=dtype, device=str(torch_device), guidance=_guidance(config, ckpt))
+                     dtype=dtype, device=str(torch_device), guidance=read_guidance(config, ckpt))
     model = DreamLLM(llm, vision, dream, head, tokenizer, special, info, config.get("plugins_init_kwargs", {}))
     model.eval().requires_grad_(False)
     # The buffers no file holds (rotary frequencies, position ids) were built on the CPU in fp32.
@@ -124,7 +124,8 @@ def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "auto", de
     return model
 
 
-def _guidance(config: dict, ckpt: Path) -> float:
+def read_guidance(config: dict, ckpt: Path) -> float:
+    """The scale a checkpoint paints with when a request names none: its config's GUIDANCE_KEY, else the reference's."""
     value = config.get(GUIDANCE_KEY, REFERENCE_GUIDANCE)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 50:
         raise CheckpointError(f"{ckpt / 'config.json'}: {GUIDANCE_KEY}={value!r} must be a number in [0, 50]")
