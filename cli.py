@@ -97,6 +97,35 @@ def backend_option(f):
                              "imports and a GPU holds the model, else onnx if engines are built, else torch).")(f)
 
 
+def kv_memory_option(f):
+    return setting_option("--kv-memory-fraction", setting=settings.KV_MEMORY_FRACTION,
+                          type=click.FloatRange(0, 1, min_open=True),
+                          help="CUDA: share of the memory free after the weights and one peak step that the KV "
+                               "pool takes.")(f)
+
+
+class ByteSize(click.ParamType):
+    """80GiB, 80GB, 512MiB or a number of bytes."""
+
+    name = "size"
+    UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+             "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):]
+        try:
+            size = float(number) * self.UNITS[unit]
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a size such as 80GiB, 80GB or 512MiB", param, ctx)
+        if size <= 0:
+            self.fail(f"{value!r} must be more than nothing", param, ctx)
+        return int(size)
+
+
 def given_params(kwargs: dict) -> dict:
     """The parameter flags the user gave (the others stay unset, so file values and defaults apply), checked
     here so that a bad value is reported against its flag."""
@@ -196,11 +225,12 @@ def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="continuous", show_default=True,
               help="continuous: slots refill as documents end; lockstep: fixed batches of --slots documents, "
                    "each batch waiting for its slowest (for comparison).")
+@kv_memory_option
 @output_options
 @param_options
 @friendly_errors
-def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, schedule, formats, self_contained, results,
-        s3_endpoint_url, **params):
+def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, schedule, kv_memory_fraction, formats,
+        self_contained, results, s3_endpoint_url, **params):
     """Generate a document for every prompt in PROMPTS, in this process.
 
     PROMPTS is a .txt (one prompt a line), .jsonl, .csv or .yaml file. The whole file is checked first;
@@ -236,7 +266,8 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
             # markup off: the backend line may hold "[tensorrt]" (the pip extra), which is not a rich style
             report = functools.partial(progress.log, markup=False) if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
-                              make_generator=functools.partial(job_generator, report=report))
+                              make_generator=functools.partial(job_generator, report=report,
+                                                               kv_fraction=kv_memory_fraction))
         except (JobInterrupted, JobFailed) as e:
             summary = e.summary
     print_summary(summary)
@@ -406,6 +437,31 @@ def model_inspect(path, as_json):
     click.echo("  special tokens: " + " ".join(f"{t}={i}" for t, i in info["special_tokens"].items()))
     click.echo("  tokenizer files: " + ", ".join(info["tokenizer"]))
     click.echo(f"  guidance when a request names none: {info['guidance']}")
+
+
+@model.command("plan")
+@click.argument("path", envvar=settings.MODEL.name, default=settings.MODEL.default)
+@click.option("--device-memory", type=ByteSize(), required=True, help="The card's memory, e.g. 80GiB.")
+@click.option("-s", "--slots", default=None, type=click.IntRange(min=1),
+              help="Documents in flight (default: a GPU's, 64); the peak step paints one picture each.")
+@kv_memory_option
+@friendly_errors
+def model_plan(path, device_memory, slots, kv_memory_fraction):
+    """Print the memory plan of a checkpoint on a CUDA card of --device-memory: weights (bf16, the VAE fp32), KV
+    bytes per token, the KV pool and how many documents of the full context it holds at once. Reads the
+    checkpoint's files, not its weights; the peak step is estimated here (on the card, `dreamgen run` measures it).
+
+    \b
+    Example:
+        dreamgen model plan shapes --device-memory 80GiB
+    """
+    from dreamgen.generation.generator import DEFAULT_SLOTS
+    from dreamgen.generation.memory import checkpoint_card_plan
+
+    plan = checkpoint_card_plan(path, device_memory, slots or DEFAULT_SLOTS["cuda"],
+                                settings.kv_memory_fraction(kv_memory_fraction))
+    for line in plan.lines():
+        click.echo(line)
 
 
 @model.command("list")

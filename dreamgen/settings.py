@@ -66,14 +66,18 @@ WORKER_POOL = Setting("DREAMGEN_WORKER_POOL", "prefork", "the Celery pool of a w
 WORKER_SLOTS = Setting("DREAMGEN_WORKER_SLOTS", None, "documents in flight in a worker process (default: the "
                        "device's, see dreamgen.generation.generator.DEFAULT_SLOTS)")
 KV_TOKENS = Setting("DREAMGEN_KV_TOKENS", None, "positions the KV cache of the slot pool holds, allocated once "
-                    "(default: slots x the model's context); documents enter while their worst case fits")
+                    "(default: sized from memory, see the next two); documents enter while their worst case fits")
+KV_MEMORY_FRACTION = Setting("DREAMGEN_KV_MEMORY_FRACTION", "0.9", "CUDA: share of the memory free after the "
+                             "weights and one measured peak step that the KV pool takes")
+KV_CPU_SHARE = Setting("DREAMGEN_KV_CPU_SHARE", "0.5", "CPU: the most of available memory the KV pool takes (it "
+                       "never takes more than the job's documents can use)")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
 WORKER_EVENTS = Setting("DREAMGEN_WORKER_EVENTS", "1", "0: workers send no task events (for celery events, Flower, "
                         "Prometheus exporters)")
 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL,
        TASK_TIME_LIMIT, VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL,
-       WORKER_SLOTS, KV_TOKENS, WORKER_PRELOAD, WORKER_EVENTS)
+       WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, WORKER_PRELOAD, WORKER_EVENTS)
 DEFAULT_MODEL = MODEL.default
 
 
@@ -158,6 +162,21 @@ def worker_slots() -> int | None:
 
 def kv_tokens() -> int | None:
     return None if KV_TOKENS.get() is None else _number(KV_TOKENS)
+
+
+def _share(setting: Setting, given: float | None = None) -> float:
+    value = given if given is not None else _number(setting, float)
+    if not 0 < value <= 1:
+        raise DreamgenError(f"{setting.name}={value!r} must be a share in (0, 1]")
+    return value
+
+
+def kv_memory_fraction(given: float | None = None) -> float:
+    return _share(KV_MEMORY_FRACTION, given)
+
+
+def kv_cpu_share(given: float | None = None) -> float:
+    return _share(KV_CPU_SHARE, given)
 
 
 def worker_preload() -> bool:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..model.dreamllm import DreamLLM
+from ..model.llama_cache import cache_argument
 from .fused_attention import fused_attention
 
 PARTS = ("unet", "vae_decoder", "vision", "lm_step")
@@ -113,7 +114,7 @@ class LMStepGraph(nn.Module):
         position_embeddings = model.rotary_emb(hidden, position_ids=position_ids)
         for layer in model.layers:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
-                           position_ids=position_ids, cache=cache, use_cache=True)
+                           position_ids=position_ids, use_cache=True, **cache_argument(cache))
         hidden = model.norm(hidden)  # post-norm states: the dream queries' condition is read from them
         logits = self.llm.lm_head(hidden[:, -1]).float()  # (B, V): only the last position is ever sampled
         outputs = [logits, hidden]

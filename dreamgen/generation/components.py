@@ -12,6 +12,7 @@ import torch
 from transformers import DynamicCache
 
 from ..model.dreamllm import DreamLLM
+from ..model.llama_cache import cache_argument
 
 KVCache = list  # [(key, value)] per layer, each (B, heads, L, head_dim)
 
@@ -46,7 +47,7 @@ class TorchComponents:
         llm = self.model.llm
         cache = DynamicCache(ddp_cache_data=past, config=llm.config) if past else DynamicCache(config=llm.config)
         out = llm.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                        cache=cache, use_cache=True)
+                        use_cache=True, **cache_argument(cache))
         hidden = out.last_hidden_state  # post-norm: LlamaModel applies the final RMSNorm
         logits = llm.lm_head(hidden[:, -1]).float()
         present = [(layer.keys, layer.values) for layer in cache.layers]

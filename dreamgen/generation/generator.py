@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..document import Document, ImageBlock, TextBlock
+from .. import settings
 from ..errors import DreamgenError, GenerationCancelled, ParamsError
 from ..model.dreamllm import DreamLLM
 from .components import Components, TorchComponents
@@ -34,6 +35,8 @@ from .executor import ComponentsExecutor, Executor, PagedExecutor
 from .images import tensor_to_pil
 from .kv import PAGE
 from .lm import Run
+from .memory import (MemoryPlan, available_host_memory, cuda_budget, kv_bytes_per_token, measure_cuda_step,
+                     plan_pool, weights_bytes)
 from .painting import Painter
 from .prompting import DocumentRequest, Encoder
 from .sampling import sample_tokens
@@ -114,14 +117,16 @@ class Generator:
 
     def __init__(self, model: DreamLLM, components: Components | None = None, slots: int | None = None,
                  kv_tokens: int | None = None, schedule: str = "continuous", prefill_chunk: int = PREFILL_CHUNK,
-                 step_tokens: int = STEP_TOKENS):
+                 step_tokens: int = STEP_TOKENS, kv_fraction: float | None = None):
         self.model = model
         self.components = components or TorchComponents(model)
         self.special = model.special
         self.encoder = Encoder(model, self.components.encode_images)
         self.painter = Painter(model, self.components, self.encoder)
         self.slots = slots or DEFAULT_SLOTS.get(model.device.type, 16)
-        self.kv_tokens = kv_tokens  # None: every slot may fill the whole context
+        self.kv_tokens = kv_tokens  # None: sized from memory (memory.py)
+        self.kv_fraction = kv_fraction  # None: the setting's
+        self._cuda_steps: dict[int, tuple[int, int, int]] = {}  # slots -> (free, step, card) bytes, measured once
         self.schedule, self.prefill_chunk, self.step_tokens = schedule, prefill_chunk, step_tokens
         self.stats = EngineStats()
 
@@ -129,8 +134,7 @@ class Generator:
     def generate(self, requests: list[DocumentRequest], on_progress: Callable[[str, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  on_document: Callable[[int, Document], None] | None = None) -> list[Document]:
-        """One document per request, all of them in flight at once (at least `slots` a time); returned in request
-        order. on_progress(event, index) with event in {"image", "document"}; on_document(index, document) as
+        """One document per request, `slots` at a time; returned in request order. on_progress(event, index) with event in {"image", "document"}; on_document(index, document) as
         soon as a document is finished; should_stop() is polled between decode and denoising steps."""
         for i, request in enumerate(requests):
             self.check_request(request, i)
@@ -141,25 +145,28 @@ class Generator:
             if on_document:
                 on_document(index, doc)
 
+        reserves = sorted(self._reserve(request, self.encoder.length(request)) for request in requests)
         self.run(requests, on_document=keep, on_progress=on_progress, should_stop=should_stop,
-                 slots=max(self.slots, len(requests)))
+                 job_tokens=sum(reserves[-self.slots:]), least_tokens=reserves[-1] if reserves else None)
         return [finished[i] for i in range(len(requests)) if i in finished]
 
     @torch.no_grad()
     def run(self, requests: Iterable[DocumentRequest], on_document: Callable[[int, Document], None],
             on_progress: Callable[[str, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
             on_failure: Callable[[int, Exception], None] | None = None,
-            on_stats: Callable[[EngineStats], None] | None = None, slots: int | None = None) -> EngineStats:
+            on_stats: Callable[[EngineStats], None] | None = None, slots: int | None = None,
+            job_tokens: int | None = None, least_tokens: int | None = None) -> EngineStats:
         """Stream `requests` through the slot pool; each document goes to on_document(index, doc) the moment it
         is finished (index: its place among the requests taken). A request that cannot run (a bad parameter)
         goes to on_failure(index, error) if given, else raises. A request whose should_stop() says so is dropped
         (on_progress("dropped", index)). should_stop() of the run raises GenerationCancelled. `requests` may
         yield NOTHING_YET (a live queue, empty now): the run goes on with what it has and asks again; it ends
-        when the source is exhausted and every document has ended."""
+        when the source is exhausted and every document has ended. `job_tokens`: the most KV positions the job's
+        documents can use at once, when known (the pool is no larger); `least_tokens`: its largest document's."""
         slots = slots or self.slots
         progress = on_progress or (lambda kind, index: None)
         max_positions = self.model.max_positions
-        kv_tokens = _whole_pages(self.kv_tokens or slots * max_positions)  # the scheduler counts what the pool holds
+        kv_tokens = self.memory_plan(slots, job_tokens, least_tokens).pool_tokens
         scheduler = Scheduler(slots, kv_tokens, self.prefill_chunk, self.step_tokens, self.schedule)
         executor = self._executor(kv_tokens)
         stats = self.stats = EngineStats(slots=slots)
@@ -198,7 +205,7 @@ class Generator:
                     on_failure(index, e)
                     waiting = take()
                     continue
-                reserve = _whole_pages(min(max_positions, feed.shape[0] + self._growth(request)))
+                reserve = self._reserve(request, feed.shape[0])
                 if not scheduler.can_admit(reserve):
                     break
                 seq = scheduler.admit(index, reserve, feed.shape[0])
@@ -260,10 +267,31 @@ class Generator:
         self.encoder.check(request, index)
 
     # ------------------------------------------------------------------------------------------ the pool
+    def memory_plan(self, slots: int | None = None, job_tokens: int | None = None,
+                    least_tokens: int | None = None) -> MemoryPlan:
+        """The KV pool's size for `slots` documents (memory.py): on CUDA from the memory free after the weights
+        and one measured peak step (measured once), on the CPU from what the job can use and available memory."""
+        model, slots = self.model, slots or self.slots
+        facts = dict(device=str(model.device), weights_bytes=weights_bytes(model), slots=slots,
+                     kv_bytes_per_token=kv_bytes_per_token(model.llm.config, model.dtype), context=model.max_positions,
+                     fixed_tokens=self.kv_tokens, job_tokens=job_tokens, least_tokens=least_tokens)
+        if model.device.type == "cuda":
+            if slots not in self._cuda_steps:
+                self._cuda_steps[slots] = measure_cuda_step(model, self.components, slots)
+            free, step, total = self._cuda_steps[slots]
+            budget = cuda_budget(free, step, settings.kv_memory_fraction(self.kv_fraction))
+            return plan_pool(budget_bytes=budget, step_bytes=step, step="measured", device_bytes=total, **facts)
+        available = available_host_memory()
+        return plan_pool(budget_bytes=int(settings.kv_cpu_share() * available), device_bytes=available, **facts)
+
     def _executor(self, kv_tokens: int) -> Executor:
         if isinstance(self.components, TorchComponents):
             return PagedExecutor(self.model, kv_tokens)
         return ComponentsExecutor(self.components, self.encoder.embed([self.special.pad])[0])
+
+    def _reserve(self, request: DocumentRequest, prompt_tokens: int) -> int:
+        """A document's worst case in the pool: its prompt and all it may add, capped at the context."""
+        return _whole_pages(min(self.model.max_positions, prompt_tokens + self._growth(request)))
 
     def _growth(self, request: DocumentRequest) -> int:
         """Positions a document may add after its prompt: every token it may write, and every picture."""

@@ -104,6 +104,15 @@ class Encoder:
                 parts.append(self.embed(ids))
         return torch.cat(parts)
 
+    def length(self, request: DocumentRequest) -> int:
+        """Positions of `prompt(request)`, counted from tokens alone (no embedding, no picture read)."""
+        s = self.special
+        if request.image_only:
+            return 1 + len(self.tokens(request.prompt)) + s.num_dream_queries + 2
+        pieces = self.instruction(request).split(IMAGE_PLACEHOLDER)
+        blocks = min(len(request.images), len(pieces) - 1)
+        return 1 + sum(len(self.tokens(piece)) for piece in pieces[:blocks + 1]) + blocks * (s.num_image_patches + 2)
+
     def read_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Image-block features (P, H) of pictures (3, h, w) in [0, 1], encoded in one batch per size."""
         features: list[torch.Tensor | None] = [None] * len(images)

@@ -65,6 +65,9 @@ class JobProgress(DocumentProgress):
         elif kind == "slots":
             default = f" (the default on {info['device']})" if info["default"] else ""
             self.log(f"{info['slots']} slots{default}, {info['schedule']} schedule", markup=False)
+        elif kind == "memory":  # the KV pool's plan (generation/memory.py)
+            for line in info["lines"]:
+                self.log(line, markup=False)
         elif kind == "stats":  # the engine: tokens written per second, documents in flight of the slots
             self.engine = f" · {info['tokens_per_s']:.0f} tok/s · {info['busy']}/{info['slots']} slots"
             self.update(note=self.note())

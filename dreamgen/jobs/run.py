@@ -47,7 +47,7 @@ def load_input_image(location: str, endpoint_url: str | None = None) -> Image.Im
 
 
 def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], bool] | None = None,
-              slots: int | None = None, on_stats: Callable | None = None) -> None:
+              slots: int | None = None, on_stats: Callable | None = None, job_tokens: int | None = None) -> None:
     """Stream WorkItems through the generator's slot pool, in order; `items` may yield NOTHING_YET (a live
     queue with nothing in it now). If a step fails, the documents then in flight are run one by one (so one
     bad document does not sink the others) and the stream goes on."""
@@ -91,6 +91,7 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
         try:
             generator.run(requests(source), on_document=lambda index, doc: pulled.pop(index).done(doc),
                           on_progress=progress, should_stop=should_stop, on_stats=on_stats, slots=slots,
+                          job_tokens=job_tokens,
                           on_failure=lambda index, e: pulled.pop(index).fail(e, None))
             return
         except _SourceFailed as e:
@@ -118,7 +119,7 @@ class _SourceFailed(Exception):
 def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[PromptSpec], formats=FORMATS,
                        self_contained: bool = False, endpoint_url: str | None = None,
                        on_event: EventCallback | None = None, should_stop: Callable[[], bool] | None = None,
-                       slots: int | None = None) -> list[dict]:
+                       slots: int | None = None, job_tokens: int | None = None) -> list[dict]:
     """Generate `specs` of one job and store each document the moment it finishes; a document that fails is
     recorded in the job's errors and the others go on. Returns one {id, status, error} per spec that ended."""
     emit = on_event or (lambda kind, info: None)
@@ -145,7 +146,7 @@ def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[
             last[0] = time.perf_counter()
             emit("stats", stats_event(engine))
 
-    run_items(generator, (item(spec) for spec in specs), should_stop, slots, stats)
+    run_items(generator, (item(spec) for spec in specs), should_stop, slots, stats, job_tokens)
     return list(results.values())
 
 
@@ -173,12 +174,16 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
         slots = config.slots or generator.slots
         emit("slots", {"slots": slots, "schedule": config.schedule, "default": config.slots is None,
                        "device": str(generator.model.device)})
+        # the pool holds no more than the job's documents can fill (each at most a whole context)
+        job_tokens = min(max(1, total - len(done_before)), slots) * generator.model.max_positions
+        emit("memory", {"lines": generator.memory_plan(slots, job_tokens).lines()})
     record_running(output, config, total)
     status, error = "finished", None
     try:
         if first is not None:
             generate_documents(generator, output, itertools.chain([first], pending), config.formats,
-                               config.self_contained, config.endpoint_url, on_event, should_stop, slots=slots)
+                               config.self_contained, config.endpoint_url, on_event, should_stop, slots=slots,
+                               job_tokens=job_tokens)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
     except Exception as e:  # issue 16: a job that stops never stays "running" (a full disk, S3 past its retries)
@@ -255,7 +260,7 @@ def generate_document(generator: Generator, prompt: str, params: GenerationParam
 
 
 def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend: str = "torch",
-                   report: Callable[[str], None] | None = None) -> Generator:
+                   report: Callable[[str], None] | None = None, kv_fraction: float | None = None) -> Generator:
     """The model on a backend, ready to generate; report(line) hears which backend was chosen and why."""
     from .. import settings
     from ..engines import select_backend
@@ -264,9 +269,10 @@ def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend
     loaded = load_model(model, dtype=dtype, device=device)
     components, message = select_backend(backend, loaded)
     (report or log.info)(message)
-    return Generator(loaded, components, kv_tokens=settings.kv_tokens())
+    return Generator(loaded, components, kv_tokens=settings.kv_tokens(), kv_fraction=kv_fraction)
 
 
-def job_generator(config: JobConfig, report: Callable[[str], None] | None = None) -> Generator:
+def job_generator(config: JobConfig, report: Callable[[str], None] | None = None,
+                  kv_fraction: float | None = None) -> Generator:
     """The model of a job, on the job's device and backend."""
-    return load_generator(config.model, config.dtype, config.device, config.backend, report)
+    return load_generator(config.model, config.dtype, config.device, config.backend, report, kv_fraction)
