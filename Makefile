@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-sim clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/generation.py
+
+# The GPU machine's CPU simulation: scripts/gpu_run.sh in its package set must stop cleanly at "no CUDA".
+gpu-sim:
+	bash scripts/gpu_simulate.sh
 
 clean:
 	rm -rf $(VENV) out

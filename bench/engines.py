@@ -9,7 +9,7 @@ Prints, for fp32 on CPUExecutionProvider with `threads` intra-op threads on both
     lockstep: every part runs): medians of interleaved runs, so load from other processes hits both sides;
   - cold start of a worker process (import, load the checkpoint, ready to generate) with a cold engine cache
     (exports the graphs) and a warm one, against a torch worker.
-TensorRT cannot run here (no GPU); scripts/gpu_check.sh measures it on a GPU machine.
+TensorRT cannot run here (no GPU), nor on the GPU machine scripts/gpu_run.sh runs on (no tensorrt wheel there).
 """
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ def main() -> None:
         print(f"  {name:36}{run['total']:6.1f} s  (import {run['import']:.1f}, load {run['load']:.1f}, "
               f"backend {run['backend']:.1f})")
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
-    print("TensorRT: skipped here (no GPU, no tensorrt wheel); see scripts/gpu_check.sh")
+    print("TensorRT: skipped here (no GPU, no tensorrt wheel); see docs/gpu.md")
 
 
 if __name__ == "__main__":

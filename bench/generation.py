@@ -166,7 +166,7 @@ def main():
     ap.add_argument("--max-images", type=int, default=3, help="0 measures the text side alone")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of torch (and ONNX Runtime)")
     ap.add_argument("--onnx", action="store_true", help="also time the lockstep loop on the ONNX Runtime backend")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (scripts/gpu_check.sh runs it on a GPU)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     configs = {"tiny": None, "small": SMALL_SIZES}

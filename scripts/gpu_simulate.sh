@@ -4,20 +4,21 @@
 #   1. none of what that machine lacks imports (diffusers, requests, celery, redis, boto3, ...), but from .whl/;
 #   2. `bash scripts/gpu_run.sh` runs to "no CUDA", exit 0, with no ImportError and no traceback;
 #   3. the LM step with a past runs on the lowest transformers pyproject.toml allows (tests/test_llama_cache.py).
-# The virtualenv is kept in .cache/gpu-sim (git ignores .cache/), rebuilt when machine.txt changes.
+# The virtualenv is kept in $GPU_SIM_DIR (default .cache/gpu-sim, which git ignores; CI keeps it outside its fresh
+# clone), rebuilt when machine.txt changes.
 #
 #     bash scripts/gpu_simulate.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE=${GPU_SIM_PYTHON:-python3}  # 3.11: the Python of the only torch CPU build on this disk (machine.txt says why)
-SIM=.cache/gpu-sim
-VENV=$SIM/venv
+VENV=${GPU_SIM_DIR:-.cache/gpu-sim}/venv
 STAMP=$VENV/.machine-$(sha256sum scripts/gpu/machine.txt | cut -c1-16)
 
 if [ ! -f "$STAMP" ]; then
   echo "gpu_simulate: building $VENV from scripts/gpu/machine.txt"
   rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
   "$BASE" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -r scripts/gpu/machine.txt
@@ -41,7 +42,7 @@ print(f"gpu_simulate: Python {sys.version.split()[0]}, torch {torch.__version__}
 EOF
 
 # 2. the one command, as that machine runs it: wheels from .whl/, no CUDA here
-[ -n "$(ls .whl/*.whl 2>/dev/null)" ] || bash scripts/gpu_wheels.sh
+bash scripts/gpu_wheels.sh  # the pinned wheels, and the 60 MB the device call can carry
 out=$(mktemp -d -t gpu-sim-out-XXXX)
 log=$out/gpu_run.log
 set +e

@@ -259,7 +259,7 @@ def test_a_broken_or_legacy_weight_file_is_named(released, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh runs it)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_run.sh runs it)")
 def test_auto_on_cuda_is_bf16_with_tf32_and_paints_as_on_the_cpu(released, tmp_path):
     model = load_model(str(released), device="cuda")
     assert model.info.dtype == "bf16" and model.llm.dtype == torch.bfloat16 and model.head.vae.dtype == torch.float32

@@ -1,6 +1,6 @@
 """What of the TensorRT backend runs without a GPU: its profiles match the graphs, and the builder is driven as
 NVIDIA's API wants it (checked against a recording stand-in for `tensorrt`, since the real one cannot be
-installed here). The engines themselves run only on a GPU machine: scripts/gpu_check.sh."""
+installed here). The engines themselves run only on a GPU machine with TensorRT (not the one scripts/gpu_run.sh runs on)."""
 from types import SimpleNamespace
 
 import pytest

@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_SLOTS", "NOTHING_YET", "DocumentRequest", "EngineStats", "Ge
 
 # Documents in flight by default, per device type. CPU: measured with bench/continuous.py, 48 text documents at
 # 1 thread: the shapes model does 5.7x one-at-a-time at 16 slots, 7.7x at 32, 7.0x at 64; the small random one
-# 5.0x at 16, 6.0x at 32. GPU: not measured yet (scripts/gpu_check.sh runs the bench at 16, 64, 128).
+# 5.0x at 16, 6.0x at 32. GPU: not measured yet (scripts/gpu_run.sh is where its bench goes).
 DEFAULT_SLOTS = {"cpu": 32, "cuda": 64}
 PREFILL_CHUNK = 64  # tokens of a long feed per step: a newcomer delays the others' next token by about this many
 STEP_TOKENS = 256  # tokens of long feeds per step at most, besides one per decoding document

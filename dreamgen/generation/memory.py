@@ -103,8 +103,8 @@ def plan_pool(*, device: str, weights_bytes: int, kv_bytes_per_token: int, conte
     least = _whole_pages(least_tokens if least_tokens is not None else context)
     if plan.pool_tokens < least:
         raise MemoryPlanError(f"the KV pool on {device} can hold {plan.pool_tokens:,} positions "
-                              f"({_why(plan)}), less than one document's {least:,}: "
-                              + "; ".join(plan.lines()))
+                              f"({_why(plan)}), less than one document's {least:,} (fewer slots make the peak "
+                              "step smaller: it paints a picture a slot): " + "; ".join(l.strip() for l in plan.lines()))
     return plan
 
 
@@ -187,7 +187,7 @@ def card_budget(device_bytes: int, weights: int, step: int, fraction: float) -> 
 def card_plan(*, device_bytes: int, weights: int, kv_per_token: int, context: int, slots: int, step_bytes: int,
               fraction: float) -> MemoryPlan:
     """The plan on a card of `device_bytes` that is not here: the step estimated, the CUDA context guessed."""
-    return plan_pool(device=f"a card of {device_bytes / GIB:.0f} GiB", weights_bytes=weights,
+    return plan_pool(device=f"a card of {device_bytes / GIB:.1f} GiB", weights_bytes=weights,
                      kv_bytes_per_token=kv_per_token, context=context, slots=slots,
                      budget_bytes=card_budget(device_bytes, weights, step_bytes, fraction), step_bytes=step_bytes,
                      step="estimated", device_bytes=device_bytes)

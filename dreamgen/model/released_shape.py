@@ -37,8 +37,15 @@ def build_released_shape(dtype: torch.dtype = torch.bfloat16) -> DreamLLM:
         vae = AutoencoderKL.from_config(read_json(sd / "vae" / "config.json"))
         head = StableDiffusionHead(unet, vae, LLAMA_7B["hidden_size"],
                                    read_json(sd / "scheduler" / "scheduler_config.json"))
-    for part in (llm, vision, dream, unet, head.projector):
-        part.to(dtype)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # diffusers warns, needlessly, on every .to(dtype=...)
+    try:
+        for part in (llm, vision, dream, unet, head.projector):
+            part.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     tokenizer = build_tokenizer([line for line in TOKENIZER_CORPUS if line.strip()])
     special = SpecialTokens.from_ids(RELEASED_IDS, bos=1, eos=2, num_dream_queries=DREAM_QUERIES,
                                      num_image_patches=vision.num_patches)
