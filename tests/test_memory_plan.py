@@ -40,7 +40,7 @@ def test_the_pool_is_the_least_of_slots_documents_and_memory():
     by_memory = plan_pool(**facts, budget_bytes=3_000_000)
     assert by_memory.limit == "memory" and by_memory.pool_tokens == 3000 // PAGE * PAGE
     fixed = plan_pool(**facts, budget_bytes=1, fixed_tokens=500)
-    assert (fixed.limit, fixed.pool_tokens) == ("DREAMGEN_KV_TOKENS", 512)
+    assert (fixed.limit, fixed.pool_tokens) == ("fixed", 512) and "fixed by DREAMGEN_KV_TOKENS" in fixed.lines()[-1]
     with pytest.raises(MemoryPlanError, match="less than one document's 1,008 .fewer slots"):
         plan_pool(**facts, budget_bytes=900_000)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import settings
 from ..errors import DreamgenError
 from .kv import PAGE
 
@@ -37,7 +38,7 @@ class MemoryPlan:
     context: int  # positions of one document at most
     slots: int
     pool_tokens: int  # what the pool holds, in whole pages
-    limit: str  # what decided the size: "memory", "documents", "slots" or "DREAMGEN_KV_TOKENS"
+    limit: str  # what decided the size: "memory", "documents", "slots" or "fixed" (the KV_TOKENS setting)
     budget_bytes: int | None = None  # what the pool could take of the memory
     step_bytes: int | None = None  # peak of one step above the weights
     step: str = ""  # "measured" or "estimated"
@@ -75,7 +76,7 @@ def _why(plan: MemoryPlan) -> str:
         return "what the job's documents can use"
     if plan.limit == "slots":
         return "what the slots can fill"
-    return f"{plan.limit} says so"
+    return f"fixed by {settings.KV_TOKENS.name}"
 
 
 def _whole_pages(tokens: int) -> int:
@@ -92,7 +93,7 @@ def plan_pool(*, device: str, weights_bytes: int, kv_bytes_per_token: int, conte
     facts = dict(device=device, weights_bytes=weights_bytes, kv_bytes_per_token=kv_bytes_per_token, context=context,
                  slots=slots, budget_bytes=budget_bytes, step_bytes=step_bytes, step=step, device_bytes=device_bytes)
     if fixed_tokens is not None:
-        return MemoryPlan(pool_tokens=_whole_pages(fixed_tokens), limit="DREAMGEN_KV_TOKENS", **facts)
+        return MemoryPlan(pool_tokens=_whole_pages(fixed_tokens), limit="fixed", **facts)
     limits = {"slots": slots * _whole_pages(context)}
     if job_tokens is not None:
         limits["documents"] = _whole_pages(job_tokens)

@@ -13,7 +13,7 @@ GPU machine would need), "no CUDA" is said, and the exit is 0.
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import subprocess
 import sys
 import time
@@ -21,14 +21,24 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-for path in (HERE, ROOT):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from table import Table  # noqa: E402
+if str(ROOT) not in sys.path:  # dreamgen from this checkout
+    sys.path.insert(0, str(ROOT))
 
 SECTIONS = ["environment", "memory_plan", "backends", "neighbours", "released"]
 LEAST_S = 20  # a section is not started with less time than this left
+
+
+def load(name: str):
+    """scripts/gpu/NAME.py as module gpu_run.NAME (this folder is not put on sys.path: its plain names would shadow
+    any library's of the same name)."""
+    spec = importlib.util.spec_from_file_location(f"gpu_run.{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+Table = load("table").Table
 
 
 def table_path(out: Path, name: str) -> Path:
@@ -37,7 +47,7 @@ def table_path(out: Path, name: str) -> Path:
 
 def run_section(name: str, out: Path, device: str) -> None:
     """In this process: the section's rows on `device` (cuda; cpu only to dry-run the section's code)."""
-    module = importlib.import_module(name)
+    module = load(name)
     table = Table(table_path(out, name), module.TITLE)
     module.run(table, device)
     table.done()
@@ -66,7 +76,7 @@ def main() -> int:
     unknown = set(names) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {', '.join(sorted(unknown))}: use {', '.join(SECTIONS)}")
-    modules = {name: importlib.import_module(name) for name in names}  # every import of the GPU path, up front
+    modules = {name: load(name) for name in names}  # every import of the GPU path, up front
     import torch
 
     imported = sorted(m for m in sys.modules if m.split(".")[0] in ("dreamgen", "diffusers", "transformers",
