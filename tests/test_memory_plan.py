@@ -80,3 +80,14 @@ def test_model_plan_prints_the_plan_for_a_given_card():
     assert "one peak step (estimated)" in result.output and "documents of the full" in result.output
     bad = CliRunner().invoke(cli, ["model", "plan", "shapes", "--device-memory", "eighty"])
     assert bad.exit_code == 2 and "'eighty' is not a size such as 80GiB" in bad.output
+
+
+def test_run_prints_the_plan_at_start(tmp_path, installed_tiny):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a walk by the river\nthe old mill\n")
+    result = CliRunner().invoke(cli, ["run", str(prompts), "--out", str(tmp_path / "out"), "--model", "tiny-random",
+                                      "--slots", "4", "--steps", "1", "--max-new-tokens", "4", "--max-images", "0"])
+    assert result.exit_code == 0, result.output
+    assert "memory plan on cpu: weights" in result.output
+    # two documents of the tiny model's 1024-token context, not 4 slots' worth
+    assert "KV pool: 2,048 tokens" in result.output and "(what the job's documents can use)" in result.output

@@ -25,8 +25,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..document import Document, ImageBlock, TextBlock
 from .. import settings
+from ..document import Document, ImageBlock, TextBlock
 from ..errors import DreamgenError, GenerationCancelled, ParamsError
 from ..model.dreamllm import DreamLLM
 from .components import Components, TorchComponents
@@ -134,8 +134,9 @@ class Generator:
     def generate(self, requests: list[DocumentRequest], on_progress: Callable[[str, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  on_document: Callable[[int, Document], None] | None = None) -> list[Document]:
-        """One document per request, `slots` at a time; returned in request order. on_progress(event, index) with event in {"image", "document"}; on_document(index, document) as
-        soon as a document is finished; should_stop() is polled between decode and denoising steps."""
+        """One document per request, `slots` at a time; returned in request order. on_progress(event, index) with
+        event in {"image", "document"}; on_document(index, document) as soon as a document is finished;
+        should_stop() is polled between decode and denoising steps."""
         for i, request in enumerate(requests):
             self.check_request(request, i)
         finished: dict[int, Document] = {}
@@ -275,6 +276,8 @@ class Generator:
         facts = dict(device=str(model.device), weights_bytes=weights_bytes(model), slots=slots,
                      kv_bytes_per_token=kv_bytes_per_token(model.llm.config, model.dtype), context=model.max_positions,
                      fixed_tokens=self.kv_tokens, job_tokens=job_tokens, least_tokens=least_tokens)
+        if self.kv_tokens is not None:
+            return plan_pool(budget_bytes=None, **facts)
         if model.device.type == "cuda":
             if slots not in self._cuda_steps:
                 self._cuda_steps[slots] = measure_cuda_step(model, self.components, slots)

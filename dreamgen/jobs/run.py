@@ -31,7 +31,7 @@ from .storage import open_storage
 
 log = logging.getLogger(__name__)
 
-# ("start" | "loading" | "slots" | "document" | "failed" | "image" | "stats", {...})
+# ("start" | "loading" | "slots" | "memory" | "document" | "failed" | "image" | "stats", {...})
 EventCallback = Callable[[str, dict], None]
 STATS_EVERY_S = 0.5  # how often "stats" events (tokens/s, slots busy) are sent
 
