@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 HARD_STOP_S=${GPU_RUN_HARD_STOP_S:-540}
 if [ -z "${GPU_RUN_STARTED:-}" ]; then  # the hard stop: this same script under timeout, whatever it does
   export GPU_RUN_STARTED=$(date +%s)
-  timeout --signal=TERM --kill-after=10 "$HARD_STOP_S" bash "$0" "$@"
+  timeout --signal=TERM --kill-after=10 "$HARD_STOP_S" bash "$PWD/scripts/gpu_run.sh" "$@"
   status=$?
   [ $status -eq 124 ] && echo "gpu_run: stopped at the hard limit of $HARD_STOP_S s"
   exit $status

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -97,11 +99,15 @@ def main() -> int:
         budget = min(module.BUDGET_S, left)
         print(f"\n== {name} (budget {budget:.0f} s)", flush=True)
         t0 = time.monotonic()
+        # its own process group: a section stopped at its budget takes its children (pytest, say) with it
+        section = subprocess.Popen([sys.executable, __file__, "--out", str(args.out), "--section", name,
+                                    "--device", args.device], start_new_session=True)
         try:
-            done = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--section", name,
-                                   "--device", args.device], timeout=budget)
-            verdict = None if done.returncode == 0 else f"failed: exit status {done.returncode} (its output is above)"
+            status = section.wait(timeout=budget)
+            verdict = None if status == 0 else f"failed: exit status {status} (its output is above)"
         except subprocess.TimeoutExpired:
+            os.killpg(section.pid, signal.SIGKILL)
+            section.wait()
             verdict = f"stopped at its budget of {budget:.0f} s: the rows above are what it measured"
         if verdict:
             Table.append_note(path, module.TITLE, verdict)
