@@ -11,7 +11,7 @@ import sys
 import click
 
 from dreamgen import settings
-from dreamgen.generation.scheduler import SCHEDULES
+from dreamgen.generation.config import BATCHING
 from dreamgen.model.sizes import MODEL_SIZES
 from dreamgen.params import CHAT_FORMATS, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
@@ -41,6 +41,13 @@ FLAG_OF = {name: flag for flag, name, _, _ in PARAM_OPTIONS}
 
 def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def deprecated_alias(value, old: str, new: str):
+    """An old flag still works, and says once that it is old."""
+    if value is not None:
+        click.echo(f"warning: {old} is deprecated; use {new}", err=True)
+    return value
 
 
 def print_table(headers: tuple[str, ...], rows: list[tuple]) -> None:
@@ -219,18 +226,24 @@ def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
 @click.option("--resume", "resume", default=None, metavar="JOB", help="Finish a stopped job from its job.json.")
 @model_options
 @backend_option
-@click.option("-s", "--slots", "-b", "--batch-size", "slots", default=None, type=click.IntRange(min=1),
+@click.option("-s", "--slots", "slots", default=None, type=click.IntRange(min=1),
               help="Documents in flight at once; a finished one's slot takes the next document at once "
-                   "(default: 32 on a CPU, 64 on a GPU). -b/--batch-size is the old name.")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="continuous", show_default=True,
+                   "(default: 32 on a CPU, 64 on a GPU).")
+@click.option("-b", "--batch-size", "old_slots", default=None, type=click.IntRange(min=1), hidden=True,
+              callback=lambda ctx, param, value: deprecated_alias(value, "-b/--batch-size", "--slots"))
+@click.option("--batching", type=click.Choice(BATCHING), default="continuous", show_default=True,
               help="continuous: slots refill as documents end; lockstep: fixed batches of --slots documents, "
                    "each batch waiting for its slowest (for comparison).")
+@click.option("--schedule", "old_batching", default=None, type=click.Choice(BATCHING), hidden=True,
+              callback=lambda ctx, param, value: deprecated_alias(value, "--schedule", "--batching"))
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the LM's decode steps and the UNet (default: on CUDA; on a CPU it does not pay).")
 @kv_memory_option
 @output_options
 @param_options
 @friendly_errors
-def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, schedule, kv_memory_fraction, formats,
-        self_contained, results, s3_endpoint_url, **params):
+def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, old_slots, batching, old_batching,
+        compile_, kv_memory_fraction, formats, self_contained, results, s3_endpoint_url, **params):
     """Generate a document for every prompt in PROMPTS, in this process.
 
     PROMPTS is a .txt (one prompt a line), .jsonl, .csv or .yaml file. The whole file is checked first;
@@ -250,6 +263,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
     from dreamgen.jobs.spec import JobConfig, stored_config
 
     defaults = given_params(params)
+    slots, batching = slots or old_slots, old_batching or batching
     if resume:
         if prompts:
             raise click.UsageError("give PROMPTS or --resume JOB, not both")
@@ -258,7 +272,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
         raise click.UsageError("missing PROMPTS (a prompt file), or --resume JOB")
     else:
         config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=defaults,
-                           slots=slots, schedule=schedule, formats=formats, self_contained=self_contained,
+                           slots=slots, batching=batching, formats=formats, self_contained=self_contained,
                            endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend,
                            results=results or "none")
     with JobProgress(log_console()) as progress:
@@ -267,7 +281,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
             report = functools.partial(progress.log, markup=False) if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
                               make_generator=functools.partial(job_generator, report=report,
-                                                               kv_fraction=kv_memory_fraction))
+                                                               kv_fraction=kv_memory_fraction, compile=compile_))
         except (JobInterrupted, JobFailed) as e:
             summary = e.summary
     print_summary(summary)
@@ -455,7 +469,7 @@ def model_plan(path, device_memory, slots, kv_memory_fraction):
     Example:
         dreamgen model plan shapes --device-memory 80GiB
     """
-    from dreamgen.generation.generator import DEFAULT_SLOTS
+    from dreamgen.generation.config import DEFAULT_SLOTS
     from dreamgen.generation.memory import checkpoint_card_plan
 
     plan = checkpoint_card_plan(path, device_memory, slots or DEFAULT_SLOTS["cuda"],

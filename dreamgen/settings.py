@@ -64,20 +64,22 @@ WORKER_DEVICE = Setting("DREAMGEN_WORKER_DEVICE", "cpu", "device of a worker pro
 WORKER_POOL = Setting("DREAMGEN_WORKER_POOL", "prefork", "the Celery pool of a worker process (dreamgen worker sets "
                       "it): threads shares one slot pool among the chunks the process holds")
 WORKER_SLOTS = Setting("DREAMGEN_WORKER_SLOTS", None, "documents in flight in a worker process (default: the "
-                       "device's, see dreamgen.generation.generator.DEFAULT_SLOTS)")
+                       "device's, see dreamgen.generation.config.DEFAULT_SLOTS)")
 KV_TOKENS = Setting("DREAMGEN_KV_TOKENS", None, "positions the KV cache of the slot pool holds, allocated once "
                     "(default: sized from memory, see the next two); documents enter while their worst case fits")
 KV_MEMORY_FRACTION = Setting("DREAMGEN_KV_MEMORY_FRACTION", "0.9", "CUDA: share of the memory free after the "
                              "weights and one measured peak step that the KV pool takes")
 KV_CPU_SHARE = Setting("DREAMGEN_KV_CPU_SHARE", "0.5", "CPU: the most of available memory the KV pool takes (it "
                        "never takes more than the job's documents can use)")
+COMPILE = Setting("DREAMGEN_COMPILE", None, "1: torch.compile the decode buckets and the UNet; 0: never "
+                  "(default: on CUDA only)")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
 WORKER_EVENTS = Setting("DREAMGEN_WORKER_EVENTS", "1", "0: workers send no task events (for celery events, Flower, "
                         "Prometheus exporters)")
 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL,
        TASK_TIME_LIMIT, VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL,
-       WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, WORKER_PRELOAD, WORKER_EVENTS)
+       WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, COMPILE, WORKER_PRELOAD, WORKER_EVENTS)
 DEFAULT_MODEL = MODEL.default
 
 
@@ -177,6 +179,17 @@ def kv_memory_fraction(given: float | None = None) -> float:
 
 def kv_cpu_share(given: float | None = None) -> float:
     return _share(KV_CPU_SHARE, given)
+
+
+def engine_config(slots: int | None = None, batching: str = "continuous", compile: bool | None = None,
+                  kv_fraction: float | None = None):
+    """The generator's configuration: the one place the engine's settings are read (flags win over them)."""
+    from .generation.config import EngineConfig
+
+    if compile is None and COMPILE.get() is not None:
+        compile = COMPILE.get() != "0"
+    return EngineConfig(slots=slots, batching=batching, kv_tokens=kv_tokens(), compile=compile,
+                        kv_fraction=None if kv_fraction is None else kv_memory_fraction(kv_fraction))
 
 
 def worker_preload() -> bool:

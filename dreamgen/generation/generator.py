@@ -7,13 +7,14 @@ Documents stream through a pool of slots (continuous batching, as vLLM does for 
                  prompt, others a dream block or the image block of a picture just painted
     3. paint     if it is time (nobody else can go on, or a picture has waited long enough), every waiting picture
                  is painted in one UNet batch and fed back, as an image block, to its own document only
-    4. forward   one LM step over all the runs (executor.py), writing their keys and values in place
-    5. sample    every document whose feed is done draws its next token from its own generator
+    4. forward   one LM step over all the runs (runner.py), writing their keys and values in place
+    5. sample    every document whose feed is done draws its next token on the device (sampling.py); the
+                 step's one wait is the copy of those tokens to the host
     6. finish    a document that stops (</s>, max_new_tokens, full context, image_only) is handed over at once
                  and its slot and pages go to the next document
 
 A document's result depends only on its own prompt, parameters and seed: its feeds are cut the same way whoever
-runs beside it, its sampling uses its own generator, its pictures their own seeds.
+runs beside it, its draws are keyed by its seed and position, its pictures by their own seeds.
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ from ..document import Document, ImageBlock, TextBlock
 from ..errors import DreamgenError, GenerationCancelled, ParamsError
 from ..model.dreamllm import DreamLLM
 from .components import Components, TorchComponents
+from .config import DEFAULT_SLOTS, EngineConfig
 from .diffusion import ImageRequest, image_seed
-from .executor import ComponentsExecutor, Executor, PagedExecutor
 from .images import tensor_to_pil
 from .kv import PAGE
 from .lm import Run
@@ -39,19 +40,14 @@ from .memory import (MemoryPlan, available_host_memory, cuda_budget, kv_bytes_pe
                      plan_pool, weights_bytes)
 from .painting import Painter
 from .prompting import DocumentRequest, Encoder
-from .sampling import sample_tokens
+from .runner import ModelRunner
+from .sampling import SamplingRows, row_key, sample
 from .scheduler import Scheduler, Seq, State
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SLOTS", "NOTHING_YET", "DocumentRequest", "EngineStats", "Generator"]
 
-# Documents in flight by default, per device type. CPU: measured with bench/continuous.py, 48 text documents at
-# 1 thread: the shapes model does 5.7x one-at-a-time at 16 slots, 7.7x at 32, 7.0x at 64; the small random one
-# 5.0x at 16, 6.0x at 32. GPU: not measured yet (scripts/gpu_run.sh is where its bench goes).
-DEFAULT_SLOTS = {"cpu": 32, "cuda": 64}
-PREFILL_CHUNK = 64  # tokens of a long feed per step: a newcomer delays the others' next token by about this many
-STEP_TOKENS = 256  # tokens of long feeds per step at most, besides one per decoding document
 NOTHING_YET = object()  # a live source of requests has none right now: ask again at the next step
 
 
@@ -70,7 +66,7 @@ class EngineStats:
     slots: int = 0
     busy: int = 0
     started: float = field(default_factory=time.perf_counter)
-    kv: object = None  # KVStats of a paged executor
+    kv: object = None  # KVStats of the runner's pool
 
     @property
     def seconds(self) -> float:
@@ -89,7 +85,6 @@ class _Doc:
     index: int
     request: DocumentRequest
     seq: Seq
-    text_gen: torch.Generator
     feed: torch.Tensor  # (T, H) embeddings of the current feed
     then: str = "sample"  # after the feed: "sample" the next token, or "dream" (paint a picture)
     new_tokens: int = 0
@@ -115,19 +110,18 @@ def _whole_pages(tokens: int) -> int:
 class Generator:
     """Writes illustrated documents with one model on one backend, `slots` documents at a time."""
 
-    def __init__(self, model: DreamLLM, components: Components | None = None, slots: int | None = None,
-                 kv_tokens: int | None = None, schedule: str = "continuous", prefill_chunk: int = PREFILL_CHUNK,
-                 step_tokens: int = STEP_TOKENS, kv_fraction: float | None = None):
+    def __init__(self, model: DreamLLM, components: Components | None = None, config: EngineConfig | None = None):
         self.model = model
-        self.components = components or TorchComponents(model)
+        self.config = config or EngineConfig()
+        # The LM always runs on torch (runner.py: paged pool, buckets, graphs); a backend's components paint
+        # (UNet, VAE) and read pictures (vision encoder).
+        self.components = components or TorchComponents(model, compile=self.config.compiles(model.device))
         self.special = model.special
         self.encoder = Encoder(model, self.components.encode_images)
         self.painter = Painter(model, self.components, self.encoder)
-        self.slots = slots or DEFAULT_SLOTS.get(model.device.type, 16)
-        self.kv_tokens = kv_tokens  # None: sized from memory (memory.py)
-        self.kv_fraction = kv_fraction  # None: the setting's
+        self.slots = self.config.slots_for(model.device)
         self._cuda_steps: dict[int, tuple[int, int, int]] = {}  # slots -> (free, step, card) bytes, measured once
-        self.schedule, self.prefill_chunk, self.step_tokens = schedule, prefill_chunk, step_tokens
+        self._runner: ModelRunner | None = None  # kept across runs: its pool and compiled buckets are costly
         self.stats = EngineStats()
 
     # ------------------------------------------------------------------------------------------ public API
@@ -168,8 +162,9 @@ class Generator:
         progress = on_progress or (lambda kind, index: None)
         max_positions = self.model.max_positions
         kv_tokens = self.memory_plan(slots, job_tokens, least_tokens).pool_tokens
-        scheduler = Scheduler(slots, kv_tokens, self.prefill_chunk, self.step_tokens, self.schedule)
-        executor = self._executor(kv_tokens)
+        config = self.config
+        scheduler = Scheduler(slots, kv_tokens, config.prefill_chunk, config.step_tokens, config.batching)
+        executor = self._runner_for(kv_tokens)
         stats = self.stats = EngineStats(slots=slots)
         docs: dict[int, _Doc] = {}
         source = iter(requests)
@@ -214,10 +209,9 @@ class Generator:
                 params = request.params.resolved(self.model.info.guidance)
                 if params is not request.params:  # the model's own scale: the document records the one it used
                     request = dataclasses.replace(request, params=params)
-                docs[index] = _Doc(index, request, seq, torch.Generator("cpu").manual_seed(request.params.seed),
-                                   feed, then="dream" if request.image_only else "sample")
+                docs[index] = _Doc(index, request, seq, feed, then="dream" if request.image_only else "sample")
                 waiting = take()
-            if self.schedule == "lockstep":
+            if config.batching == "lockstep":
                 scheduler.close_admission()
             stats.busy = scheduler.busy
             if waiting is NOTHING_YET:
@@ -273,24 +267,29 @@ class Generator:
         """The KV pool's size for `slots` documents (memory.py): on CUDA from the memory free after the weights
         and one measured peak step (measured once), on the CPU from what the job can use and available memory."""
         model, slots = self.model, slots or self.slots
+        fixed = self.config.kv_tokens
         facts = dict(device=str(model.device), weights_bytes=weights_bytes(model), slots=slots,
                      kv_bytes_per_token=kv_bytes_per_token(model.llm.config, model.dtype), context=model.max_positions,
-                     fixed_tokens=self.kv_tokens, job_tokens=job_tokens, least_tokens=least_tokens)
-        if self.kv_tokens is not None:
+                     fixed_tokens=fixed, job_tokens=job_tokens, least_tokens=least_tokens)
+        if fixed is not None:
             return plan_pool(budget_bytes=None, **facts)
         if model.device.type == "cuda":
             if slots not in self._cuda_steps:
                 self._cuda_steps[slots] = measure_cuda_step(model, self.components, slots)
             free, step, total = self._cuda_steps[slots]
-            budget = cuda_budget(free, step, settings.kv_memory_fraction(self.kv_fraction))
+            budget = cuda_budget(free, step, settings.kv_memory_fraction(self.config.kv_fraction))
             return plan_pool(budget_bytes=budget, step_bytes=step, step="measured", device_bytes=total, **facts)
         available = available_host_memory()
         return plan_pool(budget_bytes=int(settings.kv_cpu_share() * available), device_bytes=available, **facts)
 
-    def _executor(self, kv_tokens: int) -> Executor:
-        if isinstance(self.components, TorchComponents):
-            return PagedExecutor(self.model, kv_tokens)
-        return ComponentsExecutor(self.components, self.encoder.embed([self.special.pad])[0])
+    def _runner_for(self, kv_tokens: int) -> ModelRunner:
+        """The runner of this run: the last one if its pool is the size asked (its pages are all free between
+        runs), else a new one (the old pool is freed first, so two never coexist)."""
+        if self._runner is not None and self._runner.pool_tokens != -(-kv_tokens // PAGE) * PAGE:
+            self._runner = None
+        if self._runner is None:
+            self._runner = ModelRunner(self.model, kv_tokens, self.config)
+        return self._runner
 
     def _reserve(self, request: DocumentRequest, prompt_tokens: int) -> int:
         """A document's worst case in the pool: its prompt and all it may add, capped at the context."""
@@ -304,28 +303,35 @@ class Generator:
         return p.max_new_tokens + p.max_images * (self.special.image_cost - 1)
 
     @staticmethod
-    def _release(doc: _Doc, scheduler: Scheduler, executor: Executor, docs: dict) -> None:
+    def _release(doc: _Doc, scheduler: Scheduler, executor: ModelRunner, docs: dict) -> None:
         executor.close(doc.seq.slot)
         scheduler.finish(doc.seq)
         del docs[doc.index]
 
     # ------------------------------------------------------------------------------------------ one step
-    def _step(self, runs: list[tuple[_Doc, int]], scheduler: Scheduler, executor: Executor) -> None:
+    def _step(self, runs: list[tuple[_Doc, int]], scheduler: Scheduler, executor: ModelRunner) -> None:
         """Feed every run, then sample for each document whose feed is done (all in one call)."""
         embeds = torch.cat([doc.feed[doc.seq.fed:doc.seq.fed + n] for doc, n in runs])
         lm_runs = [Run(doc.seq.slot, doc.seq.length, n) for doc, n in runs]
         completes = [doc.seq.pending == n for doc, n in runs]
-        samplers = [i for i, (doc, _) in enumerate(runs) if completes[i] and doc.then == "sample"]
+        samplers = []
+        for i, (doc, _) in enumerate(runs):
+            if completes[i] and doc.then == "sample":
+                if doc.new_tokens >= doc.params.max_new_tokens:
+                    doc.stop_reason = "max_new_tokens"  # fed, but nothing more to write
+                else:
+                    samplers.append(i)
         hidden, logits = executor.forward(embeds, lm_runs, samplers)
         self.stats.tokens += embeds.shape[0]
         q, at = self.special.num_dream_queries, 0
         for (doc, n), done in zip(runs, completes):
             if doc.then == "dream":  # the queries sit just before `<dream_end>`, the feed's last position
                 first = doc.feed.shape[0] - 1 - q  # feed offset of the first query
-                for offset in range(max(first, doc.seq.fed), min(first + q, doc.seq.fed + n)):
+                lo, hi = max(first, doc.seq.fed), min(first + q, doc.seq.fed + n)
+                if lo < hi:
                     if doc.query_states is None:
                         doc.query_states = hidden.new_empty(q, hidden.shape[1])
-                    doc.query_states[offset - first] = hidden[at + offset - doc.seq.fed]
+                    doc.query_states[lo - first:hi - first] = hidden[at + lo - doc.seq.fed:at + hi - doc.seq.fed]
             scheduler.fed(doc.seq, n)
             if done and doc.then == "dream":
                 scheduler.dream(doc.seq)
@@ -334,23 +340,17 @@ class Generator:
             self._sample([runs[i][0] for i in samplers], logits, scheduler)
 
     def _sample(self, docs: list[_Doc], logits: torch.Tensor, scheduler: Scheduler) -> None:
+        """Draw every sampling document's next token on the device; the tokens are the step's one read-back."""
         s = self.special
-        keep = []
-        for k, doc in enumerate(docs):
-            if doc.new_tokens >= doc.params.max_new_tokens:
-                doc.stop_reason = "max_new_tokens"
-            else:
-                keep.append(k)
-        docs, logits = [docs[k] for k in keep], logits[keep]
-        if not docs:
-            return
         if len(self.encoder.banned):
-            logits[:, self.encoder.banned.to(logits.device)] = float("-inf")
-        for k, doc in enumerate(docs):
-            room_for_image = doc.seq.length + 1 + s.image_cost + 1 <= self.model.max_positions
-            if doc.images_done >= doc.params.max_images or not room_for_image:
-                logits[k, s.dream_start] = float("-inf")
-        tokens = sample_tokens(logits, [d.params for d in docs], [d.text_gen for d in docs])
+            logits.index_fill_(1, self.encoder.banned_on(logits.device), float("-inf"))
+        dream_allowed = [doc.images_done < doc.params.max_images
+                         and doc.seq.length + 1 + s.image_cost + 1 <= self.model.max_positions for doc in docs]
+        rows = SamplingRows.build([d.params.temperature for d in docs], [d.params.top_p for d in docs],
+                                  [row_key(d.params.seed, d.seq.length) for d in docs], logits.device,
+                                  dream_allowed=dream_allowed)
+        logits[:, s.dream_start].add_(rows.dream_bias)
+        tokens = sample(logits, rows).tolist()
         self.stats.new_tokens += len(tokens)
         writers = []
         for doc, token in zip(docs, tokens):

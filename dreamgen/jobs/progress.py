@@ -64,7 +64,7 @@ class JobProgress(DocumentProgress):
             self.log(f"loading model {info['model']}", markup=False)
         elif kind == "slots":
             default = f" (the default on {info['device']})" if info["default"] else ""
-            self.log(f"{info['slots']} slots{default}, {info['schedule']} schedule", markup=False)
+            self.log(f"{info['slots']} slots{default}, {info['batching']} batching", markup=False)
         elif kind == "memory":  # the KV pool's plan (generation/memory.py)
             for line in info["lines"]:
                 self.log(line, markup=False)

@@ -21,6 +21,7 @@ from exporters import FORMATS
 from ..clock import utc_now
 from ..document import Document
 from ..errors import GenerationCancelled, JobFailed, JobInterrupted, ParamsError, StorageError
+from ..generation.config import EngineConfig
 from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
@@ -170,9 +171,8 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     if first is not None:  # load the model only when there is something to do, and before writing anything:
         emit("loading", {"model": config.model})  # a bad --model leaves no job behind
         generator = (make_generator or job_generator)(config)
-        generator.schedule = config.schedule
         slots = config.slots or generator.slots
-        emit("slots", {"slots": slots, "schedule": config.schedule, "default": config.slots is None,
+        emit("slots", {"slots": slots, "batching": config.batching, "default": config.slots is None,
                        "device": str(generator.model.device)})
         # the pool holds no more than the job's documents can fill (each at most a whole context)
         job_tokens = min(max(1, total - len(done_before)), slots) * generator.model.max_positions
@@ -260,8 +260,10 @@ def generate_document(generator: Generator, prompt: str, params: GenerationParam
 
 
 def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend: str = "torch",
-                   report: Callable[[str], None] | None = None, kv_fraction: float | None = None) -> Generator:
-    """The model on a backend, ready to generate; report(line) hears which backend was chosen and why."""
+                   report: Callable[[str], None] | None = None, kv_fraction: float | None = None,
+                   config: EngineConfig | None = None) -> Generator:
+    """The model on a backend, ready to generate; report(line) hears which backend was chosen and why.
+    config: the engine's (default: from the settings)."""
     from .. import settings
     from ..engines import select_backend
     from ..model.loader import load_model
@@ -269,10 +271,14 @@ def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend
     loaded = load_model(model, dtype=dtype, device=device)
     components, message = select_backend(backend, loaded)
     (report or log.info)(message)
-    return Generator(loaded, components, kv_tokens=settings.kv_tokens(), kv_fraction=kv_fraction)
+    return Generator(loaded, components, config or settings.engine_config(kv_fraction=kv_fraction))
 
 
 def job_generator(config: JobConfig, report: Callable[[str], None] | None = None,
-                  kv_fraction: float | None = None) -> Generator:
-    """The model of a job, on the job's device and backend."""
-    return load_generator(config.model, config.dtype, config.device, config.backend, report, kv_fraction)
+                  kv_fraction: float | None = None, compile: bool | None = None) -> Generator:
+    """The model of a job, on the job's device and backend, with the job's slots and batching."""
+    from .. import settings
+
+    engine = settings.engine_config(slots=config.slots, batching=config.batching, compile=compile,
+                                    kv_fraction=kv_fraction)
+    return load_generator(config.model, config.dtype, config.device, config.backend, report, config=engine)
