@@ -4,7 +4,8 @@ Every document in the step feeds a run of tokens (one decoded token, a chunk of 
 image block); the runs are laid end to end (N tokens), so the projections and the MLP see one (N, hidden)
 matrix. A layer is about fifteen kernels, whatever the number of documents:
 
-    rms_norm -> qkv (one matmul: q, k and v weights fused) -> RoPE on q and k together (mul, flip, addcmul, copy)
+    rms_norm -> qkv (one matmul: q, k and v weights fused) -> RoPE on q and k together, in place (flip, mul_,
+    addcmul_)
     -> keys and values written once into their pool rows (one index_copy_) -> attention over each document's own
     pages (attention.py: one gather + SDPA, or one flex_attention) -> o_proj with the residual (one addmm)
     -> rms_norm -> gate and up (one matmul) -> silu * up -> down with the residual (one addmm)
@@ -84,20 +85,20 @@ class PagedLM:
         cos, sin = llm.model.rotary_emb(weight[:1].unsqueeze(0), positions)
         half = self.head_dim // 2
         sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(sin)
-        self.cos, self.sin = cos[0].to(weight.dtype), (sin[0] * sign).to(weight.dtype)
+        self.rope = torch.stack([cos[0], sin[0] * sign], dim=1).to(weight.dtype)  # (positions, 2, D)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, write_rows: torch.Tensor, kv: torch.Tensor,
                 attend) -> torch.Tensor:
         """x (N, hidden) of the runs end to end, their positions and pool rows (N,), the pool (layers, rows,
         2 * kv_heads, head_dim), attend(q, kv_layer) -> post-norm hidden states (N, hidden)."""
         n, heads, kv_heads, d = x.shape[0], self.heads, self.kv_heads, self.head_dim
-        cos = self.cos.index_select(0, positions)[:, None]  # (N, 1, D): the same for every head
-        sin = self.sin.index_select(0, positions)[:, None]
+        rope = self.rope.index_select(0, positions)
+        cos, sin = rope[:, :1], rope[:, 1:]  # (N, 1, D): the same for every head
         for i, layer in enumerate(self.layers):
             qkv = F.linear(_rms(x, layer.norm1), layer.qkv, layer.qkv_bias).view(n, heads + 2 * kv_heads, d)
             qk = qkv[:, :heads + kv_heads]
             turned = qk.reshape(n, heads + kv_heads, 2, d // 2).flip(2).view(n, heads + kv_heads, d)
-            qk.copy_(torch.addcmul(qk * cos, turned, sin))
+            qk.mul_(cos).addcmul_(turned, sin)  # rotate_half(x) * sin == turned * signed sin
             kv[i].index_copy_(0, write_rows, qkv[:, heads:])
             x = _residual(x, attend(qkv[:, :heads], kv[i]), layer.o, layer.o_bias)
             gate_up = F.linear(_rms(x, layer.norm2), layer.gate_up, layer.gate_up_bias)
