@@ -51,6 +51,7 @@ class Document:
     created: str | None = None
     job_id: str | None = None
     custom_id: str | None = None  # the id as the user wrote it in the prompt file, if they did
+    model_hash: str | None = None  # the checkpoint's short weights hash (A1111's "Model hash"), set when it loaded
 
     @property
     def text(self) -> str:
@@ -64,7 +65,7 @@ class Document:
         return {
             "id": self.id, "custom_id": self.custom_id, "job_id": self.job_id, "title": self.title,
             "prompt": self.prompt,
-            "model": self.model, "params": self.params, "input_images": self.input_images,
+            "model": self.model, "model_hash": self.model_hash, "params": self.params, "input_images": self.input_images,
             "blocks": [b.to_dict() for b in self.blocks], "stop_reason": self.stop_reason,
             "timings": self.timings, "created": self.created,
         }
@@ -83,4 +84,5 @@ class Document:
         return cls(id=data["id"], prompt=data["prompt"], model=data["model"], params=data.get("params", {}),
                    blocks=blocks, title=data.get("title"), stop_reason=data.get("stop_reason", ""),
                    timings=data.get("timings", {}), input_images=data.get("input_images", []),
-                   created=data.get("created"), job_id=data.get("job_id"), custom_id=data.get("custom_id"))
+                   created=data.get("created"), job_id=data.get("job_id"), custom_id=data.get("custom_id"),
+                   model_hash=data.get("model_hash"))

@@ -418,6 +418,7 @@ class Generator:
         request = doc.request
         return Document(
             id=request.id or f"doc-{doc.index}", prompt=request.prompt, model=self.model.info.name,
+            model_hash=self.model.info.hash,
             params=request.params.to_dict(), blocks=doc.blocks, title=request.title, stop_reason=doc.stop_reason,
             timings={"seconds": round(time.perf_counter() - doc.started, 4), "slots": slots,
                      "new_tokens": doc.new_tokens, "images": doc.images_done, "backend": self.components.name,
