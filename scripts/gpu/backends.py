@@ -21,7 +21,7 @@ from dreamgen.model.tiny import build_tiny_model
 from dreamgen.params import GenerationParams
 
 TITLE = "Backends on the tiny and small random models: parity with torch, timings, the same document"
-BUDGET_S = 150
+BUDGET_S = 40
 ROWS = [(config, backend, device, precision) for config in ("tiny", "small")
         for backend, device, precision in (("torch", None, "fp32"), ("torch", None, "bf16"), ("onnx", "cpu", "fp32"))]
 # None: the section's device (cuda); ONNX Runtime on the CPU, the only build that machine has

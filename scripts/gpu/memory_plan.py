@@ -11,7 +11,7 @@ from dreamgen.generation.memory import model_card_plan
 from dreamgen.model.released_shape import build_released_shape
 
 TITLE = "Memory plan: a 7B-shaped DreamLLM (LLaMA-7B, CLIP ViT-L/14, SD 2.1-base) on this card, 64 slots"
-BUDGET_S = 120
+BUDGET_S = 45
 FRACTION = 0.9
 
 

@@ -14,7 +14,7 @@ from dreamgen.model.loader import load_model
 from dreamgen.params import GenerationParams
 
 TITLE = "Same document whatever its neighbours: 64 greedy documents at 1 and at 64 slots (shapes model)"
-BUDGET_S = 120
+BUDGET_S = 40
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "white", "black")
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "heart", "diamond")
 
