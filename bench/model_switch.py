@@ -64,8 +64,8 @@ def main():
         started = time.perf_counter()
         model_cache.HeldEngine((model, args.dtype, args.device, "torch")).run_items([one_document(f"doc-{n}")])
         gc.collect()
-        print(f"switch {n + 1} to model {'ABCDEFGH'[n % len(models)]}: RSS {rss_mb():.0f} MB, {threading.active_count()} threads, "
-              f"{time.perf_counter() - started:.1f} s")
+        print(f"switch {n + 1} to model {'ABCDEFGH'[n % len(models)]}: RSS {rss_mb():.0f} MB, "
+              f"{threading.active_count()} threads, {time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":
