@@ -187,8 +187,11 @@ def _redis_started(client) -> float | None:
 def refuse_if_active(record: JobRecord, doing: str = "submit it again") -> None:
     status = record.status
     if status is not None and not status.final:
-        raise JobStateError(f"job {record.job_id} is {status.value}; wait for it to end, or cancel it, "
-                            f"before you {doing}")
+        raise active_error(record.job_id, status, doing)
+
+
+def active_error(job_id: str, status: JobStatus, doing: str = "submit it again") -> JobStateError:
+    return JobStateError(f"job {job_id} is {status.value}; wait for it to end, or cancel it, before you {doing}")
 
 
 def not_found(job_id: str, url: str, client=None) -> JobNotFound:
