@@ -3,11 +3,19 @@ one job id at once queue one round; a schedule does not pile up jobs while its p
 whose queue nobody consumes says so."""
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 import threading
+import time
+from datetime import datetime, timezone
 
 import pytest
+from click.testing import CliRunner
 
-from tests.celery_support import MODEL, Namespace, quick_prompts, write_prompts
+from cli import cli
+from tests.celery_support import MODEL, ROOT, Namespace, quick_prompts, wait_for_job, wait_until, write_prompts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -61,3 +69,89 @@ def test_two_submits_of_one_job_id_at_once_queue_one_round(ns, tmp_path):
         assert ns.queue_length() - before == 4  # 16 documents in chunks of 4, once
         record = JobRecord(ns.redis, job_id).read()
         assert (record["round"], record["queued"], record["chunks"]) == ("1", "16", "4")
+
+
+# -------------------------------------------------------------------------------------------- no worker, no word
+def test_a_job_nobody_consumes_says_so_within_ten_seconds(ns, tmp_path):
+    from dreamgen.distributed.consumers import QueueConsumers
+
+    prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
+    submitting = subprocess.Popen([sys.executable, "-m", "cli", "submit", str(prompts), "--out", str(tmp_path / "out"),
+                                   "--job-id", "nobody-1", "--wait"], cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                  env={**os.environ, **ns.env, "PYTHONUNBUFFERED": "1"})
+    lines = []  # (when, line)
+    reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), line) for line in submitting.stdout),
+                              daemon=True)
+    reader.start()
+    try:
+        submitted = wait_until(lambda: next((t for t, line in lines if line.strip() == "nobody-1"), None),
+                               what="the job id")
+        warned = wait_until(lambda: next((t for t, line in lines if "no worker is consuming dreamgen.gpu" in line),
+                                         None), timeout=30, what="the warning")
+        assert warned - submitted < 10
+        assert submitting.poll() is None  # it goes on waiting, now with word
+    finally:
+        submitting.kill()
+        submitting.wait()
+    warning = next(line for _, line in lines if "dreamgen.gpu" in line)
+    assert warning.strip() == ("Warning: no worker is consuming dreamgen.gpu (none has checked in for 10 s): "
+                               "the job waits until one starts, e.g. `dreamgen worker -Q dreamgen.gpu`")
+
+    shown = CliRunner().invoke(cli, ["status", "nobody-1"])
+    assert shown.exit_code == 0, shown.output
+    assert "Job nobody-1: queued" in shown.output
+    assert "  no worker is consuming dreamgen.gpu (none has checked in" in shown.output
+    assert "  no worker is consuming dreamgen.light (none has checked in" in shown.output
+
+    worker = ns.worker("w1")
+    try:
+        assert sorted(QueueConsumers(ns.redis, q).alive() for q in ("dreamgen.gpu", "dreamgen.light")) == \
+            [["w1@testhost"], ["w1@testhost"]]
+        report = wait_for_job("nobody-1")
+        assert (report.status, report.done) == ("finished", 2)
+        shown = CliRunner().invoke(cli, ["status", "nobody-1"])
+        assert "no worker" not in shown.output
+    finally:
+        worker.stop()
+        del ns.workers["w1"]
+    # A worker shut down cleanly leaves at once; one killed is forgotten STALE_S after its last check-in.
+    assert QueueConsumers(ns.redis, "dreamgen.gpu").alive() == []
+
+
+# -------------------------------------------------------------------------------------------- schedules
+def _utc(hour, minute, second=0):
+    return datetime(2026, 12, 1, hour, minute, second, tzinfo=timezone.utc)
+
+
+def test_a_schedule_skips_a_firing_while_its_previous_job_is_under_way(ns, tmp_path, caplog):
+    from dreamgen.distributed.records import JobRecord, JobStatus
+    from dreamgen.distributed.schedules import Schedule, fire
+    from workers.dispatch import send_chunks
+
+    write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
+    schedule = Schedule(name="every-minute", cron="* * * * *", prompts=str(tmp_path / "p.jsonl"),
+                        out=str(tmp_path / "out"), model=MODEL, batch_size=2)
+    assert fire(schedule, send_chunks, now=_utc(6, 0, 5)) == "every-minute-20261201-0600"
+    queued = ns.queue_length()
+    caplog.set_level(logging.INFO, logger="dreamgen.distributed.schedules")
+    for minute in (1, 2):  # nobody consumes: the first job stays queued, and the next firings are skipped
+        assert fire(schedule, send_chunks, now=_utc(6, minute, 3)) is None
+        assert f"schedule every-minute: skipped the firing of 2026-12-01 06:0{minute}: its previous job " \
+               "every-minute-20261201-0600 is still queued" in caplog.text
+        assert not JobRecord(ns.redis, f"every-minute-20261201-060{minute}").exists()
+    assert ns.queue_length() == queued
+
+    worker = ns.worker("w1")
+    try:
+        assert wait_for_job("every-minute-20261201-0600").status == "finished"
+        # Once it has ended, the next firing submits; two fire times fired at once (a backlog) submit one job.
+        answers = _at_once([lambda: fire(schedule, send_chunks, now=_utc(6, 3, 1)),
+                            lambda: fire(schedule, send_chunks, now=_utc(6, 4, 1))])
+        submitted = [a for a in answers if a]
+        assert len(submitted) == 1 and answers.count(None) == 1, answers
+        assert wait_for_job(submitted[0]).status == "finished"
+        assert JobRecord(ns.redis, submitted[0]).status is JobStatus.FINISHED
+    finally:
+        worker.stop()
+        del ns.workers["w1"]
