@@ -79,3 +79,37 @@ def test_a_switch_waits_for_the_documents_in_flight(model_cache):
     del old
     gc.collect()
     assert old_generator() is None and new is model_cache._held[1]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_threads_worker_alternating_models_keeps_one_engine(tmp_path, dreamgen_home, installed_tiny):
+    """Six one-document jobs alternating two models on a real threads-pool worker: each switch releases the old
+    engine, and the worker process's thread count after each job is the same."""
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from tests.celery_support import Namespace, quick_prompts, wait_for_job, write_prompts
+    from workers.dispatch import send_chunks
+
+    prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(1))
+    with Namespace(tmp_path, dreamgen_home) as ns:
+        worker = ns.worker("switching", pool="threads", concurrency=2)
+        threads, rss = [], []
+        for n in range(6):
+            model = "tiny-random" if n % 2 == 0 else str(installed_tiny)  # by name, by path: two models to it
+            job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=model,
+                                          job_id=f"switch-{n}"), send_chunks)
+            assert wait_for_job(job_id).status == "finished"
+            status = _proc_status(worker.process.pid)
+            threads.append(int(status["Threads"]))
+            rss.append(int(status["VmRSS"].split()[0]) // 1024)
+        text = worker.text()
+    assert text.count("released tiny-random") + text.count(f"released {installed_tiny}") == 5, text[-3000:]
+    assert len(set(threads)) == 1, f"worker threads after each job: {threads} (RSS MB: {rss})"
+    # Each engine kept cost this worker ~65 MB (the tiny model's KV pool and buffers); allocator noise is far less.
+    assert rss[-1] - rss[1] < 100, f"RSS MB after each job: {rss}"
+
+
+def _proc_status(pid: int) -> dict:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
