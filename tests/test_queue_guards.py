@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -115,8 +116,20 @@ def test_a_job_nobody_consumes_says_so_within_ten_seconds(ns, tmp_path):
     finally:
         worker.stop()
         del ns.workers["w1"]
-    # A worker shut down cleanly leaves at once; one killed is forgotten STALE_S after its last check-in.
-    assert QueueConsumers(ns.redis, "dreamgen.gpu").alive() == []
+    assert QueueConsumers(ns.redis, "dreamgen.gpu").alive() == []  # a worker shut down cleanly leaves at once
+
+    # One killed outright is forgotten STALE_S (10 s) after its last check-in.
+    killed = ns.worker("w2", queues="dreamgen.gpu")
+    try:
+        assert QueueConsumers(ns.redis, "dreamgen.gpu").alive() == ["w2@testhost"]
+        killed._signal_group(signal.SIGKILL)
+        gone = time.monotonic()
+        wait_until(lambda: not QueueConsumers(ns.redis, "dreamgen.gpu").alive(), timeout=30, interval=0.5,
+                   what="the killed worker to be forgotten")
+        assert time.monotonic() - gone < 12
+    finally:
+        killed.stop()
+        del ns.workers["w2"]
 
 
 # -------------------------------------------------------------------------------------------- schedules

@@ -14,7 +14,10 @@ def start_check_ins(sender, **_):
     from dreamgen.distributed.consumers import CheckIns
 
     queues = sorted(sender.app.amqp.queues.consume_from)
-    _running.append(CheckIns(connect(check=False), sender.hostname, queues).start())
+    # An impatient client: a check-in that fails is simply retried at the next beat, and a shutdown with Redis down
+    # must not wait out a patient client's retries.
+    client = connect(check=False, patient=False)
+    _running.append(CheckIns(client, sender.hostname, queues).start())
 
 
 @worker_shutting_down.connect
