@@ -648,6 +648,9 @@ def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, sel
             sys.exit(1)
 
 
+JOB_QUEUES = (GPU_QUEUE, LIGHT_QUEUE)  # a job's chunks, its finalizing: `status` says when nobody consumes one
+
+
 def watch_job(job: str, broker_url: str | None, out: str | None = None, endpoint_url: str | None = None,
               poll_s: float = 0.5):
     """A progress bar over the job's counts until it ends; Ctrl-C stops watching, not the job. Returns the last
@@ -657,17 +660,21 @@ def watch_job(job: str, broker_url: str | None, out: str | None = None, endpoint
     from dreamgen.distributed.status import job_status
     from dreamgen.jobs.progress import DocumentProgress
 
-    report = job_status(job, broker_url, out, endpoint_url)
+    report = job_status(job, broker_url, out, endpoint_url, queues=JOB_QUEUES)
+    warned = set()  # each "no worker is consuming" once; again only if a worker came and went meanwhile
     try:
         with DocumentProgress(log_console(stderr=True), transient=True) as progress:
             progress.start(f"job {job}: {report.total} documents", report.total, report.done + report.failed)
             while True:
+                for note in set(report.no_worker) - warned:
+                    click.echo(f"Warning: {note}", err=True)
+                warned = set(report.no_worker)
                 progress.update(total=report.total, completed=report.done + report.failed,
                                 note=f"{report.failed} failed · {_chunk_line(report)}")
                 if report.final:
                     break
                 time.sleep(poll_s)
-                report = job_status(job, broker_url, out, endpoint_url)
+                report = job_status(job, broker_url, out, endpoint_url, queues=JOB_QUEUES)
     except KeyboardInterrupt:
         click.echo(f"Stopped watching; the job goes on. Follow it with: dreamgen status {job} --watch", err=True)
         sys.exit(130)
@@ -698,6 +705,8 @@ def print_job_report(report) -> None:
                    f"{utc_text(redelivery_by(chunk))} at the latest")
     if report.lost_queue:
         click.echo(f"  {report.lost_queue}")
+    for note in report.no_worker:
+        click.echo(f"  {note}")
     if report.error:
         click.echo(f"  error: {report.error}")
     if report.failures:
@@ -734,7 +743,7 @@ def status(job, watch, out, s3_endpoint_url, broker_url):
     if watch:
         report = watch_job(job, broker_url, out, s3_endpoint_url, poll_s=1.0)
     else:
-        report = job_status(job, broker_url, out, s3_endpoint_url)
+        report = job_status(job, broker_url, out, s3_endpoint_url, queues=JOB_QUEUES)
     print_job_report(report)
 
 
