@@ -60,17 +60,17 @@ def decode_ops(model, documents: int = 16, steps: int = 8, temperature: float = 
     counted, names, state = [], Counter(), {"step": 0}
     original = gen._step
 
-    def step(runs, scheduler, runner):
+    def step(runs, runner):
         decoding = len(runs) == documents and all(n == 1 for _, n in runs)
         if not decoding or state["step"] >= steps:
-            return original(runs, scheduler, runner)
+            return original(runs, runner)
         state["step"] += 1
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            original(runs, scheduler, runner)
+            after = original(runs, runner)
         ops = top_level_ops(prof)
         counted.append(len(ops))
         names.update(ops)
-        return None
+        return after
 
     gen._step = step
     gen.run(requests, on_document=lambda i, d: None, slots=documents)

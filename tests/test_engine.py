@@ -83,7 +83,7 @@ def test_the_kv_cache_is_written_in_place_and_its_pages_go_to_the_next_document(
     kv = gen.stats.kv
     assert kv.pages_in_use == 0 and kv.live_tokens == 0  # every page back in the pool
     assert kv.peak_ratio <= 1.25  # pages in use vs the live tokens at the peak: at most a page each is partial
-    assert kv.peak_live_tokens > kv.pool_pages * PAGE / 10  # the pool's pages were really used, and reused
+    assert kv.peak_live_tokens > kv.pool_pages * PAGE / 20  # the pool's pages were really used, and reused
     assert len(pools) == 1  # allocated once for the whole run
     stream(gen, JOB[:3])
     assert pools[1] == pools[0]  # and kept for the next run of the same size
