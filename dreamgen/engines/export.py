@@ -1,8 +1,8 @@
 """ONNX export of one graph with the legacy (TorchScript) exporter: about 20x faster than the dynamo exporter on
 these models, and its graphs load in ONNX Runtime and TensorRT alike.
 
-A graph whose weights pass protobuf's 2 GB limit (the 7B LM step) is written with its weights in one external
-file beside it, `model.onnx.data`; smaller graphs can be forced to do the same (that is how the tests cover it).
+A graph whose weights pass protobuf's 2 GB limit is written with its weights in one external file beside it,
+`model.onnx.data`; smaller graphs can be forced to do the same (that is how the tests cover it).
 """
 from __future__ import annotations
 
