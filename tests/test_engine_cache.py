@@ -162,6 +162,6 @@ def test_unet_profile_doubles_the_batch_for_guidance_and_bounds_the_image():
     (unet,) = profiles_for(model, "unet", EngineLimits(max_batch=4, image_size=128))
     assert [shape[0] for shape in unet["sample"]] == [1, 2, 8]
     assert unet["sample"][1][2:] == (8, 8) and unet["sample"][2][2:] == (16, 16)  # opt: the model's 64 px
-    assert unet["encoder_hidden_states"][2] == (8, 8, 32) and unet["timestep"] == [(1,), (1,), (1,)]
+    assert unet["encoder_hidden_states"][2] == (8, 8, 32) and unet["timestep"] == [(1,), (2,), (8,)]
     with pytest.raises(EngineError, match="multiple of the VAE factor"):
         profiles_for(model, "unet", EngineLimits(image_size=100))

@@ -56,10 +56,24 @@ def test_unet_matches_torch(onnx_fp32, torch_parts, batch, height, width):
     model = tiny_model()
     sample = randn(batch, 4, height, width, seed=batch)
     cond = randn(batch, model.special.num_dream_queries, model.head.unet.config.cross_attention_dim, seed=height)
-    t = torch.tensor(741)
-    got, want = onnx_fp32.unet(sample, t, cond), torch_parts.unet(sample, t, cond)
-    assert got.shape == want.shape and got.dtype == want.dtype
-    assert scaled_error(got, want) < FP32
+    for t in (torch.tensor(741), torch.arange(batch) * 97 + 13):  # the batch at one step; each sample at its own
+        got, want = onnx_fp32.unet(sample, t, cond), torch_parts.unet(sample, t, cond)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert scaled_error(got, want) < FP32
+
+
+def test_each_sample_of_a_unet_batch_is_at_its_own_timestep(onnx_fp32):
+    model = tiny_model()
+    sample = randn(3, 4, 8, 8, seed=7)
+    cond = randn(3, model.special.num_dream_queries, model.head.unet.config.cross_attention_dim, seed=8)
+    steps = torch.tensor([901, 501, 21])
+    together = onnx_fp32.unet(sample, steps, cond)
+    for i, t in enumerate(steps):  # row i is what sample i alone gives at its own step, not at another's
+        alone = onnx_fp32.unet(sample[i:i + 1], t, cond[i:i + 1])
+        assert scaled_error(together[i:i + 1], alone) < FP32
+        assert scaled_error(together[i:i + 1], onnx_fp32.unet(sample[i:i + 1], steps[i - 1], cond[i:i + 1])) > 1e-3
+    with pytest.raises(ValueError, match=r"one value or one per sample \(3,\), got shape \(2,\)"):
+        onnx_fp32.unet(sample, steps[:2], cond)
 
 
 def test_unet_exported_at_a_divisible_size_breaks_at_odd_sizes(tmp_path):
@@ -76,7 +90,7 @@ def test_unet_exported_at_a_divisible_size_breaks_at_odd_sizes(tmp_path):
     finally:
         graphs_module.export_latent_size = original
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    feeds = {"sample": np.zeros((2, 4, 9, 9), np.float32), "timestep": np.array([1.0], np.float32),
+    feeds = {"sample": np.zeros((2, 4, 9, 9), np.float32), "timestep": np.ones(2, np.float32),
              "encoder_hidden_states": np.zeros((2, 8, 32), np.float32)}
     with pytest.raises(Exception):
         session.run(None, feeds)
@@ -92,9 +106,10 @@ def test_the_portable_unet_for_tensorrt_matches_torch_too(cache, graphs, torch_p
     session = GraphSession(portable["unet"].file("model.onnx"), ["CPUExecutionProvider"])
     for batch, side in ((2, 8), (4, 9)):
         sample, cond = randn(batch, 4, side, side), randn(batch, 8, 32, seed=1)
-        got = session.run({"sample": sample, "timestep": torch.tensor([741.0]), "encoder_hidden_states": cond},
+        t = torch.linspace(741, 41, batch)  # one timestep per sample
+        got = session.run({"sample": sample, "timestep": t, "encoder_hidden_states": cond},
                           {"out_sample": tuple(sample.shape)})["out_sample"]
-        assert scaled_error(got, torch_parts.unet(sample, torch.tensor(741), cond)) < FP32
+        assert scaled_error(got, torch_parts.unet(sample, t, cond)) < FP32
 
 
 @pytest.mark.parametrize("batch, height, width", [(1, 8, 8), (3, 9, 7), (2, 5, 12)])

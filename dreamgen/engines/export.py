@@ -22,7 +22,9 @@ from .graphs import graph_io, graph_module, sample_inputs
 log = logging.getLogger(__name__)
 
 EXPORT_OPSET = 17  # LayerNormalization is native from 17; TensorRT 10 and ONNX Runtime >= 1.14 take it
-GRAPHS_VERSION = 1  # bump when a wrapper in graphs.py changes what a graph computes: cached graphs are then stale
+# Bump when a wrapper in graphs.py changes what a graph computes or takes: cached graphs are then stale.
+# 2: the UNet takes one timestep per sample, (batch,), not one (1,) for the batch.
+GRAPHS_VERSION = 2
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf refuses messages of 2 GiB; keep a margin for the graph itself

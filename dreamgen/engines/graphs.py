@@ -1,6 +1,6 @@
 """The three graphs of DreamLLM's picture side, each a small torch module with named, plainly shaped inputs.
 
-    unet          sample (2B, 4, h, w), timestep (1,) fp32, encoder_hidden_states (2B, Q, C)  -> out_sample
+    unet          sample (N, 4, h, w), timestep (N,) fp32, encoder_hidden_states (N, Q, C)    -> out_sample
     vae_decoder   latents (N, 4, h, w), scaled as the scheduler leaves them                    -> images in [0, 1]
     vision        pixel_values (N, 3, S, S), CLIP-normalised                                    -> image_features (N, P, H)
 
@@ -77,20 +77,25 @@ class VisionGraph(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ per part
-def timestep_input(timestep, device: torch.device) -> torch.Tensor:
-    """The scheduler's timestep (a 0-d integer tensor) as the graphs take it: shape (1,), fp32 in every precision."""
+def timestep_input(timestep, batch: int, device: torch.device) -> torch.Tensor:
+    """The timestep as the UNet graph takes it: one per sample, shape (batch,), fp32 in every precision. One value
+    (the scheduler's 0-d timestep: the whole batch at one step) is repeated; (batch,) values are taken as they are,
+    so samples at different steps can share a batch."""
     timestep = torch.as_tensor(timestep)
-    if timestep.numel() != 1:
-        raise ValueError(f"timestep must hold one value (the whole batch is at one step), got shape "
+    if timestep.numel() == 1:
+        timestep = timestep.reshape(1).expand(batch)
+    elif tuple(timestep.shape) != (batch,):
+        raise ValueError(f"timestep must hold one value or one per sample ({batch},), got shape "
                          f"{tuple(timestep.shape)}")
-    return timestep.reshape(1).to(device=device, dtype=torch.float32)
+    return timestep.to(device=device, dtype=torch.float32).contiguous()
 
 
 def graph_io(model: DreamLLM, part: str) -> GraphIO:
     if part == "unet":
         image = {0: "batch", 2: "height", 3: "width"}
         return GraphIO(("sample", "timestep", "encoder_hidden_states"), ("out_sample",),
-                       {"sample": image, "encoder_hidden_states": {0: "batch"}, "out_sample": image})
+                       {"sample": image, "timestep": {0: "batch"}, "encoder_hidden_states": {0: "batch"},
+                        "out_sample": image})
     if part == "vae_decoder":
         return GraphIO(("latents",), ("images",), {"latents": {0: "batch", 2: "height", 3: "width"},
                                                    "images": {0: "batch", 2: "pixel_height", 3: "pixel_width"}})
@@ -123,7 +128,8 @@ def sample_inputs(model: DreamLLM, part: str, precision: str, batch: int = 2, la
     if part == "unet":
         unet = model.head.unet
         side = latent or export_latent_size(model)
-        return (randn(batch, unet.config.in_channels, side, side), torch.tensor([501.0]),
+        timesteps = torch.linspace(501.0, 901.0, batch)  # one per sample, and not all equal
+        return (randn(batch, unet.config.in_channels, side, side), timesteps,
                 randn(batch, model.special.num_dream_queries, unet.config.cross_attention_dim))
     if part == "vae_decoder":
         side = latent or export_latent_size(model)

@@ -132,7 +132,7 @@ class OnnxComponents:
     def unet(self, sample, timestep, encoder_hidden_states):
         session = self.sessions["unet"]
         out = session.run(
-            {"sample": sample, "timestep": timestep_input(timestep, session.device),
+            {"sample": sample, "timestep": timestep_input(timestep, sample.shape[0], session.device),
              "encoder_hidden_states": encoder_hidden_states},
             {"out_sample": tuple(sample.shape)})
         return out["out_sample"].to(device=sample.device, dtype=sample.dtype)

@@ -47,7 +47,7 @@ def unet_profiles(model: DreamLLM, limits: EngineLimits) -> list[dict]:
     batch = (1, 2, 2 * limits.max_batch)  # 1: one unguided image; 2: one guided image; guidance doubles the batch
     return [{
         "sample": [(batch[0], channels, lo, lo), (batch[1], channels, opt, opt), (batch[2], channels, hi, hi)],
-        "timestep": [(1,), (1,), (1,)],
+        "timestep": [(b,) for b in batch],  # one per sample
         "encoder_hidden_states": [(b, queries, cross) for b in batch],
     }]
 

@@ -84,7 +84,7 @@ def build_engine(trt, onnx_path: Path, plan_path: Path, profiles: list[dict], ti
     config.builder_optimization_level = flags["optimization_level"]
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    # A profile bounds the dynamic inputs only (the timestep is always (1,)).
+    # A profile bounds the dynamic inputs only (a static one has the one shape the graph was traced with).
     dynamic = {network.get_input(i).name for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)}
     for shapes in profiles:
         profile = builder.create_optimization_profile()
@@ -287,7 +287,7 @@ class TensorRTComponents:
 
     @torch.no_grad()
     def unet(self, sample, timestep, encoder_hidden_states):
-        out = self._unet({"sample": sample, "timestep": timestep_input(timestep, self.model.device),
+        out = self._unet({"sample": sample, "timestep": timestep_input(timestep, sample.shape[0], self.model.device),
                           "encoder_hidden_states": encoder_hidden_states})
         return out["out_sample"].to(sample.dtype)
 

@@ -71,8 +71,9 @@ def _probe(part, model, components, reference, randn, g):
         for batch, side in ((2, export_latent_size(model)), (4, unet.sample_size), (2, unet.sample_size + 3)):
             sample = randn(batch, unet.in_channels, side, side)
             cond = randn(batch, model.special.num_dream_queries, unet.cross_attention_dim)
-            t = torch.tensor(377)
-            yield components.unet(sample, t, cond), reference.unet(sample, t, cond)
+            # the whole batch at one step, then each sample at its own
+            for t in (torch.tensor(377), torch.linspace(21, 981, batch).round().long()):
+                yield components.unet(sample, t, cond), reference.unet(sample, t, cond)
     elif part == "vae_decoder":
         side = model.head.unet.config.sample_size
         for batch, h, w in ((1, side, side), (2, side + 1, side - 1)):

@@ -16,7 +16,8 @@ from ..model.dreamllm import DreamLLM
 class Components(Protocol):
     name: str
 
-    def unet(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor: ...
+    def unet(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """Noise prediction of sample (N, 4, h, w) at timestep: 0-d (the whole batch at one step) or (N,)."""
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in [0, 1]."""
