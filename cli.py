@@ -489,7 +489,9 @@ def model_list():
 # ------------------------------------------------------------------------------------------------ engines
 @cli.group()
 def engines():
-    """Compiled engines: ONNX graphs for ONNX Runtime and TensorRT engines, kept in DREAMGEN_HOME/engines."""
+    """Compiled engines: ONNX graphs for ONNX Runtime and TensorRT engines, kept in DREAMGEN_HOME/engines.
+
+    They run the UNet, the VAE decoder and the vision encoder; the LM runs on torch on every backend."""
 
 
 @engines.command("build")
