@@ -181,17 +181,6 @@ def kv_cpu_share(given: float | None = None) -> float:
     return _share(KV_CPU_SHARE, given)
 
 
-def engine_config(slots: int | None = None, batching: str = "continuous", compile: bool | None = None,
-                  kv_fraction: float | None = None):
-    """The generator's configuration: the one place the engine's settings are read (flags win over them)."""
-    from .generation.config import EngineConfig
-
-    if compile is None and COMPILE.get() is not None:
-        compile = COMPILE.get() != "0"
-    return EngineConfig(slots=slots, batching=batching, kv_tokens=kv_tokens(), compile=compile,
-                        kv_fraction=None if kv_fraction is None else kv_memory_fraction(kv_fraction))
-
-
 def worker_preload() -> bool:
     return WORKER_PRELOAD.get() != "0"
 

@@ -45,3 +45,15 @@ class EngineConfig:
 
     def captures(self, device: torch.device) -> bool:
         return device.type == "cuda" and (self.graphs if self.graphs is not None else True)
+
+
+def engine_config(slots: int | None = None, batching: str = "continuous", compile: bool | None = None,
+                  kv_fraction: float | None = None) -> EngineConfig:
+    """The generator's configuration from flags and settings: the one place the engine's settings are read
+    (a flag given wins over its setting)."""
+    from .. import settings
+
+    if compile is None and settings.COMPILE.get() is not None:
+        compile = settings.COMPILE.get() != "0"
+    return EngineConfig(slots=slots, batching=batching, kv_tokens=settings.kv_tokens(), compile=compile,
+                        kv_fraction=None if kv_fraction is None else settings.kv_memory_fraction(kv_fraction))

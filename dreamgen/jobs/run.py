@@ -21,7 +21,7 @@ from exporters import FORMATS
 from ..clock import utc_now
 from ..document import Document
 from ..errors import GenerationCancelled, JobFailed, JobInterrupted, ParamsError, StorageError
-from ..generation.config import EngineConfig
+from ..generation.config import EngineConfig, engine_config
 from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
@@ -264,21 +264,18 @@ def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend
                    config: EngineConfig | None = None) -> Generator:
     """The model on a backend, ready to generate; report(line) hears which backend was chosen and why.
     config: the engine's (default: from the settings)."""
-    from .. import settings
     from ..engines import select_backend
     from ..model.loader import load_model
 
     loaded = load_model(model, dtype=dtype, device=device)
     components, message = select_backend(backend, loaded)
     (report or log.info)(message)
-    return Generator(loaded, components, config or settings.engine_config(kv_fraction=kv_fraction))
+    return Generator(loaded, components, config or engine_config(kv_fraction=kv_fraction))
 
 
 def job_generator(config: JobConfig, report: Callable[[str], None] | None = None,
                   kv_fraction: float | None = None, compile: bool | None = None) -> Generator:
     """The model of a job, on the job's device and backend, with the job's slots and batching."""
-    from .. import settings
-
-    engine = settings.engine_config(slots=config.slots, batching=config.batching, compile=compile,
+    engine = engine_config(slots=config.slots, batching=config.batching, compile=compile,
                                     kv_fraction=kv_fraction)
     return load_generator(config.model, config.dtype, config.device, config.backend, report, config=engine)
