@@ -25,6 +25,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 PROMPT_PREVIEW = 280
 THUMBNAILS = 4
 DISPLAY_MIN_PX = 320  # pictures narrower than this are shown scaled up (a whole factor), pixelated
+LIVE_REFRESH_S = 10  # a running job's index reloads itself this often (no script: a meta refresh)
 THUMBNAIL_PX = 160  # about the width of a thumbnail on the index (two to a card's row)
 # What the index shows of job.json: not local paths or settings, which a published page should not carry.
 INDEX_FACTS = ("model", "created", "finished")
@@ -90,10 +91,11 @@ def display_scale(width: int) -> int:
 
 
 def job_index_page(job_record: dict, docs: Iterable[dict], failed: Iterable[dict] = (),
-                   read_image: Callable[[str], bytes] | None = None) -> str:
+                   read_image: Callable[[str], bytes] | None = None, live: bool = False) -> str:
     """The job's `index.html`. `docs` are manifest entries (id, title, prompt, images relative to the job
     folder, their sizes); `failed` are errors.jsonl entries (id, custom_id, error, message). With `read_image`
-    (path relative to the job folder -> bytes) the thumbnails are embedded as data URIs."""
+    (path relative to the job folder -> bytes) the thumbnails are embedded as data URIs. `live`: the job is
+    running; the page says how far it is and reloads itself every LIVE_REFRESH_S."""
     job_id = job_record.get("id") or job_record.get("job_id") or "job"
     entries = []
     for d in docs:
@@ -107,7 +109,12 @@ def job_index_page(job_record: dict, docs: Iterable[dict], failed: Iterable[dict
                         # the title is often the prompt itself (no title given, no heading written): say it once
                         "prompt": "" if _same_text(title, prompt) else shorten(prompt, PROMPT_PREVIEW)})
     facts = [(key, job_record[key]) for key in INDEX_FACTS if isinstance(job_record.get(key), (str, int, float))]
-    return _env.get_template("index.html.j2").render(job_id=job_id, facts=facts, docs=entries, failed=list(failed))
+    running = None
+    if live:
+        total = job_record.get("total")
+        running = f"running: {len(entries)} of {total} done" if isinstance(total, int) else "running"
+    return _env.get_template("index.html.j2").render(job_id=job_id, facts=facts, docs=entries, failed=list(failed),
+                                                     running=running, refresh_s=LIVE_REFRESH_S)
 
 
 def _same_text(title: str, prompt: str) -> bool:

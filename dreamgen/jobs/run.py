@@ -25,7 +25,7 @@ from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec, iter_prompt_file
-from .output import GENERATE_OUT, DocumentFolder, JobOutput
+from .output import GENERATE_OUT, DocumentFolder, JobOutput, LiveListing
 from .spec import JobConfig, JobSummary, WorkItem, check_job, record_running
 from .storage import open_storage
 
@@ -119,21 +119,27 @@ class _SourceFailed(Exception):
 def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[PromptSpec], formats=FORMATS,
                        self_contained: bool = False, endpoint_url: str | None = None,
                        on_event: EventCallback | None = None, should_stop: Callable[[], bool] | None = None,
-                       slots: int | None = None, job_tokens: int | None = None) -> list[dict]:
+                       slots: int | None = None, job_tokens: int | None = None,
+                       live: LiveListing | None = None) -> list[dict]:
     """Generate `specs` of one job and store each document the moment it finishes; a document that fails is
-    recorded in the job's errors and the others go on. Returns one {id, status, error} per spec that ended."""
+    recorded in the job's errors and the others go on; `live` hears both, to keep the job's index current.
+    Returns one {id, status, error} per spec that ended."""
     emit = on_event or (lambda kind, info: None)
     results: dict[str, dict] = {}
 
     def item(spec: PromptSpec) -> WorkItem:
         def done(doc):
             doc.custom_id = spec.custom_id
-            output.save_document(doc, formats, self_contained)
+            entry = output.save_document(doc, formats, self_contained, line=spec.line)
+            if live:
+                live.done(entry)
             results[spec.id] = {"id": spec.id, "status": "done", "error": None}
             emit("document", {"id": spec.id, "images": len(doc.images)})
 
         def fail(error, message=None):
             entry = output.record_error(spec.id, spec.custom_id, error, message)
+            if live:
+                live.failed(entry)
             results[spec.id] = {"id": spec.id, "status": "failed", "error": f"{entry['error']}: {entry['message']}"}
             emit("failed", {"id": spec.id, "error": results[spec.id]["error"]})
 
@@ -142,6 +148,8 @@ def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[
     last = [0.0]
 
     def stats(engine):
+        if live:  # an end that came inside the listing's quiet time is written now
+            live.tick()
         if time.perf_counter() - last[0] >= STATS_EVERY_S:
             last[0] = time.perf_counter()
             emit("stats", stats_event(engine))
@@ -165,7 +173,8 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     done_before = output.done_ids()
     pending = (s for s in iter_prompt_file(config.prompts, config.defaults, config.model) if s.id not in done_before)
     emit = on_event or (lambda kind, info: None)
-    emit("start", {"job_id": config.job_id, "total": total, "skipped": len(done_before)})
+    emit("start", {"job_id": config.job_id, "total": total, "skipped": len(done_before),
+                   "location": output.location(config.formats)})  # where to watch: the index grows as it goes
     first = next(pending, None)
     if first is not None:  # load the model only when there is something to do, and before writing anything:
         emit("loading", {"model": config.model})  # a bad --model leaves no job behind
@@ -181,9 +190,11 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     status, error = "finished", None
     try:
         if first is not None:
+            live = LiveListing(output, config.formats, config.self_contained)
+            live.flush()  # the index exists (and says "running") before the first document ends
             generate_documents(generator, output, itertools.chain([first], pending), config.formats,
                                config.self_contained, config.endpoint_url, on_event, should_stop, slots=slots,
-                               job_tokens=job_tokens)
+                               job_tokens=job_tokens, live=live)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
     except Exception as e:  # issue 16: a job that stops never stays "running" (a full disk, S3 past its retries)
