@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import mimetypes
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -17,9 +18,10 @@ from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 from markupsafe import Markup
 
-from dreamgen.document import Document, ImageBlock, TextBlock
+from dreamgen.document import Document, ImageBlock, InputImage, TextBlock
 
-from .text import document_title, image_alt_texts, leading_heading, plain, shorten, without_first_heading
+from .text import (document_title, image_alt_texts, input_alt_text, leading_heading, plain, prompt_parts, shorten,
+                   without_first_heading)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 PROMPT_PREVIEW = 280
@@ -79,8 +81,19 @@ def document_page(doc: Document, job_id: str | None, self_contained: bool = Fals
                            "alt": alts[block.index], "caption": caption, "pixelated": scale > 1,
                            "width": block.width * scale, "height": block.height * scale})
     params = [(name, value) for name, value in doc.params.items() if value not in (None, "")]
+    prompt = []  # the prompt's text and the pictures it gave, where it placed them
+    for part in prompt_parts(doc):
+        if isinstance(part, InputImage):
+            scale = display_scale(part.width)
+            prompt.append({"kind": "image", "src": _input_src(doc, part, self_contained, read_image),
+                           "alt": input_alt_text(part), "pixelated": scale > 1,
+                           "caption": f"Input picture {part.index + 1} · {part.name} · {part.width}×{part.height}",
+                           "width": part.width * scale, "height": part.height * scale})
+        else:
+            prompt.append({"kind": "text", "text": part})
     return _env.get_template("document.html.j2").render(
-        title=title, doc=doc, job_id=job_id, blocks=blocks, params=params)
+        title=title, doc=doc, job_id=job_id, blocks=blocks, params=params, prompt=prompt,
+        given=bool(doc.input_images))
 
 
 def display_scale(width: int) -> int:
@@ -139,5 +152,14 @@ def _image_src(doc: Document, block: ImageBlock, self_contained: bool, read_imag
     return _data_uri(data)
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _input_src(doc: Document, given: InputImage, self_contained: bool, read_image) -> str:
+    if not given.path:
+        raise ValueError(f"document {doc.id}: input picture {given.index} is not stored (no path)")
+    if not self_contained:
+        return given.path
+    data = given.data if given.data is not None else read_image(given.path)
+    return _data_uri(data, mimetypes.guess_type(given.path)[0] or "application/octet-stream")
+
+
+def _data_uri(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64," + base64.b64encode(data).decode("ascii")

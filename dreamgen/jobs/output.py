@@ -267,8 +267,8 @@ class DocumentFolder:
     def save(self, doc: Document, formats=FORMATS) -> None:
         doc.created = doc.created or utc_now()
         store_document(self.storage, lambda *parts: "/".join(parts), doc, formats, job_id=None)
-        kept = {block.path for block in doc.images}
-        for key in self.storage.list("images/"):  # pictures of a document written here before, with more of them
+        kept = {block.path for block in doc.images} | {given.path for given in doc.input_images}
+        for key in self.storage.list("images/") + self.storage.list("inputs/"):  # a document written here before
             if key not in kept:
                 self.storage.delete(key)
 
@@ -306,9 +306,14 @@ def open_job_output(job_url: str, endpoint_url: str | None = None) -> JobOutput:
 
 def store_document(storage: Storage, key, doc: Document, formats=FORMATS, self_contained: bool = False,
                    job_id: str | None = None) -> None:
-    """A document's files, at `key("images", "00.png")`, `key("document.json")`, ...: its pictures (parameters
-    inside), document.json, then its exports. Sets each ImageBlock's path and sha256."""
+    """A document's files, at `key("images", "00.png")`, `key("document.json")`, ...: its input pictures (copied
+    as given, to `inputs/`), its pictures (parameters inside), document.json, then its exports. Sets each
+    ImageBlock's path and sha256."""
     stored = {}
+    for given in doc.input_images:  # 0. the pictures the prompt gave, so the pages show them and the run reproduces
+        if given.data is not None:
+            storage.write_bytes(key(given.path), given.data)
+            stored[given.path] = given.data
     for block in doc.images:  # 1. pictures, with their parameters inside
         if block.image is None:
             if not block.path:
