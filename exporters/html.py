@@ -36,8 +36,8 @@ _env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoesc
                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def _markdown() -> MarkdownIt:
-    md = MarkdownIt("js-default")
+def _markdown(xhtml: bool = False) -> MarkdownIt:
+    md = MarkdownIt("js-default", {"xhtmlOut": xhtml})  # xhtml: `<br />`, as an EPUB's XML needs
 
     def link_open(self, tokens, idx, options, env):
         tokens[idx].attrSet("rel", "nofollow noopener noreferrer")
@@ -52,12 +52,12 @@ def _markdown() -> MarkdownIt:
     return md
 
 
-_md = _markdown()
+_md, _xmd = _markdown(), _markdown(xhtml=True)
 
 
-def render_markdown(text: str) -> Markup:
+def render_markdown(text: str, xhtml: bool = False) -> Markup:
     """Untrusted Markdown -> HTML that is safe to insert (no raw HTML, no script URLs, no remote images)."""
-    return Markup(_md.render(text))
+    return Markup((_xmd if xhtml else _md).render(text))
 
 
 def document_page(doc: Document, job_id: str | None, self_contained: bool = False,

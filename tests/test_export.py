@@ -54,7 +54,7 @@ def test_parse_formats():
     assert parse_formats("md,html") == ("md", "html")
     assert parse_formats(" HTML , md,html") == ("html", "md")
     assert parse_formats(["md"]) == ("md",)
-    with pytest.raises(ParamsError, match="unknown format 'pdf'; choose from md, html"):
+    with pytest.raises(ParamsError, match="unknown format 'pdf'; choose from md, html, epub"):
         parse_formats("md,pdf")
     with pytest.raises(ParamsError, match="no format given"):
         parse_formats(" , ")

@@ -9,6 +9,7 @@
     <job>/manifest.jsonl, errors.jsonl, index.html   rebuilt from the markers by finalize(); while `run` goes,
                                          kept current by LiveListing as documents end (prompt order)
     <job>/results.jsonl                  with --results openai: the Batch API's output shape (exporters.openai)
+    <job>/<job>.epub                     with format epub: the finished documents as one book (exporters.epub)
 
 S3 has no append, and several workers may finish documents at once, so the per-document markers are the
 source of truth; a marker appears only after all of its document's files are stored, so nothing listed
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Iterable
 
 from exporters import FORMATS, check_results, parse_formats
+from exporters.epub import job_book
 from exporters.html import document_page, job_index_page
 from exporters.markdown import to_markdown
 from exporters.openai import error_line, result_line
@@ -169,6 +171,8 @@ class JobOutput:
         results = check_results((record.get("results") or "none") if results is None else results)
         entries, failed = self.manifest(), self.failed()
         self.write_listing(entries, failed, formats, record, self_contained)
+        if "epub" in formats:
+            self.write_book(entries, record)
         if results == "openai":
             self.write_openai_results(entries, failed)
         context_full = sum(1 for e in entries if e.get("stop_reason") == CONTEXT_FULL)
@@ -184,6 +188,20 @@ class JobOutput:
             self.storage.write_bytes(self.key("index.html"), page.encode())
         self.storage.write_bytes(self.key("errors.jsonl"), _jsonl_bytes(failed))
         self.storage.write_bytes(self.key("manifest.jsonl"), _jsonl_bytes(entries))
+
+    def book_key(self) -> str:
+        return self.key(f"{self.job_id}.epub")
+
+    def write_book(self, entries: list[dict], record: dict) -> None:
+        """<job>/<job>.epub: the documents of `entries` (manifest entries, in their order) as one book."""
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            docs = list(pool.map(self.load_document, [entry["id"] for entry in entries]))
+        facts = " · ".join(f"{key}: {record[key]}" for key in ("model", "created", "finished")
+                           if isinstance(record.get(key), str))
+        book = job_book(self.job_id, record.get("title") or self.job_id, docs,
+                        lambda doc, path: self.storage.read_bytes(self.doc_key(doc.id, path)),
+                        modified=utc_now(), model=record.get("model"), facts=facts)
+        self.storage.write_bytes(self.book_key(), book, "application/epub+zip")
 
     def write_openai_results(self, entries: list[dict], failed: list[dict]) -> None:
         """results.jsonl in the Batch API's output shape: a line per finished document, then one per failure."""
