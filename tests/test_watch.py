@@ -190,3 +190,28 @@ def test_run_says_where_to_watch_before_the_model_loads(tmp_path, installed_tiny
     watch = next(i for i, line in enumerate(lines) if "Follow it as documents finish: " in line)
     assert index in lines[watch], result.output
     assert watch < next(i for i, line in enumerate(lines) if "loading model" in line)
+
+
+class CountingReads(LocalStorage):
+    def __init__(self, root):
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def read_bytes(self, key):
+        self.reads.append(key)
+        return super().read_bytes(key)
+
+
+def test_a_self_contained_live_index_reads_each_thumbnail_once(tmp_path, make_doc):
+    storage = CountingReads(tmp_path)
+    output = JobOutput(storage, "j")
+    output.write_job({"id": "j", "total": 3, "self_contained": True})
+    clock = FakeClock()
+    live = LiveListing(output, self_contained=True, every_s=1.0, clock=clock)
+    for line, doc_id in enumerate(("a", "b", "c"), start=1):
+        live.done(output.save_document(make_doc(doc_id), line=line))
+        clock.now += 1.0
+    page = (tmp_path / "j" / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 6  # two pictures each, embedded
+    thumbnails = [key for key in storage.reads if "/images/" in key]
+    assert sorted(thumbnails) == sorted(set(thumbnails)) and len(thumbnails) == 6

@@ -179,11 +179,15 @@ class JobOutput:
         return {"done": len(entries), "context_full": context_full, "failed": len(failed)}
 
     def write_listing(self, entries: list[dict], failed: list[dict], formats, record: dict, self_contained: bool,
-                      live: bool = False) -> None:
+                      live: bool = False, read_image=None) -> None:
         """manifest.jsonl, errors.jsonl and (with html) index.html of these entries, each file replaced whole.
-        `live`: the job is still running (the index says so and reloads itself)."""
+        `live`: the job is still running (the index says so and reloads itself). A self-contained index reads its
+        thumbnails through `read_image(path in the job)`, by default from the storage."""
         if "html" in parse_formats(formats):  # the page first: once the manifest is there, so is an index
-            read_image = (lambda path: self.storage.read_bytes(self.key(path))) if self_contained else None
+            if self_contained:
+                read_image = read_image or (lambda path: self.storage.read_bytes(self.key(path)))
+            else:
+                read_image = None
             page = job_index_page({"id": self.job_id, **record}, entries, failed, read_image=read_image, live=live)
             self.storage.write_bytes(self.key("index.html"), page.encode())
         self.storage.write_bytes(self.key("errors.jsonl"), _jsonl_bytes(failed))
@@ -237,7 +241,8 @@ class LiveListing:
     """A running job's manifest.jsonl, errors.jsonl and index.html, rewritten as its documents end so a person can
     watch it grow: each file is replaced whole (LocalStorage renames a finished temp file into place; an S3 PUT is
     atomic), in prompt order, and at most once every `every_s` (an index of thousands of documents is not rebuilt
-    per document). An end that falls inside the quiet time is written by the next `tick()` or `flush()`.
+    per document; and never more often than ten times the last write took, so a huge index costs at most a tenth of
+    the time). An end that falls inside the quiet time is written by the next `tick()` or `flush()`.
 
     One process's view: it starts from the markers stored when it begins and adds what this process finishes.
     finalize() rebuilds the same files from the markers at the end."""
@@ -249,7 +254,8 @@ class LiveListing:
         self.entries = {e["id"]: e for e in output.manifest()}
         self.failures = {e["id"]: e for e in output.failed()}
         self.record = output.read_job() or {"id": output.job_id}
-        self.dirty, self.last = True, -math.inf
+        self.dirty, self.last, self.quiet_s = True, -math.inf, self.every_s
+        self.thumbnails: dict[str, bytes] = {}  # a self-contained index embeds them: each read once, not per write
 
     def done(self, entry: dict) -> None:
         self.entries[entry["id"]] = entry
@@ -265,14 +271,21 @@ class LiveListing:
 
     def tick(self) -> None:
         """Write now if something changed and the quiet time is over."""
-        if self.dirty and self.clock() - self.last >= self.every_s:
+        if self.dirty and self.clock() - self.last >= self.quiet_s:
             self.flush()
 
     def flush(self) -> None:
+        started = self.clock()
         self.output.write_listing(in_prompt_order(self.entries.values()),
                                   sorted(self.failures.values(), key=lambda e: e["id"]), self.formats, self.record,
-                                  self.self_contained, live=True)
+                                  self.self_contained, live=True, read_image=self._thumbnail)
         self.dirty, self.last = False, self.clock()
+        self.quiet_s = max(self.every_s, 10 * (self.last - started))
+
+    def _thumbnail(self, path: str) -> bytes:
+        if path not in self.thumbnails:
+            self.thumbnails[path] = self.output.storage.read_bytes(self.output.key(path))
+        return self.thumbnails[path]
 
 
 class DocumentFolder:
