@@ -107,5 +107,6 @@ class Document:
                 raise ValueError(f"unknown block type {b['type']!r}")
         return cls(id=data["id"], prompt=data["prompt"], model=data["model"], params=data.get("params", {}),
                    blocks=blocks, title=data.get("title"), stop_reason=data.get("stop_reason", ""),
-                   timings=data.get("timings", {}), input_images=[InputImage.from_dict(i) for i in data.get("input_images") or []],
+                   timings=data.get("timings", {}),
+                   input_images=[InputImage.from_dict(i) for i in data.get("input_images") or []],
                    created=data.get("created"), job_id=data.get("job_id"), custom_id=data.get("custom_id"))

@@ -23,6 +23,7 @@ from dreamgen.jobs.storage import LocalStorage
 from tests.helpers import tiny_model
 
 FAST = {"steps": 1, "max_new_tokens": 8}
+LOADED = {"schedule": "continuous", "batching": "continuous"}  # the "slots" event's key was renamed on main
 
 
 class FakeClock:
@@ -135,7 +136,7 @@ def test_the_rate_is_documents_over_the_time_they_took():
     clock = FakeClock()
     run = JobProgress(Console(file=io.StringIO(), width=80), clock=clock)
     run.event("start", {"job_id": "j", "total": 32, "skipped": 0})
-    run.event("slots", {"slots": 32, "default": True, "device": "cpu", "schedule": "continuous"})
+    run.event("slots", {"slots": 32, "default": True, "device": "cpu", **LOADED})
     clock.now += 17.0
     for i in range(3):  # three documents finishing within a millisecond, 17 s after the start
         run.event("document", {"id": f"d{i}", "images": 1})
@@ -152,7 +153,7 @@ def test_documents_done_before_a_resume_do_not_count_and_loading_is_not_generati
     assert "/min" not in bar_line(run, 80)  # nothing done in this run yet: no rate, no ETA
     assert "ETA -:--:--" in bar_line(run, 80)
     clock.now += 30.0  # loading the model
-    run.event("slots", {"slots": 4, "default": False, "device": "cpu", "schedule": "continuous"})
+    run.event("slots", {"slots": 4, "default": False, "device": "cpu", **LOADED})
     clock.now += 60.0
     run.event("document", {"id": "d", "images": 0})
     assert "1.0/min" in bar_line(run, 80)
