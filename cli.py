@@ -15,7 +15,7 @@ from dreamgen.generation.config import BATCHING
 from dreamgen.model.sizes import MODEL_SIZES
 from dreamgen.params import CHAT_FORMATS, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
-from exporters import FORMATS, RESULTS
+from exporters import FORMATS, KNOWN_FORMATS, RESULTS, parse_formats
 from workers.launcher import POOLS
 from workers.settings import GPU_QUEUE, LIGHT_QUEUE
 
@@ -157,7 +157,8 @@ def s3_endpoint_option(f):
 
 def formats_option(f):
     return click.option("-f", "--format", "formats", default=",".join(FORMATS), show_default=True,
-                        help=f"Exports: {' or '.join(FORMATS)}, or both, comma-separated.")(f)
+                        help=f"Exports, comma-separated: {', '.join(KNOWN_FORMATS)} (epub: the whole job as one "
+                             f"book, <job>/<job>.epub).")(f)
 
 
 def results_option(f):
@@ -368,6 +369,7 @@ def export(job, formats, self_contained, results, hugo_dir, s3_endpoint_url):
     Examples:
         dreamgen export out/job-20261128-101500-3fa9c1 --format html --self-contained
         dreamgen export out/job-20261128-101500-3fa9c1 --hugo my-site/content/articles
+        dreamgen export out/job-20261128-101500-3fa9c1 --format epub
     """
     from dreamgen.jobs.output import export_job, open_job_output
 
@@ -382,6 +384,8 @@ def export(job, formats, self_contained, results, hugo_dir, s3_endpoint_url):
         return
     count = export_job(output.storage, output.job_id, formats, self_contained, results)
     click.echo(f"Exported {count} documents of {output.job_id} ({formats}).")
+    if "epub" in parse_formats(formats):
+        click.echo(f"Book: {output.storage.url_for(output.book_key())}")
     click.echo(f"Open: {output.url_for('index.html')}")
 
 

@@ -18,7 +18,7 @@ def image_metadata(doc: Document, block: ImageBlock) -> dict:
     """What reproduces this one image: the document's inputs plus the image's own seed and place."""
     return {"prompt": doc.prompt, "params": doc.params, "model": doc.model, "seed": block.seed,
             "document": doc.id, "image_index": block.index, "job": doc.job_id,
-            "input_images": list(doc.input_images)}
+            "input_images": [i.to_dict() for i in doc.input_images]}
 
 
 def parameters_line(doc: Document, block: ImageBlock) -> str:

@@ -8,7 +8,6 @@ The one room of dreamgen.jobs that imports generation (and so torch).
 """
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import time
@@ -26,7 +25,8 @@ from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec, iter_prompt_file
-from .output import GENERATE_OUT, DocumentFolder, JobOutput
+from .inputs import read_input_image
+from .output import GENERATE_OUT, DocumentFolder, JobOutput, LiveListing
 from .spec import JobConfig, JobSummary, WorkItem, check_job, record_running
 from .storage import open_storage
 
@@ -39,12 +39,13 @@ STATS_EVERY_S = 0.5  # how often "stats" events (tokens/s, slots busy) are sent
 
 # -------------------------------------------------------------------------------------------- documents
 def load_input_image(location: str, endpoint_url: str | None = None) -> Image.Image:
-    if location.startswith("s3://"):
-        bucket, _, key = location[len("s3://"):].partition("/")
-        data = open_storage(f"s3://{bucket}", endpoint_url).read_bytes(key)
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    with Image.open(location) as image:
-        return image.convert("RGB")
+    return read_input_image(location, endpoint_url=endpoint_url)[1]
+
+
+def read_input_images(locations: Iterable[str], endpoint_url: str | None = None) -> tuple[list, list]:
+    """The records (InputImage, for the document) and pixels (for the model) of a prompt's pictures, in order."""
+    read = [read_input_image(location, index, endpoint_url) for index, location in enumerate(locations)]
+    return [record for record, _ in read], [pixels for _, pixels in read]
 
 
 def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], bool] | None = None,
@@ -53,6 +54,10 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
     queue with nothing in it now). If a step fails, the documents then in flight are run one by one (so one
     bad document does not sink the others) and the stream goes on."""
     pulled: dict[int, WorkItem] = {}  # index in this run -> item: taken by the generator, not yet ended
+
+    def done(item, doc) -> None:
+        doc.input_images = item.inputs  # stored beside the document, named in its files
+        item.done(doc)
 
     def requests(source) -> Iterator:
         index = 0  # the generator numbers requests in the order it takes them
@@ -71,7 +76,7 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
                 continue
             spec = item.spec
             try:
-                images = [load_input_image(loc, item.endpoint_url) for loc in spec.images]
+                item.inputs, images = read_input_images(spec.images, item.endpoint_url)
             except (OSError, StorageError) as e:
                 item.fail(e, f"input image: {e}")
                 continue
@@ -90,7 +95,7 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
     while True:
         pulled.clear()
         try:
-            generator.run(requests(source), on_document=lambda index, doc: pulled.pop(index).done(doc),
+            generator.run(requests(source), on_document=lambda index, doc: done(pulled.pop(index), doc),
                           on_progress=progress, should_stop=should_stop, on_stats=on_stats, slots=slots,
                           job_tokens=job_tokens,
                           on_failure=lambda index, e: pulled.pop(index).fail(e, None))
@@ -104,7 +109,7 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
                         type(e).__name__, e, len(pulled))
             for item in list(pulled.values()):
                 try:
-                    generator.run(requests(iter([item])), on_document=lambda _, doc, item=item: item.done(doc),
+                    generator.run(requests(iter([item])), on_document=lambda _, doc, item=item: done(item, doc),
                                   should_stop=should_stop, slots=1)
                 except (GenerationCancelled, KeyboardInterrupt, StorageError):
                     raise
@@ -120,21 +125,27 @@ class _SourceFailed(Exception):
 def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[PromptSpec], formats=FORMATS,
                        self_contained: bool = False, endpoint_url: str | None = None,
                        on_event: EventCallback | None = None, should_stop: Callable[[], bool] | None = None,
-                       slots: int | None = None, job_tokens: int | None = None) -> list[dict]:
+                       slots: int | None = None, job_tokens: int | None = None,
+                       live: LiveListing | None = None) -> list[dict]:
     """Generate `specs` of one job and store each document the moment it finishes; a document that fails is
-    recorded in the job's errors and the others go on. Returns one {id, status, error} per spec that ended."""
+    recorded in the job's errors and the others go on; `live` hears both, to keep the job's index current.
+    Returns one {id, status, error} per spec that ended."""
     emit = on_event or (lambda kind, info: None)
     results: dict[str, dict] = {}
 
     def item(spec: PromptSpec) -> WorkItem:
         def done(doc):
             doc.custom_id = spec.custom_id
-            output.save_document(doc, formats, self_contained)
+            entry = output.save_document(doc, formats, self_contained, line=spec.line)
+            if live:
+                live.done(entry)
             results[spec.id] = {"id": spec.id, "status": "done", "error": None}
             emit("document", {"id": spec.id, "images": len(doc.images)})
 
         def fail(error, message=None):
             entry = output.record_error(spec.id, spec.custom_id, error, message)
+            if live:
+                live.failed(entry)
             results[spec.id] = {"id": spec.id, "status": "failed", "error": f"{entry['error']}: {entry['message']}"}
             emit("failed", {"id": spec.id, "error": results[spec.id]["error"]})
 
@@ -143,6 +154,8 @@ def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[
     last = [0.0]
 
     def stats(engine):
+        if live:  # an end that came inside the listing's quiet time is written now
+            live.tick()
         if time.perf_counter() - last[0] >= STATS_EVERY_S:
             last[0] = time.perf_counter()
             emit("stats", stats_event(engine))
@@ -166,7 +179,8 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     done_before = output.done_ids()
     pending = (s for s in iter_prompt_file(config.prompts, config.defaults, config.model) if s.id not in done_before)
     emit = on_event or (lambda kind, info: None)
-    emit("start", {"job_id": config.job_id, "total": total, "skipped": len(done_before)})
+    emit("start", {"job_id": config.job_id, "total": total, "skipped": len(done_before),
+                   "location": output.location(config.formats)})  # where to watch: the index grows as it goes
     first = next(pending, None)
     if first is not None:  # load the model only when there is something to do, and before writing anything:
         emit("loading", {"model": config.model})  # a bad --model leaves no job behind
@@ -181,9 +195,11 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     status, error = "finished", None
     try:
         if first is not None:
+            live = LiveListing(output, config.formats, config.self_contained)
+            live.flush()  # the index exists (and says "running") before the first document ends
             generate_documents(generator, output, itertools.chain([first], pending), config.formats,
                                config.self_contained, config.endpoint_url, on_event, should_stop, slots=slots,
-                               job_tokens=job_tokens)
+                               job_tokens=job_tokens, live=live)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
     except Exception as e:  # issue 16: a job that stops never stays "running" (a full disk, S3 past its retries)
@@ -247,14 +263,15 @@ def generate_document(generator: Generator, prompt: str, params: GenerationParam
     problem = context_problem(ModelCard.of(generator.model), prompt, params, len(images), image_only)
     if problem:
         raise ParamsError(f"the prompt {problem}", name="prompt", rule=problem)
-    request = DocumentRequest(prompt=prompt, params=params, image_only=image_only,
-                              images=[load_input_image(p) for p in images], id=doc_id)
+    records, pixels = read_input_images(images)
+    request = DocumentRequest(prompt=prompt, params=params, image_only=image_only, images=pixels, id=doc_id)
     # a document folder (document.json, images/, index.md, index.html), not a whole job folder
     folder = DocumentFolder(open_storage(out or f"{GENERATE_OUT}/{request.id}"))
     folder.storage.check()  # before the model works, not after
     doc = generator.generate([request], on_progress=lambda kind, _: on_progress and on_progress(kind))[0]
     if image_only:  # recorded with the parameters (document.json, the PNG's chunks), so the picture reproduces
         doc.params = {**doc.params, "image_only": True}
+    doc.input_images = records
     folder.save(doc)
     return doc, folder
 

@@ -144,3 +144,4 @@ class WorkItem:
     dropped: Callable[[], None] = lambda: None
     image: Callable[[], None] = lambda: None  # one of its pictures is painted
     endpoint_url: str | None = None  # of its input pictures on S3
+    inputs: list = field(default_factory=list)  # its input pictures' records (InputImage), once read
