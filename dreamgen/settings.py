@@ -73,13 +73,15 @@ KV_CPU_SHARE = Setting("DREAMGEN_KV_CPU_SHARE", "0.5", "CPU: the most of availab
                        "never takes more than the job's documents can use)")
 COMPILE = Setting("DREAMGEN_COMPILE", None, "1: torch.compile the decode buckets and the UNet; 0: never "
                   "(default: on CUDA only)")
+PAINTING = Setting("DREAMGEN_PAINTING", "stepwise", "stepwise: pictures take a denoising step each engine step "
+                   "beside the text; gather: every waiting picture painted at once while the text waits")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
 WORKER_EVENTS = Setting("DREAMGEN_WORKER_EVENTS", "1", "0: workers send no task events (for celery events, Flower, "
                         "Prometheus exporters)")
 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL,
        TASK_TIME_LIMIT, VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL,
-       WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, COMPILE, WORKER_PRELOAD, WORKER_EVENTS)
+       WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, COMPILE, PAINTING, WORKER_PRELOAD, WORKER_EVENTS)
 DEFAULT_MODEL = MODEL.default
 
 

@@ -82,3 +82,14 @@ def test_sampling_compiles_without_a_graph_break():
     logits = torch.randn(3, 300, generator=torch.Generator().manual_seed(0))
     explanation = torch._dynamo.explain(sample)(logits, rows)
     assert explanation.graph_count == 1 and explanation.graph_break_count == 0
+
+
+def test_a_greedy_row_beside_sampled_rows_is_its_argmax_whatever_the_noise():
+    """A greedy row runs the Gumbel race with its noise scaled by 0: the noise must be finite everywhere (a U of
+    exactly 1 would make it -inf, and 0 x inf a NaN that wins the argmax)."""
+    u = uniforms(torch.tensor([row_key(s, p) for s in range(8) for p in range(64)]), 32000)
+    assert float(u.max()) < 1 and float(u.min()) > 0 and torch.isfinite(torch.log(-torch.log(u))).all()
+    logits = torch.randn(2, 32000, generator=torch.Generator().manual_seed(5))
+    for position in range(300):
+        rows = _rows([0.0, 1.0], [1.0, 0.9], [row_key(1, position), row_key(2, position)])
+        assert sample(logits.clone(), rows)[0] == logits[0].argmax()

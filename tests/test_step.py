@@ -26,7 +26,7 @@ def _bench(name):
 def _decoding_runner(rows: int):
     """A runner whose `rows` documents have prompts of different lengths in the pool and decode next."""
     model = tiny_model()
-    runner = ModelRunner(model, 64 * 16, EngineConfig(attention="flex", compile=False))
+    runner = ModelRunner(model, 160 * 16, EngineConfig(attention="flex", compile=False))
     hidden = model.llm.config.hidden_size
     g = torch.Generator().manual_seed(rows)
     runs = []
@@ -40,7 +40,7 @@ def _decoding_runner(rows: int):
 
 
 def test_the_bucket_step_compiles_into_one_graph_and_equals_the_eager_step():
-    for rows, bucket_rows in ((2, 2), (3, 4)):
+    for rows, bucket_rows in ((3, 8), (9, 16)):
         runner, runs, embeds = _decoding_runner(rows)
         with torch.no_grad():
             eager_hidden, eager_logits = runner.forward(embeds, runs, list(range(rows)))  # gather + SDPA

@@ -3,9 +3,10 @@
 The step's queries are grouped by document: row b holds the `queries` tokens its run feeds this step (decode:
 one), padded where runs are shorter. Two ways to attend, the same numbers:
 
-    sdpa   the eager default on the CPU: each row's pages are gathered once (one index_select of exactly the
-           pages it holds, in position order, so column l is position l) and SDPA runs with a causal-by-position
-           mask. Shapes follow the step (the longest document decides the columns).
+    sdpa   the eager default on the CPU: each row's pages are gathered once (one index_select of the pages it
+           holds, in position order, so column l is position l, padded with the scratch page) and SDPA runs with a
+           causal-by-position mask. Rows are grouped by their column count, a power of two decided by the row's
+           own length (runner.py), so a row's numbers never depend on its neighbours; usually one group.
     flex   `flex_attention` over the pool in place, with a block mask built from the page table: a row visits only
            the pages it holds (kv_indices), and its mask_mod checks the page's owner and position, so no KV is
            copied and no page nobody holds is read. Every shape is fixed by the bucket (rows, queries, pool), so
@@ -82,6 +83,17 @@ class SdpaAttention:
                                              keys[:, :, h:].transpose(1, 2), attn_mask=self.mask, scale=self.scale,
                                              enable_gqa=q.shape[1] != h)
         return g.flat(out)
+
+
+@dataclass
+class Grouped:
+    """Several SDPA calls of one step (rows grouped by their key columns), back in the step's token order."""
+
+    groups: list
+    order: torch.Tensor  # (N,) place of each token in the groups' outputs laid end to end
+
+    def __call__(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return torch.cat([group(q, kv) for group in self.groups]).index_select(0, self.order)
 
 
 @dataclass

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the CLI reads the choices here before torch is imported
 # 5.0x at 16, 6.0x at 32. GPU: scripts/gpu_run.sh's engine section measures it.
 DEFAULT_SLOTS = {"cpu": 32, "cuda": 64}
 BATCHING = ("continuous", "lockstep")
+PAINTING = ("stepwise", "gather")  # painting.py
 PREFILL_CHUNK = 64  # tokens of a long feed per step: a newcomer delays the others' next token by about this many
 STEP_TOKENS = 256  # tokens of long feeds per step at most, besides one per decoding document
 
@@ -28,10 +29,13 @@ class EngineConfig:
     compile: bool | None = None  # torch.compile the decode buckets (and the UNet); None: on CUDA only
     graphs: bool | None = None  # replay decode buckets as CUDA graphs; None: on CUDA
     attention: str = "auto"  # auto | sdpa | flex (attention.py)
+    painting: str = "stepwise"  # stepwise: pictures take a step each engine step; gather: all at once, later
 
     def __post_init__(self):
         if self.batching not in BATCHING:
             raise ValueError(f"batching={self.batching!r}: use one of {', '.join(BATCHING)}")
+        if self.painting not in PAINTING:
+            raise ValueError(f"painting={self.painting!r}: use one of {', '.join(PAINTING)}")
         for name in ("slots", "kv_tokens", "prefill_chunk", "step_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -48,7 +52,7 @@ class EngineConfig:
 
 
 def engine_config(slots: int | None = None, batching: str = "continuous", compile: bool | None = None,
-                  kv_fraction: float | None = None) -> EngineConfig:
+                  kv_fraction: float | None = None, painting: str | None = None) -> EngineConfig:
     """The generator's configuration from flags and settings: the one place the engine's settings are read
     (a flag given wins over its setting)."""
     from .. import settings
@@ -56,4 +60,5 @@ def engine_config(slots: int | None = None, batching: str = "continuous", compil
     if compile is None and settings.COMPILE.get() is not None:
         compile = settings.COMPILE.get() != "0"
     return EngineConfig(slots=slots, batching=batching, kv_tokens=settings.kv_tokens(), compile=compile,
-                        kv_fraction=None if kv_fraction is None else settings.kv_memory_fraction(kv_fraction))
+                        kv_fraction=None if kv_fraction is None else settings.kv_memory_fraction(kv_fraction),
+                        painting=painting or settings.PAINTING.get())

@@ -55,11 +55,6 @@ class ImageRequest:
     width: int
 
 
-def group_key(request: ImageRequest) -> tuple:
-    # Images share a UNet batch when they walk the same timesteps at the same latent size.
-    return (request.steps, request.scheduler, request.height, request.width, request.guidance > 1.0)
-
-
 VAE_BATCH = 4  # pictures decoded at once: the fp32 VAE at 512 px takes ~0.5 GB a picture
 
 
@@ -104,54 +99,108 @@ def ddpm_step(scheduler, eps: torch.Tensor, t, sample: torch.Tensor, noise: torc
     return previous
 
 
+@dataclass
+class Picture:
+    """One picture being painted: its own scheduler (and its state), latents and noise drawn ahead, its step."""
+
+    request: ImageRequest
+    scheduler: object
+    latents: torch.Tensor  # (1, C, h, w)
+    noise: torch.Tensor | None  # (noisy steps, 1, C, h, w): DDPM's per-step draws; None for the others
+    step_kwargs: dict
+    step: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.step >= len(self.scheduler.timesteps)
+
+    @property
+    def timestep(self) -> torch.Tensor:
+        return self.scheduler.timesteps[self.step]
+
+    @property
+    def guided(self) -> bool:
+        return self.request.guidance > 1.0
+
+
+def start_picture(request: ImageRequest, scheduler_config: dict, latent_channels: int, vae_scale: int, device,
+                  dtype) -> Picture:
+    """A picture at its first step: a fresh scheduler of its kind over the model's noise schedule, and all its
+    noise drawn from its own CPU generator (as diffusers' pipeline draws it for this seed)."""
+    # issue 16: a model's own schedule may allow fewer steps than params.MAX_STEPS
+    if request.steps > max_steps(scheduler_config):
+        raise ParamsError(f"steps={request.steps}: this model's noise schedule allows at most "
+                          f"{max_steps(scheduler_config)} steps", name="steps")
+    scheduler = make_scheduler(request.scheduler, scheduler_config)
+    scheduler.set_timesteps(request.steps, device=device)
+    ddpm = isinstance(scheduler, DDPMScheduler) and scheduler.config.variance_type in ("fixed_small", None)
+    noisy_steps = int((scheduler.timesteps > 0).sum()) if ddpm else 0
+    shape = (latent_channels, request.height // vae_scale, request.width // vae_scale)
+    latents, noise = draw_noise([request.seed], shape, noisy_steps, device, dtype)
+    step_kwargs = {}
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    if "generator" in accepted and not ddpm:  # a scheduler that draws noise of its own (none of ours does):
+        generator = torch.Generator("cpu").manual_seed(request.seed)  # its stream after the initial latents
+        torch.randn(shape, generator=generator, dtype=dtype)
+        step_kwargs["generator"] = generator
+    if "eta" in accepted:
+        step_kwargs["eta"] = 0.0
+    return Picture(request, scheduler, latents * scheduler.init_noise_sigma, noise if ddpm else None, step_kwargs)
+
+
+def denoise_step(pictures: list[Picture], unet: Callable) -> None:
+    """One denoising step for every picture (all of one latent size), each at its own timestep with its own
+    scheduler, in one UNet call: rows [unconditional of the guided pictures, conditional of all], as diffusers
+    orders them for one picture."""
+    device, dtype = pictures[0].latents.device, pictures[0].latents.dtype
+    inputs = [p.scheduler.scale_model_input(p.latents, p.timestep) for p in pictures]
+    guided = [i for i, p in enumerate(pictures) if p.guided]
+    rows = [inputs[i] for i in guided] + inputs
+    timesteps = torch.stack([pictures[i].timestep for i in guided] + [p.timestep for p in pictures])
+    cond = torch.stack([pictures[i].request.uncond for i in guided] + [p.request.cond for p in pictures])
+    eps = unet(torch.cat(rows), timesteps.to(device), cond.to(device=device, dtype=dtype))
+    eps_uncond, eps_cond = eps[:len(guided)], eps[len(guided):]
+    if guided:
+        scale = torch.tensor([pictures[i].request.guidance for i in guided], device=device, dtype=dtype)
+        at = torch.tensor(guided, device=device)
+        u, c = eps_uncond, eps_cond.index_select(0, at)
+        eps_cond = eps_cond.index_copy(0, at, u + scale.view(-1, 1, 1, 1) * (c - u))
+    for k, p in enumerate(pictures):
+        e = eps_cond[k:k + 1]
+        if p.noise is not None:
+            p.latents = ddpm_step(p.scheduler, e, p.timestep, p.latents,
+                                  p.noise[p.step] if p.step < len(p.noise) else None)
+        else:
+            p.latents = p.scheduler.step(e, p.timestep, p.latents, **p.step_kwargs, return_dict=False)[0]
+        p.step += 1
+
+
+def decode_pictures(pictures: list[Picture], vae_decode: Callable) -> list[torch.Tensor]:
+    """The finished pictures' images (3, H, W) in [0, 1], decoded VAE_BATCH at a time per size."""
+    images: list[torch.Tensor | None] = [None] * len(pictures)
+    by_size: dict[tuple, list[int]] = {}
+    for i, p in enumerate(pictures):
+        by_size.setdefault(tuple(p.latents.shape), []).append(i)
+    for indices in by_size.values():
+        for at in range(0, len(indices), VAE_BATCH):
+            chunk = indices[at:at + VAE_BATCH]
+            decoded = vae_decode(torch.cat([pictures[i].latents for i in chunk]))
+            for i, image in zip(chunk, decoded):
+                images[i] = image
+    return images
+
+
 def denoise_group(requests: list[ImageRequest], unet: Callable, vae_decode: Callable, scheduler_config: dict,
                   latent_channels: int, vae_scale: int, device, dtype,
                   check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
-    """Paint a group of images that share a group_key; returns (N, 3, H, W) in [0, 1]."""
-    first = requests[0]
-    # 1. scheduler and timesteps (issue 16: a model's own schedule may allow fewer steps than params.MAX_STEPS)
-    if first.steps > max_steps(scheduler_config):
-        raise ParamsError(f"steps={first.steps}: this model's noise schedule allows at most "
-                          f"{max_steps(scheduler_config)} steps", name="steps")
-    scheduler = make_scheduler(first.scheduler, scheduler_config)
-    scheduler.set_timesteps(first.steps, device=device)
-
-    # 2. all the noise, drawn ahead: one generator per image (DDPM also draws once per step with t > 0)
-    ddpm = isinstance(scheduler, DDPMScheduler) and scheduler.config.variance_type in ("fixed_small", None)
-    noisy_steps = int((scheduler.timesteps > 0).sum()) if ddpm else 0
-    shape = (latent_channels, first.height // vae_scale, first.width // vae_scale)
-    latents, step_noise = draw_noise([r.seed for r in requests], shape, noisy_steps, device, dtype)
-    latents = latents * scheduler.init_noise_sigma
-
-    # 3. conditions: [uncond, cond] as diffusers orders them, guidance per image
-    guided = first.guidance > 1.0
-    cond = torch.stack([r.cond for r in requests]).to(device=device, dtype=dtype)  # (N, Q, C)
-    if guided:
-        uncond = torch.stack([r.uncond for r in requests]).to(device=device, dtype=dtype)
-        cond = torch.cat([uncond, cond])  # (2N, Q, C)
-        scale = torch.tensor([r.guidance for r in requests], device=device, dtype=dtype).view(-1, 1, 1, 1)
-
-    step_kwargs = {}
-    accepted = set(inspect.signature(scheduler.step).parameters)
-    if "generator" in accepted and not ddpm:  # a scheduler that draws noise of its own (none of ours does)
-        step_kwargs["generator"] = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
-    if "eta" in accepted:
-        step_kwargs["eta"] = 0.0
-
-    # 4. the denoising loop
-    for k, t in enumerate(scheduler.timesteps):
+    """Paint pictures of one latent size together from start to end; returns (N, 3, H, W) in [0, 1]. Pictures
+    with fewer steps leave the UNet batch when they are done."""
+    pictures = [start_picture(r, scheduler_config, latent_channels, vae_scale, device, dtype) for r in requests]
+    while True:
+        going = [p for p in pictures if not p.done]
+        if not going:
+            break
         if check_cancel:
             check_cancel()
-        model_input = torch.cat([latents] * 2) if guided else latents
-        model_input = scheduler.scale_model_input(model_input, t)
-        eps = unet(model_input, t, cond)
-        if guided:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + scale * (eps_cond - eps_uncond)
-        if ddpm:
-            latents = ddpm_step(scheduler, eps, t, latents, step_noise[k] if k < noisy_steps else None)
-        else:
-            latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
-
-    # 5. decode, VAE_BATCH pictures at a time: a batch of 64 at 512 px would take the KV pool's memory
-    return torch.cat([vae_decode(latents[i:i + VAE_BATCH]) for i in range(0, len(latents), VAE_BATCH)])
+        denoise_step(going, unet)
+    return torch.stack(decode_pictures(pictures, vae_decode))

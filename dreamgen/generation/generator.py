@@ -69,6 +69,8 @@ class EngineStats:
     busy: int = 0
     started: float = field(default_factory=time.perf_counter)
     kv: object = None  # KVStats of the runner's pool
+    picture_waits: list = field(default_factory=list)  # (seconds, engine steps) from a dream block to its picture
+    stalled_seconds: float = 0.0  # time documents ready to write waited for pictures (gather painting)
 
     def count_step(self, busy: int, more_waiting: bool) -> None:
         self.steps += 1
@@ -81,6 +83,20 @@ class EngineStats:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.started
+
+    def wait(self, quantile: float) -> tuple[float, float]:
+        """(seconds, steps) a picture waited, at this quantile of the run's pictures."""
+        if not self.picture_waits:
+            return (0.0, 0.0)
+        waits = sorted(self.picture_waits)
+        steps = sorted(w[1] for w in self.picture_waits)
+        at = min(len(waits) - 1, int(quantile * len(waits)))
+        return waits[at][0], steps[at]
+
+    @property
+    def stall_share(self) -> float:
+        """Share of the run's time in which documents ready to write waited for pictures."""
+        return self.stalled_seconds / self.seconds if self.seconds else 0.0
 
     @property
     def occupancy(self) -> float:
@@ -101,6 +117,8 @@ class _Doc:
     text_ids: list = field(default_factory=list)
     blocks: list = field(default_factory=list)
     query_states: torch.Tensor | None = None  # (Q, H) post-norm states at the queries of the last dream block
+    picture: ImageRequest | None = None  # stepwise: the picture being painted for it
+    dreamed_at: tuple = (0.0, 0)  # (time, engine step) its dream block was fed: how long its picture took
     stop_reason: str = ""
     started: float = field(default_factory=time.perf_counter)
 
@@ -160,6 +178,7 @@ class Generator:
         self.slots = self.config.slots_for(model.device)
         self._cuda_steps: dict[int, tuple[int, int, int]] = {}  # slots -> (free, step, card) bytes, measured once
         self._runner: ModelRunner | None = None  # kept across runs: its pool and compiled buckets are costly
+        self._feeders_waiting = False  # this step has documents ready to write (gather painting stalls them)
         self.stats = EngineStats()
 
     # ------------------------------------------------------------------------------------------ public API
@@ -200,7 +219,9 @@ class Generator:
         progress = on_progress or (lambda kind, index: None)
         kv_tokens = self.memory_plan(slots, job_tokens, least_tokens).pool_tokens
         config = self.config
-        scheduler = Scheduler(slots, kv_tokens, config.prefill_chunk, config.step_tokens, config.batching)
+        scheduler = Scheduler(slots, kv_tokens, config.prefill_chunk, config.step_tokens, config.batching,
+                              config.painting)
+        self.painter.clear()  # pictures of a run that was cancelled
         runner = self._runner_for(kv_tokens)
         stats = self.stats = EngineStats(slots=slots)
         docs: dict[int, _Doc] = {}
@@ -221,7 +242,10 @@ class Generator:
             plan = scheduler.schedule(more_waiting=source.ready)
             stats.count_step(scheduler.busy, source.ready)
             after: dict[int, object] = {}
-            if plan.paint:
+            self._feeders_waiting = bool(plan.runs)
+            if self.painter.pictures:  # stepwise: one denoising step for every picture in flight
+                after.update(self._paint_step(docs, progress))
+            if plan.paint:  # gather: the waiting pictures, start to end
                 after.update(self._paint([docs[s.index] for s in plan.paint], check_cancel, progress))
             if plan.runs:
                 after.update(self._step([(docs[s.index], n) for s, n in plan.runs], runner))
@@ -268,6 +292,7 @@ class Generator:
             request = docs[seq.index].request
             if request.should_stop and request.should_stop():
                 runner.close(seq.slot)
+                self.painter.drop(seq.index)
                 scheduler.drop(seq)
                 del docs[seq.index]
                 progress("dropped", seq.index)
@@ -336,6 +361,7 @@ class Generator:
                 continue  # its feed goes on at the next step
             if doc.then == "dream":
                 after[doc.index] = DREAM
+                doc.dreamed_at = (time.perf_counter(), self.stats.steps)
             elif doc.new_tokens >= doc.params.max_new_tokens:
                 doc.stop_reason = "max_new_tokens"  # fed, but nothing more to write
                 after[doc.index] = FINISH
@@ -353,6 +379,9 @@ class Generator:
                         doc.query_states = hidden.new_empty(q, hidden.shape[1])
                     doc.query_states[lo - first:hi - first] = hidden[at + lo - doc.seq.fed:at + hi - doc.seq.fed]
             at += n
+        dreamers = [doc for doc, _ in runs if after.get(doc.index) == DREAM]
+        if dreamers and self.config.painting == "stepwise":
+            self._start_pictures(dreamers)
         if samplers:
             after.update(self._sample([runs[i][0] for i in samplers], [runs[i][1] for i in samplers], logits))
         return after
@@ -405,26 +434,55 @@ class Generator:
             doc.text_ids = []
 
     # ------------------------------------------------------------------------------------------ pictures
-    def _paint(self, dreamers: list[_Doc], check_cancel, progress) -> dict[int, object]:
-        """Paint every waiting picture; each is fed back, as an image block, to its own document only."""
+    def _image_request(self, doc: _Doc, cond: torch.Tensor) -> ImageRequest:
+        p = doc.params
+        size = p.image_size or self.model.head.default_image_size
+        return ImageRequest(cond=cond, uncond=self.painter.unconditional(p.negative_prompt),
+                            seed=image_seed(p.seed, doc.images_done), steps=p.steps, guidance=p.guidance,
+                            scheduler=p.scheduler, height=size, width=size)
+
+    def _start_pictures(self, dreamers: list[_Doc]) -> None:
+        """Stepwise: the pictures just asked for join the painting at the next engine step."""
         conds = self.model.condition(torch.stack([d.query_states for d in dreamers]))  # (N, Q, cross_dim)
-        default_size = self.model.head.default_image_size
-        requests = []
         for doc, cond in zip(dreamers, conds):
-            p = doc.params
-            size = p.image_size or default_size
-            requests.append(ImageRequest(cond=cond, uncond=self.painter.unconditional(p.negative_prompt),
-                                         seed=image_seed(p.seed, doc.images_done), steps=p.steps,
-                                         guidance=p.guidance, scheduler=p.scheduler, height=size, width=size))
-        # Feed back the picture as stored (8-bit), so a resumed or re-read document sees the same pixels.
-        images = [(image * 255).round() / 255 for image in self.painter.paint(requests, check_cancel)]
-        readers = [k for k, d in enumerate(dreamers) if not d.request.image_only]
+            request = self._image_request(doc, cond)
+            self.painter.start(doc.index, request)
+            doc.picture = request
+
+    def _paint_step(self, docs: dict, progress) -> dict[int, object]:
+        """Stepwise: every picture in flight takes one denoising step; the finished ones are fed back."""
+        done = self.painter.step()
+        if not done:
+            return {}
+        finished = [docs[index] for index in done]
+        return self._feed_back(finished, [doc.picture for doc in finished], [done[d.index] for d in finished],
+                               progress)
+
+    def _paint(self, dreamers: list[_Doc], check_cancel, progress) -> dict[int, object]:
+        """Gather: paint every waiting picture start to end while the text waits; each is fed back, as an image
+        block, to its own document only."""
+        started = time.perf_counter()
+        conds = self.model.condition(torch.stack([d.query_states for d in dreamers]))  # (N, Q, cross_dim)
+        requests = [self._image_request(doc, cond) for doc, cond in zip(dreamers, conds)]
+        after = self._feed_back(dreamers, requests, self.painter.paint(requests, check_cancel), progress)
+        if self._feeders_waiting:  # documents ready to write waited for these pictures
+            self.stats.stalled_seconds += time.perf_counter() - started
+        return after
+
+    def _feed_back(self, docs: list[_Doc], requests: list[ImageRequest], images: list[torch.Tensor],
+                   progress) -> dict[int, object]:
+        """Each picture into its document's blocks and, read by the vision encoder, back into its context."""
+        # Fed back as stored (8-bit), so a resumed or re-read document sees the same pixels.
+        images = [(image * 255).round() / 255 for image in images]
+        readers = [k for k, d in enumerate(docs) if not d.request.image_only]
         features = dict(zip(readers, self.encoder.read_images([images[k] for k in readers])))
         after: dict[int, object] = {}
-        for k, (doc, request) in enumerate(zip(dreamers, requests)):
+        now = time.perf_counter()
+        for k, (doc, request) in enumerate(zip(docs, requests)):
             doc.blocks.append(ImageBlock(index=doc.images_done, width=request.width, height=request.height,
                                          seed=request.seed, image=tensor_to_pil(images[k])))
             self.stats.pictures += 1
+            self.stats.picture_waits.append((now - doc.dreamed_at[0], self.stats.steps - doc.dreamed_at[1]))
             progress("image", doc.index)
             block = None if doc.request.image_only else self.encoder.image_block(features[k])
             if block is None:

@@ -11,18 +11,26 @@
                    `compile` on the CPU it is compiled too (tests/test_step.py compiles it with fullgraph=True).
 
 Neither reads anything back: the generator's one wait a step is for its sampled tokens.
+
+Rows come in multiples of ROWS (8): a CPU matmul gives a row the same bits whatever the other rows only when it
+is not a matrix-vector product and the row count is a multiple of its block, so a step of 3 tokens runs 8 rows
+(5 of nobody, writing the scratch page). That keeps a document's text the same whatever its neighbours; on a GPU
+the rows are free (a decode step reads the weights once whatever the rows).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .attention import NOBODY, FlexAttention, Group, SdpaAttention, flex_block_mask, resolve
+from .attention import NOBODY, FlexAttention, Group, Grouped, SdpaAttention, flex_block_mask, resolve
 from .config import EngineConfig
 from .kv import PAGE, PagePool, pages_for
 from .lm import PagedLM, Run
 
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+ROWS = 8
+BUCKETS = (8, 16, 32, 64, 128)
+MIN_COLUMNS = 128  # key columns of the eager step's smallest attention group
+NOBODY_RUN = Run(-1, 0, 1)  # a padding row: position 0 of nobody, in the scratch page
 
 
 def bucket_for(rows: int) -> int | None:
@@ -63,6 +71,7 @@ class _Bucket:
     def fill(self, runner, runs: list[Run], embeds: torch.Tensor | None = None) -> None:
         pool = runner.pool
         host = np.zeros((self.rows, self.width), dtype=np.int64)
+        runs = [r for r in runs if r.slot >= 0]  # padding rows are the bucket's own
         host[:, 1] = pool.scratch * PAGE  # padded rows write the scratch page
         host[:, 2] = NOBODY
         host[:, 4:] = pool.scratch
@@ -105,7 +114,8 @@ class ModelRunner:
         self.page_slot = torch.from_numpy(self.pool.page_slot).to(self.device)
         self.page_index = torch.from_numpy(self.pool.page_index).to(self.device)
         self.graph_pool = torch.cuda.graph_pool_handle() if config.captures(self.device) else None
-        self._columns = torch.arange(model.max_positions + PAGE, device=self.device)
+        self._context_pages = pages_for(model.max_positions)
+        self._columns = torch.arange(max(self._context_pages * PAGE, MIN_COLUMNS), device=self.device)
 
     # ---------------------------------------------------------------------------------------- the pool
     def open(self, slot: int, reserve: int) -> None:
@@ -142,37 +152,75 @@ class ModelRunner:
         bucket = bucket_for(len(runs)) if self.buckets_on and all(r.count == 1 for r in runs) else None
         if bucket is not None:
             return self._bucket_step(bucket, embeds, runs, logits_for)
-        hidden = self.lm.forward(embeds, *self._eager_inputs(runs))
+        n = embeds.shape[0]
+        padding = -n % ROWS
+        hidden = self.lm.forward(torch.nn.functional.pad(embeds, (0, 0, 0, padding)),
+                                 *self._eager_inputs(runs + [NOBODY_RUN] * padding))[:n]
         if not logits_for:
             return hidden, None
-        ends = np.cumsum([r.count for r in runs]) - 1
-        rows = self.to_device(ends[np.asarray(logits_for)])
-        return hidden, self.lm_head(hidden.index_select(0, rows)).float()
+        ends = (np.cumsum([r.count for r in runs]) - 1)[np.asarray(logits_for)]
+        rows = self.to_device(np.concatenate([ends, np.full(-len(ends) % ROWS, ends[0])]))
+        return hidden, self.lm_head(hidden.index_select(0, rows)).float()[:len(ends)]
 
     def _eager_inputs(self, runs: list[Run]):
-        """positions, write rows, the pool, and the step's attention, from one host-to-device copy."""
-        pool = self.pool
-        rows, queries = len(runs), max(r.count for r in runs)
-        columns = max(pages_for(r.start + r.count) for r in runs) * PAGE
+        """positions, write rows, the pool, and the step's attention, from one host-to-device copy.
+
+        Runs are grouped by their padded shape: the key columns they attend over (a power of two of at least
+        MIN_COLUMNS) and their queries (1 to decode, else a power of two of at least 8), both decided by the run's
+        own length. SDPA's CPU kernel gives a row the same bits whatever the other rows of its call, but not
+        whatever the padding of its columns or queries, so a run's padding never depends on its neighbours."""
         n = sum(r.count for r in runs)
-        decode = queries == 1
+        offsets = np.cumsum([0] + [r.count for r in runs[:-1]])
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, r in enumerate(runs):
+            queries = 1 if r.count == 1 else max(ROWS, 1 << (r.count - 1).bit_length())
+            groups.setdefault((self._columns_for(r), queries), []).append(k)
         parts = [np.concatenate([np.arange(r.start, r.start + r.count) for r in runs]),  # positions (N,)
-                 np.concatenate([pool.rows(r.slot, r.start, r.count) for r in runs]),  # write rows (N,)
-                 np.concatenate([pool.key_rows(r.slot, columns // PAGE) for r in runs]),  # key rows (rows * columns,)
-                 # query positions (rows * queries,): a padded query repeats its run's last one
-                 np.concatenate([r.start + np.minimum(np.arange(queries), r.count - 1) for r in runs])]
-        if not decode:
-            offsets = np.cumsum([0] + [r.count for r in runs[:-1]])
-            parts.append(np.concatenate([o + np.minimum(np.arange(queries), r.count - 1)
-                                         for o, r in zip(offsets, runs)]))  # pad (rows * queries,)
-            parts.append(np.concatenate([b * queries + np.arange(r.count) for b, r in enumerate(runs)]))  # unpad (N,)
-        packed = self.to_device(np.concatenate(parts).astype(np.int64))
-        sizes = [n, n, rows * columns, rows * queries] + ([] if decode else [rows * queries, n])
-        positions, write_rows, key_rows, query_positions, *padding = torch.split(packed, sizes)
-        group = Group(rows, queries, *(padding or [None, None]))
-        mask = (self._columns[:columns] <= query_positions.view(rows, queries, 1)).unsqueeze(1)
-        attend = SdpaAttention(group, key_rows, mask, columns, self.lm.kv_heads, self.scale)
+                 np.concatenate([self._rows(r) for r in runs])]  # write rows (N,)
+        shapes = []  # per group: (rows, queries, columns, padded?, token order)
+        for (columns, queries), members in groups.items():
+            tokens = np.concatenate([offsets[k] + np.arange(runs[k].count) for k in members])
+            parts.append(np.concatenate([self._key_rows(runs[k], columns // PAGE) for k in members]))
+            # query positions (rows * queries,): a padded query repeats its run's last one
+            parts.append(np.concatenate([runs[k].start + np.minimum(np.arange(queries), runs[k].count - 1)
+                                         for k in members]))
+            in_place = queries == 1 and len(groups) == 1  # every run decodes, all in this one group
+            if not in_place:
+                parts.append(np.concatenate([offsets[k] + np.minimum(np.arange(queries), runs[k].count - 1)
+                                             for k in members]))  # pad: token per padded query
+                parts.append(np.concatenate([b * queries + np.arange(runs[k].count)
+                                             for b, k in enumerate(members)]))  # unpad: padded query per token
+            shapes.append((len(members), queries, columns, in_place, tokens))
+        order = np.concatenate([tokens for *_, tokens in shapes])
+        reorder = len(groups) > 1
+        if reorder:
+            parts.append(np.argsort(order))  # tokens back to the step's order after the groups
+        packed = iter(torch.split(self.to_device(np.concatenate(parts).astype(np.int64)),
+                                  [len(part) for part in parts]))
+        positions, write_rows = next(packed), next(packed)
+        attends = []
+        for rows, queries, columns, in_place, _ in shapes:
+            key_rows, query_positions = next(packed), next(packed)
+            pad, unpad = (None, None) if in_place else (next(packed), next(packed))
+            mask = (self._columns[:columns] <= query_positions.view(rows, queries, 1)).unsqueeze(1)
+            attends.append(SdpaAttention(Group(rows, queries, pad, unpad), key_rows, mask, columns,
+                                         self.lm.kv_heads, self.scale))
+        attend = attends[0] if not reorder else Grouped(attends, next(packed))
         return positions, write_rows, self.pool.kv, attend
+
+    def _columns_for(self, run: Run) -> int:
+        pages = max(MIN_COLUMNS // PAGE, pages_for(run.start + run.count))
+        return min(1 << (pages - 1).bit_length(), self._context_pages) * PAGE
+
+    def _rows(self, run: Run) -> np.ndarray:
+        if run.slot < 0:
+            return np.full(run.count, self.pool.scratch * PAGE, dtype=np.int64)
+        return self.pool.rows(run.slot, run.start, run.count)
+
+    def _key_rows(self, run: Run, pages: int) -> np.ndarray:
+        if run.slot < 0:
+            return np.full(pages * PAGE, self.pool.scratch * PAGE, dtype=np.int64)
+        return self.pool.key_rows(run.slot, pages)
 
     def bucket_compute(self, embeds: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed-shape decode step of one bucket: (rows, H) embeds and (rows, 4 + pages) indices -> (rows, V)

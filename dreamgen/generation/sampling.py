@@ -13,7 +13,6 @@ overflows and every device computes the same bits.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,21 +73,14 @@ def _token_offsets(vocab: int, device) -> torch.Tensor:
     return _offsets[key]
 
 
-def _odd_integers(keys: torch.Tensor, vocab: int) -> torch.Tensor:
-    """(B,) int64 keys -> (B, vocab) float32 odd integers 2k + 1, k uniform in [0, 2^24): a pure function of
-    (key, token). U = (2k + 1) / 2^25 is uniform in (0, 1), never 0 or 1."""
+def uniforms(keys: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(B,) int64 keys -> (B, vocab) float32 uniforms U = (2k + 1) / 2^24, k uniform in [0, 2^23): a pure
+    function of (key, token), exact in float32 and never 0 or 1, so -log(U) is positive and its log finite."""
     x = keys[:, None] ^ _token_offsets(vocab, keys.device)
     for _ in range(2):
         x = (((x >> 16) ^ x) * _MIX) & _MASK32
     x = (x >> 16) ^ x
-    return ((x >> 7) | 1).to(torch.float32)
-
-
-def uniforms(keys: torch.Tensor, vocab: int) -> torch.Tensor:
-    return _odd_integers(keys, vocab) * (1.0 / (1 << 25))
-
-
-_LOG_2_25 = 25 * math.log(2)
+    return ((x >> 8) | 1).to(torch.float32) * (1.0 / (1 << 24))
 
 
 def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
@@ -104,8 +96,8 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
         inside = (torch.cumsum(ordered, dim=-1) - ordered) < rows.top_p[:, None]
         cut = ordered.masked_fill(~inside, float("inf")).amin(dim=-1, keepdim=True)
         scaled = scaled.masked_fill(probs < cut, float("-inf"))
-    # logit / T + Gumbel noise -log(-log U), with -log U = 25 log 2 - log(2k + 1)
-    exponential = _LOG_2_25 - torch.log(_odd_integers(rows.key, logits.shape[1]))
+    # logit / T + Gumbel noise -log(-log U); a greedy row's noise is scaled by 0 (finite: U is never 0 or 1)
+    exponential = -torch.log(uniforms(rows.key, logits.shape[1]))
     return torch.addcmul(scaled, torch.log(exponential), rows.noise[:, None], value=-1).argmax(dim=-1)
 
 

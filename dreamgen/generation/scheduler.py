@@ -21,15 +21,17 @@ A long feed (a newcomer's prompt, a picture's image block) goes in chunks of `pr
 document's chunks are cut from the start of its own feed, whatever else runs, so its numbers never depend on
 its neighbours.
 
-A document that asks for a picture waits while the others go on, until nobody else can go on or it has waited
-PAINT_GATHER_STEPS steps; the waiting pictures are then painted together in one UNet batch.
+A document that asks for a picture waits (DREAMING) while the others go on. Painting "stepwise", its picture
+takes a denoising step each engine step beside the others' decoding (the generator drives it) until it is fed
+back; painting "gather", the scheduler has the waiting pictures painted together, start to end, once nobody else
+can go on or one has waited PAINT_GATHER_STEPS steps.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .config import BATCHING
+from .config import BATCHING, PAINTING
 
 PAINT_GATHER_STEPS = 24
 DREAM = "dream"  # update(): the document's dream block is fed; it waits for its picture
@@ -78,9 +80,11 @@ class StepPlan:
 
 class Scheduler:
     def __init__(self, slots: int, kv_tokens: int, prefill_chunk: int = 64, step_tokens: int = 256,
-                 batching: str = "continuous"):
-        if batching not in BATCHING:
-            raise ValueError(f"batching={batching!r}: use one of {', '.join(BATCHING)}")
+                 batching: str = "continuous", painting: str = "stepwise"):
+        if batching not in BATCHING or painting not in PAINTING:
+            raise ValueError(f"batching={batching!r}, painting={painting!r}: use one of {', '.join(BATCHING)}; "
+                             f"{', '.join(PAINTING)}")
+        self.painting = painting
         if slots < 1 or prefill_chunk < 1 or step_tokens < 1:
             raise ValueError("slots, prefill_chunk and step_tokens must be positive")
         self.slots, self.kv_tokens, self.batching = slots, kv_tokens, batching
@@ -136,7 +140,7 @@ class Scheduler:
         plan = StepPlan()
         dreaming = [s for s in self.live if s.state is State.DREAMING]
         feeders = [s for s in self.live if s.state is State.FEEDING]
-        if dreaming:
+        if dreaming and self.painting == "gather":
             could_admit = more_waiting and bool(self._free_slots) and self._batch_open
             if (not feeders and not could_admit) or max(s.waited for s in dreaming) >= PAINT_GATHER_STEPS:
                 plan.paint = dreaming
