@@ -3,8 +3,8 @@
 # at its versions, plus what .whl/ holds. In it:
 #   1. none of what that machine lacks imports (diffusers, requests, celery, redis, boto3, ...), but from .whl/;
 #   2. `bash scripts/gpu_run.sh` runs to "no CUDA", exit 0, with no ImportError and no traceback;
-#   3. transformers' LlamaModel takes a cache by llama_cache.py's keyword on the lowest transformers pyproject.toml
-#      allows (tests/test_llama_cache.py).
+#   3. transformers' LlamaModel takes a cache by llama_cache.py's keyword, and the engine's decode step compiles into
+#      one graph, on the lowest transformers pyproject.toml allows (tests/test_llama_cache.py, tests/test_step.py).
 # The virtualenv is kept in $GPU_SIM_DIR (default .cache/gpu-sim, which git ignores; CI keeps it outside its fresh
 # clone), rebuilt when machine.txt changes.
 #
@@ -56,9 +56,11 @@ if [ $status -ne 0 ] || ! grep -q "no CUDA" "$log" || grep -Eq "Traceback|Import
   exit 1
 fi
 
-# 3. LlamaModel on a cache by llama_cache.py's keyword on this transformers, with diffusers from .whl/ as gpu_run.sh
-#    installs it
+# 3. on this transformers, with diffusers from .whl/ as gpu_run.sh installs it: LlamaModel on a cache by
+#    llama_cache.py's keyword, and the engine's decode step (the fixed-shape bucket compiles into one graph and
+#    equals the eager step; the ops a layer)
 site=$(mktemp -d -t gpu-sim-site-XXXX)
 "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
-PYTHONPATH="$site:$PWD" "$PY" -m pytest -q -p no:cacheprovider tests/test_llama_cache.py
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONPATH="$site:$PWD" "$PY" -m pytest -q -p no:cacheprovider \
+    tests/test_llama_cache.py tests/test_step.py
 rm -rf "$site" "$out"
