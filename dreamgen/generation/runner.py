@@ -141,7 +141,8 @@ class ModelRunner:
             self.pool.changed = False
 
     # ---------------------------------------------------------------------------------------- a step
-    def forward(self, embeds: torch.Tensor, runs: list[Run], logits_for: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, embeds: torch.Tensor, runs: list[Run],
+                logits_for: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """embeds (N, H) of the runs end to end -> post-norm hidden (N, H) and float logits at the last token of
         the runs listed in logits_for (None if none)."""
         for run in runs:
@@ -169,7 +170,6 @@ class ModelRunner:
         MIN_COLUMNS) and their queries (1 to decode, else a power of two of at least 8), both decided by the run's
         own length. SDPA's CPU kernel gives a row the same bits whatever the other rows of its call, but not
         whatever the padding of its columns or queries, so a run's padding never depends on its neighbours."""
-        n = sum(r.count for r in runs)
         offsets = np.cumsum([0] + [r.count for r in runs[:-1]])
         groups: dict[tuple[int, int], list[int]] = {}
         for k, r in enumerate(runs):
