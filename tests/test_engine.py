@@ -226,3 +226,18 @@ def test_a_prompt_longer_than_the_context_fails_alone():
     Generator(model).run([JOB[0], too_long, JOB[1]], on_document=lambda i, d: docs.__setitem__(i, d),
                          on_failure=lambda i, e: failures.append((i, str(e))), slots=3)
     assert set(docs) == {0, 2} and failures[0][0] == 1 and "context 1024" in failures[0][1]
+
+
+def test_a_run_cancelled_half_way_leaves_the_next_run_a_whole_pool():
+    from dreamgen.errors import GenerationCancelled
+
+    gen = Generator(tiny_model(), config=EngineConfig(kv_tokens=4096))
+    steps = []
+    try:
+        gen.run(JOB, on_document=lambda i, d: None, slots=3, should_stop=lambda: len(steps) > 5,
+                on_stats=lambda s: steps.append(s.steps))
+    except GenerationCancelled:
+        pass
+    assert len(steps) > 5 and gen._runner.pool.table  # it stopped with documents holding pages
+    assert_same_job(stream(gen, JOB[:4], slots=3), stream(Generator(tiny_model()), JOB[:4], slots=3))
+    assert gen.stats.kv.pages_in_use == 0

@@ -335,6 +335,7 @@ class Generator:
             self._runner = None
         if self._runner is None:
             self._runner = ModelRunner(self.model, kv_tokens, self.config)
+        self._runner.pool.reset()
         return self._runner
 
     def _reserve(self, request: DocumentRequest, prompt_tokens: int) -> int:

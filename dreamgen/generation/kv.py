@@ -90,6 +90,13 @@ class PagePool:
         self.stats.live_tokens -= self.length.pop(slot)
         self.reserved_pages -= self._reserved.pop(slot)
 
+    def reset(self) -> None:
+        """Every slot given back (a run that stopped half-way leaves its documents' pages held) and the
+        statistics started again: the pool is kept across runs, its numbers are per run."""
+        for slot in list(self.table):
+            self.close(slot)
+        self.stats = KVStats(pool_pages=self.pages, page_bytes=self.stats.page_bytes)
+
     # ---------------------------------------------------------------------------------------- writing
     def extend(self, slot: int, tokens: int) -> None:
         """Make room for `tokens` more positions of `slot` (pages are taken as they fill)."""
