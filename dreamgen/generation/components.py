@@ -44,9 +44,18 @@ class TorchComponents:
 
     @torch.no_grad()
     def unet(self, sample, timestep, encoder_hidden_states):
+        return self._call_unet(self._unet, sample, timestep, encoder_hidden_states)
+
+    @torch.no_grad()
+    def eager_unet(self, sample, timestep, encoder_hidden_states):
+        """The UNet never compiled (the memory plan's measure must not trigger a compilation)."""
+        return self._call_unet(self.model.head.unet, sample, timestep, encoder_hidden_states)
+
+    @staticmethod
+    def _call_unet(unet, sample, timestep, encoder_hidden_states):
         if sample.is_cuda:
             sample = sample.contiguous(memory_format=torch.channels_last)
-        return self._unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
     @torch.no_grad()
     def vae_decode(self, latents):

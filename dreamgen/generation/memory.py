@@ -153,8 +153,9 @@ def estimate_step_bytes(unet_config, vae_config, pictures: int, unet_element: in
 @torch.no_grad()
 def measure_cuda_step(model, components, pictures: int) -> tuple[int, int, int]:
     """(free bytes once the weights are in, peak bytes of one step above them, the card's bytes), measured: the
-    UNet on `pictures` pictures with guidance at the model's picture size, then one VAE decode (pictures are
-    decoded one at a time)."""
+    UNet on `pictures` pictures with guidance at the model's picture size (eager: the measure must not compile),
+    then one VAE batch (diffusion.VAE_BATCH pictures)."""
+    from .diffusion import VAE_BATCH
     device = model.device
     head = model.head
     side = head.default_image_size // head.vae_scale_factor
@@ -165,9 +166,10 @@ def measure_cuda_step(model, components, pictures: int) -> tuple[int, int, int]:
     sample = torch.randn(2 * pictures, head.unet.config.in_channels, side, side, device=device, dtype=model.dtype)
     cond = torch.randn(2 * pictures, model.special.num_dream_queries, head.unet.config.cross_attention_dim,
                        device=device, dtype=model.dtype)
-    components.unet(sample, torch.tensor(500, device=device), cond)
+    unet = getattr(components, "eager_unet", components.unet)
+    unet(sample, torch.tensor(500, device=device), cond)
     del sample, cond
-    components.vae_decode(torch.randn(1, head.vae.config.latent_channels, side, side, device=device))
+    components.vae_decode(torch.randn(VAE_BATCH, head.vae.config.latent_channels, side, side, device=device))
     torch.cuda.synchronize(device)
     step = torch.cuda.max_memory_allocated(device) - before
     torch.cuda.empty_cache()

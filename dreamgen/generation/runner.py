@@ -48,9 +48,9 @@ class _Bucket:
         # One int64 buffer for every index: positions, write rows, owners, page counts, then page lists.
         self.width = 4 + pool.pages + 1
         self.indices = torch.zeros(rows, self.width, dtype=torch.int64, device=device)
-        self.compute = runner.bucket_compute
-        if runner.config.compiles(device):
-            self.compute = torch.compile(runner.bucket_compute, fullgraph=True, dynamic=False)
+        # filled on the host, copied without blocking: safe to reuse, as every step ends waiting for its tokens
+        self.host = torch.zeros(rows, self.width, dtype=torch.int64, pin_memory=device.type == "cuda")
+        self.compute = runner.compiled_step()
         self.graph = None
         self.outputs = None  # the captured graph's (logits, hidden), rewritten by every replay
         if runner.config.captures(device):
@@ -70,7 +70,8 @@ class _Bucket:
 
     def fill(self, runner, runs: list[Run], embeds: torch.Tensor | None = None) -> None:
         pool = runner.pool
-        host = np.zeros((self.rows, self.width), dtype=np.int64)
+        host = self.host.numpy()
+        host[:] = 0
         runs = [r for r in runs if r.slot >= 0]  # padding rows are the bucket's own
         host[:, 1] = pool.scratch * PAGE  # padded rows write the scratch page
         host[:, 2] = NOBODY
@@ -82,7 +83,7 @@ class _Bucket:
             host[b, 2] = run.slot
             host[b, 3] = pages
             host[b, 4:4 + pages] = pool.table[run.slot][:pages]
-        self.indices.copy_(runner.to_device(host), non_blocking=True)
+        self.indices.copy_(self.host, non_blocking=True)
         self.embeds.zero_()
         if embeds is not None:
             self.embeds[:len(runs)].copy_(embeds)
@@ -111,11 +112,22 @@ class ModelRunner:
         # Fixed-shape decode buckets: where they pay (compiled, or graphs on CUDA) and flex can attend in place.
         self.buckets_on = self.attention == "flex" and (config.compiles(self.device) or config.captures(self.device))
         self.buckets: dict[int, _Bucket] = {}
+        self._compiled = None
+        self._staging = torch.empty(0, dtype=torch.int64)  # pinned host memory for the eager step's indices
         self.page_slot = torch.from_numpy(self.pool.page_slot).to(self.device)
         self.page_index = torch.from_numpy(self.pool.page_index).to(self.device)
         self.graph_pool = torch.cuda.graph_pool_handle() if config.captures(self.device) else None
         self._context_pages = pages_for(model.max_positions)
         self._columns = torch.arange(max(self._context_pages * PAGE, MIN_COLUMNS), device=self.device)
+
+    def compiled_step(self):
+        """The bucket step, compiled once for every bucket where compiling pays (dynamo makes the row count
+        dynamic when a second bucket comes, so there are at most two compilations), else run as it is."""
+        if not self.config.compiles(self.device):
+            return self.bucket_compute
+        if self._compiled is None:
+            self._compiled = torch.compile(self.bucket_compute, fullgraph=True)
+        return self._compiled
 
     # ---------------------------------------------------------------------------------------- the pool
     def open(self, slot: int, reserve: int) -> None:
@@ -129,15 +141,23 @@ class ModelRunner:
         return self.pool.stats
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        """An int64 array on the device: on CUDA through a pinned staging buffer, without blocking (reusing it is
+        safe: every step ends waiting for its sampled tokens)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+        if self.device.type != "cuda":
+            return tensor
+        if self._staging.numel() < tensor.numel():
+            self._staging = torch.empty(max(tensor.numel(), 2 * self._staging.numel()), dtype=torch.int64,
+                                        pin_memory=True)
+        staged = self._staging[:tensor.numel()].view(tensor.shape)
+        staged.copy_(tensor)
+        return staged.to(self.device, non_blocking=True)
 
     def _sync_pages(self) -> None:
         if self.pool.changed:  # the flex mask reads page owners on the device
-            self.page_slot.copy_(self.to_device(self.pool.page_slot), non_blocking=True)
-            self.page_index.copy_(self.to_device(self.pool.page_index), non_blocking=True)
+            both = self.to_device(np.stack([self.pool.page_slot, self.pool.page_index]))
+            self.page_slot.copy_(both[0], non_blocking=True)
+            self.page_index.copy_(both[1], non_blocking=True)
             self.pool.changed = False
 
     # ---------------------------------------------------------------------------------------- a step
