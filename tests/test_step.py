@@ -50,11 +50,11 @@ def test_the_bucket_step_compiles_into_one_graph_and_equals_the_eager_step():
                 runner.pool.stats.live_tokens -= 1
             runner._sync_pages()
             bucket.fill(runner, runs, embeds)
-            explanation = torch._dynamo.explain(runner.bucket_compute)(bucket.embeds, bucket.indices)
+            explanation = torch._dynamo.explain(runner.bucket_compute)(*bucket._inputs())
             assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
             torch._dynamo.reset()
             compiled = torch.compile(runner.bucket_compute, fullgraph=True, dynamic=False, backend="aot_eager")
-            logits, hidden = compiled(bucket.embeds, bucket.indices)
+            logits, hidden = compiled(*bucket._inputs())
         assert logits.shape[0] == bucket_rows and hidden.shape[0] == bucket_rows
         torch.testing.assert_close(hidden[:rows], eager_hidden, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(logits[:rows], eager_logits, rtol=1e-5, atol=1e-5)

@@ -108,8 +108,9 @@ class FlexAttention:
 
         g, h = self.group, self.kv_heads
         pool = kv.transpose(0, 1)[None].expand(g.rows, -1, -1, -1)  # (rows, 2h, pool rows, D), no copy
-        out = flex_attention(g.padded(q), pool[:, :h], pool[:, h:], block_mask=self.block_mask, scale=self.scale,
-                             enable_gqa=q.shape[1] != h)
+        # the query contiguous: it is a strided slice of the fused qkv, which Inductor's CPU flex template rejects
+        out = flex_attention(g.padded(q).contiguous(), pool[:, :h], pool[:, h:], block_mask=self.block_mask,
+                             scale=self.scale, enable_gqa=q.shape[1] != h)
         return g.flat(out)
 
 

@@ -45,16 +45,22 @@ class _Bucket:
         pool, device = runner.pool, runner.device
         hidden = runner.lm.llm.config.hidden_size
         self.embeds = torch.zeros(rows, hidden, dtype=runner.dtype, device=device)
-        # One int64 buffer for every index: positions, write rows, owners, page counts, then page lists.
-        self.width = 4 + pool.pages + 1
-        self.indices = torch.zeros(rows, self.width, dtype=torch.int64, device=device)
+        # Each index its own buffer (Inductor wants what the attention's mask reads as inputs, not slices):
+        # positions (rows, 1), write rows, owners (the slot whose pages a row reads), page counts, page lists.
+        shapes = {"positions": (rows, 1), "write_rows": (rows,), "owners": (rows,), "counts": (rows,),
+                  "pages": (rows, pool.pages + 1)}
+        self.indices = {k: torch.zeros(shape, dtype=torch.int64, device=device) for k, shape in shapes.items()}
         # filled on the host, copied without blocking: safe to reuse, as every step ends waiting for its tokens
-        self.host = torch.zeros(rows, self.width, dtype=torch.int64, pin_memory=device.type == "cuda")
+        self.host = {k: torch.zeros(shape, dtype=torch.int64, pin_memory=device.type == "cuda")
+                     for k, shape in shapes.items()}
         self.compute = runner.compiled_step()
         self.graph = None
         self.outputs = None  # the captured graph's (logits, hidden), rewritten by every replay
         if runner.config.captures(device):
             self._capture(runner)
+
+    def _inputs(self) -> tuple:
+        return (self.embeds, *self.indices.values())
 
     def _capture(self, runner):
         self.fill(runner, [])  # every row padded: a step of nobody, writing only the scratch page
@@ -62,37 +68,39 @@ class _Bucket:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm up (compilation, autotuning) outside the capture
-                self.compute(self.embeds, self.indices)
+                self.compute(*self._inputs())
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=runner.graph_pool):
-            self.outputs = self.compute(self.embeds, self.indices)
+            self.outputs = self.compute(*self._inputs())
 
     def fill(self, runner, runs: list[Run], embeds: torch.Tensor | None = None) -> None:
         pool = runner.pool
-        host = self.host.numpy()
-        host[:] = 0
+        host = {k: v.numpy() for k, v in self.host.items()}
         runs = [r for r in runs if r.slot >= 0]  # padding rows are the bucket's own
-        host[:, 1] = pool.scratch * PAGE  # padded rows write the scratch page
-        host[:, 2] = NOBODY
-        host[:, 4:] = pool.scratch
+        host["positions"][:] = 0
+        host["write_rows"][:] = pool.scratch * PAGE  # padded rows write the scratch page
+        host["owners"][:] = NOBODY
+        host["counts"][:] = 0
+        host["pages"][:] = pool.scratch
         for b, run in enumerate(runs):
             pages = pages_for(run.start + 1)
-            host[b, 0] = run.start
-            host[b, 1] = pool.rows(run.slot, run.start, 1)[0]
-            host[b, 2] = run.slot
-            host[b, 3] = pages
-            host[b, 4:4 + pages] = pool.table[run.slot][:pages]
-        self.indices.copy_(self.host, non_blocking=True)
+            host["positions"][b, 0] = run.start
+            host["write_rows"][b] = pool.rows(run.slot, run.start, 1)[0]
+            host["owners"][b] = run.slot
+            host["counts"][b] = pages
+            host["pages"][b, :pages] = pool.table[run.slot][:pages]
+        for k, buffer in self.indices.items():
+            buffer.copy_(self.host[k], non_blocking=True)
         self.embeds.zero_()
         if embeds is not None:
             self.embeds[:len(runs)].copy_(embeds)
 
-    def run(self, runner) -> torch.Tensor:
+    def run(self, runner) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graph is not None:
             self.graph.replay()
             return self.outputs
-        return self.compute(self.embeds, self.indices)
+        return self.compute(*self._inputs())
 
 
 class ModelRunner:
@@ -242,15 +250,16 @@ class ModelRunner:
             return np.full(pages * PAGE, self.pool.scratch * PAGE, dtype=np.int64)
         return self.pool.key_rows(run.slot, pages)
 
-    def bucket_compute(self, embeds: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fixed-shape decode step of one bucket: (rows, H) embeds and (rows, 4 + pages) indices -> (rows, V)
-        float logits and hidden states. Compiles with fullgraph=True: no host sync, no branch on a tensor's value."""
+    def bucket_compute(self, embeds: torch.Tensor, positions: torch.Tensor, write_rows: torch.Tensor,
+                       owners: torch.Tensor, counts: torch.Tensor,
+                       pages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed-shape decode step of one bucket: (rows, H) embeds, their positions (rows, 1), pool rows to
+        write, owners, page counts and page lists (rows, pool pages + 1) -> (rows, V) float logits and hidden
+        states. Compiles with fullgraph=True: no host sync, no branch on a tensor's value."""
         rows = embeds.shape[0]
-        positions, write_rows, owners, counts = indices[:, 0], indices[:, 1], indices[:, 2], indices[:, 3]
-        mask = flex_block_mask(indices[:, 4:], counts, owners, positions.view(rows, 1), self.page_slot,
-                               self.page_index)
+        mask = flex_block_mask(pages, counts, owners, positions, self.page_slot, self.page_index)
         attend = FlexAttention(Group(rows, 1, None, None), mask, self.lm.kv_heads, self.scale)
-        hidden = self.lm.forward(embeds, positions, write_rows, self.pool.kv, attend)
+        hidden = self.lm.forward(embeds, positions.view(rows), write_rows, self.pool.kv, attend)
         return self.lm_head(hidden).float(), hidden
 
     def _bucket_step(self, rows: int, embeds, runs, logits_for):
