@@ -313,12 +313,15 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 
     from dreamgen.jobs.run import generate_document, load_generator
     from dreamgen.params import GenerationParams
+    from dreamgen.pictures import header_size
     from dreamgen.prompts.limits import text_problem
 
     if text_problem(prompt):  # e.g. an argument of bytes that are not UTF-8: the document could not be stored
         raise click.BadParameter(text_problem(prompt), param_hint="'PROMPT'")
     given = given_params(params)
     gen_params = GenerationParams(**given)
+    for path in images:  # a picture too large or no picture at all is said before the model loads
+        header_size(path, path)
     console = Console(stderr=True)
     heard = []
     with console.status("loading model"):

@@ -8,7 +8,6 @@ The one room of dreamgen.jobs that imports generation (and so torch).
 """
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import time
@@ -19,8 +18,10 @@ from PIL import Image
 from exporters import FORMATS
 
 from ..clock import utc_now
+from .. import pictures
 from ..document import Document
-from ..errors import GenerationCancelled, JobFailed, JobInterrupted, ParamsError, StorageError
+from ..errors import (GenerationCancelled, InputImageError, JobFailed, JobInterrupted, KeyNotFound, ParamsError,
+                      StorageError)
 from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
@@ -38,12 +39,18 @@ STATS_EVERY_S = 0.5  # how often "stats" events (tokens/s, slots busy) are sent
 
 # -------------------------------------------------------------------------------------------- documents
 def load_input_image(location: str, endpoint_url: str | None = None) -> Image.Image:
+    """The picture at a local path or s3:// URL, decoded within bounds (dreamgen.pictures); any problem is an
+    InputImageError naming it."""
     if location.startswith("s3://"):
         bucket, _, key = location[len("s3://"):].partition("/")
-        data = open_storage(f"s3://{bucket}", endpoint_url).read_bytes(key)
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    with Image.open(location) as image:
-        return image.convert("RGB")
+        try:
+            data = open_storage(f"s3://{bucket}", endpoint_url).read_bytes(key)
+        except KeyNotFound:
+            raise InputImageError(location, "not found") from None
+        except StorageError as e:
+            raise InputImageError(location, f"cannot be read: {e}") from None
+        return pictures.decode(data, location)
+    return pictures.decode(location, location)
 
 
 def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], bool] | None = None,
@@ -71,13 +78,22 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
             spec = item.spec
             try:
                 images = [load_input_image(loc, item.endpoint_url) for loc in spec.images]
-            except (OSError, StorageError) as e:
-                item.fail(e, f"input image: {e}")
-                continue
+            except Exception as e:  # whatever a picture raises is its document's failure (issue 33): taken from
+                item.fail(e, str(e) if isinstance(e, InputImageError) else f"input image: {e}")  # the source,
+                continue  # every item ends done or failed, or a worker's chunk waits for it forever
             pulled[index] = item
             index += 1
             yield DocumentRequest(prompt=spec.prompt, params=spec.params, id=spec.id, title=spec.title,
                                   images=images, should_stop=item.stop)
+
+    def finished(index: int, doc) -> None:
+        item = pulled.pop(index)
+        try:
+            item.done(doc)
+        except (StorageError, GenerationCancelled, KeyboardInterrupt):
+            raise  # the job's storage failing stops the job (see below)
+        except Exception as e:  # this document's files could not be made (an exporter's error): it alone fails
+            item.fail(e, None)
 
     def progress(kind: str, index: int):
         if kind == "image":
@@ -89,7 +105,7 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
     while True:
         pulled.clear()
         try:
-            generator.run(requests(source), on_document=lambda index, doc: pulled.pop(index).done(doc),
+            generator.run(requests(source), on_document=finished,
                           on_progress=progress, should_stop=should_stop, on_stats=on_stats, slots=slots,
                           job_tokens=job_tokens,
                           on_failure=lambda index, e: pulled.pop(index).fail(e, None))

@@ -103,11 +103,28 @@ def check_job(config: JobConfig) -> tuple[JobOutput, int]:
     here), the job id chosen and the output location checked; nothing written."""
     from ..model.locate import find_model_card  # reads config.json and the tokenizer, never torch
 
-    total = validate_prompt_file(config.prompts, config.defaults, config.model, find_model_card(config.model))
+    total = validate_prompt_file(config.prompts, config.defaults, config.model, find_model_card(config.model),
+                                 s3_header=s3_header_reader(config.endpoint_url))
     config.job_id = config.job_id or new_job_id()
     storage = open_storage(config.out, config.endpoint_url)
     storage.check()  # a missing bucket or a read-only folder is reported now, not after the first document
     return JobOutput(storage, config.job_id), total
+
+
+def s3_header_reader(endpoint_url: str | None):
+    """(bucket, key, n) -> the first n bytes of an input picture on S3, through `endpoint_url` (else the
+    environment's), for the check of a prompt file: an endpoint that does not answer is reported in seconds."""
+    from .storage import CHECK_RETRY_S, S3Storage
+
+    buckets: dict[str, S3Storage] = {}
+
+    def read(bucket: str, key: str, size: int) -> bytes:
+        if bucket not in buckets:
+            buckets[bucket] = S3Storage(bucket, endpoint_url=settings.s3_endpoint_url(endpoint_url),
+                                        retry_s=min(settings.s3_retry_s(), CHECK_RETRY_S))
+        return buckets[bucket].read_head(key, size)
+
+    return read
 
 
 def record_running(output: JobOutput, config: JobConfig, total: int) -> None:

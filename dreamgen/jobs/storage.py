@@ -43,6 +43,10 @@ class Storage(ABC):
     def read_bytes(self, key: str) -> bytes:
         """The bytes at `key`; KeyNotFound if there are none."""
 
+    def read_head(self, key: str, size: int) -> bytes:
+        """The first `size` bytes at `key` (all of them if there are fewer); KeyNotFound if there are none."""
+        return self.read_bytes(key)[:size]
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
@@ -315,6 +319,19 @@ class S3Storage(Storage):
         full = self._full(key)
         with self._errors(full):  # the body's read is retried too: a connection can drop mid-stream
             return self._retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
+
+    def read_head(self, key, size):
+        from botocore.exceptions import ClientError
+
+        full = self._full(key)
+        try:
+            with self._errors(full, passthrough=True):  # a ranged GET: a picture's header without its pixels
+                return self._retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=full,
+                                                                     Range=f"bytes=0-{size - 1}")["Body"].read())
+        except ClientError as e:
+            if _error_code(e) in ("InvalidRange", "416"):  # an empty object has no first byte
+                return b""
+            raise self._storage_error(e, full) from None
 
     def exists(self, key):
         from botocore.exceptions import ClientError
