@@ -151,6 +151,10 @@ class JobNotFound(DreamgenError):
     """No record of a job, in Redis or in the storage given."""
 
 
+class JobLocked(DreamgenError):
+    """Another live run holds the job's lock (jobs.lock); the message names it (pid, host, heartbeat)."""
+
+
 class JobStateError(DreamgenError):
     """An operation that the job's current state does not allow (e.g. retrying a job that is still running)."""
 

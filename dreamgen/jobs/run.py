@@ -26,6 +26,7 @@ from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec, iter_prompt_file
+from .lock import JobLock
 from .output import GENERATE_OUT, DocumentFolder, JobOutput
 from .spec import JobConfig, JobSummary, WorkItem, check_job, record_running
 from .storage import open_storage
@@ -178,6 +179,16 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     resuming it after Ctrl-C, produces each document once."""
     started = time.perf_counter()
     output, total = check_job(config)
+    lock = JobLock(output)  # one run of a job at a time (issue 33)
+    lock.check()  # a live run is named before the model loads; the lock is taken once it has loaded
+    try:
+        return _run_checked(config, output, total, started, on_event, make_generator, should_stop, lock)
+    finally:
+        lock.release()
+
+
+def _run_checked(config: JobConfig, output: JobOutput, total: int, started: float, on_event, make_generator,
+                 should_stop, lock: JobLock) -> JobSummary:
     done_before = output.done_ids()
     pending = (s for s in iter_prompt_file(config.prompts, config.defaults, config.model) if s.id not in done_before)
     emit = on_event or (lambda kind, info: None)
@@ -193,12 +204,14 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
         # the pool holds no more than the job's documents can fill (each at most a whole context)
         job_tokens = min(max(1, total - len(done_before)), slots) * generator.model.max_positions
         emit("memory", {"lines": generator.memory_plan(slots, job_tokens).lines()})
+    lock.acquire()  # before anything is written: of two runs started together, one goes on
+    stop = lambda: lock.lost or bool(should_stop and should_stop())  # noqa: E731  (taken over: stop)
     record_running(output, config, total)
     status, error = "finished", None
     try:
         if first is not None:
             generate_documents(generator, output, itertools.chain([first], pending), config.formats,
-                               config.self_contained, config.endpoint_url, on_event, should_stop, slots=slots,
+                               config.self_contained, config.endpoint_url, on_event, stop, slots=slots,
                                job_tokens=job_tokens)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
