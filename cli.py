@@ -272,7 +272,8 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
             summary = e.summary
     print_summary(summary)
     if summary.status == "failed":  # issue 16: said, recorded in job.json, and resumable like a Ctrl-C
-        click.echo(f"Error: the job stopped: {summary.error}".encode("utf-8", "backslashreplace").decode(), err=True)
+        said = summary.error if summary.failures else f"the job stopped: {summary.error}"
+        click.echo(f"Error: {said}".encode("utf-8", "backslashreplace").decode(), err=True)
     if summary.status in ("interrupted", "failed"):
         click.echo(f"Resume with: dreamgen run --resume {summary.job_id} --out {config.out}")
         sys.exit(130 if summary.status == "interrupted" else 1)
@@ -285,6 +286,24 @@ def print_summary(summary):
                + (f" ({summary.skipped} already done before)" if summary.skipped else "")
                + f", {summary.total} in the file, {summary.seconds:.1f}s.")
     click.echo(f"Open: {summary.location}")
+    if summary.failures:  # issue 33: every document failed: each error once, with the prompts it hit
+        print_failures(summary.failures)
+
+
+def print_failures(entries, groups: int = 5, prompts: int = 3) -> None:
+    from dreamgen.errors import preview, printable
+    from dreamgen.jobs.output import grouped_failures
+
+    grouped = grouped_failures(entries)
+    click.echo("Failures, by error:")
+    for error, members in grouped[:groups]:
+        click.echo(f"  {len(members)} x {printable(error, 300)}")
+        for entry in members[:prompts]:
+            click.echo(f"      {entry['id']}: {preview(entry.get('prompt', '?'), 100)}")
+        if len(members) > prompts:
+            click.echo(f"      and {len(members) - prompts} more")
+    if len(grouped) > groups:
+        click.echo(f"  and {len(grouped) - groups} other errors (errors.jsonl lists them all)")
 
 
 # ------------------------------------------------------------------------------------------------ generate

@@ -229,7 +229,7 @@ class _ChunkRun:
             self._state(ChunkState.RUNNING, attempt)
 
         def fail(error, message=None):
-            entry = output.record_error(spec.id, spec.custom_id, error, message)
+            entry = output.record_error(spec.id, spec.custom_id, error, message, prompt=spec.prompt)
             self._outcome(spec.id, "failed", f"{entry['error']}: {entry['message']}")
             self._state(ChunkState.RUNNING, attempt)
 
@@ -245,7 +245,7 @@ class _ChunkRun:
 
     def _fail_all(self, output, specs: list[PromptSpec], error_type: str, message: str) -> None:
         for spec in specs:
-            output.record_error(spec.id, spec.custom_id, error_type, message)
+            output.record_error(spec.id, spec.custom_id, error_type, message, prompt=spec.prompt)
             self._outcome(spec.id, "failed", f"{error_type}: {message}")
 
     def _counts(self) -> dict:

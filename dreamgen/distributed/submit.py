@@ -109,6 +109,9 @@ def finalize_job(job: JobWire, client) -> dict:
         return {"job": job.id, "status": "superseded", **counts}  # a newer round owns the job now
     cancelled = record.cancel_requested() or record.status is JobStatus.CANCELLING
     status = JobStatus.CANCELLED if cancelled else JobStatus.FINISHED
-    output.write_job({**(output.read_job() or {}), "status": status.value, "finished": utc_now(), **counts})
-    record.finish(status, counts, job.round)
-    return {"job": job.id, "status": status.value, **counts}
+    ended = dict(counts)
+    if status is JobStatus.FINISHED and counts["failed"] and not counts["done"]:  # issue 33: not "finished"
+        status, ended["error"] = JobStatus.FAILED, f"every document failed ({counts['failed']})"
+    output.write_job({**(output.read_job() or {}), "status": status.value, "finished": utc_now(), **ended})
+    record.finish(status, ended, job.round)
+    return {"job": job.id, "status": status.value, **ended}

@@ -150,7 +150,7 @@ def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[
             emit("document", {"id": spec.id, "images": len(doc.images)})
 
         def fail(error, message=None):
-            entry = output.record_error(spec.id, spec.custom_id, error, message)
+            entry = output.record_error(spec.id, spec.custom_id, error, message, prompt=spec.prompt)
             results[spec.id] = {"id": spec.id, "status": "failed", "error": f"{entry['error']}: {entry['message']}"}
             emit("failed", {"id": spec.id, "error": results[spec.id]["error"]})
 
@@ -218,18 +218,21 @@ def _run_checked(config: JobConfig, output: JobOutput, total: int, started: floa
     except Exception as e:  # issue 16: a job that stops never stays "running" (a full disk, S3 past its retries)
         status, error = "failed", f"{type(e).__name__}: {e}"
         log.warning("job %s stopped: %s", config.job_id, error)
-    recorded = True
+    recorded, failures = True, []
     try:
-        counts = _record_end(output, config, status, error)
-    except StorageError as e:  # the storage that stopped the job may refuse the record too: say so
-        if error is None:
-            raise
-        counts, recorded = {"done": len(_done_ids_if_listable(output)), "failed": 0, "context_full": 0}, False
-        error = f"{error} (job.json could not be updated either: {e})"
+        counts, status, error, failures = _record_end(output, config, status, error)
+    except StorageError as e:
+        counts = {"done": len(_done_ids_if_listable(output)), "failed": 0, "context_full": 0}
+        if error is None:  # issue 33: the documents are stored, the job's own files are not: it did not finish
+            status, error = "failed", f"the job's own files could not be written: {e}"
+            recorded = _record_failure(output, error)
+        else:  # the storage that stopped the job may refuse the record too: say so
+            recorded, error = False, f"{error} (job.json could not be updated either: {e})"
     summary = JobSummary(job_id=config.job_id, total=total, done=counts["done"], failed=counts["failed"],
                          skipped=len(done_before), location=output.location(config.formats),
                          seconds=time.perf_counter() - started, status=status, error=error,
-                         context_full=counts["context_full"])  # counted apart from plain successes
+                         context_full=counts["context_full"],  # counted apart from plain successes
+                         failures=failures)
     if status == "interrupted":
         raise JobInterrupted(summary)
     if status == "failed":
@@ -237,16 +240,32 @@ def _run_checked(config: JobConfig, output: JobOutput, total: int, started: floa
     return summary
 
 
-def _record_end(output: JobOutput, config: JobConfig, status: str, error: str | None) -> dict:
+def _record_end(output: JobOutput, config: JobConfig, status: str,
+                error: str | None) -> tuple[dict, str, str | None, list[dict]]:
     """job.json's end (status, finish time, why a failed job stopped), then the manifest, errors and index of
-    what is done; returns the counts."""
+    what is done; returns the counts, the status and error (a job whose every document failed has failed:
+    issue 33) and, then, the failures."""
+    failures = []
+    if status == "finished" and not output.done_ids():
+        failures = output.failed()
+        if failures:
+            status, error = "failed", f"every document failed ({len(failures)})"
     record = {**(output.read_job() or config.record()), "status": status, "finished": utc_now()}
     if error:
         record["error"] = error
     output.write_job(record)  # first, so the index page shows when the job finished
     counts = output.finalize(config.formats)
     output.write_job({**record, **counts})
-    return counts
+    return counts, status, error, failures
+
+
+def _record_failure(output: JobOutput, error: str) -> bool:
+    """job.json says the job failed, and why; False when the storage refuses that too."""
+    try:
+        output.write_job({**(output.read_job() or {}), "status": "failed", "finished": utc_now(), "error": error})
+        return True
+    except StorageError:
+        return False
 
 
 def _done_ids_if_listable(output: JobOutput) -> set[str]:

@@ -90,6 +90,7 @@ class JobSummary:
     status: str  # finished | interrupted | failed
     error: str | None = None  # why a failed job stopped
     context_full: int = 0  # of the done: cut short because the model's context filled
+    failures: list = field(default_factory=list)  # of a job whose every document failed: their failure entries
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

@@ -256,6 +256,9 @@ class S3Storage(Storage):
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None,
                  retry_s: float | None = None):
+        if any(part in (".", "..") for part in prefix.split("/")) or "\\" in prefix:
+            # keys would start with ../ and links to them resolve into another bucket (issue 33)
+            raise StorageError(f"s3://{bucket}/{prefix}: '.', '..' and backslashes are not allowed in an S3 prefix")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.retry_s = settings.s3_retry_s() if retry_s is None else retry_s
         self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None

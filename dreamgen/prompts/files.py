@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping
 from .. import pictures
 from ..errors import (DreamgenError, InputImageError, KeyNotFound, ParamsError, PromptFileError, PromptFileProblems,
                       preview, quoted)
-from ..ids import derived_seed, document_id, safe_document_id
+from ..ids import JOB_FILES, derived_seed, document_id, safe_document_id
 from ..params import PARAM_NAMES, GenerationParams
 from .context import ModelContext, context_problem
 from .readers import DEFAULT_FIELDS, EXTENSIONS, FIELDS, FileDefaults, reader_for, type_problem, unknown_field_reason
@@ -182,6 +182,9 @@ class _SpecBuilder:
         custom_id = values.get(id_field) if id_field else None
         if custom_id is not None and not custom_id.strip():
             self.fail(line, "is empty", field=id_field)
+        if custom_id is not None and custom_id.strip().lower() in JOB_FILES:  # issue 33: its folder would be the file
+            self.fail(line, f"{quoted(custom_id)} is the name of a file of the job folder "
+                            f"({', '.join(JOB_FILES)}); choose another id", field=id_field)
 
         if "prompt" not in values:
             self.fail(line, "is missing", field="prompt")
