@@ -97,8 +97,11 @@ def decode(source: str | bytes, name: str) -> Image.Image:
                                     f"{MAX_INPUT_PIXELS:,}") from None
     except PermissionError as e:
         raise InputImageError(name, f"cannot be read: {e.strerror}") from None
-    except Exception as e:
-        raise InputImageError(name, f"cannot be decoded ({type(e).__name__}: {e})") from None
+    except Image.UnidentifiedImageError:
+        raise InputImageError(name, "is not an image file (no format Pillow reads)") from None
+    except Exception as e:  # the decoder's words, with the picture's name where Pillow shows its file object
+        detail = str(e).replace(repr(source), name) if not isinstance(source, str) else str(e)
+        raise InputImageError(name, f"cannot be decoded ({type(e).__name__}: {detail})") from None
     if max(picture.size) > DECODE_SIDE:
         picture.thumbnail((DECODE_SIDE, DECODE_SIDE), Image.Resampling.BICUBIC)
     return picture

@@ -97,8 +97,16 @@ def test_decoding_checks_the_size_again_and_names_the_picture(tmp_path):
         load_input_image(str(big))
     text = tmp_path / "notes.png"
     text.write_text("not a picture")
-    with pytest.raises(InputImageError, match=rf"input image {text} cannot be decoded"):
+    with pytest.raises(InputImageError, match=rf"input image {text} is not an image file"):
         load_input_image(str(text))
+    truncated = tmp_path / "cut.png"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-500])
+    for source in (str(truncated), truncated.read_bytes()):  # a file, or bytes read from S3
+        with pytest.raises(InputImageError) as caught:
+            pictures.decode(source, "s3://in/cut.png")
+        assert str(caught.value).startswith("input image s3://in/cut.png cannot be decoded (OSError: ")
+        assert "BytesIO" not in str(caught.value)
 
 
 def test_a_picture_spoilt_after_validation_fails_its_document_alone(tmp_path):

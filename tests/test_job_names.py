@@ -104,12 +104,10 @@ def test_a_job_whose_every_document_failed_is_failed_with_grouped_errors_and_pro
     print_summary(summary)
     lines = capsys.readouterr().out.splitlines()
     assert lines[2:] == ["Failures, by error:",
-                         f"  3 x InputImageError: input image {cat} cannot be decoded (UnidentifiedImageError: "
-                         f"cannot identify image file '{cat}')",
+                         f"  3 x InputImageError: input image {cat} is not an image file (no format Pillow reads)",
                          '      c1: "the cat <image>"', '      c2: "the cat again <image>"',
                          '      c3: "the cat once more <image>"',
-                         f"  1 x InputImageError: input image {dog} cannot be decoded (UnidentifiedImageError: "
-                         f"cannot identify image file '{dog}')",
+                         f"  1 x InputImageError: input image {dog} is not an image file (no format Pillow reads)",
                          '      d1: "the dog <image>"']
     errors = [json.loads(line) for line in (tmp_path / "out" / "j" / "errors.jsonl").read_text().splitlines()]
     assert {e["id"]: e["prompt"] for e in errors}["d1"] == "the dog <image>"

@@ -93,4 +93,5 @@ def _relay(item: WorkItem, events: queue.Queue) -> WorkItem:
         return relayed
 
     return WorkItem(item.spec, done=send(item.done, True), fail=send(item.fail, True), stop=item.stop,
-                    dropped=send(item.dropped, True), image=send(item.image, False), endpoint_url=item.endpoint_url)
+                    dropped=send(item.dropped, True), image=send(item.image, False), endpoint_url=item.endpoint_url,
+                    read_picture=item.read_picture)

@@ -88,17 +88,17 @@ def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, s
         raise
     record.set_fields(chunks=n_chunks, queued=n_docs)
     if n_chunks == 0:  # everything was stored already
-        finalize_job(job, client)
+        finalize_job(job, client, output)  # here, with the submitter's own access
     return n_docs
 
 
-def finalize_job(job: JobWire, client) -> dict:
+def finalize_job(job: JobWire, client, output: JobOutput | None = None) -> dict:
     """Close a round of a job (the chord's callback): rebuild manifest, errors and index from the markers,
     write job.json's status and counts, mark the record finished or cancelled. Idempotent. When the storage
     refuses (S3 past its retries, a full disk), the record says the job failed and why: never "running" forever."""
-    output = job.output()
     record = JobRecord(client, job.id)
     try:
+        output = output or job.output()  # a worker's: as its settings allow (access.py), or refused
         counts = output.finalize(job.config.formats)
     except StorageError as e:
         done, failed = record.counts()

@@ -77,8 +77,9 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
                 item.dropped()
                 continue
             spec = item.spec
+            read = item.read_picture or (lambda location: load_input_image(location, item.endpoint_url))
             try:
-                images = [load_input_image(loc, item.endpoint_url) for loc in spec.images]
+                images = [read(location) for location in spec.images]
             except Exception as e:  # whatever a picture raises is its document's failure (issue 33): taken from
                 item.fail(e, str(e) if isinstance(e, InputImageError) else f"input image: {e}")  # the source,
                 continue  # every item ends done or failed, or a worker's chunk waits for it forever

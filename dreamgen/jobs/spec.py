@@ -160,3 +160,4 @@ class WorkItem:
     dropped: Callable[[], None] = lambda: None
     image: Callable[[], None] = lambda: None  # one of its pictures is painted
     endpoint_url: str | None = None  # of its input pictures on S3
+    read_picture: Callable[[str], object] | None = None  # instead: how to read one (a worker's, with its checks)
