@@ -629,7 +629,9 @@ def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, sel
     The whole of PROMPTS is checked first, as by `dreamgen run`; a bad file is rejected and nothing is
     queued. Workers run the job on their own device (see `dreamgen worker`). They receive the prompts
     themselves, but must be able to write --out (a shared folder or S3) and read any input images at
-    the same paths.
+    the same paths, through their own S3 endpoint, in the buckets and folders their settings allow
+    (DREAMGEN_WORKER_S3_WRITE, DREAMGEN_WORKER_S3_READ, DREAMGEN_WORKER_INPUT_DIRS); --s3-endpoint-url is
+    this command's own.
 
     \b
     Examples:

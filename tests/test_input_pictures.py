@@ -195,3 +195,71 @@ def test_pictures_on_s3_are_checked_from_their_header_alone(tmp_path, s3_endpoin
     # each picture read once, and only its head
     assert [key for key, _ in read] == ["in/ok.png", "in/big.png", "in/bomb.png"]  # missing.png raised
     assert dict(read)["in/big.png"] == pictures.HEADER_BYTES[0] < len(big) // 40
+
+
+def test_a_document_that_no_chunk_can_hold_is_refused_at_submit_naming_the_field(tmp_path):
+    """2048 px x 999 steps x 64 pictures was accepted, then held a worker until the time limit killed it."""
+    prompts = write_prompts(tmp_path / "p.jsonl", [
+        {"id": "fine", "prompt": "a", "steps": 50, "max_images": 4, "image_size": 512},
+        {"id": "huge", "prompt": "b", "steps": 999, "max_images": 64, "image_size": 2048},
+        {"id": "big", "prompt": "c", "max_images": 4, "image_size": 2048, "steps": 400}])
+    assert validate_prompt_file(prompts, {}, "tiny-random") == 3  # a local run has no chunk time limit
+    with pytest.raises(PromptFileError) as caught:
+        validate_prompt_file(prompts, {}, "tiny-random", time_limit_s=1800)
+    assert (caught.value.line, caught.value.field) == (2, "steps")  # one problem: the huge one
+    assert ("max_images 64 x steps 999 x image_size 2048 px take at least 20,460 s to paint (a 512 px step in "
+            "20 ms at the fastest), over a chunk's time limit of 1,800 s; lower steps") in str(caught.value)
+    with pytest.raises(PromptFileError, match="field 'image_size'"):
+        validate_prompt_file(prompts, {}, "tiny-random", time_limit_s=60)
+
+    result = CliRunner().invoke(cli, ["submit", str(prompts), "--out", str(tmp_path / "out"),
+                                      "--broker-url", "redis://127.0.0.1:6379/13"])
+    assert result.exit_code == 1 and "p.jsonl:2: field 'steps': max_images 64 x steps 999" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_pictures_read_slowly_hold_their_own_chunk_not_the_shared_engine(tmp_path):
+    """Pictures were read inside the engine loop every chunk of a worker shares: one job's slow store held the
+    others' documents. Now a chunk reads its pictures in its own thread; another chunk's documents finish in
+    about their time alone."""
+    import time
+
+    from dreamgen.distributed.pool import SharedEngine
+    from dreamgen.jobs.spec import WorkItem
+    from dreamgen.prompts.files import iter_prompt_file
+
+    good = tmp_path / "good.png"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(good)
+    slow = write_prompts(tmp_path / "slow.jsonl", [{"id": f"s{i}", "prompt": "see <image>", "images": ["good.png"]}
+                                                   for i in range(3)])
+    quick = write_prompts(tmp_path / "quick.jsonl", [{"id": f"q{i}", "prompt": f"topic {i}"} for i in range(4)])
+    engine = SharedEngine(tiny_generator(), slots=4)
+    ended: dict[str, float] = {}
+    started = [0.0]
+
+    def item(spec, read=None):
+        return WorkItem(spec, done=lambda doc: ended.setdefault(spec.id, time.monotonic() - started[0]),
+                        fail=lambda error, message=None: ended.setdefault(spec.id, -1.0), read_picture=read)
+
+    def slow_store(location):  # a store that answers after 4 s, as a throttled endpoint's retries do
+        time.sleep(4)
+        return load_input_image(location)
+
+    quick_items = lambda: [item(s) for s in iter_prompt_file(quick, FAST, "tiny-random")]  # noqa: E731
+    engine.run_items([item(s) for s in iter_prompt_file(quick, FAST, "tiny-random")])  # warm
+    ended.clear()
+    started[0] = time.monotonic()
+    engine.run_items(quick_items())
+    alone = max(ended.values())
+    ended.clear()
+    slow_chunk = threading.Thread(target=engine.run_items,
+                                  args=([item(s, slow_store) for s in iter_prompt_file(slow, FAST, "tiny-random")],))
+    started[0] = time.monotonic()
+    slow_chunk.start()
+    time.sleep(0.2)  # the slow chunk is reading its first picture
+    started[0] = time.monotonic()
+    engine.run_items(quick_items())
+    together = max(ended[f"q{i}"] for i in range(4))
+    slow_chunk.join(timeout=120)
+    assert not slow_chunk.is_alive() and all(ended[f"s{i}"] > 0 for i in range(3))
+    assert together <= 1.2 * alone + 0.5, (alone, together)  # not the 4 s and more of a blocked engine

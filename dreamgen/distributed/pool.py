@@ -11,13 +11,14 @@ SoloEngine is the same interface over the calling thread (one chunk at a time: p
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 from typing import Callable
 
 from ..generation.generator import NOTHING_YET
-from ..jobs.run import run_items
+from ..jobs.run import picture_failure, read_picture, run_items
 from ..jobs.spec import WorkItem
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,19 @@ class SharedEngine:
 
     def run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None = None) -> None:
         """Queue `items` for the pool and return when every one has ended (done, failed or dropped). The
-        items' callbacks run in this thread."""
+        items' callbacks run in this thread. Their input pictures are read here, each item's before it is
+        queued (issue 33): a slow or failing store holds this chunk, never the engine every chunk shares."""
         events: queue.Queue = queue.Queue()
-        for item in items:
-            self._queue.put(_relay(item, events))
-        self._start()
         left = len(items)
+        for item in items:
+            ready = with_pictures(item)
+            if keepalive:
+                keepalive()  # reading pictures may take a while: the chunk's lock stays held
+            if ready is None:  # failed or dropped here: it has ended
+                left -= 1
+                continue
+            self._queue.put(_relay(ready, events))
+            self._start()
         while left:
             try:
                 callback = events.get(timeout=KEEPALIVE_S)
@@ -81,6 +89,27 @@ class SharedEngine:
                 yield self._queue.get(timeout=IDLE_WAIT_S) if idle else self._queue.get_nowait()
             except queue.Empty:
                 yield NOTHING_YET
+
+
+def with_pictures(item: WorkItem) -> WorkItem | None:
+    """`item` with its input pictures read (in the calling thread), or None once it has ended here: dropped (its
+    chunk stopped) or failed (a picture could not be read: its document alone fails, naming it)."""
+    if item.stop and item.stop():
+        item.dropped()
+        return None
+    if not item.spec.images:
+        return item
+    read = {}
+    for location in item.spec.images:
+        if item.stop and item.stop():  # cancelled or out of time between two pictures
+            item.dropped()
+            return None
+        try:
+            read[location] = read_picture(item, location)
+        except Exception as e:  # whatever reading raised is this document's failure, as in run_items
+            item.fail(e, picture_failure(e))
+            return None
+    return dataclasses.replace(item, read_picture=read.__getitem__)
 
 
 def _relay(item: WorkItem, events: queue.Queue) -> WorkItem:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from .. import settings
 from ..clock import utc_now
 from ..errors import StorageError
 from ..jobs.output import JobOutput
@@ -37,7 +38,7 @@ def submit_job(config: JobConfig, send_chunks: ChunkSender, broker_url: str | No
     config.out = shared_location(config.out)
     if config.job_id:
         refuse_if_active(JobRecord(client, config.job_id))
-    output, total = open_job(config)
+    output, total = open_job(config, settings.task_time_limit_s())  # a document a chunk cannot hold: refused
     _queue(client, url, config, output, total, send_chunks)
     return config.job_id
 

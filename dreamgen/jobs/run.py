@@ -17,8 +17,8 @@ from PIL import Image
 
 from exporters import FORMATS
 
+from .. import pictures, settings
 from ..clock import utc_now
-from .. import pictures
 from ..document import Document
 from ..errors import (GenerationCancelled, InputImageError, JobFailed, JobInterrupted, KeyNotFound, ParamsError,
                       StorageError)
@@ -29,7 +29,7 @@ from ..prompts.files import PromptSpec, iter_prompt_file
 from .lock import JobLock
 from .output import GENERATE_OUT, DocumentFolder, JobOutput
 from .spec import JobConfig, JobSummary, WorkItem, check_job, record_running
-from .storage import open_storage
+from .storage import S3Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +38,37 @@ EventCallback = Callable[[str, dict], None]
 STATS_EVERY_S = 0.5  # how often "stats" events (tokens/s, slots busy) are sent
 
 
+PICTURE_RETRY_S = 30.0  # how long a transient S3 error reading an input picture is retried
+
 # -------------------------------------------------------------------------------------------- documents
 def load_input_image(location: str, endpoint_url: str | None = None) -> Image.Image:
     """The picture at a local path or s3:// URL, decoded within bounds (dreamgen.pictures); any problem is an
     InputImageError naming it."""
     if location.startswith("s3://"):
         bucket, _, key = location[len("s3://"):].partition("/")
-        try:
-            data = open_storage(f"s3://{bucket}", endpoint_url).read_bytes(key)
+        try:  # retried for less than the job's own files: a picture that does not come fails its document alone
+            store = S3Storage(bucket, endpoint_url=settings.s3_endpoint_url(endpoint_url),
+                              retry_s=min(settings.s3_retry_s(), PICTURE_RETRY_S))
+            data = store.read_bytes(key)
         except KeyNotFound:
             raise InputImageError(location, "not found") from None
         except StorageError as e:
             raise InputImageError(location, f"cannot be read: {e}") from None
         return pictures.decode(data, location)
     return pictures.decode(location, location)
+
+
+def read_picture(item: WorkItem, location: str) -> Image.Image:
+    """One input picture of `item`: as the item says (a worker's reader, or pictures read ahead), else from its
+    location."""
+    if item.read_picture is not None:
+        return item.read_picture(location)
+    return load_input_image(location, item.endpoint_url)
+
+
+def picture_failure(error: Exception) -> str:
+    """The message a document's failure records for a picture that could not be read."""
+    return str(error) if isinstance(error, InputImageError) else f"input image: {error}"
 
 
 def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], bool] | None = None,
@@ -77,12 +94,11 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
                 item.dropped()
                 continue
             spec = item.spec
-            read = item.read_picture or (lambda location: load_input_image(location, item.endpoint_url))
             try:
-                images = [read(location) for location in spec.images]
+                images = [read_picture(item, location) for location in spec.images]
             except Exception as e:  # whatever a picture raises is its document's failure (issue 33): taken from
-                item.fail(e, str(e) if isinstance(e, InputImageError) else f"input image: {e}")  # the source,
-                continue  # every item ends done or failed, or a worker's chunk waits for it forever
+                item.fail(e, picture_failure(e))  # the source, every item ends done or failed, or a worker's
+                continue  # chunk waits for it forever
             pulled[index] = item
             index += 1
             yield DocumentRequest(prompt=spec.prompt, params=spec.params, id=spec.id, title=spec.title,

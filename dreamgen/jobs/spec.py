@@ -99,13 +99,14 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def check_job(config: JobConfig) -> tuple[JobOutput, int]:
+def check_job(config: JobConfig, time_limit_s: float | None = None) -> tuple[JobOutput, int]:
     """The prompt file checked whole (prompt lengths against the model's context, where its card can be read
-    here), the job id chosen and the output location checked; nothing written."""
+    here; with `time_limit_s`, a chunk's, each document's worst case against it), the job id chosen and the
+    output location checked; nothing written."""
     from ..model.locate import find_model_card  # reads config.json and the tokenizer, never torch
 
     total = validate_prompt_file(config.prompts, config.defaults, config.model, find_model_card(config.model),
-                                 s3_header=s3_header_reader(config.endpoint_url))
+                                 s3_header=s3_header_reader(config.endpoint_url), time_limit_s=time_limit_s)
     config.job_id = config.job_id or new_job_id()
     storage = open_storage(config.out, config.endpoint_url)
     storage.check()  # a missing bucket or a read-only folder is reported now, not after the first document
@@ -133,9 +134,9 @@ def record_running(output: JobOutput, config: JobConfig, total: int) -> None:
     output.write_job(config.record(created=previous.get("created") or utc_now(), total=total, status="running"))
 
 
-def open_job(config: JobConfig) -> tuple[JobOutput, int]:
+def open_job(config: JobConfig, time_limit_s: float | None = None) -> tuple[JobOutput, int]:
     """Check the prompt file whole and the output location, before anything is generated; record the job."""
-    output, total = check_job(config)
+    output, total = check_job(config, time_limit_s)
     record_running(output, config, total)
     return output, total
 

@@ -56,10 +56,12 @@ class PromptSpec:
 
 
 def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str,
-                         context: ModelContext | None = None, s3_header: S3Header | None = None) -> int:
+                         context: ModelContext | None = None, s3_header: S3Header | None = None,
+                         time_limit_s: float | None = None) -> int:
     """Check the whole file in one streaming pass; return how many prompts it holds. With `context` (the
     model's), a prompt that does not fit it is a problem, with its token count. With `s3_header`, pictures on S3
-    are checked from their header as local ones are (bounded size), each once.
+    are checked from their header as local ones are (bounded size), each once. With `time_limit_s` (a chunk's,
+    for workers), a document whose pictures cannot be painted within it even at the fastest is a problem.
 
     One problem is raised as PromptFileError (file, line, field); several as PromptFileProblems, listing up to
     MAX_REPORTED_PROBLEMS of them. A problem that stops the reading (bytes that are not UTF-8, broken YAML, a bad
@@ -76,7 +78,8 @@ def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str
             more = True
 
     try:
-        for outcome in _outcomes(Path(path), defaults, model_id, context, s3_header, checking=True):
+        for outcome in _outcomes(Path(path), defaults, model_id, context, s3_header, checking=True,
+                                 time_limit_s=time_limit_s):
             if isinstance(outcome, PromptFileError):
                 note(outcome)
                 if more:
@@ -109,12 +112,14 @@ def iter_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str) ->
 
 def _outcomes(path: Path, defaults: Mapping[str, Any] | None, model_id: str,
               context: ModelContext | None = None,
-              s3_header: S3Header | None = None, checking: bool = False) -> Iterator[PromptSpec | PromptFileError]:
+              s3_header: S3Header | None = None, checking: bool = False,
+              time_limit_s: float | None = None) -> Iterator[PromptSpec | PromptFileError]:
     """Each prompt of the file as a PromptSpec, or as the PromptFileError that rejects it. Problems that are not
     one prompt's (the file, its header, its defaults) are raised. `checking`: the validation pass, which reads
     pictures' headers; the run pass leaves a picture changed since to fail its own document when decoded."""
     read_items = reader_for(path)
-    builder = _SpecBuilder(path, check_job_defaults(defaults or {}), model_id, context, s3_header, checking)
+    builder = _SpecBuilder(path, check_job_defaults(defaults or {}), model_id, context, s3_header, checking,
+                           time_limit_s)
     for line, item in read_items(path):
         if isinstance(item, FileDefaults):
             builder.set_file_defaults(line, item.values)
@@ -153,8 +158,8 @@ def check_job_defaults(defaults: Mapping[str, Any]) -> dict:
 
 class _SpecBuilder:
     def __init__(self, path: Path, job_defaults: dict, model_id: str, context: ModelContext | None = None,
-                 s3_header: S3Header | None = None, checking: bool = True):
-        self.path, self.model_id, self.context = path, model_id, context
+                 s3_header: S3Header | None = None, checking: bool = True, time_limit_s: float | None = None):
+        self.path, self.model_id, self.context, self.time_limit_s = path, model_id, context, time_limit_s
         self.defaults = dict(job_defaults)
         self.images = _ImageResolver(path, s3_header, checking)
         self.seen = _SeenIds()
@@ -230,6 +235,10 @@ class _SpecBuilder:
         size_problem = _image_size_problem(params)
         if size_problem:
             self.fail(line, f"{size_problem}, got {params.image_size}", field="image_size")
+        if self.time_limit_s is not None:
+            problem = worst_case_problem(params, self.time_limit_s)
+            if problem:
+                self.fail(line, problem[1], field=problem[0])
         return params
 
     def _check_unique(self, line: int, doc_id: str, custom_id: str | None, id_field: str | None) -> None:
@@ -347,6 +356,29 @@ def _image_identity(location: str, mtime_ns: int, size: int) -> str:
     except OSError as e:
         raise InputImageError(location, f"cannot be read: {e.strerror}") from None
     return f"sha256:{digest.hexdigest()}"
+
+
+# The least a denoising step of a 512x512 picture takes: Stable Diffusion 1.5's UNet in fp16 on the fastest GPUs
+# runs about 50 steps a second with guidance. A step costs at least in proportion to the pixels (attention more).
+FASTEST_STEP_S_512 = 0.02
+_DEFAULT_SIDE = 512  # image_size unset: the model's, 512 for the released checkpoints
+
+
+def worst_case_problem(params: GenerationParams, time_limit_s: float) -> tuple[str, str] | None:
+    """(field, reason) when a document's pictures at their most (max_images x steps x image_size) cannot be
+    painted within `time_limit_s` even at the fastest: it would only ever be killed by the time limit, holding a
+    worker's slots meanwhile (issue 33). The field named is the one furthest above its default."""
+    side = params.image_size or _DEFAULT_SIDE
+    least_s = params.max_images * params.steps * FASTEST_STEP_S_512 * (side / _DEFAULT_SIDE) ** 2
+    if least_s <= time_limit_s:
+        return None
+    defaults = GenerationParams()
+    excess = {"max_images": params.max_images / defaults.max_images, "steps": params.steps / defaults.steps,
+              "image_size": (side / _DEFAULT_SIDE) ** 2}
+    field_name = max(excess, key=excess.get)
+    return field_name, (f"max_images {params.max_images} x steps {params.steps} x image_size {side} px take at least "
+                        f"{least_s:,.0f} s to paint (a 512 px step in {FASTEST_STEP_S_512 * 1000:.0f} ms at the "
+                        f"fastest), over a chunk's time limit of {time_limit_s:,.0f} s; lower {field_name}")
 
 
 def _image_size_problem(params: GenerationParams) -> str | None:
