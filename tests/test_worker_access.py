@@ -163,3 +163,34 @@ def test_the_worker_checks_name_the_location_and_the_setting(tmp_path, monkeypat
         check_picture(str(tmp_path / "in" / ".." / "in2.png"))
     monkeypatch.setenv("DREAMGEN_WORKER_S3_READ", "*")
     assert check_picture("s3://any/k.png") == "s3://any/k.png"
+
+
+def test_a_bomb_after_submit_fails_its_document_alone_on_a_threads_worker(tmp_path, dreamgen_home, installed_tiny):
+    """The chunk stayed "3/4 done" forever, its lock renewed, and a warm shutdown never finished: the document
+    whose picture raised DecompressionBombError was never ended. Now it fails, the job ends, the worker stops."""
+    import signal
+    import time
+
+    from dreamgen.distributed.submit import submit_job
+    from dreamgen.jobs.spec import JobConfig
+    from tests.test_input_pictures import png_claiming
+    from workers.dispatch import send_chunks
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    picture = pictures / "cat.png"
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(picture)
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": f"d{i}", "prompt": f"topic {i}"} for i in range(3)]
+                            + [{"id": "bomb", "prompt": "see <image>", "images": ["pictures/cat.png"]}])
+    with Namespace(tmp_path, dreamgen_home, DREAMGEN_WORKER_INPUT_DIRS=str(pictures)) as ns:
+        job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL, batch_size=4),
+                            send_chunks)
+        picture.write_bytes(png_claiming(20000, 20000))  # after the check: the worker meets the bomb
+        worker = ns.worker("w1", pool="threads", concurrency=2)
+        report = wait_for_job(job_id)
+        assert (report.status, report.done, report.failed) == ("finished", 3, 1), report
+        assert report.failures["bomb"].startswith(f"InputImageError: input image {picture} holds more than")
+        began = time.monotonic()
+        worker._signal_group(signal.SIGTERM)  # a warm shutdown: nothing left to wait for
+        worker.process.wait(timeout=60)
+        assert time.monotonic() - began < 60
