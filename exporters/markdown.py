@@ -56,8 +56,9 @@ def front_matter(values: dict) -> str:
 def escape_untrusted_markdown(text: str) -> str:
     """Model text stays Markdown, but raw HTML (and `<...>` autolinks) cannot pass: every `<` becomes
     an entity, which all renderers show as a literal '<'. Images the model links to would be fetched
-    from elsewhere, so `![` loses its meaning too. (Template delimiters: markdown_body, over the whole text.)"""
-    return text.replace("<", "&lt;").replace("![", "!\\[")
+    from elsewhere, so `![` loses its meaning too. Template delimiters (`{{`, `{%`) stay literal text (and
+    markdown_body looks again over the whole, where two pieces meet)."""
+    return _TEMPLATE_OPENER.sub("&#123;", text.replace("<", "&lt;").replace("![", "!\\["))
 
 
 def escape_alt(text: str) -> str:
