@@ -11,11 +11,11 @@ import sys
 import click
 
 from dreamgen import settings
-from dreamgen.generation.scheduler import SCHEDULES
+from dreamgen.generation.config import BATCHING
 from dreamgen.model.sizes import MODEL_SIZES
 from dreamgen.params import CHAT_FORMATS, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
-from exporters import FORMATS, RESULTS
+from exporters import FORMATS, KNOWN_FORMATS, RESULTS, parse_formats
 from workers.launcher import POOLS
 from workers.settings import GPU_QUEUE, LIGHT_QUEUE
 
@@ -41,6 +41,13 @@ FLAG_OF = {name: flag for flag, name, _, _ in PARAM_OPTIONS}
 
 def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def deprecated_alias(value, old: str, new: str):
+    """An old flag still works, and says once that it is old."""
+    if value is not None:
+        click.echo(f"warning: {old} is deprecated; use {new}", err=True)
+    return value
 
 
 def print_table(headers: tuple[str, ...], rows: list[tuple]) -> None:
@@ -150,7 +157,8 @@ def s3_endpoint_option(f):
 
 def formats_option(f):
     return click.option("-f", "--format", "formats", default=",".join(FORMATS), show_default=True,
-                        help=f"Exports: {' or '.join(FORMATS)}, or both, comma-separated.")(f)
+                        help=f"Exports, comma-separated: {', '.join(KNOWN_FORMATS)} (epub: the whole job as one "
+                             f"book, <job>/<job>.epub).")(f)
 
 
 def results_option(f):
@@ -219,18 +227,24 @@ def out_option(help_text: str = "Output folder or s3://bucket/prefix."):
 @click.option("--resume", "resume", default=None, metavar="JOB", help="Finish a stopped job from its job.json.")
 @model_options
 @backend_option
-@click.option("-s", "--slots", "-b", "--batch-size", "slots", default=None, type=click.IntRange(min=1),
+@click.option("-s", "--slots", "slots", default=None, type=click.IntRange(min=1),
               help="Documents in flight at once; a finished one's slot takes the next document at once "
-                   "(default: 32 on a CPU, 64 on a GPU). -b/--batch-size is the old name.")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="continuous", show_default=True,
+                   "(default: 32 on a CPU, 64 on a GPU).")
+@click.option("-b", "--batch-size", "old_slots", default=None, type=click.IntRange(min=1), hidden=True,
+              callback=lambda ctx, param, value: deprecated_alias(value, "-b/--batch-size", "--slots"))
+@click.option("--batching", type=click.Choice(BATCHING), default="continuous", show_default=True,
               help="continuous: slots refill as documents end; lockstep: fixed batches of --slots documents, "
                    "each batch waiting for its slowest (for comparison).")
+@click.option("--schedule", "old_batching", default=None, type=click.Choice(BATCHING), hidden=True,
+              callback=lambda ctx, param, value: deprecated_alias(value, "--schedule", "--batching"))
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the LM's decode steps and the UNet (default: on CUDA; on a CPU it does not pay).")
 @kv_memory_option
 @output_options
 @param_options
 @friendly_errors
-def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, schedule, kv_memory_fraction, formats,
-        self_contained, results, s3_endpoint_url, **params):
+def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, old_slots, batching, old_batching,
+        compile_, kv_memory_fraction, formats, self_contained, results, s3_endpoint_url, **params):
     """Generate a document for every prompt in PROMPTS, in this process.
 
     PROMPTS is a .txt (one prompt a line), .jsonl, .csv or .yaml file. The whole file is checked first;
@@ -250,6 +264,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
     from dreamgen.jobs.spec import JobConfig, stored_config
 
     defaults = given_params(params)
+    slots, batching = slots or old_slots, old_batching or batching
     if resume:
         if prompts:
             raise click.UsageError("give PROMPTS or --resume JOB, not both")
@@ -258,7 +273,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
         raise click.UsageError("missing PROMPTS (a prompt file), or --resume JOB")
     else:
         config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=defaults,
-                           slots=slots, schedule=schedule, formats=formats, self_contained=self_contained,
+                           slots=slots, batching=batching, formats=formats, self_contained=self_contained,
                            endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend,
                            results=results or "none")
     with JobProgress(log_console()) as progress:
@@ -267,7 +282,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
             report = functools.partial(progress.log, markup=False) if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
                               make_generator=functools.partial(job_generator, report=report,
-                                                               kv_fraction=kv_memory_fraction))
+                                                               kv_fraction=kv_memory_fraction, compile=compile_))
         except (JobInterrupted, JobFailed) as e:
             summary = e.summary
     print_summary(summary)
@@ -376,6 +391,7 @@ def export(job, formats, self_contained, results, hugo_dir, s3_endpoint_url):
     Examples:
         dreamgen export out/job-20261128-101500-3fa9c1 --format html --self-contained
         dreamgen export out/job-20261128-101500-3fa9c1 --hugo my-site/content/articles
+        dreamgen export out/job-20261128-101500-3fa9c1 --format epub
     """
     from dreamgen.jobs.output import export_job, open_job_output
 
@@ -390,6 +406,8 @@ def export(job, formats, self_contained, results, hugo_dir, s3_endpoint_url):
         return
     count = export_job(output.storage, output.job_id, formats, self_contained, results)
     click.echo(f"Exported {count} documents of {output.job_id} ({formats}).")
+    if "epub" in parse_formats(formats):
+        click.echo(f"Book: {output.storage.url_for(output.book_key())}")
     click.echo(f"Open: {output.url_for('index.html')}")
 
 
@@ -477,7 +495,7 @@ def model_plan(path, device_memory, slots, kv_memory_fraction):
     Example:
         dreamgen model plan shapes --device-memory 80GiB
     """
-    from dreamgen.generation.generator import DEFAULT_SLOTS
+    from dreamgen.generation.config import DEFAULT_SLOTS
     from dreamgen.generation.memory import checkpoint_card_plan
 
     plan = checkpoint_card_plan(path, device_memory, slots or DEFAULT_SLOTS["cuda"],
@@ -497,7 +515,9 @@ def model_list():
 # ------------------------------------------------------------------------------------------------ engines
 @cli.group()
 def engines():
-    """Compiled engines: ONNX graphs for ONNX Runtime and TensorRT engines, kept in DREAMGEN_HOME/engines."""
+    """Compiled engines: ONNX graphs for ONNX Runtime and TensorRT engines, kept in DREAMGEN_HOME/engines.
+
+    They run the UNet, the VAE decoder and the vision encoder; the LM runs on torch on every backend."""
 
 
 @engines.command("build")
@@ -658,6 +678,9 @@ def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, sel
             sys.exit(1)
 
 
+JOB_QUEUES = (GPU_QUEUE, LIGHT_QUEUE)  # a job's chunks, its finalizing: `status` says when nobody consumes one
+
+
 def watch_job(job: str, broker_url: str | None, out: str | None = None, endpoint_url: str | None = None,
               poll_s: float = 0.5):
     """A progress bar over the job's counts until it ends; Ctrl-C stops watching, not the job. Returns the last
@@ -667,17 +690,21 @@ def watch_job(job: str, broker_url: str | None, out: str | None = None, endpoint
     from dreamgen.distributed.status import job_status
     from dreamgen.jobs.progress import DocumentProgress
 
-    report = job_status(job, broker_url, out, endpoint_url)
+    report = job_status(job, broker_url, out, endpoint_url, queues=JOB_QUEUES)
+    warned = set()  # each "no worker is consuming" once; again only if a worker came and went meanwhile
     try:
         with DocumentProgress(log_console(stderr=True), transient=True) as progress:
             progress.start(f"job {job}: {report.total} documents", report.total, report.done + report.failed)
             while True:
+                for note in set(report.no_worker) - warned:
+                    click.echo(f"Warning: {note}", err=True)
+                warned = set(report.no_worker)
                 progress.update(total=report.total, completed=report.done + report.failed,
                                 note=f"{report.failed} failed · {_chunk_line(report)}")
                 if report.final:
                     break
                 time.sleep(poll_s)
-                report = job_status(job, broker_url, out, endpoint_url)
+                report = job_status(job, broker_url, out, endpoint_url, queues=JOB_QUEUES)
     except KeyboardInterrupt:
         click.echo(f"Stopped watching; the job goes on. Follow it with: dreamgen status {job} --watch", err=True)
         sys.exit(130)
@@ -708,6 +735,8 @@ def print_job_report(report) -> None:
                    f"{utc_text(redelivery_by(chunk))} at the latest")
     if report.lost_queue:
         click.echo(f"  {report.lost_queue}")
+    for note in report.no_worker:
+        click.echo(f"  {note}")
     if report.error:
         click.echo(f"  error: {report.error}")
     if report.failures:
@@ -744,7 +773,7 @@ def status(job, watch, out, s3_endpoint_url, broker_url):
     if watch:
         report = watch_job(job, broker_url, out, s3_endpoint_url, poll_s=1.0)
     else:
-        report = job_status(job, broker_url, out, s3_endpoint_url)
+        report = job_status(job, broker_url, out, s3_endpoint_url, queues=JOB_QUEUES)
     print_job_report(report)
 
 

@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dreamgen.generation.executor import ComponentsExecutor  # noqa: E402
-from dreamgen.generation.generator import DEFAULT_SLOTS, NOTHING_YET, DocumentRequest, Generator  # noqa: E402
+from dreamgen.generation.config import DEFAULT_SLOTS, EngineConfig  # noqa: E402
+from dreamgen.generation.generator import NOTHING_YET, DocumentRequest, Generator  # noqa: E402
 from dreamgen.model.sizes import SIZES  # noqa: E402
 from dreamgen.model.tiny import build_tiny_model  # noqa: E402
 from dreamgen.params import GenerationParams  # noqa: E402
@@ -45,9 +45,7 @@ def job(count: int, pictures: bool, seed: int = 0) -> list[DocumentRequest]:
     return requests
 
 
-def run(gen: Generator, requests, slots: int, schedule: str, executor=None):
-    gen.schedule = schedule
-    gen._executor = executor or Generator._executor.__get__(gen)
+def run(gen: Generator, requests, slots: int):
     docs = {}
     started = time.perf_counter()
     gen.run(requests, on_document=lambda i, d: docs.__setitem__(i, d), slots=slots)
@@ -72,26 +70,22 @@ def load(config: str, device: str):
 
 def bench(config: str, device: str, count: int, pictures: bool, slot_counts: list[int]) -> None:
     model = load(config, device)
-    gen = Generator(model)
+    continuous, lockstep = Generator(model), Generator(model, config=EngineConfig(batching="lockstep"))
     requests = job(count, pictures)
     default = DEFAULT_SLOTS.get(torch.device(device).type, 16)
-    # the peer's way: one document at a time on transformers' own KV cache (what the reference scripts do)
-    transformers_cache = lambda kv_tokens: ComponentsExecutor(gen.components, gen._embed([gen.special.pad])[0])  # noqa
-    ways = [("one at a time", 1, "continuous", None),
-            ("one at a time, transformers' cache", 1, "continuous", transformers_cache),
-            ("lockstep chunks of 8", 8, "lockstep", None)]
-    ways += [(f"continuous, {s} slots" + (" (default)" if s == default else ""), s, "continuous", None)
+    ways = [("one at a time", 1, continuous), ("lockstep chunks of 8", 8, lockstep)]
+    ways += [(f"continuous, {s} slots" + (" (default)" if s == default else ""), s, continuous)
              for s in slot_counts]
     baseline = None
     kind = "docs with pictures" if pictures else "text docs"
     print(f"\n{config}: {count} {kind}, {sum(r.params.max_new_tokens for r in requests)} new tokens at most, "
           f"{torch.get_num_threads()} thread(s), {device}")
     print(f"  {'way':34} {'docs/min':>9} {'ratio':>6} {'occupancy':>10} {'KV/live':>8} {'same':>6} {'pictures':>8}")
-    for name, slots, schedule, executor in ways:
-        docs, seconds, stats = run(gen, requests, slots, schedule, executor)
+    for name, slots, gen in ways:
+        docs, seconds, stats = run(gen, requests, slots)
         if baseline is None:
             baseline = (docs, seconds)
-        matching = sum(same(a, b) for a, b in zip(docs, baseline[0]))
+        matching = sum(same(a, b) for a, b in zip(docs, baseline[0])) if len(docs) == len(baseline[0]) else 0
         kv = stats.kv.peak_ratio if stats.kv else float("nan")
         print(f"  {name:34} {60 * count / seconds:9.1f} {baseline[1] / seconds:5.2f}x {100 * stats.occupancy:9.1f}% "
               f"{kv:7.2f}x {matching:>3}/{count} {stats.pictures:>8}", flush=True)
@@ -104,7 +98,7 @@ def stall(config: str, device: str) -> None:
     print(f"\n{config}: 15 documents decoding, then one with a {len(model.tokenizer(long_prompt).input_ids)}-token "
           f"prompt enters")
     for chunk in (16, 64, 256, 4096):
-        gen = Generator(model, prefill_chunk=chunk, step_tokens=chunk)
+        gen = Generator(model, config=EngineConfig(prefill_chunk=chunk, step_tokens=chunk))
         times = []
         last = [time.perf_counter()]
 

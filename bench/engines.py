@@ -4,9 +4,10 @@
 
 Prints, for fp32 on CPUExecutionProvider with `threads` intra-op threads on both sides:
   - export time per graph and the time to create the ONNX Runtime sessions (its "engine build");
-  - UNet step (guided batch of 2 at the model's 512 px), LM decode step (4 documents on a 512-token cache),
+  - UNet step (guided batch of 2 at the model's 512 px), VAE decode (one picture), vision encoder (2 pictures),
     and whole documents (an article that reads an input picture, and a picture painted from a caption, in
-    lockstep: every part runs): medians of interleaved runs, so load from other processes hits both sides;
+    lockstep: every part runs; the LM runs on torch on both sides): medians of interleaved runs, so load from
+    other processes hits both sides;
   - cold start of a worker process (import, load the checkpoint, ready to generate) with a cold engine cache
     (exports the graphs) and a warm one, against a torch worker.
 TensorRT cannot run here (no GPU), nor on the GPU machine scripts/gpu_run.sh runs on (no tensorrt wheel there).
@@ -107,7 +108,7 @@ def main() -> None:
         reference = TorchComponents(model)
         print(f"\nexport (legacy exporter, fp32): {export_s:.1f} s in all; "
               + ", ".join(f"{p} {g.manifest['build_seconds']:.1f} s" for p, g in graphs.items()))
-        print(f"ONNX Runtime sessions (graph optimization, ORT_ENABLE_ALL): {sessions_s:.1f} s for the four graphs")
+        print(f"ONNX Runtime sessions (graph optimization, ORT_ENABLE_ALL): {sessions_s:.1f} s for the three graphs")
 
         # 2. UNet step: a guided picture at the model's size
         unet = model.head.unet.config
@@ -119,18 +120,13 @@ def main() -> None:
         unet_s = interleaved({"torch": lambda: reference.unet(sample, t, cond),
                               "onnx": lambda: onnx.unet(sample, t, cond)}, args.repeats)
 
-        # 3. LM decode step: 4 documents, one token each, on a 512-position cache
-        batch, context = 4, 512
-        embeds = torch.randn(batch, context, model.hidden_size, generator=g) * 0.02
-        mask = torch.ones(batch, context, dtype=torch.long)
-        positions = torch.arange(context).expand(batch, -1)
-        past_torch = reference.lm_step(embeds, mask, positions, None)[2]
-        past_onnx = onnx.lm_step(embeds, mask, positions, None)[2]
-        token = torch.randn(batch, 1, model.hidden_size, generator=g) * 0.02
-        mask1 = torch.ones(batch, context + 1, dtype=torch.long)
-        position1 = torch.full((batch, 1), context)
-        decode_s = interleaved({"torch": lambda: reference.lm_step(token, mask1, position1, past_torch),
-                                "onnx": lambda: onnx.lm_step(token, mask1, position1, past_onnx)}, args.repeats * 3)
+        # 3. the other two graphs: one picture decoded, two pictures read (the LM is not a graph: torch on both)
+        latents = torch.randn(1, model.head.vae.config.latent_channels, side, side, generator=g)
+        vae_s = interleaved({"torch": lambda: reference.vae_decode(latents),
+                             "onnx": lambda: onnx.vae_decode(latents)}, args.repeats)
+        pictures = torch.rand(2, 3, model.head.default_image_size, model.head.default_image_size, generator=g)
+        vision_s = interleaved({"torch": lambda: reference.encode_images(pictures),
+                                "onnx": lambda: onnx.encode_images(pictures)}, args.repeats)
 
         # 4. whole documents. The random small model seldom places a picture by itself, so one document reads
         # a picture (vision encoder + LM) and one paints a picture from a caption (LM + UNet + VAE).
@@ -154,8 +150,8 @@ def main() -> None:
         plain = cold_start(checkpoint, cache.root, "torch", args.threads)
 
     print(f"\n{'':34}{'torch':>10}{'onnx':>10}{'torch/onnx':>12}")
-    for name, times in (("UNet step (2x4x64x64)", unet_s), ("LM decode step (4 docs, 512 cache)", decode_s),
-                        (f"whole documents ({args.steps} steps, {args.tokens} tok)", doc_s)):
+    for name, times in (("UNet step (2x4x64x64)", unet_s), ("VAE decode (1x4x64x64)", vae_s),
+                        ("vision encoder (2 pictures)", vision_s), (f"whole documents ({args.steps} steps, {args.tokens} tok)", doc_s)):
         unit, scale = ("s", 1) if "document" in name else ("ms", 1000)
         print(f"{name:34}{times['torch'] * scale:>8.1f}{unit:>2}{times['onnx'] * scale:>8.1f}{unit:>2}"
               f"{times['torch'] / times['onnx']:>11.2f}x")

@@ -29,7 +29,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from dreamgen.generation.diffusion import image_seed, make_scheduler
 from dreamgen.generation.generator import DocumentRequest, Generator
 from dreamgen.generation.images import pil_to_tensor
-from dreamgen.generation.sampling import sample_token
+from dreamgen.generation.sampling import sample_one
 from dreamgen.model.tiny import SMALL_SIZES, build_tiny_model
 from dreamgen.params import GenerationParams
 
@@ -38,16 +38,17 @@ TOPICS = ["how to build a bird house", "the history of the river", "a story abou
 
 
 class SampleAsDreamgen(LogitsProcessor):
-    """Draws the next token with dreamgen's sampler and the document's generator, then leaves only that token,
-    so HF generate (greedy over the result) walks the same path as the lockstep loop."""
+    """Draws the next token with dreamgen's sampler (keyed by the document's seed and the position it samples
+    at), then leaves only that token, so HF generate (greedy over the result) walks the engine's path."""
 
-    def __init__(self, params, generator, banned):
-        self.params, self.generator, self.banned = params, generator, banned
+    def __init__(self, params, context_length, banned):
+        self.params, self.context_length, self.banned = params, context_length, banned
 
     def __call__(self, input_ids, scores):
-        logits = scores[0].clone()
+        logits = scores[0].clone().float()
         logits[self.banned] = float("-inf")
-        token = sample_token(logits, self.params, self.generator)
+        position = self.context_length + input_ids.shape[1]  # generate's input_ids are the new tokens only
+        token = sample_one(logits, self.params.temperature, self.params.top_p, self.params.seed, position)
         only = torch.full_like(scores, float("-inf"))
         only[0, token] = 0.0
         return only
@@ -58,14 +59,13 @@ def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentR
     model, s, p = gen.model, gen.special, req.params
     device = model.device
     context = gen.encode_prompt(req)  # (T, H)
-    text_generator = torch.Generator("cpu").manual_seed(p.seed)
     text_ids, images, new_tokens, pipeline_s = [], 0, 0, 0.0
     size = p.image_size or model.head.default_image_size
     guidance = p.resolved(model.info.guidance).guidance  # as the generator resolves it
     while new_tokens < p.max_new_tokens:
         allow_dream = images < p.max_images and context.shape[0] + 1 + s.image_cost + 1 <= model.max_positions
         banned = gen.encoder.banned.tolist() + ([] if allow_dream else [s.dream_start])
-        sampler = LogitsProcessorList([SampleAsDreamgen(p, text_generator, banned)])
+        sampler = LogitsProcessorList([SampleAsDreamgen(p, context.shape[0], banned)])
         out = model.llm.generate(inputs_embeds=context[None], attention_mask=torch.ones(1, context.shape[0], dtype=torch.long, device=device),
                                  max_new_tokens=p.max_new_tokens - new_tokens, do_sample=False, logits_processor=sampler,
                                  eos_token_id=[s.eos, s.dream_start], pad_token_id=s.pad)

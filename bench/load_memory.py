@@ -70,7 +70,7 @@ def generate(path: str, dtype: str, slot_pool: bool = False) -> dict:
 
     from cli import cli
     from dreamgen import settings
-    from dreamgen.generation.generator import DEFAULT_SLOTS
+    from dreamgen.generation.config import DEFAULT_SLOTS
 
     if slot_pool:
         context = json.loads((Path(path) / "config.json").read_text())["max_position_embeddings"]

@@ -38,6 +38,31 @@ Block = TextBlock | ImageBlock
 
 
 @dataclass
+class InputImage:
+    """A picture the prompt gave the model to read. Recorded (and copied beside the document) so the page shows
+    it and a picture made from it reproduces its run; `data`, the file's bytes as given, is held until storage
+    copies them to `path`."""
+
+    index: int
+    name: str  # the file's own name, without its folder (pages get published; local paths stay home)
+    size: int  # bytes
+    width: int
+    height: int
+    sha256: str  # of the bytes, which the copy keeps as they were
+    path: str | None = None  # relative to the document folder, e.g. inputs/00.png
+    data: bytes | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "size": self.size, "width": self.width,
+                "height": self.height, "sha256": self.sha256, "path": self.path}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InputImage":
+        return cls(index=data["index"], name=data["name"], size=data["size"], width=data["width"],
+                   height=data["height"], sha256=data["sha256"], path=data.get("path"))
+
+
+@dataclass
 class Document:
     id: str
     prompt: str
@@ -47,10 +72,11 @@ class Document:
     title: str | None = None
     stop_reason: str = ""  # eos | max_new_tokens | context_full
     timings: dict = field(default_factory=dict)
-    input_images: list = field(default_factory=list)
+    input_images: list[InputImage] = field(default_factory=list)  # in the order the prompt places them
     created: str | None = None
     job_id: str | None = None
     custom_id: str | None = None  # the id as the user wrote it in the prompt file, if they did
+    model_hash: str | None = None  # the checkpoint's short weights hash (A1111's "Model hash"), set when it loaded
 
     @property
     def text(self) -> str:
@@ -64,7 +90,8 @@ class Document:
         return {
             "id": self.id, "custom_id": self.custom_id, "job_id": self.job_id, "title": self.title,
             "prompt": self.prompt,
-            "model": self.model, "params": self.params, "input_images": self.input_images,
+            "model": self.model, "model_hash": self.model_hash, "params": self.params,
+            "input_images": [i.to_dict() for i in self.input_images],
             "blocks": [b.to_dict() for b in self.blocks], "stop_reason": self.stop_reason,
             "timings": self.timings, "created": self.created,
         }
@@ -82,5 +109,7 @@ class Document:
                 raise ValueError(f"unknown block type {b['type']!r}")
         return cls(id=data["id"], prompt=data["prompt"], model=data["model"], params=data.get("params", {}),
                    blocks=blocks, title=data.get("title"), stop_reason=data.get("stop_reason", ""),
-                   timings=data.get("timings", {}), input_images=data.get("input_images", []),
-                   created=data.get("created"), job_id=data.get("job_id"), custom_id=data.get("custom_id"))
+                   timings=data.get("timings", {}),
+                   input_images=[InputImage.from_dict(i) for i in data.get("input_images") or []],
+                   created=data.get("created"), job_id=data.get("job_id"), custom_id=data.get("custom_id"),
+                   model_hash=data.get("model_hash"))

@@ -33,11 +33,17 @@ def size_problem(width: int, height: int) -> str | None:
 def header_size(source: str | BinaryIO | bytes, name: str) -> tuple[int, int]:
     """(width, height) from the picture's header, reading no pixel; InputImageError if it is no image or too
     large."""
+    return header(source, name)[0]
+
+
+def header(source: str | BinaryIO | bytes, name: str) -> tuple[tuple[int, int], str | None]:
+    """((width, height), format) from the picture's header, as header_size checks it; format as Pillow names it
+    (PNG, JPEG ...)."""
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
         with _quiet(), Image.open(source) as image:
-            size = image.size
+            size, kind = image.size, image.format
     except Image.DecompressionBombError:
         raise InputImageError(name, f"holds more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
                                     f"bomb to Pillow), over the limit of {MAX_INPUT_PIXELS:,}") from None
@@ -48,7 +54,7 @@ def header_size(source: str | BinaryIO | bytes, name: str) -> tuple[int, int]:
     problem = size_problem(*size)
     if problem:
         raise InputImageError(name, problem)
-    return size
+    return size, kind
 
 
 def s3_header_size(read_head: Callable[[int], bytes], name: str) -> tuple[int, int]:

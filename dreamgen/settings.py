@@ -64,13 +64,15 @@ WORKER_DEVICE = Setting("DREAMGEN_WORKER_DEVICE", "cpu", "device of a worker pro
 WORKER_POOL = Setting("DREAMGEN_WORKER_POOL", "prefork", "the Celery pool of a worker process (dreamgen worker sets "
                       "it): threads shares one slot pool among the chunks the process holds")
 WORKER_SLOTS = Setting("DREAMGEN_WORKER_SLOTS", None, "documents in flight in a worker process (default: the "
-                       "device's, see dreamgen.generation.generator.DEFAULT_SLOTS)")
+                       "device's, see dreamgen.generation.config.DEFAULT_SLOTS)")
 KV_TOKENS = Setting("DREAMGEN_KV_TOKENS", None, "positions the KV cache of the slot pool holds, allocated once "
                     "(default: sized from memory, see the next two); documents enter while their worst case fits")
 KV_MEMORY_FRACTION = Setting("DREAMGEN_KV_MEMORY_FRACTION", "0.9", "CUDA: share of the memory free after the "
                              "weights and one measured peak step that the KV pool takes")
 KV_CPU_SHARE = Setting("DREAMGEN_KV_CPU_SHARE", "0.5", "CPU: the most of available memory the KV pool takes (it "
                        "never takes more than the job's documents can use)")
+COMPILE = Setting("DREAMGEN_COMPILE", None, "1: torch.compile the decode buckets and the UNet; 0: never "
+                  "(default: on CUDA only)")
 # What a worker may touch on behalf of whoever submits to its queue (issue 33): its own credentials and endpoint
 # serve only these; anything else a task names is refused with an error naming it.
 WORKER_S3_READ = Setting("DREAMGEN_WORKER_S3_READ", None, "buckets a worker reads input pictures from, "
@@ -85,8 +87,8 @@ WORKER_EVENTS = Setting("DREAMGEN_WORKER_EVENTS", "1", "0: workers send no task 
 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL,
        TASK_TIME_LIMIT, VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL,
-       WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, WORKER_S3_READ, WORKER_S3_WRITE, WORKER_INPUT_DIRS,
-       WORKER_PRELOAD, WORKER_EVENTS)
+       WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, COMPILE, WORKER_S3_READ, WORKER_S3_WRITE,
+       WORKER_INPUT_DIRS, WORKER_PRELOAD, WORKER_EVENTS)
 DEFAULT_MODEL = MODEL.default
 
 

@@ -1,4 +1,5 @@
-"""Exporters: a stored Document -> Markdown, HTML, and the body of an OpenAI Batch API result line. Functions of a
+"""Exporters: a stored Document -> Markdown, HTML, and the body of an OpenAI Batch API result line; a job's documents
+-> an EPUB book. Functions of a
 document; no model, no job logic.
 
 May import dreamgen.document and dreamgen.errors only (and templates/ as files).
@@ -9,7 +10,8 @@ from typing import Iterable
 
 from dreamgen.errors import ParamsError
 
-FORMATS = ("md", "html")
+FORMATS = ("md", "html")  # the default: a page of each document in both
+KNOWN_FORMATS = FORMATS + ("epub",)  # epub: one book of the whole job (<job>/<job>.epub), made as the job ends
 RESULTS = ("none", "openai")  # `--results openai`: also results.jsonl in the OpenAI Batch API's output shape
 
 
@@ -20,12 +22,12 @@ def parse_formats(value: str | Iterable[str]) -> tuple[str, ...]:
     for name in (n.strip().lower() for n in names):
         if not name:
             continue
-        if name not in FORMATS:
-            raise ParamsError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
+        if name not in KNOWN_FORMATS:
+            raise ParamsError(f"unknown format {name!r}; choose from {', '.join(KNOWN_FORMATS)}")
         if name not in formats:
             formats.append(name)
     if not formats:
-        raise ParamsError(f"no format given; choose from {', '.join(FORMATS)}")
+        raise ParamsError(f"no format given; choose from {', '.join(KNOWN_FORMATS)}")
     return tuple(formats)
 
 

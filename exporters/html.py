@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import mimetypes
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -17,14 +18,16 @@ from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 from markupsafe import Markup
 
-from dreamgen.document import Document, ImageBlock, TextBlock
+from dreamgen.document import Document, ImageBlock, InputImage, TextBlock
 
-from .text import document_title, image_alt_texts, leading_heading, plain, shorten, without_first_heading
+from .text import (document_title, image_alt_texts, input_alt_text, leading_heading, plain, prompt_parts, shorten,
+                   without_first_heading)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 PROMPT_PREVIEW = 280
 THUMBNAILS = 4
 DISPLAY_MIN_PX = 320  # pictures narrower than this are shown scaled up (a whole factor), pixelated
+LIVE_REFRESH_S = 10  # a running job's index reloads itself this often (no script: a meta refresh)
 THUMBNAIL_PX = 160  # about the width of a thumbnail on the index (two to a card's row)
 # What the index shows of job.json: not local paths or settings, which a published page should not carry.
 INDEX_FACTS = ("model", "created", "finished")
@@ -33,8 +36,8 @@ _env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoesc
                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def _markdown() -> MarkdownIt:
-    md = MarkdownIt("js-default")
+def _markdown(xhtml: bool = False) -> MarkdownIt:
+    md = MarkdownIt("js-default", {"xhtmlOut": xhtml})  # xhtml: `<br />`, as an EPUB's XML needs
 
     def link_open(self, tokens, idx, options, env):
         tokens[idx].attrSet("rel", "nofollow noopener noreferrer")
@@ -49,12 +52,12 @@ def _markdown() -> MarkdownIt:
     return md
 
 
-_md = _markdown()
+_md, _xmd = _markdown(), _markdown(xhtml=True)
 
 
-def render_markdown(text: str) -> Markup:
+def render_markdown(text: str, xhtml: bool = False) -> Markup:
     """Untrusted Markdown -> HTML that is safe to insert (no raw HTML, no script URLs, no remote images)."""
-    return Markup(_md.render(text))
+    return Markup((_xmd if xhtml else _md).render(text))
 
 
 def document_page(doc: Document, job_id: str | None, self_contained: bool = False,
@@ -78,8 +81,19 @@ def document_page(doc: Document, job_id: str | None, self_contained: bool = Fals
                            "alt": alts[block.index], "caption": caption, "pixelated": scale > 1,
                            "width": block.width * scale, "height": block.height * scale})
     params = [(name, value) for name, value in doc.params.items() if value not in (None, "")]
+    prompt = []  # the prompt's text and the pictures it gave, where it placed them
+    for part in prompt_parts(doc):
+        if isinstance(part, InputImage):
+            scale = display_scale(part.width)
+            prompt.append({"kind": "image", "src": _input_src(doc, part, self_contained, read_image),
+                           "alt": input_alt_text(part), "pixelated": scale > 1,
+                           "caption": f"Input picture {part.index + 1} · {part.name} · {part.width}×{part.height}",
+                           "width": part.width * scale, "height": part.height * scale})
+        else:
+            prompt.append({"kind": "text", "text": part})
     return _env.get_template("document.html.j2").render(
-        title=title, doc=doc, job_id=job_id, blocks=blocks, params=params)
+        title=title, doc=doc, job_id=job_id, blocks=blocks, params=params, prompt=prompt,
+        given=bool(doc.input_images))
 
 
 def display_scale(width: int) -> int:
@@ -90,10 +104,11 @@ def display_scale(width: int) -> int:
 
 
 def job_index_page(job_record: dict, docs: Iterable[dict], failed: Iterable[dict] = (),
-                   read_image: Callable[[str], bytes] | None = None) -> str:
+                   read_image: Callable[[str], bytes] | None = None, live: bool = False) -> str:
     """The job's `index.html`. `docs` are manifest entries (id, title, prompt, images relative to the job
     folder, their sizes); `failed` are errors.jsonl entries (id, custom_id, error, message). With `read_image`
-    (path relative to the job folder -> bytes) the thumbnails are embedded as data URIs."""
+    (path relative to the job folder -> bytes) the thumbnails are embedded as data URIs. `live`: the job is
+    running; the page says how far it is and reloads itself every LIVE_REFRESH_S."""
     job_id = job_record.get("id") or job_record.get("job_id") or "job"
     entries = []
     for d in docs:
@@ -107,7 +122,12 @@ def job_index_page(job_record: dict, docs: Iterable[dict], failed: Iterable[dict
                         # the title is often the prompt itself (no title given, no heading written): say it once
                         "prompt": "" if _same_text(title, prompt) else shorten(prompt, PROMPT_PREVIEW)})
     facts = [(key, job_record[key]) for key in INDEX_FACTS if isinstance(job_record.get(key), (str, int, float))]
-    return _env.get_template("index.html.j2").render(job_id=job_id, facts=facts, docs=entries, failed=list(failed))
+    running = None
+    if live:
+        total = job_record.get("total")
+        running = f"running: {len(entries)} of {total} done" if isinstance(total, int) else "running"
+    return _env.get_template("index.html.j2").render(job_id=job_id, facts=facts, docs=entries, failed=list(failed),
+                                                     running=running, refresh_s=LIVE_REFRESH_S)
 
 
 def _same_text(title: str, prompt: str) -> bool:
@@ -132,5 +152,14 @@ def _image_src(doc: Document, block: ImageBlock, self_contained: bool, read_imag
     return _data_uri(data)
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _input_src(doc: Document, given: InputImage, self_contained: bool, read_image) -> str:
+    if not given.path:
+        raise ValueError(f"document {doc.id}: input picture {given.index} is not stored (no path)")
+    if not self_contained:
+        return given.path
+    data = given.data if given.data is not None else read_image(given.path)
+    return _data_uri(data, mimetypes.guess_type(given.path)[0] or "application/octet-stream")
+
+
+def _data_uri(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64," + base64.b64encode(data).decode("ascii")

@@ -6,9 +6,9 @@ from typing import Callable
 
 import yaml
 
-from dreamgen.document import Document, ImageBlock, TextBlock
+from dreamgen.document import Document, ImageBlock, InputImage, TextBlock
 
-from .text import document_title, image_alt_texts, leading_heading, without_first_heading
+from .text import document_title, image_alt_texts, input_alt_text, leading_heading, prompt_parts, without_first_heading
 
 # Characters that could end the `![...]` of an image or start markup; alt text (text.image_alt_texts) has none,
 # and this keeps it so. Dropped, not backslash-escaped: Hugo's renderer shows `\.` in alt text as is.
@@ -27,7 +27,26 @@ def to_markdown(doc: Document, job_id: str | None = None) -> str:
     front = {"title": title, "date": doc.created, "job": job_id, "document": doc.id, "model": doc.model,
              "seed": doc.params.get("seed"), "custom_id": doc.custom_id}
     front = {key: value for key, value in front.items() if value is not None}  # e.g. no job: `dreamgen generate`
-    return front_matter(front) + "\n" + markdown_body(doc, drop_heading=leading_heading(doc) == title)
+    return (front_matter(front) + "\n" + given_pictures(doc)
+            + markdown_body(doc, drop_heading=leading_heading(doc) == title))
+
+
+def given_pictures(doc: Document, image_src: Callable[[InputImage], str] | None = None) -> str:
+    """With input pictures: the prompt as a quote, each picture where the prompt placed it (to `image_src(given)`,
+    else its path), then a blank line. Without: nothing (the front matter holds what there is to know)."""
+    if not doc.input_images:
+        return ""
+    lines = []
+    for part in prompt_parts(doc):
+        if isinstance(part, InputImage):
+            if not part.path:
+                raise ValueError(f"document {doc.id}: input picture {part.index} is not stored (no path)")
+            src = image_src(part) if image_src else part.path
+            lines.append(f"![{escape_alt(input_alt_text(part))}]({src})")
+        else:
+            lines.append(escape_untrusted_markdown(part))
+    quoted = "\n>\n".join("\n".join("> " + line if line else ">" for line in block.split("\n")) for block in lines)
+    return "> Prompt:\n>\n" + quoted + "\n\n"
 
 
 def markdown_body(doc: Document, image_src: Callable[[ImageBlock], str] | None = None,

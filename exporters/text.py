@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import re
 
-from dreamgen.document import Document, ImageBlock, TextBlock
+from dreamgen.document import Document, ImageBlock, InputImage, TextBlock
 
 TITLE_MAX = 90
-ALT_MAX = 125  # screen readers read alt text whole; keep it to about a sentence
+ALT_MAX = 80  # a short caption: screen readers read alt text whole
+IMAGE_PLACEHOLDER = "<image>"  # where a prompt places an input picture (dreamgen.model.special_tokens)
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _MARKUP = re.compile(r"[#*_`>\[\]!~|<]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def plain(text: str) -> str:
@@ -50,40 +50,41 @@ def document_title(doc: Document) -> str:
 
 
 def image_alt_texts(doc: Document) -> dict[int, str]:
-    """Alt text per image index: what the text since the previous picture says, which is what the model painted
-    from (its last sentences, up to ALT_MAX: "The blue square was small. It lived at the bottom on a white
-    background.", not only the last one, which may not name the shape). Headings count as sentences. The text
-    holds no Markdown punctuation or backslashes, so every renderer shows it as is."""
-    alts, before = {}, []
+    """Alt text per image index: a short caption naming the picture, "Picture 2: Autumn forest", by its number and
+    what it illustrates (the heading it sits under, else the document's title). Not the text around it: a screen
+    reader reads that already, and would read it twice. No Markdown punctuation or backslashes, so every renderer
+    shows it as is."""
+    alts, topic = {}, document_title(doc)
     for block in doc.blocks:
         if isinstance(block, TextBlock):
-            before.append(block.text)
+            for line in block.text.splitlines():
+                match = _HEADING.match(line)
+                if match and plain(match.group(1)):
+                    topic = plain(match.group(1))
         elif isinstance(block, ImageBlock):
-            alts[block.index] = _last_sentences(before, ALT_MAX) or f"Illustration {block.index + 1}"
-            before = []
+            alts[block.index] = _alt_safe(shorten(f"Picture {block.index + 1}: {topic}", ALT_MAX))
     return alts
 
 
-def _last_sentences(texts: list[str], limit: int) -> str:
-    lines = [_heading_sentence(line) or plain(line) for text in texts for line in text.splitlines()]
-    sentences = [s for line in lines for s in _SENTENCE_END.split(_alt_safe(line)) if s.strip()]
-    if not sentences:
-        return ""
-    kept = [sentences[-1]]
-    for sentence in reversed(sentences[:-1]):
-        if len(" ".join([sentence] + kept)) > limit:
-            break
-        kept.insert(0, sentence)
-    return shorten(" ".join(kept), limit)
+def input_alt_text(given: InputImage) -> str:
+    """Alt text of a picture the prompt gave: which one, by its file's name."""
+    return _alt_safe(shorten(f"Input picture {given.index + 1}: {plain(given.name) or 'unnamed'}", ALT_MAX))
 
 
-def _heading_sentence(line: str) -> str | None:
-    """A heading is a sentence of its own: "# Autumn forest" -> "Autumn forest." """
-    match = _HEADING.match(line)
-    if not match:
-        return None
-    text = plain(match.group(1))
-    return text if not text or text[-1] in ".!?:" else text + "."
+def prompt_parts(doc: Document) -> list[str | InputImage]:
+    """The prompt as the model read it, its text pieces and input pictures in order: each picture where the
+    prompt's `<image>` stands, or all before the prompt when it has none (generation.prompting does the same)."""
+    pieces = doc.prompt.split(IMAGE_PLACEHOLDER)
+    given = list(doc.input_images)
+    if len(pieces) - 1 != len(given):
+        pieces = [""] * len(given) + [doc.prompt]
+    parts: list[str | InputImage] = []
+    for piece, picture in zip(pieces, given + [None]):
+        if piece.strip():
+            parts.append(piece.strip())
+        if picture is not None:
+            parts.append(picture)
+    return parts
 
 
 def _alt_safe(text: str) -> str:

@@ -3,7 +3,8 @@
 # at its versions, plus what .whl/ holds. In it:
 #   1. none of what that machine lacks imports (diffusers, requests, celery, redis, boto3, ...), but from .whl/;
 #   2. `bash scripts/gpu_run.sh` runs to "no CUDA", exit 0, with no ImportError and no traceback;
-#   3. the LM step with a past runs on the lowest transformers pyproject.toml allows (tests/test_llama_cache.py).
+#   3. transformers' LlamaModel takes a cache by llama_cache.py's keyword on the lowest transformers pyproject.toml
+#      allows (tests/test_llama_cache.py).
 # The virtualenv is kept in $GPU_SIM_DIR (default .cache/gpu-sim, which git ignores; CI keeps it outside its fresh
 # clone), rebuilt when machine.txt changes.
 #
@@ -55,7 +56,8 @@ if [ $status -ne 0 ] || ! grep -q "no CUDA" "$log" || grep -Eq "Traceback|Import
   exit 1
 fi
 
-# 3. the LM step with a past on this transformers, with diffusers from .whl/ as gpu_run.sh installs it
+# 3. LlamaModel on a cache by llama_cache.py's keyword on this transformers, with diffusers from .whl/ as gpu_run.sh
+#    installs it
 site=$(mktemp -d -t gpu-sim-site-XXXX)
 "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
 PYTHONPATH="$site:$PWD" "$PY" -m pytest -q -p no:cacheprovider tests/test_llama_cache.py

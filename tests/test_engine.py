@@ -5,10 +5,11 @@ import threading
 
 import torch
 
-from dreamgen.generation.executor import ComponentsExecutor
+from dreamgen.generation.config import EngineConfig
 from dreamgen.generation.generator import NOTHING_YET, Generator
-from dreamgen.generation.kv import PAGE, PagedKVCache
-from dreamgen.generation.lm import PagedLM, Run
+from dreamgen.generation.kv import PAGE
+from dreamgen.generation.lm import Run
+from dreamgen.generation.runner import ModelRunner
 from tests.helpers import max_pixel_diff, request, tiny_model
 
 # Mixed lengths, pictures and stopping rules: slots free at different steps, so documents enter mid-way.
@@ -28,22 +29,28 @@ def stream(gen: Generator, requests, **kwargs) -> list:
 
 def assert_same(a, b):
     assert structure(a) == structure(b) and a.stop_reason == b.stop_reason
+    assert len(a.images) == len(b.images)
     for x, y in zip(a.images, b.images):
         assert max_pixel_diff(x.image, y.image) <= 1
+
+
+def assert_same_job(docs, reference):
+    assert len(docs) == len(reference) > 0
+    for a, b in zip(docs, reference):
+        assert_same(a, b)
 
 
 def test_a_document_is_the_same_whatever_the_slots_and_the_order_of_the_job():
     gen = Generator(tiny_model())
     reference = stream(gen, JOB, slots=1)  # one at a time
     assert sum(len(d.images) for d in reference) >= 3 and len({d.stop_reason for d in reference}) >= 2
+    assert any(r.params.temperature > 0 and r.params.top_p < 1 for r in JOB)  # sampled, nucleus too
     for slots in (3, None):  # None: the device's default
-        for doc, ref in zip(stream(gen, JOB, slots=slots), reference):
-            assert_same(doc, ref)
+        assert_same_job(stream(gen, JOB, slots=slots), reference)
     order = list(range(len(JOB)))
     random.Random(4).shuffle(order)
     shuffled = stream(gen, [JOB[i] for i in order], slots=3)
-    for doc, i in zip(shuffled, order):
-        assert_same(doc, reference[i])
+    assert_same_job(shuffled, [reference[i] for i in order])
 
 
 def test_slots_refill_as_documents_end_and_lockstep_does_not():
@@ -54,40 +61,42 @@ def test_slots_refill_as_documents_end_and_lockstep_does_not():
     assert max(busy) == 3 and cont.documents == len(JOB)
     assert cont.occupancy == 1.0  # while documents waited, every slot held one
 
-    gen.schedule = "lockstep"
+    gen = Generator(gen.model, config=EngineConfig(batching="lockstep"))
     lockstep = stream(gen, JOB, slots=3)
     lock = gen.stats
-    for a, b in zip(continuous, lockstep):
-        assert_same(a, b)  # the same documents: only when they run changes
+    assert_same_job(lockstep, continuous)  # the same documents: only when they run changes
     assert lock.occupancy < 0.9 and lock.steps > cont.steps
 
 
 def test_the_kv_cache_is_written_in_place_and_its_pages_go_to_the_next_document():
-    gen = Generator(tiny_model(), slots=3)
+    gen = Generator(tiny_model(), config=EngineConfig(slots=3))
     pools = []
-    original = gen._executor
+    original = gen._runner_for
 
-    def executor(kv_tokens):
+    def runner_for(kv_tokens):
         made = original(kv_tokens)
-        pools.append([k.data_ptr() for k in made.cache.keys])
+        pools.append(made.pool.kv.data_ptr())
         return made
 
-    gen._executor = executor
-    stream(gen, JOB)
+    gen._runner_for = runner_for
+    assert len(stream(gen, JOB)) == len(JOB)
     kv = gen.stats.kv
     assert kv.pages_in_use == 0 and kv.live_tokens == 0  # every page back in the pool
     assert kv.peak_ratio <= 1.25  # pages in use vs the live tokens at the peak: at most a page each is partial
-    assert kv.peak_live_tokens > kv.pool_pages * PAGE / 10  # the pool's pages were really used, and reused
+    assert kv.peak_live_tokens > kv.pool_pages * PAGE / 20  # the pool's pages were really used, and reused
     assert len(pools) == 1  # allocated once for the whole run
+    stream(gen, JOB[:3])
+    assert pools[1] == pools[0]  # and kept for the next run of the same size
 
 
 def test_admission_respects_the_kv_budget():
     model = tiny_model()
     job = [request(f"topic {i}", seed=i, max_new_tokens=40, max_images=1, steps=2) for i in range(5)]
-    gen = Generator(model, slots=6)
-    worst = max(gen.encode_prompt(r).shape[0] for r in job) + 40 + model.special.image_cost - 1  # prompt + growth
+    probe = Generator(model)
+    worst = max(probe.encode_prompt(r).shape[0] for r in job) + 40 + model.special.image_cost - 1  # prompt + growth
     worst = -(-worst // PAGE) * PAGE  # reservations are whole pages
-    gen.kv_tokens = 2 * worst + PAGE  # room for two documents' worst cases, not three
+    # room for two documents' worst cases, not three
+    gen = Generator(model, config=EngineConfig(slots=6, kv_tokens=2 * worst + PAGE))
     busy = []
     docs = stream(gen, job, on_stats=lambda s: busy.append(s.busy))
     assert len(docs) == 5 and max(busy) == 2
@@ -97,19 +106,32 @@ def test_chunked_prefill_changes_no_document():
     model = tiny_model()
     long = [request("a much longer prompt " * 12 + str(i), seed=i, max_new_tokens=20, max_images=1, steps=2)
             for i in range(3)]
-    whole = stream(Generator(model, prefill_chunk=512, step_tokens=2048), long, slots=3)
-    chunked = stream(Generator(model, prefill_chunk=8, step_tokens=8), long, slots=3)
-    for a, b in zip(whole, chunked):
-        assert_same(a, b)
+    whole = stream(Generator(model, config=EngineConfig(prefill_chunk=512, step_tokens=2048)), long, slots=3)
+    chunked = stream(Generator(model, config=EngineConfig(prefill_chunk=8, step_tokens=8)), long, slots=3)
+    assert_same_job(chunked, whole)
 
 
-def test_the_graph_executor_gives_the_documents_of_the_paged_one():
-    """The executor that runs a backend's LM-step graph (ONNX Runtime, TensorRT), here over torch's own step."""
-    gen = Generator(tiny_model())
-    paged = stream(gen, JOB[:5], slots=3)
-    gen._executor = lambda kv_tokens: ComponentsExecutor(gen.components, gen._embed([gen.special.pad])[0])
-    for a, b in zip(paged, stream(gen, JOB[:5], slots=3)):
-        assert_same(a, b)
+def test_flex_attention_and_fixed_shape_buckets_give_the_same_documents():
+    """The GPU's way (flex attention over the pool in place, decode steps padded to buckets, compiled there) run
+    here eagerly: the same documents as the CPU's gather + SDPA."""
+    model = tiny_model()
+    sdpa = stream(Generator(model), JOB[:5], slots=3)
+    flex = Generator(model, config=EngineConfig(attention="flex", compile=False))
+    flex_docs = stream(flex, JOB[:5], slots=3)
+    assert_same_job(flex_docs, sdpa)
+    bucketed = Generator(model, config=EngineConfig(attention="flex"))
+    runners = []
+    original = bucketed._runner_for
+
+    def runner_for(kv_tokens):
+        runner = original(kv_tokens)
+        runner.buckets_on = True  # buckets without compiling: the same fixed-shape function, run eagerly
+        runners.append(runner)
+        return runner
+
+    bucketed._runner_for = runner_for
+    assert_same_job(stream(bucketed, JOB[:5], slots=3), sdpa)
+    assert set(runners[0].buckets) == {1, 2, 4}  # decode steps of 1, 2 and 3 rows went through their buckets
 
 
 def test_a_stopped_request_is_dropped_and_the_others_go_on():
@@ -139,30 +161,32 @@ def test_a_live_source_with_gaps_is_served_as_it_fills():
             yield NOTHING_YET
             yield req
 
-    for a, b in zip(stream(gen, source(), slots=2), stream(gen, JOB[:4], slots=2)):
-        assert_same(a, b)
+    assert_same_job(stream(gen, source(), slots=2), stream(gen, JOB[:4], slots=2))
 
 
 def test_paged_step_equals_transformers_forward():
     model = tiny_model()
     llm, cfg = model.llm, model.llm.config
     H = cfg.hidden_size
-    cache = PagedKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, H // cfg.num_attention_heads, 40,
-                         torch.float32, "cpu")
-    lm = PagedLM(llm, cache)
     g = torch.Generator().manual_seed(0)
     a, b, c = (torch.randn(n, H, generator=g) for n in (40, 23, 5))
-    for slot in range(3):
-        cache.open(slot, 200)
-    with torch.no_grad():
-        first = lm.step(torch.cat([a[:20], b, c]), [Run(0, 0, 20), Run(1, 0, 23), Run(2, 0, 5)])
-        second = lm.step(torch.cat([a[20:], c[:1]]), [Run(0, 20, 20), Run(2, 5, 1)])  # a prefill beside a decode
-        reference = llm.model(inputs_embeds=a[None]).last_hidden_state[0]
-        torch.testing.assert_close(torch.cat([first[:20], second[:20]]), reference, rtol=1e-5, atol=1e-5)
-        reference_c = llm.model(inputs_embeds=torch.cat([c, c[:1]])[None]).last_hidden_state[0]
-        torch.testing.assert_close(second[20], reference_c[5], rtol=1e-5, atol=1e-5)
-    cache.close(1)
-    assert cache.stats.live_tokens == 46 and sorted(cache._free)[:2] == [2, 3]  # slot 1's pages are free again
+    for attention in ("sdpa", "flex"):
+        runner = ModelRunner(model, 40 * PAGE, EngineConfig(attention=attention))
+        for slot in range(3):
+            runner.open(slot, 200)
+        with torch.no_grad():
+            first, _ = runner.forward(torch.cat([a[:20], b, c]), [Run(0, 0, 20), Run(1, 0, 23), Run(2, 0, 5)], [])
+            # a prefill beside a decode
+            second, logits = runner.forward(torch.cat([a[20:], c[:1]]), [Run(0, 20, 20), Run(2, 5, 1)], [0, 1])
+            reference = llm.model(inputs_embeds=a[None]).last_hidden_state[0]
+            torch.testing.assert_close(torch.cat([first[:20], second[:20]]), reference, rtol=1e-5, atol=1e-5)
+            reference_c = llm.model(inputs_embeds=torch.cat([c, c[:1]])[None]).last_hidden_state[0]
+            torch.testing.assert_close(second[20], reference_c[5], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(logits, llm.lm_head(torch.stack([reference[-1], reference_c[5]])),
+                                       rtol=1e-5, atol=1e-5)
+        runner.close(1)
+        pool = runner.pool
+        assert pool.stats.live_tokens == 46 and sorted(pool._free)[:2] == [2, 3]  # slot 1's pages are free again
 
 
 def test_a_shared_engine_serves_several_callers_in_one_pool():

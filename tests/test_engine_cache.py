@@ -9,14 +9,14 @@ from dreamgen.engines import EngineCache, EngineLimits, onnx_entry, tensorrt_ent
 from dreamgen.engines.build import onnx_entries
 from dreamgen.engines.cache import MANIFEST
 from dreamgen.engines.fingerprint import checkpoint_fingerprint, weights_fingerprint
-from dreamgen.engines.profiles import lm_profile_index, profiles_for
+from dreamgen.engines.profiles import profiles_for
 from dreamgen.errors import EngineError
 from dreamgen.model.tiny import build_tiny_model
 from tests.helpers import tiny_model
 
 ONNX_KEYED = dict(fingerprint="weights:abc", part="unet", precision="fp32", opset=17, exporter="torch-2.13/graphs-v1",
                   flavor="onnxruntime")
-ONNX_CHANGED = dict(fingerprint="weights:abd", part="lm_step", precision="fp16", opset=18, exporter="torch-2.14/graphs-v1",
+ONNX_CHANGED = dict(fingerprint="weights:abd", part="vision", precision="fp16", opset=18, exporter="torch-2.14/graphs-v1",
                     flavor="portable")
 
 TRT_KEYED = dict(onnx_sha256="a" * 64, part="unet", precision="fp16", trt_version="10.13.0", compute_capability="sm_90",
@@ -60,7 +60,8 @@ def test_onnx_keys_of_a_model_follow_its_weights():
     assert fp16["unet"].key != same["unet"].key
     portable = onnx_entries(model, "fp32", flavor="portable")  # TensorRT's graphs
     assert portable["unet"].key != same["unet"].key  # only the UNet has an ONNX Runtime flavour
-    assert all(portable[p].key == same[p].key for p in ("vae_decoder", "vision", "lm_step"))
+    assert all(portable[p].key == same[p].key for p in ("vae_decoder", "vision"))
+    assert set(portable) == set(same) == {"unet", "vae_decoder", "vision"}
 
 
 def test_fingerprints_see_weight_changes(tmp_path):
@@ -156,25 +157,11 @@ def test_listing_shows_sound_and_unusable_entries(built):
 
 
 # ------------------------------------------------------------------------------------------------ profiles
-def test_lm_profiles_are_consistent_and_cover_prefill_and_decode():
-    model = tiny_model()
-    prefill, decode = profiles_for(model, "lm_step", EngineLimits(max_batch=3))
-    for profile in (prefill, decode):
-        for i in range(3):  # min, opt, max: the mask is always past + new positions long
-            assert profile["attention_mask"][i][1] == profile["past.0.key"][i][2] + profile["inputs_embeds"][i][1]
-            assert profile["attention_mask"][i][0] == profile["inputs_embeds"][i][0] == profile["past.1.value"][i][0]
-    assert prefill["past.0.key"][0][2] == 0  # the prompt's prefill, on an empty cache
-    assert prefill["inputs_embeds"][2][1] == model.max_positions
-    assert decode["inputs_embeds"] == [(1, 1, 64), (3, 1, 64), (3, 1, 64)]
-    assert decode["past.0.key"][2][2] == 2 * model.max_positions  # holes of lockstep rows before compaction
-    assert lm_profile_index(1, 5) == 1 and lm_profile_index(1, 0) == 0 and lm_profile_index(66, 40) == 0
-
-
 def test_unet_profile_doubles_the_batch_for_guidance_and_bounds_the_image():
     model = tiny_model()
     (unet,) = profiles_for(model, "unet", EngineLimits(max_batch=4, image_size=128))
     assert [shape[0] for shape in unet["sample"]] == [1, 2, 8]
     assert unet["sample"][1][2:] == (8, 8) and unet["sample"][2][2:] == (16, 16)  # opt: the model's 64 px
-    assert unet["encoder_hidden_states"][2] == (8, 8, 32) and unet["timestep"] == [(1,), (1,), (1,)]
+    assert unet["encoder_hidden_states"][2] == (8, 8, 32) and unet["timestep"] == [(1,), (2,), (8,)]
     with pytest.raises(EngineError, match="multiple of the VAE factor"):
         profiles_for(model, "unet", EngineLimits(image_size=100))

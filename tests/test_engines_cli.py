@@ -74,7 +74,7 @@ def test_engines_build_makes_every_graph(built_home):
     home, output = built_home
     lines = output.splitlines()
     assert [line.split(":")[0] for line in lines] == ["onnx unet (fp32)", "onnx vae_decoder (fp32)",
-                                                     "onnx vision (fp32)", "onnx lm_step (fp32)"]
+                                                     "onnx vision (fp32)"]
     assert all(": built in " in line and str(home / "engines" / "onnx") in line for line in lines)
 
 
@@ -85,16 +85,16 @@ def test_engines_list_and_verify(built_home, monkeypatch):
     assert listed.exit_code == 0
     header, *rows = listed.output.splitlines()
     assert header.split() == ["BACKEND", "PART", "PRECISION", "FLAVOR", "MODEL", "SIZE", "CREATED", "PATH"]
-    assert sorted(line.split()[1] for line in rows) == ["lm_step", "unet", "vae_decoder", "vision"]
+    assert sorted(line.split()[1] for line in rows) == ["unet", "vae_decoder", "vision"]
     assert all(line.split()[0] == "onnx" and line.split()[2] == "fp32" and line.split()[4] == "tiny-random"
                for line in rows)
     assert all(line.index(" MB") + 3 == header.index("SIZE") + 4 for line in rows)  # sizes right-aligned
     flavors = {line.split()[1]: line.split()[3] for line in rows}
-    assert flavors == {"unet": "onnxruntime", "vae_decoder": "portable", "vision": "portable", "lm_step": "portable"}
+    assert flavors == {"unet": "onnxruntime", "vae_decoder": "portable", "vision": "portable"}
     verified = CliRunner().invoke(cli, ["engines", "verify", "--model", "tiny-random"])
     assert verified.exit_code == 0, verified.output
     lines = verified.output.splitlines()
-    assert [line.split()[:3] for line in lines] == [["onnx", p, "fp32"] for p in ("unet", "vae_decoder", "vision", "lm_step")]
+    assert [line.split()[:3] for line in lines] == [["onnx", p, "fp32"] for p in ("unet", "vae_decoder", "vision")]
     assert all(line.endswith("(tolerance 1e-04) ok") for line in lines)
 
 

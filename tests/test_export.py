@@ -10,7 +10,7 @@ import pytest
 import yaml
 from markdown_it import MarkdownIt
 
-from dreamgen.document import ImageBlock
+from dreamgen.document import ImageBlock, TextBlock
 from dreamgen.errors import ParamsError, StorageError
 from dreamgen.jobs.output import JobOutput, export_job
 from dreamgen.jobs.storage import LocalStorage
@@ -54,7 +54,7 @@ def test_parse_formats():
     assert parse_formats("md,html") == ("md", "html")
     assert parse_formats(" HTML , md,html") == ("html", "md")
     assert parse_formats(["md"]) == ("md",)
-    with pytest.raises(ParamsError, match="unknown format 'pdf'; choose from md, html"):
+    with pytest.raises(ParamsError, match="unknown format 'pdf'; choose from md, html, epub"):
         parse_formats("md,pdf")
     with pytest.raises(ParamsError, match="no format given"):
         parse_formats(" , ")
@@ -102,23 +102,19 @@ def test_markdown_front_matter_is_safely_quoted(job):
     assert body.lstrip().startswith("# Autumn forest")
 
 
-def test_markdown_alt_text_is_what_the_text_before_the_image_says(make_doc, tmp_path):
-    """The sentences since the previous picture, as many as fit: they name what was painted."""
-    doc = make_doc("d", texts=("# Two shapes\n\nOnce upon a time, there were two shapes. The blue square was small. "
-                               "It lived at the bottom on a white background.",
-                               "It was a happy square. The yellow triangle [big] was *large*. It lived at the left "
-                               "on a white background & was happy.", "Long. " + "Very long words " * 20 + "here."))
+def test_markdown_alt_text_is_a_short_caption_naming_the_picture(make_doc, tmp_path):
+    """The picture's number and the heading it sits under, not the paragraph before it (read already)."""
+    doc = make_doc("d", texts=("# Two shapes\n\nOnce upon a time, there were two shapes. The blue square was small.",
+                               "## The *yellow* [triangle] & its friends\n\nIt was a happy square.",
+                               "Long. " + "Very long words " * 20 + "here."))
     JobOutput(LocalStorage(tmp_path), JOB).save_document(doc)
     text = to_markdown(doc, JOB)
     tokens = MarkdownIt("commonmark").parse(split_front_matter(text)[1])
     images = [c for t in tokens for c in (t.children or []) if c.type == "image"]
-    alts = [alt_text(i) for i in images]
-    assert alts[0] == ("Two shapes. Once upon a time, there were two shapes. The blue square was small. "
-                       "It lived at the bottom on a white background.")
-    assert alts[1] == ("It was a happy square. The yellow triangle big was large. It lived at the left on a white "
-                       "background and was happy.")
-    doc.blocks.append(ImageBlock(index=2, width=16, height=16, seed=0, path="images/01.png"))  # after a long text
-    assert len(image_alt_texts(doc)[2]) <= 125 and image_alt_texts(doc)[2].startswith("Very long words")
+    assert [alt_text(i) for i in images] == ["Picture 1: Two shapes", "Picture 2: The yellow triangle and its friends"]
+    doc.blocks.append(TextBlock("## " + "A very long heading " * 10))
+    doc.blocks.append(ImageBlock(index=2, width=16, height=16, seed=0, path="images/01.png"))
+    assert len(image_alt_texts(doc)[2]) <= 80 and image_alt_texts(doc)[2].endswith("…")
     assert "\\" not in text.split("---", 2)[2]  # no backslash escapes: Hugo's renderer would show them
 
 

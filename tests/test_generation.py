@@ -26,13 +26,14 @@ def structure(doc):
 def assert_same_document(a, b, pixel_tolerance=1):
     assert structure(a) == structure(b)
     assert a.stop_reason == b.stop_reason
+    assert len(a.images) == len(b.images)
     for x, y in zip(a.images, b.images):
         assert max_pixel_diff(x.image, y.image) <= pixel_tolerance
 
 
 def test_the_mixed_batch_exercises_pictures_and_both_stopping_rules():
     docs = tiny_generator().generate(MIXED)
-    assert sum(len(d.images) for d in docs) >= 4
+    assert len(docs) == len(MIXED) and sum(len(d.images) for d in docs) >= 4
     assert all(len(d.images) <= r.params.max_images for d, r in zip(docs, MIXED))
     assert all(d.timings["new_tokens"] <= r.params.max_new_tokens for d, r in zip(docs, MIXED))
     assert {d.stop_reason for d in docs} <= {"eos", "max_new_tokens"}
@@ -42,6 +43,7 @@ def test_the_mixed_batch_exercises_pictures_and_both_stopping_rules():
 def test_batched_equals_unbatched_per_document():
     gen = tiny_generator()
     together = gen.generate(MIXED)
+    assert len(together) == len(MIXED)
     for req, doc in zip(MIXED, together):
         alone = gen.generate([req])[0]
         # Tokens are identical; pixels may differ by one level of 255 (float rounding differs with batch size).
@@ -52,6 +54,7 @@ def test_order_in_the_batch_does_not_matter():
     gen = tiny_generator()
     forward = gen.generate(MIXED)
     backward = gen.generate(MIXED[::-1])[::-1]
+    assert len(forward) == len(backward) == len(MIXED)
     for a, b in zip(forward, backward):
         assert_same_document(a, b)
 
@@ -60,7 +63,7 @@ def test_same_seed_same_document_other_seed_other_document():
     gen = tiny_generator()
     req = request("a guide to painting a room", seed=7, temperature=1.0, max_new_tokens=50)
     a, b = gen.generate([req])[0], gen.generate([req])[0]
-    assert structure(a) == structure(b)
+    assert structure(a) == structure(b) and len(a.images) == len(b.images)
     for x, y in zip(a.images, b.images):
         assert max_pixel_diff(x.image, y.image) == 0
     c = gen.generate([DocumentRequest(req.prompt, req.params.replace(seed=8))])[0]
@@ -164,6 +167,7 @@ def test_pictures_of_different_sizes_in_one_step():
     # and they are read back in one batch per size, as each would be alone
     pictures = [torch.rand(3, s, s) for s in (64, 32, 64)]
     together = gen.read_images(pictures)
+    assert len(together) == len(pictures)
     for picture, features in zip(pictures, together):
         torch.testing.assert_close(features, gen.components.encode_images(picture[None])[0], rtol=1e-4, atol=1e-5)
 
@@ -207,6 +211,7 @@ def test_an_unset_guidance_is_the_models_own_and_the_document_names_it():
     finally:
         gen.model.info = dataclasses.replace(gen.model.info, guidance=7.5)  # tiny_model() is shared
     assert own.images, "the tiny model should paint here"
+    assert len(own.images) == len(explicit.images) == len(other.images)
     assert own.params["guidance"] == explicit.params["guidance"] == 2.0 and other.params["guidance"] == 7.5
     for x, y, z in zip(own.images, explicit.images, other.images):
         assert max_pixel_diff(x.image, y.image) == 0

@@ -105,7 +105,9 @@ def test_an_exported_job_builds_in_hugo_with_titles_dates_pictures_and_nothing_e
     for img in images:
         assert (public / JOB / "two-shapes" / img["src"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "\\" not in img["alt"]  # no stray escapes
-    assert "blue square" in images[0]["alt"] and "yellow triangle" in images[1]["alt"]  # they name the picture
+    topic = "Write about a small blue square and a large yellow triangle"  # the title: the text has no heading
+    # a short caption naming each picture, not the paragraph before it again
+    assert [img["alt"] for img in images] == [f"Picture 1: {topic}", f"Picture 2: {topic}"]
     assert "It was a happy triangle. The end." in text
 
     autumn = (public / JOB / "autumn" / "index.html").read_text()

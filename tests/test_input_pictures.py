@@ -17,6 +17,7 @@ from PIL import Image
 from cli import cli
 from dreamgen import pictures
 from dreamgen.errors import InputImageError, PromptFileError
+from dreamgen.jobs.inputs import read_input_image
 from dreamgen.jobs.run import load_input_image, run_job
 from dreamgen.jobs.spec import JobConfig, s3_header_reader
 from dreamgen.prompts.files import validate_prompt_file
@@ -241,9 +242,9 @@ def test_pictures_read_slowly_hold_their_own_chunk_not_the_shared_engine(tmp_pat
         return WorkItem(spec, done=lambda doc: ended.setdefault(spec.id, time.monotonic() - started[0]),
                         fail=lambda error, message=None: ended.setdefault(spec.id, -1.0), read_picture=read)
 
-    def slow_store(location):  # a store that answers after 4 s, as a throttled endpoint's retries do
+    def slow_store(location, index):  # a store that answers after 4 s, as a throttled endpoint's retries do
         time.sleep(4)
-        return load_input_image(location)
+        return read_input_image(location, index)
 
     quick_items = lambda: [item(s) for s in iter_prompt_file(quick, FAST, "tiny-random")]  # noqa: E731
     engine.run_items([item(s) for s in iter_prompt_file(quick, FAST, "tiny-random")])  # warm

@@ -54,11 +54,13 @@ def test_job_files_names_every_file_a_job_folder_holds(tmp_path):
 
 def test_a_job_whose_own_files_cannot_be_written_is_not_finished(tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}])
-    blocked = tmp_path / "out" / "j" / "index.html"
-    blocked.mkdir(parents=True)  # the job's index cannot be written where a folder stands
+    # results.jsonl is written once, at the end (the index and manifest are written live, as documents end):
+    # it cannot be written where a folder stands
+    blocked = tmp_path / "out" / "j" / "results.jsonl"
+    blocked.mkdir(parents=True)
     with pytest.raises(JobFailed) as caught:
-        run_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), job_id="j", defaults=FAST),
-                make_generator=lambda c: tiny_generator())
+        run_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), job_id="j", defaults=FAST,
+                          results="openai"), make_generator=lambda c: tiny_generator())
     summary = caught.value.summary
     assert summary.status == "failed" and summary.done == 2
     assert f"the job's own files could not be written: cannot write {blocked}: Is a directory" == summary.error

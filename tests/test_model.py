@@ -1,7 +1,10 @@
 """The model's wiring against the reference facts: token ids, block lengths, conditioning path, guidance."""
 import torch
 
+from dreamgen.generation.config import EngineConfig
 from dreamgen.generation.diffusion import ImageRequest, denoise_group
+from dreamgen.generation.lm import Run
+from dreamgen.generation.runner import ModelRunner
 from dreamgen.model.special_tokens import RELEASED_IDS, SpecialTokens
 from tests.helpers import request, tiny_generator, tiny_model
 
@@ -71,21 +74,25 @@ def test_causality_text_after_dream_start_does_not_change_the_condition():
 
 
 def test_cache_equivalence_prefix_on_cache_plus_queries_equals_one_forward():
+    """The dream block fed on the prefix's keys and values in the paged pool, as the generator feeds it, sees what
+    one uncached forward over prefix + block sees: the condition read from a cache is the reference's."""
     gen = tiny_generator()
     model = gen.model
     prefix = gen._embed([1] + gen._tokens("how to build a bird house"))
     dream = gen.encoder.dream_block()
-    n = prefix.shape[0]
-    with torch.no_grad():
-        _, _, past = gen.components.lm_step(prefix[None], torch.ones(1, n, dtype=torch.long),
-                                            torch.arange(n)[None], None)
-        m = dream.shape[0]
-        logits, hidden, present = gen.components.lm_step(
-            dream[None], torch.ones(1, n + m, dtype=torch.long), torch.arange(n, n + m)[None], past)
-        whole = full_forward(model, torch.cat([prefix, dream]))
-    torch.testing.assert_close(hidden[0], whole[0, n:], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(logits[0], model.llm.lm_head(whole[0, -1]).float(), rtol=1e-5, atol=1e-5)
-    assert present[0][0].shape[2] == n + m
+    n, m = prefix.shape[0], dream.shape[0]
+    for attention in ("sdpa", "flex"):
+        runner = ModelRunner(model, model.max_positions, EngineConfig(attention=attention))
+        runner.open(0, n + m)
+        with torch.no_grad():
+            runner.forward(prefix, [Run(0, 0, n)], [])
+            hidden, logits = runner.forward(dream, [Run(0, n, m)], [0])
+            whole = full_forward(model, torch.cat([prefix, dream]))
+            alone = full_forward(model, dream)
+        assert runner.kv_stats.live_tokens == n + m  # the block went on top of the prefix's cache
+        torch.testing.assert_close(hidden, whole[0, n:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[0], model.llm.lm_head(whole[0, -1]).float(), rtol=1e-5, atol=1e-5)
+        assert (hidden - alone[0]).abs().max() > 1e-2  # without the prefix the states differ: the test can tell
 
 
 def test_unconditional_embedding_is_prompt_independent_and_cached():

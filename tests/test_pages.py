@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreamgen.document import Document, ImageBlock, TextBlock
+from dreamgen.document import Document, ImageBlock, InputImage, TextBlock
 from dreamgen.jobs.output import DocumentFolder, JobOutput, export_job
 from dreamgen.jobs.storage import LocalStorage
 from dreamgen.params import GenerationParams
@@ -80,8 +80,17 @@ def test_every_page_is_valid_html_for_the_nu_checker(job, tmp_path):
         shutil.copy(tmp_path / "out/job-1" / name, tmp_path / "self-contained" / name.replace("/", "-"))
     export_job(job.storage, "job-1", "html")
     DocumentFolder(LocalStorage(tmp_path / "alone")).save(shapes_document("alone", [checkerboard(64)]))
+    # a document whose prompt gave a picture (shown in the prompt), and a running job's index (it reloads itself)
+    given = shapes_document("given", [checkerboard(64)], prompt="Draw <image> again")
+    data = (tmp_path / "out/job-1/small/images/00.png").read_bytes()
+    given.input_images = [InputImage(index=0, name="board.png", size=len(data), width=64, height=64,
+                                     sha256="0" * 64, path="inputs/00.png", data=data)]
+    DocumentFolder(LocalStorage(tmp_path / "given")).save(given)
+    running = JobOutput(LocalStorage(tmp_path / "running"), "job-2")
+    running.write_job({"id": "job-2", "model": "shapes", "total": 5, "status": "running"})
+    running.write_listing(job.manifest(), [], ("html",), running.read_job(), False, live=True)
     pages = sorted(str(p) for p in tmp_path.rglob("*.html"))
-    assert len(pages) == 6
+    assert len(pages) == 8
     result = subprocess.run([JAVA, "-jar", str(VNU_JAR), "--format", "json", "--also-check-css", *pages],
                             capture_output=True, text=True, timeout=120)
     messages = json.loads(result.stderr)["messages"]

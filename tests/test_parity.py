@@ -49,8 +49,7 @@ def test_image_equals_stable_diffusion_pipeline_with_the_same_embeddings_and_see
         embeds = gen.encode_prompt(DocumentRequest(prompt=caption, params=params, image_only=True))
         n, q = embeds.shape[0], model.special.num_dream_queries
         with torch.no_grad():
-            _, hidden, _ = gen.components.lm_step(embeds[None], torch.ones(1, n, dtype=torch.long),
-                                                  torch.arange(n)[None], None)
+            hidden = model.llm.model(inputs_embeds=embeds[None]).last_hidden_state  # transformers' own, uncached
             cond = model.condition(hidden[:, n - 1 - q:n - 1])
         image = _pipeline(model, scheduler)(
             prompt_embeds=cond, negative_prompt_embeds=gen.unconditional()[None], num_inference_steps=4,

@@ -196,7 +196,9 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path, installed_tiny):
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     done_dir = out / "ctrlc" / "_done"
     deadline = time.monotonic() + 120
-    while not (done_dir.exists() and any(done_dir.iterdir())):
+    # a finished marker, not the temp file it is written through (.tmp-doc-0.json.<hex>: a signal then finds
+    # nothing done)
+    while not (done_dir.exists() and any(p.suffix == ".json" for p in done_dir.iterdir())):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)

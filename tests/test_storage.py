@@ -20,7 +20,9 @@ from PIL import Image
 from dreamgen.errors import StorageError
 from dreamgen.generation.diffusion import image_seed
 from dreamgen.jobs.output import JobOutput, export_job, open_job_output
+from dreamgen.document import Document
 from dreamgen.jobs.png import read_png_parameters
+from dreamgen.model.checkpoint import weights_hash
 from dreamgen.jobs.storage import KeyNotFound, LocalStorage, S3Storage, open_storage
 
 # ------------------------------------------------------------------------------------- the Storage contract
@@ -281,8 +283,9 @@ def test_pngs_name_their_checkpoint_by_model_hash_and_have_seeds_tools_read(make
     (checkpoint / "stable_diffusion_head.bin").write_bytes(b"weights of the head")
     expected = hashlib.sha256(b"model.safetensors\0weights of the LLM"
                               b"stable_diffusion_head.bin\0weights of the head").hexdigest()[:10]
+    assert weights_hash(checkpoint) == expected
     doc = make_doc("doc-1", seed=3)
-    doc.model = str(checkpoint)
+    doc.model, doc.model_hash = str(checkpoint), weights_hash(checkpoint)  # as the loader computes it once
     doc.images[1].seed = image_seed(3, 1)  # as the generator seeds a later picture
     JobOutput(LocalStorage(tmp_path / "out"), "job-1").save_document(doc)
     for index, block in enumerate(doc.images):
@@ -295,11 +298,27 @@ def test_pngs_name_their_checkpoint_by_model_hash_and_have_seeds_tools_read(make
     assert all(image_seed(seed, i) < 2**32 for seed in (0, 1, 2**62) for i in range(1, 50))
     assert len({image_seed(0, i) for i in range(1, 1000)}) == 999  # still distinct per picture
 
-    doc = make_doc("doc-2")  # a model this machine does not hold: no hash rather than a wrong one
+    doc = make_doc("doc-2")  # a model loaded from no checkpoint: no hash, and storing looks nothing up
+    doc.model = "shapes"  # a built-in name: storing the picture must not locate or build it
     JobOutput(LocalStorage(tmp_path / "out"), "job-1").save_document(doc)
     fields = a1111_fields(_png_text_chunks((tmp_path / "out/job-1/doc-2/images/00.png").read_bytes())
                           ["parameters"][1])
-    assert "Model hash" not in fields and fields["Model"] == "tiny-dreamllm"
+    assert "Model hash" not in fields and fields["Model"] == "shapes"
+
+
+def test_a_loaded_checkpoint_names_its_hash_and_its_documents_carry_it(tmp_path):
+    from dreamgen.generation.generator import Generator
+    from dreamgen.model.checkpoint import save_checkpoint
+    from dreamgen.model.loader import load_model
+    from tests.helpers import request, tiny_model
+
+    folder = tmp_path / "ckpt"
+    save_checkpoint(tiny_model(), folder, safetensors=True)
+    model = load_model(str(folder))
+    assert model.info.hash == weights_hash(folder) and len(model.info.hash) == 10
+    doc = Generator(model).generate([request("rivers", max_new_tokens=4, max_images=0)])[0]
+    assert doc.model_hash == model.info.hash
+    assert Document.from_dict(doc.to_dict()).model_hash == model.info.hash
 
 
 def test_a_failed_save_leaves_the_document_unfinished_and_a_retry_finishes_it(make_doc, tmp_path):

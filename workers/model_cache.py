@@ -30,33 +30,70 @@ _held: tuple[tuple, object] | None = None  # ((model, dtype, device, backend), e
 _loading = threading.Lock()  # task threads of a threads pool ask at once
 
 
+def engine_key(model: str, dtype: str, device: str, backend: str = "torch") -> tuple:
+    """What tells two engines apart: the dtype as it resolves on the device (auto and fp32 are one model on a
+    CPU, so a job that says fp32 must not reload the one preloaded as auto)."""
+    import torch
+
+    from dreamgen.model.checkpoint import resolve_dtype
+
+    return model, resolve_dtype(dtype, torch.device(device)), device, backend
+
+
 def engine_for(model: str, dtype: str, device: str, backend: str = "torch"):
-    """The engine for this key: the held one, or one over a newly loaded model that replaces it."""
+    """The engine for this key: the held one, or one over a newly loaded model that replaces it. The one it
+    replaces is closed first (its chunks in flight end, its thread is joined) and freed: a worker holds one
+    model at a time, whatever the number of switches."""
     global _held
-    key = (model, dtype, device, backend)
+    key = engine_key(model, dtype, device, backend)
     with _loading:
         if _held is not None and _held[0] == key:
             return _held[1]
         if _held is not None:
+            (old_model, *_), old = _held
             _held = None
+            started = time.perf_counter()
+            old.close()
+            del old
             _release_memory(device)
+            log.info("released %s in %.1f s, for %s", old_model, time.perf_counter() - started, model)
         from dreamgen.distributed.pool import SharedEngine, SoloEngine
         from dreamgen.jobs.run import load_generator
 
         started = time.perf_counter()
-        generator = load_generator(model, dtype, device, backend)
+        generator = load_generator(model, key[1], device, backend)
         slots = settings.worker_slots()
         engine = (SharedEngine if settings.worker_pool() == "threads" else SoloEngine)(generator, slots)
-        log.info("loaded %s (%s, %s, %s) in %.1f s; %s with %d slots", model, dtype, device, backend,
+        log.info("loaded %s (%s, %s, %s) in %.1f s; %s with %d slots", model, key[1], device, backend,
                  time.perf_counter() - started, type(engine).__name__, slots or generator.slots)
         _held = (key, engine)
         return engine
 
 
-def engine_for_job(job):
-    """A job's model on this worker's device: the submitter does not know the workers' hardware."""
+class HeldEngine:
+    """A chunk's handle on its model: runs the chunk's items on the engine held for that key when they are
+    queued. Another task thread may have replaced (closed) the engine between the load and then; nothing was
+    queued on it, so the model is asked for again."""
+
+    def __init__(self, key: tuple):
+        self.key = key
+
+    def run_items(self, items, keepalive=None) -> None:
+        from dreamgen.distributed.pool import EngineClosed
+
+        while True:
+            try:
+                return engine_for(*self.key).run_items(items, keepalive=keepalive)
+            except EngineClosed:
+                continue
+
+
+def engine_for_job(job) -> HeldEngine:
+    """A job's model on this worker's device (the submitter does not know the workers' hardware), loaded now."""
     config = job.config
-    return engine_for(config.model, config.dtype, settings.worker_device(), config.backend)
+    key = (config.model, config.dtype, settings.worker_device(), config.backend)
+    engine_for(*key)
+    return HeldEngine(key)
 
 
 @worker_process_init.connect

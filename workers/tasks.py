@@ -5,6 +5,7 @@ A task returns {status, error}-style results instead of raising, so one bad chun
 """
 from __future__ import annotations
 
+from . import check_ins  # noqa: F401 (connects its signals)
 from .app import app
 from .model_cache import engine_for_job
 from .settings import CHUNK_TASK, FINALIZE_TASK, FIRE_SCHEDULE_TASK

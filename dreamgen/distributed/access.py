@@ -50,8 +50,11 @@ def check_picture(location: str) -> str:
     return str(real)
 
 
-def read_picture(location: str):
-    """An input picture, read as this worker may (check_picture), through its own endpoint."""
-    from ..jobs.run import load_input_image  # torch's side: only a worker that generates gets here
+def read_picture(location: str, index: int = 0):
+    """Input picture `index` of a prompt, read as this worker may (check_picture), through its own endpoint:
+    its record (InputImage) and pixels, as jobs.inputs.read_input_image returns them."""
+    from ..jobs.inputs import read_input_image
 
-    return load_input_image(check_picture(location), settings.worker_s3_endpoint_url())
+    record, pixels = read_input_image(check_picture(location), index, settings.worker_s3_endpoint_url())
+    record.name = location.rstrip("/").rsplit("/", 1)[-1]  # as the prompt named it, not where its link led
+    return record, pixels

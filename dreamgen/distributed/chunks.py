@@ -223,7 +223,7 @@ class _ChunkRun:
 
         def done(doc):
             doc.custom_id = spec.custom_id
-            output.save_document(doc, config.formats, config.self_contained)
+            output.save_document(doc, config.formats, config.self_contained, line=spec.line)
             self._outcome(spec.id, "done")
             guard.force = True  # between documents: look at the cancel flag now
             self._state(ChunkState.RUNNING, attempt)

@@ -8,6 +8,10 @@ documents and stores them itself as they finish, so the task is acknowledged onl
 own documents, between steps.
 
 SoloEngine is the same interface over the calling thread (one chunk at a time: prefork pools, tests).
+
+Issue 33: an engine that is replaced (a job asks for another model, dtype or backend) is closed: it takes no new
+chunk, waits for the chunks in flight to end, stops and joins its thread (whose run holds the KV pool) and lets go
+of its generator, so the old weights and pool can be freed before the new ones load.
 """
 from __future__ import annotations
 
@@ -27,12 +31,23 @@ IDLE_WAIT_S = 0.2  # how long the engine thread blocks for work when it has none
 KEEPALIVE_S = 5.0  # how often a waiting task thread runs its own keepalive (the chunk lock)
 
 
+class EngineClosed(RuntimeError):
+    """The engine was replaced before this call queued anything: ask for the held one again."""
+
+
 class SoloEngine:
     def __init__(self, generator, slots: int | None = None):
         self.generator, self.slots = generator, slots
 
     def run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None = None) -> None:
-        run_items(self.generator, items, slots=self.slots)
+        generator = self.generator
+        if generator is None:
+            raise EngineClosed("the engine was replaced")
+        run_items(generator, items, slots=self.slots)
+
+    def close(self) -> None:
+        """Its process runs one chunk at a time, so nothing is in flight when another job replaces it."""
+        self.generator = None
 
 
 class SharedEngine:
@@ -41,11 +56,42 @@ class SharedEngine:
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._users = 0  # run_items calls in progress
+        self._closing = False
+        self._drained = threading.Condition()  # guards _users and _closing
+        self._stop = threading.Event()  # the engine thread ends its run once its queue is empty
 
     def run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None = None) -> None:
         """Queue `items` for the pool and return when every one has ended (done, failed or dropped). The
         items' callbacks run in this thread. Their input pictures are read here, each item's before it is
-        queued (issue 33): a slow or failing store holds this chunk, never the engine every chunk shares."""
+        queued (issue 33): a slow or failing store holds this chunk, never the engine every chunk shares. Raises
+        EngineClosed, having queued nothing, once close() began."""
+        with self._drained:
+            if self._closing:
+                raise EngineClosed("the engine was replaced")
+            self._users += 1
+        try:
+            self._run_items(items, keepalive)
+        finally:
+            with self._drained:
+                self._users -= 1
+                self._drained.notify_all()
+
+    def close(self) -> None:
+        """Drain, stop and let go: new calls are refused, the calls in flight end as they would have (their
+        documents done, failed or dropped by a cancel or time limit), then the engine thread ends its run and is
+        joined, and the generator is dropped."""
+        with self._drained:
+            self._closing = True
+            self._drained.wait_for(lambda: self._users == 0)
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self.generator = None
+
+    def _run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None) -> None:
         events: queue.Queue = queue.Queue()
         left = len(items)
         for item in items:
@@ -74,7 +120,7 @@ class SharedEngine:
                 self._thread.start()
 
     def _serve(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 run_items(self.generator, self._source(), slots=self.slots)
             except Exception:  # keep serving; the documents in flight were failed by run_items
@@ -82,8 +128,11 @@ class SharedEngine:
 
     def _source(self):
         """Items as they arrive; NOTHING_YET when none is queued, after waiting a little only if the pool is idle
-        (a busy pool must not stop stepping)."""
+        (a busy pool must not stop stepping). Ends when the engine is closing and nothing is queued: the run
+        then finishes the documents it holds and returns."""
         while True:
+            if self._stop.is_set() and self._queue.empty():
+                return
             idle = self.generator.stats.busy == 0
             try:
                 yield self._queue.get(timeout=IDLE_WAIT_S) if idle else self._queue.get_nowait()
@@ -99,17 +148,17 @@ def with_pictures(item: WorkItem) -> WorkItem | None:
         return None
     if not item.spec.images:
         return item
-    read = {}
-    for location in item.spec.images:
+    read = []  # (record, pixels) of each picture, in the prompt's order
+    for index, location in enumerate(item.spec.images):
         if item.stop and item.stop():  # cancelled or out of time between two pictures
             item.dropped()
             return None
         try:
-            read[location] = read_picture(item, location)
+            read.append(read_picture(item, location, index))
         except Exception as e:  # whatever reading raised is this document's failure, as in run_items
             item.fail(e, picture_failure(e))
             return None
-    return dataclasses.replace(item, read_picture=read.__getitem__)
+    return dataclasses.replace(item, read_picture=lambda location, index: read[index])
 
 
 def _relay(item: WorkItem, events: queue.Queue) -> WorkItem:

@@ -54,6 +54,30 @@ end
 return 0
 """
 
+# Claim a new round of a job in one step (issue 33): two submits of one job id at once both passed a separate
+# check, and both queued every document. Refused (with the status) while a round is queued, running or cancelling.
+_START_ROUND = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status and status ~= 'finished' and status ~= 'cancelled' and status ~= 'failed' then
+  return {0, status}
+end
+local rnd = redis.call('HINCRBY', KEYS[1], 'round', 1)
+if rnd <= tonumber(ARGV[1]) then
+  rnd = tonumber(ARGV[1]) + 1
+  redis.call('HSET', KEYS[1], 'round', rnd)
+end
+redis.call('HSET', KEYS[1], 'status', 'queued')
+return {1, rnd}
+"""
+
+
+class JobActive(Exception):
+    """A round of the job is under way: it cannot be started again now."""
+
+    def __init__(self, job_id: str, status: "JobStatus"):
+        super().__init__(f"job {job_id} is {status.value}")
+        self.job_id, self.status = job_id, status
+
 
 class JobRecord:
     """One job's record. Keys (all expire together, `DREAMGEN_JOB_TTL`, default 7 days):
@@ -107,13 +131,14 @@ class JobRecord:
         """(Re)start the job: set its fields, status queued, a new round number; clear the cancel flag and the
         failures (their documents are queued again). `done_ids` are documents stored before this round. The round
         is above `after` (job.json's last), so chunk keys never repeat when Redis lost the record (a restart
-        without persistence) while chunks of the lost round may still write theirs."""
+        without persistence) while chunks of the lost round may still write theirs. The check that no round is
+        under way and the claim of the new one are one step: of two submits at once, one raises JobActive."""
         ttl = record_ttl()
         now = time.time()
-        rnd = self.client.hincrby(self.key, "round", 1)
-        if rnd <= after:
-            rnd = after + 1
-            self.client.hset(self.key, "round", rnd)
+        claimed, value = self.client.eval(_START_ROUND, 1, self.key, after)
+        if not claimed:
+            raise JobActive(self.job_id, JobStatus(value))
+        rnd = int(value)
         pipe = self.client.pipeline(transaction=False)
         values = {**fields, "status": JobStatus.QUEUED.value, "updated": now}
         if isinstance(values.get("config"), dict):

@@ -17,12 +17,17 @@
 Cron strings are read as cron reads them (see cron.py: @daily and the like; day-of-month and day-of-week both
 given means either). Firing is idempotent per (schedule, fire time): the job id is made of both, and a SET NX in
 Redis claims it, so a schedule fired twice for the same time (two beats, a restart) produces one job.
+
+Backpressure (issue 33): a firing while the schedule's previous job is still queued, running or cancelling is
+skipped, and logged; the next firing after that job ends submits as usual. A slow or unconsumed schedule so holds
+one job on the queue, never one more per fire time.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +45,7 @@ from ..prompts.bounded_yaml import YAMLLimit, load_document
 from ..prompts.files import validate_prompt_file
 from ..prompts.readers import DEFAULT_FIELDS
 from . import broker, cron
+from .records import JobRecord, JobStatus, record_ttl
 from .submit import ChunkSender, submit_job
 
 log = logging.getLogger(__name__)
@@ -251,16 +257,69 @@ class ScheduleFire:
         self.client.delete(self.key)
 
 
+class ScheduleLatest:
+    """Owns <prefix>:schedule:<name>:latest: the schedule's latest job ({job, at}), to skip a firing while that
+    job is under way. Taking it is one step (WATCH/MULTI), so two fire times fired at once (a backlog of fires
+    after a light worker was down) submit one job, not two."""
+
+    SUBMITTING_S = 600  # a latest job with no record yet is being submitted (a large file takes a while)
+
+    def __init__(self, client, name: str):
+        self.client = client
+        self.key = f"{broker.key_prefix()}:schedule:{name}:latest"
+
+    def take(self, job_id: str) -> str | None:
+        """Make `job_id` the latest job, unless the latest is still under way: then its id, and nothing changed."""
+        import redis
+
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.key)
+                    latest = json.loads(pipe.get(self.key) or "null")
+                    if latest and self._under_way(pipe, latest):
+                        pipe.unwatch()
+                        return latest["job"]
+                    pipe.multi()
+                    pipe.set(self.key, json.dumps({"job": job_id, "at": time.time()}), ex=record_ttl())
+                    pipe.execute()
+                    return None
+                except redis.WatchError:  # another firing took it meanwhile: look again
+                    continue
+
+    def give_back(self, job_id: str) -> None:
+        """After a failed submit of `job_id`: nothing of the schedule is under way. (No other firing can have taken
+        the key meanwhile: it saw this job as being submitted.)"""
+        latest = json.loads(self.client.get(self.key) or "null")
+        if latest and latest["job"] == job_id:
+            self.client.delete(self.key)
+
+    def _under_way(self, pipe, latest: dict) -> bool:
+        status = pipe.hget(JobRecord(self.client, latest["job"]).key, "status")
+        if status is None:  # not submitted yet (or its record expired long ago)
+            return time.time() - float(latest.get("at") or 0) < self.SUBMITTING_S
+        return not JobStatus(status).final
+
+
 def fire(schedule: Schedule, send_chunks: ChunkSender, now: datetime | None = None,
          broker_url: str | None = None) -> str | None:
     """Submit the job of `schedule` for its latest fire time at or before `now`, through `send_chunks`. Returns
-    its id, or None when that fire time already has its job."""
+    its id, or None when that fire time already has its job, or is skipped because the schedule's previous job
+    is still under way (queued, running or cancelling)."""
     when = previous_fire_time(schedule, now or datetime.now(timezone.utc))
     job_id = schedule.job_id(when)
     url = broker.broker_url(broker_url)
-    claim = ScheduleFire(broker.connect(url), schedule.name, when)
+    client = broker.connect(url)
+    claim = ScheduleFire(client, schedule.name, when)
     if not claim.claim(job_id):
         log.info("schedule %s: %s already fired (job %s)", schedule.name, f"{when:%Y-%m-%d %H:%M}", job_id)
+        return None
+    latest = ScheduleLatest(client, schedule.name)
+    busy = latest.take(job_id)
+    if busy:  # the fire time stays claimed: a skipped firing is not made up later
+        status = JobRecord(client, busy).status
+        log.warning("schedule %s: skipped the firing of %s: its previous job %s is still %s", schedule.name,
+                    f"{when:%Y-%m-%d %H:%M}", busy, status.value if status else "being submitted")
         return None
     try:
         config = JobConfig(prompts=str(schedule.prompt_file()), out=schedule.out, job_id=job_id, model=schedule.model,
@@ -268,6 +327,7 @@ def fire(schedule: Schedule, send_chunks: ChunkSender, now: datetime | None = No
                            dtype=schedule.dtype)
         submit_job(config, send_chunks, url)
     except BaseException:  # let a later fire of the same time try again
+        latest.give_back(job_id)
         claim.release()
         raise
     log.info("schedule %s: submitted job %s", schedule.name, job_id)

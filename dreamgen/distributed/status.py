@@ -17,6 +17,7 @@ from ..jobs.lock import stopped_run
 from ..jobs.output import JobOutput
 from ..jobs.storage import open_storage, shared_location
 from . import broker
+from .consumers import no_consumer
 from .records import ChunkState, JobRecord, JobStatus, RecentJobs, record_ttl
 
 FAILURES_SHOWN = 20
@@ -48,6 +49,7 @@ class JobReport:
     submitted: float | None = None  # epoch seconds of the last submission (job.json), for a report from storage
     error: str | None = None  # why a failed job failed
     context_full: int = 0  # of the done: cut short by the model's context (counted when a round finishes)
+    no_worker: list = field(default_factory=list)  # "no worker is consuming <queue>" for each queue it waits on
 
     @property
     def pending(self) -> int:
@@ -77,9 +79,11 @@ def cancel_job(job_id: str, broker_url: str | None = None) -> JobReport:
 
 
 def job_status(job_id: str, broker_url: str | None = None, out: str | None = None,
-               endpoint_url: str | None = None, failures: int = FAILURES_SHOWN) -> JobReport:
+               endpoint_url: str | None = None, failures: int = FAILURES_SHOWN,
+               queues: tuple[str, str] | None = None) -> JobReport:
     """Where `job_id` stands. From its Redis record while it lives; else (expired, or Redis down) from
-    job.json and the markers under `out`."""
+    job.json and the markers under `out`. `queues`: (the chunks' queue, the finalizing queue), to say which of
+    those the unfinished job waits on with no worker consuming it."""
     url = broker.broker_url(broker_url)
     try:
         client = broker.connect(url)
@@ -91,7 +95,10 @@ def job_status(job_id: str, broker_url: str | None = None, out: str | None = Non
         record = JobRecord(client, job_id)
         data = record.read()
         if data:
-            return _report_from_record(record, data, failures)
+            report = _report_from_record(record, data, failures)
+            if queues and not report.final:
+                _note_idle_queues(report, client, *queues)
+            return report
     if out is None:
         raise not_found(job_id, url, client)
     report = _report_from_storage(job_id, out, endpoint_url, failures)
@@ -164,6 +171,14 @@ def _report_from_storage(job_id: str, out: str, endpoint_url: str | None, failur
     return report
 
 
+def _note_idle_queues(report: JobReport, client, chunk_queue: str, finalize_queue: str) -> None:
+    """Issue 33: a job whose queue nobody consumes would wait in silence."""
+    waiting_on = [finalize_queue]  # every unfinished job is closed by a finalize task
+    if report.status == JobStatus.QUEUED.value or report.chunks.get("queued") or report.chunks.get(LOST):
+        waiting_on.insert(0, chunk_queue)
+    report.no_worker = [note for note in (no_consumer(client, q) for q in dict.fromkeys(waiting_on)) if note]
+
+
 def redelivery_by(state: dict) -> float:
     """When Redis hands a lost chunk to another worker at the latest: the visibility timeout after its start."""
     return float(state.get("started") or state.get("updated") or time.time()) + settings.visibility_timeout_s()
@@ -197,8 +212,11 @@ def _redis_started(client) -> float | None:
 def refuse_if_active(record: JobRecord, doing: str = "submit it again") -> None:
     status = record.status
     if status is not None and not status.final:
-        raise JobStateError(f"job {record.job_id} is {status.value}; wait for it to end, or cancel it, "
-                            f"before you {doing}")
+        raise active_error(record.job_id, status, doing)
+
+
+def active_error(job_id: str, status: JobStatus, doing: str = "submit it again") -> JobStateError:
+    return JobStateError(f"job {job_id} is {status.value}; wait for it to end, or cancel it, before you {doing}")
 
 
 def not_found(job_id: str, url: str, client=None) -> JobNotFound:

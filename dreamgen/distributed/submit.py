@@ -1,6 +1,7 @@
 """Distributed jobs: a prompt file submitted to Celery workers, retried, and finalized when its chunks end.
 
-    submit_job    validate the whole file (jobs.spec.open_job) -> record in Redis -> chunks of batch_size, sent
+    submit_job    validate the whole file (jobs.spec.check_job) -> a new round in Redis, claimed in one step (two
+                  submits of one job id at once: one is refused) -> job.json -> chunks of batch_size, sent
                   by the caller's ChunkSender (workers.dispatch.send_chunks: a chord of chunk tasks)
     workers       run each chunk (chunks.run_chunk) -> the chord's callback calls finalize_job
     retry_job     the same, for the documents of an ended job that are not done
@@ -16,13 +17,13 @@ from .. import settings
 from ..clock import utc_now
 from ..errors import StorageError
 from ..jobs.output import JobOutput
-from ..jobs.spec import JobConfig, batched, open_job, stored_config
+from ..jobs.spec import JobConfig, batched, check_job, stored_config
 from ..jobs.storage import shared_location
 from ..prompts.files import iter_prompt_file, validate_prompt_file
 from . import broker
 from .chunks import JobWire, spec_to_wire
-from .records import JobRecord, JobStatus
-from .status import not_found, refuse_if_active
+from .records import JobActive, JobRecord, JobStatus
+from .status import active_error, not_found, refuse_if_active
 
 # Queues a job's chunks (lists of wire specs) for the workers; returns (chunks, documents) queued. With no
 # chunks it sends nothing (the job is then finalized by the caller).
@@ -37,9 +38,12 @@ def submit_job(config: JobConfig, send_chunks: ChunkSender, broker_url: str | No
     client = broker.connect(url)
     config.out = shared_location(config.out)
     if config.job_id:
-        refuse_if_active(JobRecord(client, config.job_id))
-    output, total = open_job(config, settings.task_time_limit_s())  # a document a chunk cannot hold: refused
-    _queue(client, url, config, output, total, send_chunks)
+        refuse_if_active(JobRecord(client, config.job_id))  # early, before reading the whole file
+    output, total = check_job(config, settings.task_time_limit_s())  # a document a chunk cannot hold: refused
+    previous = output.read_job() or {}
+    stored = {**config.record(created=previous.get("created") or utc_now(), total=total),
+              "round": previous.get("round") or 0}
+    _queue(client, url, config, output, total, send_chunks, stored)
     return config.job_id
 
 
@@ -64,17 +68,23 @@ def retry_job(job_id: str, send_chunks: ChunkSender, broker_url: str | None = No
     done = output.done_ids()
     if all(spec.id in done for spec in iter_prompt_file(config.prompts, config.defaults, config.model)):
         return 0  # nothing to retry: the job's record, job.json, manifest and chunk history stay as they are
-    return _queue(client, url, config, output, total, send_chunks)
+    return _queue(client, url, config, output, total, send_chunks, output.read_job() or config.record(),
+                  "retry it")
 
 
-def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, send_chunks: ChunkSender) -> int:
+def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, send_chunks: ChunkSender,
+           stored: dict, doing: str = "submit it again") -> int:
+    """Claim a new round of the job in Redis (refused if one is under way: JobStateError), then write job.json
+    (`stored`, the job as it is to be recorded) and queue the documents not done."""
     done_before = output.done_ids()
-    stored = output.read_job() or config.record()
     record = JobRecord(client, config.job_id)
-    rnd = record.start_round({"out": config.out, "location": output.location(config.formats), "total": total,
-                              "prompts": config.prompts, "model": config.model,
-                              "created": stored.get("created") or utc_now(), "config": config.wire(),
-                              "chunks": 0, "queued": 0}, done_ids=done_before, after=int(stored.get("round") or 0))
+    try:
+        rnd = record.start_round({"out": config.out, "location": output.location(config.formats), "total": total,
+                                  "prompts": config.prompts, "model": config.model,
+                                  "created": stored.get("created") or utc_now(), "config": config.wire(),
+                                  "chunks": 0, "queued": 0}, done_ids=done_before, after=int(stored.get("round") or 0))
+    except JobActive as active:  # another submit of this job id won the race; nothing of ours was written
+        raise active_error(config.job_id, active.status, doing) from None
     previous_end = ("finished", "done", "failed")  # of an earlier round; finalize writes them anew
     output.write_job({**{k: v for k, v in stored.items() if k not in previous_end},
                       "status": JobStatus.QUEUED.value, "submitted": utc_now(), "round": rnd})

@@ -1,7 +1,8 @@
-"""Compiled engines: DreamLLM's UNet, VAE decoder, vision encoder and LM step as ONNX graphs, run by ONNX Runtime
-or built into TensorRT engines, kept in a keyed cache under `home()/engines`.
+"""Compiled engines: DreamLLM's UNet, VAE decoder and vision encoder as ONNX graphs, run by ONNX Runtime or built
+into TensorRT engines, kept in a keyed cache under `home()/engines`. The LM is not compiled here: it runs on torch
+on every backend, over the paged KV pool (dreamgen/generation/runner.py).
 
-    graphs.py            the four graphs: wrapper modules, input/output names, dynamic axes
+    graphs.py            the three graphs: wrapper modules, input/output names, dynamic axes
     fused_attention.py   the UNet's attention as ONNX Runtime's fused MultiHeadAttention (onnxruntime flavour)
     export.py            ONNX export (legacy exporter), external data for graphs over 2 GB
     cache.py             the engine cache: keys, manifests, locked atomic builds

@@ -1,8 +1,8 @@
 """ONNX export of one graph with the legacy (TorchScript) exporter: about 20x faster than the dynamo exporter on
 these models, and its graphs load in ONNX Runtime and TensorRT alike.
 
-A graph whose weights pass protobuf's 2 GB limit (the 7B LM step) is written with its weights in one external
-file beside it, `model.onnx.data`; smaller graphs can be forced to do the same (that is how the tests cover it).
+A graph whose weights pass protobuf's 2 GB limit is written with its weights in one external file beside it,
+`model.onnx.data`; smaller graphs can be forced to do the same (that is how the tests cover it).
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from .graphs import graph_io, graph_module, sample_inputs
 log = logging.getLogger(__name__)
 
 EXPORT_OPSET = 17  # LayerNormalization is native from 17; TensorRT 10 and ONNX Runtime >= 1.14 take it
-GRAPHS_VERSION = 1  # bump when a wrapper in graphs.py changes what a graph computes: cached graphs are then stale
+# Bump when a wrapper in graphs.py changes what a graph computes or takes: cached graphs are then stale.
+# 2: the UNet takes one timestep per sample, (batch,), not one (1,) for the batch.
+GRAPHS_VERSION = 2
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf refuses messages of 2 GiB; keep a margin for the graph itself

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import EngineError
 from ..model.dreamllm import DreamLLM
-from .graphs import PARTS, kv_shape, timestep_input
+from .graphs import PARTS, timestep_input
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class GraphSession:
         self.input_dtypes = {i.name: ORT_TO_TORCH[i.type] for i in self.session.get_inputs()}
         self.output_dtypes = {o.name: ORT_TO_TORCH[o.type] for o in self.session.get_outputs()}
         self._staging: dict[str, torch.Tensor] = {}
-        self._placeholder = torch.zeros(1, device=self.device)  # an address for zero-size tensors (empty past)
+        self._placeholder = torch.zeros(1, device=self.device)  # an address for zero-size tensors
 
     def run(self, feeds: dict[str, torch.Tensor], output_shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
         binding = self.session.io_binding()
@@ -107,7 +107,8 @@ def _cuda_index(providers: list) -> int:
 
 
 class OnnxComponents:
-    """DreamLLM's heavy parts on ONNX Runtime; embeddings, queries and projectors stay on the torch model."""
+    """DreamLLM's picture side (UNet, VAE decoder, vision encoder) on ONNX Runtime; the LM, embeddings, queries
+    and projectors stay on the torch model."""
 
     name = "onnx"
 
@@ -121,38 +122,17 @@ class OnnxComponents:
         self.sessions = {part: GraphSession(graphs[part], providers, threads) for part in PARTS}
         self.provider = self.sessions["unet"].provider
         self.precision = "fp16" if self.sessions["unet"].input_dtypes["sample"] == torch.float16 else "fp32"
-        self._kv_heads, self._head_dim = kv_shape(model)
 
     def describe(self) -> str:
         import onnxruntime as ort
 
         return f"ONNX Runtime {ort.__version__} on {self.provider}, {self.precision} graphs (VAE fp32)"
 
-    # -------------------------------------------------------------------------------------------- the LLM
-    def lm_step(self, embeds, attention_mask, position_ids, past):
-        session = self.sessions["lm_step"]
-        B, T, H = embeds.shape
-        layers = self.model.llm.config.num_hidden_layers
-        if past is None:  # prefill: a zero-length past, so one graph serves every step
-            empty = torch.empty(B, self._kv_heads, 0, self._head_dim, dtype=session.input_dtypes["past.0.key"],
-                                device=session.device)
-            past = [(empty, empty)] * layers
-        total = attention_mask.shape[1]
-        feeds = {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids}
-        shapes = {"logits_last": (B, self.model.llm.config.vocab_size), "last_hidden_state": (B, T, H)}
-        for i, (key, value) in enumerate(past):
-            feeds[f"past.{i}.key"], feeds[f"past.{i}.value"] = key, value
-            shapes[f"present.{i}.key"] = shapes[f"present.{i}.value"] = (B, self._kv_heads, total, self._head_dim)
-        out = session.run(feeds, shapes)
-        present = [(out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(layers)]
-        hidden = out["last_hidden_state"].to(device=self.model.device, dtype=self.model.dtype)
-        return out["logits_last"].to(self.model.device), hidden, present
-
     # -------------------------------------------------------------------------------------------- pictures
     def unet(self, sample, timestep, encoder_hidden_states):
         session = self.sessions["unet"]
         out = session.run(
-            {"sample": sample, "timestep": timestep_input(timestep, session.device),
+            {"sample": sample, "timestep": timestep_input(timestep, sample.shape[0], session.device),
              "encoder_hidden_states": encoder_hidden_states},
             {"out_sample": tuple(sample.shape)})
         return out["out_sample"].to(device=sample.device, dtype=sample.dtype)

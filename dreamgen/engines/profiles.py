@@ -9,9 +9,6 @@ from dataclasses import dataclass
 
 from ..errors import EngineError
 from ..model.dreamllm import DreamLLM
-from .graphs import kv_shape
-
-DECODE_PROFILE, PREFILL_PROFILE = 1, 0
 
 
 @dataclass(frozen=True)
@@ -43,12 +40,6 @@ def latent_range(model: DreamLLM, limits: EngineLimits) -> tuple[int, int, int]:
     return max(1, largest // 4), usual, largest
 
 
-def max_cache_length(model: DreamLLM) -> int:
-    """The longest KV cache an LM step may be fed. Lockstep documents leave holes in one another's rows until the
-    cache is compacted (at half holes), so the cache can reach twice the context length."""
-    return 2 * model.max_positions
-
-
 def unet_profiles(model: DreamLLM, limits: EngineLimits) -> list[dict]:
     lo, opt, hi = latent_range(model, limits)
     unet = model.head.unet.config
@@ -56,7 +47,7 @@ def unet_profiles(model: DreamLLM, limits: EngineLimits) -> list[dict]:
     batch = (1, 2, 2 * limits.max_batch)  # 1: one unguided image; 2: one guided image; guidance doubles the batch
     return [{
         "sample": [(batch[0], channels, lo, lo), (batch[1], channels, opt, opt), (batch[2], channels, hi, hi)],
-        "timestep": [(1,), (1,), (1,)],
+        "timestep": [(b,) for b in batch],  # one per sample
         "encoder_hidden_states": [(b, queries, cross) for b in batch],
     }]
 
@@ -72,42 +63,9 @@ def vision_profiles(model: DreamLLM, limits: EngineLimits) -> list[dict]:
     return [{"pixel_values": [(1, 3, size, size), (1, 3, size, size), (limits.max_batch, 3, size, size)]}]
 
 
-def lm_profiles(model: DreamLLM, limits: EngineLimits) -> list[dict]:
-    """Two profiles. Prefill (0): a prompt, a dream block or an image block, on an empty or filled cache.
-    Decode (1): one token per document on a cache of any length, the step that runs most."""
-    heads, head_dim = kv_shape(model)
-    hidden, layers = model.hidden_size, model.llm.config.num_hidden_layers
-    b = limits.max_batch
-    cache = max_cache_length(model)
-    segment = model.special.image_block_len  # the longest segment fed after the prompt
-    half = max(1, model.max_positions // 2)
-
-    def profile(seq: tuple, past: tuple) -> dict:
-        batches = (1, b, b)
-        shapes = {
-            "inputs_embeds": [(n, t, hidden) for n, t in zip(batches, seq)],
-            "attention_mask": [(n, p + t) for n, p, t in zip(batches, past, seq)],
-            "position_ids": [(n, t) for n, t in zip(batches, seq)],
-        }
-        for i in range(layers):
-            for kv in ("key", "value"):
-                shapes[f"past.{i}.{kv}"] = [(n, heads, p, head_dim) for n, p in zip(batches, past)]
-        return shapes
-
-    # The mask is always past + new long, at min, opt and max alike, so each profile is consistent in itself.
-    prefill = profile(seq=(1, min(segment, model.max_positions), model.max_positions), past=(0, 0, cache))
-    decode = profile(seq=(1, 1, 1), past=(1, half, cache))
-    return [prefill, decode]
-
-
 def profiles_for(model: DreamLLM, part: str, limits: EngineLimits) -> list[dict]:
     limits.check(model)
-    return {"unet": unet_profiles, "vae_decoder": vae_profiles, "vision": vision_profiles,
-            "lm_step": lm_profiles}[part](model, limits)
-
-
-def lm_profile_index(new_positions: int, past_length: int) -> int:
-    return DECODE_PROFILE if new_positions == 1 and past_length > 0 else PREFILL_PROFILE
+    return {"unet": unet_profiles, "vae_decoder": vae_profiles, "vision": vision_profiles}[part](model, limits)
 
 
 def outside_profile(shapes: dict[str, tuple], profile: dict) -> str | None:

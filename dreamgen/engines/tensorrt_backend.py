@@ -24,8 +24,8 @@ from ..model.dreamllm import DreamLLM
 from .build import ensure_onnx_graphs
 from .cache import CachedEngine, CacheEntry, EngineCache, tensorrt_entry
 from .export import GRAPH_FILE
-from .graphs import PARTS, kv_shape, part_precision, timestep_input
-from .profiles import EngineLimits, lm_profile_index, outside_profile, profiles_for
+from .graphs import PARTS, part_precision, timestep_input
+from .profiles import EngineLimits, outside_profile, profiles_for
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def build_engine(trt, onnx_path: Path, plan_path: Path, profiles: list[dict], ti
     config.builder_optimization_level = flags["optimization_level"]
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    # A profile bounds the dynamic inputs only (the timestep is always (1,)).
+    # A profile bounds the dynamic inputs only (a static one has the one shape the graph was traced with).
     dynamic = {network.get_input(i).name for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)}
     for shapes in profiles:
         profile = builder.create_optimization_profile()
@@ -187,7 +187,7 @@ class EngineRunner:
         dynamic = [n for n in self.inputs if -1 in tuple(self.engine.get_tensor_shape(n))]
         self.profiles = [{n: [tuple(s) for s in self.engine.get_tensor_profile_shape(n, index)] for n in dynamic}
                          for index in range(len(self.contexts))]
-        self._placeholder = torch.zeros(1, device=device)  # an address for zero-size tensors (the empty past)
+        self._placeholder = torch.zeros(1, device=device)  # an address for zero-size tensors
 
     def bind(self, feeds: dict[str, torch.Tensor], profile: int = 0) -> dict[str, torch.Tensor]:
         """Set input shapes and addresses; allocate the outputs and set theirs. The feeds must stay alive
@@ -265,7 +265,8 @@ class CudaGraphRunner:
 
 
 class TensorRTComponents:
-    """DreamLLM's heavy parts on TensorRT engines; embeddings, queries and projectors stay on the torch model."""
+    """DreamLLM's picture side (UNet, VAE decoder, vision encoder) on TensorRT engines; the LM, embeddings,
+    queries and projectors stay on the torch model."""
 
     name = "tensorrt"
 
@@ -277,7 +278,6 @@ class TensorRTComponents:
         self.model = model
         self.runners = {part: EngineRunner(trt, Path(engines[part]), model.device) for part in PARTS}
         self._unet = CudaGraphRunner(self.runners["unet"]) if cuda_graphs else self.runners["unet"].run
-        self._kv_heads, self._head_dim = kv_shape(model)
         self.version = trt.__version__
 
     def describe(self) -> str:
@@ -286,24 +286,8 @@ class TensorRTComponents:
         return f"TensorRT {self.version} on {gpu}, {precision} engines (VAE fp32)"
 
     @torch.no_grad()
-    def lm_step(self, embeds, attention_mask, position_ids, past):
-        runner = self.runners["lm_step"]
-        B, T, _ = embeds.shape
-        layers = self.model.llm.config.num_hidden_layers
-        if past is None:  # prefill: a zero-length past, as in the ONNX graph
-            empty = torch.empty(B, self._kv_heads, 0, self._head_dim, dtype=runner.dtypes["past.0.key"],
-                                device=self.model.device)
-            past = [(empty, empty)] * layers
-        feeds = {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids}
-        for i, (key, value) in enumerate(past):
-            feeds[f"past.{i}.key"], feeds[f"past.{i}.value"] = key, value
-        out = runner.run(feeds, profile=lm_profile_index(T, past[0][0].shape[2]))
-        present = [(out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(layers)]
-        return out["logits_last"], out["last_hidden_state"].to(self.model.dtype), present
-
-    @torch.no_grad()
     def unet(self, sample, timestep, encoder_hidden_states):
-        out = self._unet({"sample": sample, "timestep": timestep_input(timestep, self.model.device),
+        out = self._unet({"sample": sample, "timestep": timestep_input(timestep, sample.shape[0], self.model.device),
                           "encoder_hidden_states": encoder_hidden_states})
         return out["out_sample"].to(sample.dtype)
 

@@ -2,7 +2,9 @@
 
 Each image has its own CPU generator seeded with its seed, used for the initial noise and for every stochastic
 scheduler step, so one image made here equals the image diffusers makes with
-`generator=torch.Generator("cpu").manual_seed(seed)` and the same UNet, VAE, scheduler and embeddings.
+`generator=torch.Generator("cpu").manual_seed(seed)` and the same UNet, VAE, scheduler and embeddings. The noise is
+drawn ahead, all of it, in the order diffusers draws it (the initial latents, then one draw per DDPM step with
+t > 0), and moved to the device once: no step waits on a CPU generator or a host-to-device copy.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from typing import Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import ParamsError
 
@@ -59,6 +60,50 @@ def group_key(request: ImageRequest) -> tuple:
     return (request.steps, request.scheduler, request.height, request.width, request.guidance > 1.0)
 
 
+VAE_BATCH = 4  # pictures decoded at once: the fp32 VAE at 512 px takes ~0.5 GB a picture
+
+
+def draw_noise(seeds: list[int], shape: tuple, steps: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(initial latents (N, *shape), step noise (steps, N, *shape)) from one CPU generator per picture, each
+    drawing its initial latents and then its `steps` step noises, as diffusers' randn_tensor does with a list of
+    generators; moved to the device in one copy."""
+    initial, noise = [], []
+    for seed in seeds:
+        generator = torch.Generator("cpu").manual_seed(seed)
+        initial.append(torch.randn(shape, generator=generator, dtype=dtype))
+        noise.append(torch.stack([torch.randn(shape, generator=generator, dtype=dtype) for _ in range(steps)])
+                     if steps else torch.zeros(0, *shape, dtype=dtype))
+    both = torch.cat([torch.stack(initial)[None], torch.stack(noise, dim=1)])  # (1 + steps, N, *shape)
+    if torch.device(device).type == "cuda":
+        both = both.pin_memory()
+    both = both.to(device, non_blocking=True)
+    return both[0], both[1:]
+
+
+def ddpm_step(scheduler, eps: torch.Tensor, t, sample: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """DDPMScheduler.step's arithmetic with the variance noise given (drawn ahead) instead of drawn here."""
+    config = scheduler.config
+    prev_t = scheduler.previous_timestep(t)
+    alpha_prod_t = scheduler.alphas_cumprod[t]
+    alpha_prod_t_prev = scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.one
+    beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+    current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+    current_beta_t = 1 - current_alpha_t
+    if config.prediction_type == "epsilon":
+        original = (sample - beta_prod_t ** 0.5 * eps) / alpha_prod_t ** 0.5
+    elif config.prediction_type == "v_prediction":
+        original = alpha_prod_t ** 0.5 * sample - beta_prod_t ** 0.5 * eps
+    else:
+        original = eps  # "sample"
+    if config.clip_sample:
+        original = original.clamp(-config.clip_sample_range, config.clip_sample_range)
+    previous = ((alpha_prod_t_prev ** 0.5 * current_beta_t) / beta_prod_t * original
+                + current_alpha_t ** 0.5 * beta_prod_t_prev / beta_prod_t * sample)
+    if t > 0 and noise is not None:
+        previous = previous + scheduler._get_variance(t) ** 0.5 * noise
+    return previous
+
+
 def denoise_group(requests: list[ImageRequest], unet: Callable, vae_decode: Callable, scheduler_config: dict,
                   latent_channels: int, vae_scale: int, device, dtype,
                   check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
@@ -71,10 +116,11 @@ def denoise_group(requests: list[ImageRequest], unet: Callable, vae_decode: Call
     scheduler = make_scheduler(first.scheduler, scheduler_config)
     scheduler.set_timesteps(first.steps, device=device)
 
-    # 2. initial noise, one generator per image
-    generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
-    shape = (len(requests), latent_channels, first.height // vae_scale, first.width // vae_scale)
-    latents = randn_tensor(shape, generator=generators, device=torch.device(device), dtype=dtype)
+    # 2. all the noise, drawn ahead: one generator per image (DDPM also draws once per step with t > 0)
+    ddpm = isinstance(scheduler, DDPMScheduler) and scheduler.config.variance_type in ("fixed_small", None)
+    noisy_steps = int((scheduler.timesteps > 0).sum()) if ddpm else 0
+    shape = (latent_channels, first.height // vae_scale, first.width // vae_scale)
+    latents, step_noise = draw_noise([r.seed for r in requests], shape, noisy_steps, device, dtype)
     latents = latents * scheduler.init_noise_sigma
 
     # 3. conditions: [uncond, cond] as diffusers orders them, guidance per image
@@ -87,13 +133,13 @@ def denoise_group(requests: list[ImageRequest], unet: Callable, vae_decode: Call
 
     step_kwargs = {}
     accepted = set(inspect.signature(scheduler.step).parameters)
-    if "generator" in accepted:
-        step_kwargs["generator"] = generators
+    if "generator" in accepted and not ddpm:  # a scheduler that draws noise of its own (none of ours does)
+        step_kwargs["generator"] = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
     if "eta" in accepted:
         step_kwargs["eta"] = 0.0
 
     # 4. the denoising loop
-    for t in scheduler.timesteps:
+    for k, t in enumerate(scheduler.timesteps):
         if check_cancel:
             check_cancel()
         model_input = torch.cat([latents] * 2) if guided else latents
@@ -102,8 +148,10 @@ def denoise_group(requests: list[ImageRequest], unet: Callable, vae_decode: Call
         if guided:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + scale * (eps_cond - eps_uncond)
-        latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+        if ddpm:
+            latents = ddpm_step(scheduler, eps, t, latents, step_noise[k] if k < noisy_steps else None)
+        else:
+            latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
 
-    # 5. decode, one picture at a time: the fp32 VAE at 512 px takes ~0.5 GB a picture, so a batch of 64 would
-    # take the KV pool's memory, and a picture's pixels do not depend on what was decoded beside it
-    return torch.cat([vae_decode(latents[i:i + 1]) for i in range(len(latents))])
+    # 5. decode, VAE_BATCH pictures at a time: a batch of 64 at 512 px would take the KV pool's memory
+    return torch.cat([vae_decode(latents[i:i + VAE_BATCH]) for i in range(0, len(latents), VAE_BATCH)])

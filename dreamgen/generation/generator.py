@@ -3,17 +3,20 @@
 Documents stream through a pool of slots (continuous batching, as vLLM does for text). Each step:
 
     1. admit     documents of the job take the free slots, in job order, while the KV budget holds their worst case
-    2. plan      the scheduler picks who feeds what: decoding documents one token each, newcomers a chunk of their
+                 (the scheduler decides, scheduler.py; the generator prepares their prompts)
+    2. schedule  the scheduler picks who feeds what: decoding documents one token each, newcomers a chunk of their
                  prompt, others a dream block or the image block of a picture just painted
     3. paint     if it is time (nobody else can go on, or a picture has waited long enough), every waiting picture
                  is painted in one UNet batch and fed back, as an image block, to its own document only
-    4. forward   one LM step over all the runs (executor.py), writing their keys and values in place
-    5. sample    every document whose feed is done draws its next token from its own generator
-    6. finish    a document that stops (</s>, max_new_tokens, full context, image_only) is handed over at once
-                 and its slot and pages go to the next document
+    4. forward   one LM step over all the runs (runner.py), writing their keys and values in place
+    5. sample    every document whose feed is done draws its next token on the device (sampling.py); the
+                 step's one wait is the copy of those tokens to the host
+    6. update    the scheduler hears back once (scheduler.update): who has a new feed, who waits for a picture,
+                 who finished; a finished document (</s>, max_new_tokens, full context, image_only) is handed over
+                 at once and its slot and pages go to the next document
 
 A document's result depends only on its own prompt, parameters and seed: its feeds are cut the same way whoever
-runs beside it, its sampling uses its own generator, its pictures their own seeds.
+runs beside it, its draws are keyed by its seed and position, its pictures by their own seeds.
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ from ..document import Document, ImageBlock, TextBlock
 from ..errors import DreamgenError, GenerationCancelled, ParamsError
 from ..model.dreamllm import DreamLLM
 from .components import Components, TorchComponents
+from .config import DEFAULT_SLOTS, EngineConfig
 from .diffusion import ImageRequest, image_seed
-from .executor import ComponentsExecutor, Executor, PagedExecutor
 from .images import tensor_to_pil
 from .kv import PAGE
 from .lm import Run
@@ -39,19 +42,14 @@ from .memory import (MemoryPlan, available_host_memory, cuda_budget, kv_bytes_pe
                      plan_pool, weights_bytes)
 from .painting import Painter
 from .prompting import DocumentRequest, Encoder
-from .sampling import sample_tokens
-from .scheduler import Scheduler, Seq, State
+from .runner import ModelRunner
+from .sampling import SamplingRows, row_key, sample
+from .scheduler import DREAM, FINISH, Candidate, Scheduler, Seq
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SLOTS", "NOTHING_YET", "DocumentRequest", "EngineStats", "Generator"]
 
-# Documents in flight by default, per device type. CPU: measured with bench/continuous.py, 48 text documents at
-# 1 thread: the shapes model does 5.7x one-at-a-time at 16 slots, 7.7x at 32, 7.0x at 64; the small random one
-# 5.0x at 16, 6.0x at 32. GPU: not measured yet (scripts/gpu_run.sh is where its bench goes).
-DEFAULT_SLOTS = {"cpu": 32, "cuda": 64}
-PREFILL_CHUNK = 64  # tokens of a long feed per step: a newcomer delays the others' next token by about this many
-STEP_TOKENS = 256  # tokens of long feeds per step at most, besides one per decoding document
 NOTHING_YET = object()  # a live source of requests has none right now: ask again at the next step
 
 
@@ -70,7 +68,15 @@ class EngineStats:
     slots: int = 0
     busy: int = 0
     started: float = field(default_factory=time.perf_counter)
-    kv: object = None  # KVStats of a paged executor
+    kv: object = None  # KVStats of the runner's pool
+
+    def count_step(self, busy: int, more_waiting: bool) -> None:
+        self.steps += 1
+        self.busy = busy
+        self.slot_steps += busy
+        if more_waiting:
+            self.full_steps += 1
+            self.full_slot_steps += busy
 
     @property
     def seconds(self) -> float:
@@ -89,7 +95,6 @@ class _Doc:
     index: int
     request: DocumentRequest
     seq: Seq
-    text_gen: torch.Generator
     feed: torch.Tensor  # (T, H) embeddings of the current feed
     then: str = "sample"  # after the feed: "sample" the next token, or "dream" (paint a picture)
     new_tokens: int = 0
@@ -108,6 +113,34 @@ class _Doc:
         return sum(isinstance(b, ImageBlock) for b in self.blocks)
 
 
+class _Source:
+    """The job's requests as the engine takes them: numbered in the order taken. A live source may say
+    NOTHING_YET (none now): poll() asks it again, once a step."""
+
+    def __init__(self, requests: Iterable[DocumentRequest]):
+        self._requests = iter(requests)
+        self.taken = 0
+        self._next = next(self._requests, None)
+
+    @property
+    def ready(self) -> bool:
+        """A request is there to take now."""
+        return self._next is not None and self._next is not NOTHING_YET
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next is None
+
+    def poll(self) -> None:
+        if self._next is NOTHING_YET:
+            self._next = next(self._requests, None)
+
+    def take(self) -> tuple[int, DocumentRequest]:
+        request, self._next = self._next, next(self._requests, None)
+        self.taken += 1
+        return self.taken - 1, request
+
+
 def _whole_pages(tokens: int) -> int:
     return -(-tokens // PAGE) * PAGE
 
@@ -115,19 +148,18 @@ def _whole_pages(tokens: int) -> int:
 class Generator:
     """Writes illustrated documents with one model on one backend, `slots` documents at a time."""
 
-    def __init__(self, model: DreamLLM, components: Components | None = None, slots: int | None = None,
-                 kv_tokens: int | None = None, schedule: str = "continuous", prefill_chunk: int = PREFILL_CHUNK,
-                 step_tokens: int = STEP_TOKENS, kv_fraction: float | None = None):
+    def __init__(self, model: DreamLLM, components: Components | None = None, config: EngineConfig | None = None):
         self.model = model
-        self.components = components or TorchComponents(model)
+        self.config = config or EngineConfig()
+        # The LM always runs on torch (runner.py: paged pool, buckets, graphs); a backend's components paint
+        # (UNet, VAE) and read pictures (vision encoder).
+        self.components = components or TorchComponents(model, compile=self.config.compiles(model.device))
         self.special = model.special
         self.encoder = Encoder(model, self.components.encode_images)
         self.painter = Painter(model, self.components, self.encoder)
-        self.slots = slots or DEFAULT_SLOTS.get(model.device.type, 16)
-        self.kv_tokens = kv_tokens  # None: sized from memory (memory.py)
-        self.kv_fraction = kv_fraction  # None: the setting's
+        self.slots = self.config.slots_for(model.device)
         self._cuda_steps: dict[int, tuple[int, int, int]] = {}  # slots -> (free, step, card) bytes, measured once
-        self.schedule, self.prefill_chunk, self.step_tokens = schedule, prefill_chunk, step_tokens
+        self._runner: ModelRunner | None = None  # kept across runs: its pool and compiled buckets are costly
         self.stats = EngineStats()
 
     # ------------------------------------------------------------------------------------------ public API
@@ -166,24 +198,13 @@ class Generator:
         documents can use at once, when known (the pool is no larger); `least_tokens`: its largest document's."""
         slots = slots or self.slots
         progress = on_progress or (lambda kind, index: None)
-        max_positions = self.model.max_positions
         kv_tokens = self.memory_plan(slots, job_tokens, least_tokens).pool_tokens
-        scheduler = Scheduler(slots, kv_tokens, self.prefill_chunk, self.step_tokens, self.schedule)
-        executor = self._executor(kv_tokens)
+        config = self.config
+        scheduler = Scheduler(slots, kv_tokens, config.prefill_chunk, config.step_tokens, config.batching)
+        runner = self._runner_for(kv_tokens)
         stats = self.stats = EngineStats(slots=slots)
         docs: dict[int, _Doc] = {}
-        source = iter(requests)
-        taken = 0
-
-        def take():
-            nonlocal taken
-            request = next(source, None)
-            if request is None or request is NOTHING_YET:
-                return request
-            taken += 1
-            return taken - 1, request
-
-        waiting = take()  # the next request not yet admitted (None: no more; NOTHING_YET: none now)
+        source = _Source(requests)
 
         def check_cancel():
             if should_stop and should_stop():
@@ -191,78 +212,72 @@ class Generator:
 
         while True:
             check_cancel()
-            # 1. admit
-            while waiting is not None and waiting is not NOTHING_YET and scheduler.can_admit_any():
-                index, request = waiting
+            self._admit(source, scheduler, runner, docs, on_failure)
+            self._drop_stopped(scheduler, runner, docs, progress)
+            if not scheduler.live:
+                if source.exhausted:
+                    return stats
+                continue  # a live source, empty now: it waits a little itself
+            plan = scheduler.schedule(more_waiting=source.ready)
+            stats.count_step(scheduler.busy, source.ready)
+            after: dict[int, object] = {}
+            if plan.paint:
+                after.update(self._paint([docs[s.index] for s in plan.paint], check_cancel, progress))
+            if plan.runs:
+                after.update(self._step([(docs[s.index], n) for s, n in plan.runs], runner))
+            for seq in scheduler.update(plan, after):
+                self._hand_over(docs.pop(seq.index), runner, slots, progress, on_document)
+            stats.busy, stats.kv = scheduler.busy, runner.kv_stats
+            if on_stats:
+                on_stats(stats)
+
+    def _admit(self, source: "_Source", scheduler: Scheduler, runner: ModelRunner, docs: dict,
+               on_failure: Callable[[int, Exception], None] | None) -> None:
+        """Prepare the job's next documents (their prompts encoded) while the scheduler wants them, and open a
+        slot for each it admits. A request that cannot run fails alone (on_failure), or raises without one."""
+        source.poll()
+        while True:
+            if scheduler.wants_more() and source.ready:
+                index, request = source.take()
                 try:
                     self.check_request(request, index)
                     feed = self.encoder.prompt(request)
-                    if feed.shape[0] >= max_positions:  # prompt files are checked for this; a caller may not be
+                    if feed.shape[0] >= self.model.max_positions:  # prompt files are checked; a caller may not be
                         raise ParamsError(f"request {index}: the prompt is {feed.shape[0]} tokens, the model's "
-                                          f"context {max_positions}")
+                                          f"context {self.model.max_positions}")
                 except DreamgenError as e:
                     if on_failure is None:
                         raise
                     on_failure(index, e)
-                    waiting = take()
                     continue
-                reserve = self._reserve(request, feed.shape[0])
-                if not scheduler.can_admit(reserve):
-                    break
-                seq = scheduler.admit(index, reserve, feed.shape[0])
-                executor.open(seq.slot, reserve)
                 params = request.params.resolved(self.model.info.guidance)
                 if params is not request.params:  # the model's own scale: the document records the one it used
                     request = dataclasses.replace(request, params=params)
-                docs[index] = _Doc(index, request, seq, torch.Generator("cpu").manual_seed(request.params.seed),
-                                   feed, then="dream" if request.image_only else "sample")
-                waiting = take()
-            if self.schedule == "lockstep":
-                scheduler.close_admission()
-            stats.busy = scheduler.busy
-            if waiting is NOTHING_YET:
-                waiting = take()  # the source waits a little itself when the pool is idle
-            if not scheduler.live:
-                if waiting is None:
-                    break
-                continue
-            for doc in [docs[s.index] for s in scheduler.live]:
-                if doc.request.should_stop and doc.request.should_stop():
-                    self._release(doc, scheduler, executor, docs)
-                    progress("dropped", doc.index)
-            if not scheduler.live:
-                continue
+                scheduler.offer(Candidate(index, self._reserve(request, feed.shape[0]), feed.shape[0],
+                                          payload=(request, feed)))
+            candidate = scheduler.waiting
+            seq = scheduler.admit()
+            if seq is None:
+                return
+            request, feed = candidate.payload
+            runner.open(seq.slot, seq.reserve)
+            docs[seq.index] = _Doc(seq.index, request, seq, feed, then="dream" if request.image_only else "sample")
 
-            # 2. plan, 3. paint
-            plan = scheduler.plan(more_waiting=waiting is not None and waiting is not NOTHING_YET)
-            if plan.paint:
-                self._paint([docs[s.index] for s in plan.paint], scheduler, check_cancel, progress)
-            scheduler.waited()
-            stats.steps += 1
-            stats.busy = scheduler.busy
-            stats.slot_steps += scheduler.busy
-            if waiting is not None and waiting is not NOTHING_YET:
-                stats.full_steps += 1
-                stats.full_slot_steps += scheduler.busy
+    def _drop_stopped(self, scheduler: Scheduler, runner: ModelRunner, docs: dict, progress) -> None:
+        for seq in list(scheduler.live):
+            request = docs[seq.index].request
+            if request.should_stop and request.should_stop():
+                runner.close(seq.slot)
+                scheduler.drop(seq)
+                del docs[seq.index]
+                progress("dropped", seq.index)
 
-            # 4. forward, 5. sample
-            if plan.runs:
-                self._step([(docs[s.index], n) for s, n in plan.runs], scheduler, executor)
-
-            # 6. finish
-            for seq in list(scheduler.live):
-                doc = docs[seq.index]
-                if doc.stop_reason:
-                    self._flush_text(doc)
-                    document = self._document(doc, slots)
-                    self._release(doc, scheduler, executor, docs)
-                    stats.documents += 1
-                    progress("document", doc.index)
-                    on_document(doc.index, document)
-            stats.kv = getattr(executor, "kv_stats", None)
-            if on_stats:
-                on_stats(stats)
-        return stats
+    def _hand_over(self, doc: _Doc, runner: ModelRunner, slots: int, progress, on_document) -> None:
+        runner.close(doc.seq.slot)
+        self._flush_text(doc)
+        self.stats.documents += 1
+        progress("document", doc.index)
+        on_document(doc.index, self._document(doc, slots))
 
     def check_request(self, request: DocumentRequest, index: int = 0) -> None:
         self.encoder.check(request, index)
@@ -273,24 +288,29 @@ class Generator:
         """The KV pool's size for `slots` documents (memory.py): on CUDA from the memory free after the weights
         and one measured peak step (measured once), on the CPU from what the job can use and available memory."""
         model, slots = self.model, slots or self.slots
+        fixed = self.config.kv_tokens
         facts = dict(device=str(model.device), weights_bytes=weights_bytes(model), slots=slots,
                      kv_bytes_per_token=kv_bytes_per_token(model.llm.config, model.dtype), context=model.max_positions,
-                     fixed_tokens=self.kv_tokens, job_tokens=job_tokens, least_tokens=least_tokens)
-        if self.kv_tokens is not None:
+                     fixed_tokens=fixed, job_tokens=job_tokens, least_tokens=least_tokens)
+        if fixed is not None:
             return plan_pool(budget_bytes=None, **facts)
         if model.device.type == "cuda":
             if slots not in self._cuda_steps:
                 self._cuda_steps[slots] = measure_cuda_step(model, self.components, slots)
             free, step, total = self._cuda_steps[slots]
-            budget = cuda_budget(free, step, settings.kv_memory_fraction(self.kv_fraction))
+            budget = cuda_budget(free, step, settings.kv_memory_fraction(self.config.kv_fraction))
             return plan_pool(budget_bytes=budget, step_bytes=step, step="measured", device_bytes=total, **facts)
         available = available_host_memory()
         return plan_pool(budget_bytes=int(settings.kv_cpu_share() * available), device_bytes=available, **facts)
 
-    def _executor(self, kv_tokens: int) -> Executor:
-        if isinstance(self.components, TorchComponents):
-            return PagedExecutor(self.model, kv_tokens)
-        return ComponentsExecutor(self.components, self.encoder.embed([self.special.pad])[0])
+    def _runner_for(self, kv_tokens: int) -> ModelRunner:
+        """The runner of this run: the last one if its pool is the size asked (its pages are all free between
+        runs), else a new one (the old pool is freed first, so two never coexist)."""
+        if self._runner is not None and self._runner.pool_tokens != -(-kv_tokens // PAGE) * PAGE:
+            self._runner = None
+        if self._runner is None:
+            self._runner = ModelRunner(self.model, kv_tokens, self.config)
+        return self._runner
 
     def _reserve(self, request: DocumentRequest, prompt_tokens: int) -> int:
         """A document's worst case in the pool: its prompt and all it may add, capped at the context."""
@@ -303,75 +323,79 @@ class Generator:
         p = request.params
         return p.max_new_tokens + p.max_images * (self.special.image_cost - 1)
 
-    @staticmethod
-    def _release(doc: _Doc, scheduler: Scheduler, executor: Executor, docs: dict) -> None:
-        executor.close(doc.seq.slot)
-        scheduler.finish(doc.seq)
-        del docs[doc.index]
-
     # ------------------------------------------------------------------------------------------ one step
-    def _step(self, runs: list[tuple[_Doc, int]], scheduler: Scheduler, executor: Executor) -> None:
-        """Feed every run, then sample for each document whose feed is done (all in one call)."""
+    def _step(self, runs: list[tuple[_Doc, int]], runner: ModelRunner) -> dict[int, object]:
+        """Feed every run, then sample for each document whose feed is done (all in one call). Returns what
+        comes next for the documents whose feed ended (scheduler.update's `after`)."""
         embeds = torch.cat([doc.feed[doc.seq.fed:doc.seq.fed + n] for doc, n in runs])
         lm_runs = [Run(doc.seq.slot, doc.seq.length, n) for doc, n in runs]
-        completes = [doc.seq.pending == n for doc, n in runs]
-        samplers = [i for i, (doc, _) in enumerate(runs) if completes[i] and doc.then == "sample"]
-        hidden, logits = executor.forward(embeds, lm_runs, samplers)
+        after: dict[int, object] = {}
+        samplers = []
+        for i, (doc, n) in enumerate(runs):
+            if doc.seq.pending != n:
+                continue  # its feed goes on at the next step
+            if doc.then == "dream":
+                after[doc.index] = DREAM
+            elif doc.new_tokens >= doc.params.max_new_tokens:
+                doc.stop_reason = "max_new_tokens"  # fed, but nothing more to write
+                after[doc.index] = FINISH
+            else:
+                samplers.append(i)
+        hidden, logits = runner.forward(embeds, lm_runs, samplers)
         self.stats.tokens += embeds.shape[0]
         q, at = self.special.num_dream_queries, 0
-        for (doc, n), done in zip(runs, completes):
+        for doc, n in runs:
             if doc.then == "dream":  # the queries sit just before `<dream_end>`, the feed's last position
                 first = doc.feed.shape[0] - 1 - q  # feed offset of the first query
-                for offset in range(max(first, doc.seq.fed), min(first + q, doc.seq.fed + n)):
+                lo, hi = max(first, doc.seq.fed), min(first + q, doc.seq.fed + n)
+                if lo < hi:
                     if doc.query_states is None:
                         doc.query_states = hidden.new_empty(q, hidden.shape[1])
-                    doc.query_states[offset - first] = hidden[at + offset - doc.seq.fed]
-            scheduler.fed(doc.seq, n)
-            if done and doc.then == "dream":
-                scheduler.dream(doc.seq)
+                    doc.query_states[lo - first:hi - first] = hidden[at + lo - doc.seq.fed:at + hi - doc.seq.fed]
             at += n
         if samplers:
-            self._sample([runs[i][0] for i in samplers], logits, scheduler)
+            after.update(self._sample([runs[i][0] for i in samplers], [runs[i][1] for i in samplers], logits))
+        return after
 
-    def _sample(self, docs: list[_Doc], logits: torch.Tensor, scheduler: Scheduler) -> None:
-        s = self.special
-        keep = []
-        for k, doc in enumerate(docs):
-            if doc.new_tokens >= doc.params.max_new_tokens:
-                doc.stop_reason = "max_new_tokens"
-            else:
-                keep.append(k)
-        docs, logits = [docs[k] for k in keep], logits[keep]
-        if not docs:
-            return
+    def _sample(self, docs: list[_Doc], counts: list[int], logits: torch.Tensor) -> dict[int, object]:
+        """Draw every sampling document's next token on the device; the tokens are the step's one read-back."""
+        s, context = self.special, self.model.max_positions
+        lengths = [doc.seq.length + n for doc, n in zip(docs, counts)]  # positions once this step's runs are in
         if len(self.encoder.banned):
-            logits[:, self.encoder.banned.to(logits.device)] = float("-inf")
-        for k, doc in enumerate(docs):
-            room_for_image = doc.seq.length + 1 + s.image_cost + 1 <= self.model.max_positions
-            if doc.images_done >= doc.params.max_images or not room_for_image:
-                logits[k, s.dream_start] = float("-inf")
-        tokens = sample_tokens(logits, [d.params for d in docs], [d.text_gen for d in docs])
+            logits.index_fill_(1, self.encoder.banned_on(logits.device), float("-inf"))
+        dream_allowed = [doc.images_done < doc.params.max_images and length + 1 + s.image_cost + 1 <= context
+                         for doc, length in zip(docs, lengths)]
+        rows = SamplingRows.build([d.params.temperature for d in docs], [d.params.top_p for d in docs],
+                                  [row_key(d.params.seed, length) for d, length in zip(docs, lengths)],
+                                  logits.device, dream_allowed=dream_allowed)
+        logits[:, s.dream_start].add_(rows.dream_bias)
+        tokens = sample(logits, rows).tolist()
         self.stats.new_tokens += len(tokens)
+        after: dict[int, object] = {}
         writers = []
-        for doc, token in zip(docs, tokens):
+        for doc, length, token in zip(docs, lengths, tokens):
             doc.new_tokens += 1
             if token == s.eos:
                 doc.stop_reason = "eos"
             elif token == s.dream_start:
                 self._flush_text(doc)
                 doc.feed, doc.then, doc.query_states = self.encoder.dream_block(), "dream", None
-                scheduler.feed(doc.seq, doc.feed.shape[0])
+                after[doc.index] = doc.feed.shape[0]
+                continue
             else:
                 doc.text_ids.append(token)
-                if doc.seq.length + 1 > self.model.max_positions:
+                if length + 1 > context:
                     doc.stop_reason = "context_full"
                 else:
                     writers.append((doc, token))
+                    continue
+            after[doc.index] = FINISH
         if writers:
             embeds = self.encoder.embed([token for _, token in writers])  # one lookup for the whole batch
             for k, (doc, _) in enumerate(writers):
                 doc.feed, doc.then = embeds[k:k + 1], "sample"
-                scheduler.feed(doc.seq, 1)
+                after[doc.index] = 1
+        return after
 
     def _flush_text(self, doc: _Doc) -> None:
         if doc.text_ids:
@@ -381,7 +405,8 @@ class Generator:
             doc.text_ids = []
 
     # ------------------------------------------------------------------------------------------ pictures
-    def _paint(self, dreamers: list[_Doc], scheduler: Scheduler, check_cancel, progress) -> None:
+    def _paint(self, dreamers: list[_Doc], check_cancel, progress) -> dict[int, object]:
+        """Paint every waiting picture; each is fed back, as an image block, to its own document only."""
         conds = self.model.condition(torch.stack([d.query_states for d in dreamers]))  # (N, Q, cross_dim)
         default_size = self.model.head.default_image_size
         requests = []
@@ -395,29 +420,30 @@ class Generator:
         images = [(image * 255).round() / 255 for image in self.painter.paint(requests, check_cancel)]
         readers = [k for k, d in enumerate(dreamers) if not d.request.image_only]
         features = dict(zip(readers, self.encoder.read_images([images[k] for k in readers])))
+        after: dict[int, object] = {}
         for k, (doc, request) in enumerate(zip(dreamers, requests)):
             doc.blocks.append(ImageBlock(index=doc.images_done, width=request.width, height=request.height,
                                          seed=request.seed, image=tensor_to_pil(images[k])))
             self.stats.pictures += 1
             progress("image", doc.index)
-            if doc.request.image_only:
+            block = None if doc.request.image_only else self.encoder.image_block(features[k])
+            if block is None:
                 doc.stop_reason = "image_only"
-                continue
-            block = self.encoder.image_block(features[k])
-            if doc.seq.length + block.shape[0] > self.model.max_positions:
+            elif doc.seq.length + block.shape[0] > self.model.max_positions:
                 doc.stop_reason = "context_full"
+            else:
+                doc.feed, doc.then = block, "sample"
+                after[doc.index] = block.shape[0]
                 continue
-            doc.feed, doc.then = block, "sample"
-            scheduler.feed(doc.seq, block.shape[0])
-        for doc in dreamers:
-            if doc.stop_reason:
-                doc.seq.state = State.FEEDING  # nothing to feed; it finishes at the end of this step
+            after[doc.index] = FINISH
+        return after
 
     # ------------------------------------------------------------------------------------------ results
     def _document(self, doc: _Doc, slots: int) -> Document:
         request = doc.request
         return Document(
             id=request.id or f"doc-{doc.index}", prompt=request.prompt, model=self.model.info.name,
+            model_hash=self.model.info.hash,
             params=request.params.to_dict(), blocks=doc.blocks, title=request.title, stop_reason=doc.stop_reason,
             timings={"seconds": round(time.perf_counter() - doc.started, 4), "slots": slots,
                      "new_tokens": doc.new_tokens, "images": doc.images_done, "backend": self.components.name,

@@ -19,9 +19,9 @@ class Painter:
             enc = self.encoder
             embeds = torch.cat([enc.embed([self.model.special.bos] + enc.tokens(negative_prompt)), enc.dream_block()])
             n = embeds.shape[0]
-            mask = torch.ones(1, n, dtype=torch.long, device=embeds.device)
-            positions = torch.arange(n, device=embeds.device)[None]
-            _, hidden, _ = self.components.lm_step(embeds[None], mask, positions, None)
+            # the LM runs on torch on every backend (the backends paint and read pictures): one plain forward
+            with torch.no_grad():
+                hidden = self.model.llm.model(inputs_embeds=embeds[None]).last_hidden_state  # post-norm
             q = self.model.special.num_dream_queries
             self._uncond_cache[negative_prompt] = self.model.condition(hidden[0, n - 1 - q:n - 1])
         return self._uncond_cache[negative_prompt]

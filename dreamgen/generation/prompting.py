@@ -44,7 +44,15 @@ class Encoder:
         # The model never learned to emit block tokens: the loop forces them, so sampling must not.
         vocab = model.llm.config.vocab_size
         self.banned = torch.tensor(sorted(i for i in banned if i is not None and 0 <= i < vocab))
+        self._banned_on: dict[str, torch.Tensor] = {}
         self._dream_block = None
+
+    def banned_on(self, device: torch.device) -> torch.Tensor:
+        """The banned token ids on `device`, copied there once."""
+        key = str(device)
+        if key not in self._banned_on:
+            self._banned_on[key] = self.banned.to(device)
+        return self._banned_on[key]
 
     def check(self, request: DocumentRequest, index: int = 0) -> None:
         where = f"request {index}" + (f" ({request.id})" if request.id else "")

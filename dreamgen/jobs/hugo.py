@@ -3,6 +3,7 @@
     <dir>/<job>/_index.md                 the section: front matter title and date (the job's)
     <dir>/<job>/<doc>/index.md            a leaf bundle: front matter title, date, ...; the text; image links
     <dir>/<job>/<doc>/images/NN.png       its pictures, as stored (parameters inside)
+    <dir>/<job>/<doc>/inputs/NN.*         the pictures its prompt gave the model, as given
 
 Only what Hugo should publish. The job folder itself is not a content folder: Hugo would publish every file of
 a bundle as a page resource (document.json, the markers, job.json), and it reads `.html` files as content, so
@@ -29,8 +30,8 @@ def export_hugo(job: JobOutput, dest: Storage) -> int:
                      front_matter({k: v for k, v in section.items() if v is not None}).encode())
     for doc_id in done:
         doc = job.load_document(doc_id)
-        for block in doc.images:
-            picture = job.storage.read_bytes(job.doc_key(doc_id, block.path))
-            dest.write_bytes(f"{job.job_id}/{doc_id}/{block.path}", picture, "image/png")
+        for path in [given.path for given in doc.input_images] + [block.path for block in doc.images]:
+            picture = job.storage.read_bytes(job.doc_key(doc_id, path))
+            dest.write_bytes(f"{job.job_id}/{doc_id}/{path}", picture)
         dest.write_bytes(f"{job.job_id}/{doc_id}/index.md", to_markdown(doc, job.job_id).encode())
     return len(done)

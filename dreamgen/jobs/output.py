@@ -6,8 +6,10 @@
     <job>/<doc>/index.md, index.html     exports
     <job>/_done/<doc>.json               written create-once LAST: the document is finished
     <job>/_failed/<doc>.json             the last failure of a document that is not finished
-    <job>/manifest.jsonl, errors.jsonl, index.html   rebuilt from the markers by finalize()
+    <job>/manifest.jsonl, errors.jsonl, index.html   rebuilt from the markers by finalize(); while `run` goes,
+                                         kept current by LiveListing as documents end (prompt order)
     <job>/results.jsonl                  with --results openai: the Batch API's output shape (exporters.openai)
+    <job>/<job>.epub                     with format epub: the finished documents as one book (exporters.epub)
 
 S3 has no append, and several workers may finish documents at once, so the per-document markers are the
 source of truth; a marker appears only after all of its document's files are stored, so nothing listed
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
 from exporters import FORMATS, check_results, parse_formats
+from exporters.epub import job_book
 from exporters.html import document_page, job_index_page
 from exporters.markdown import to_markdown
 from exporters.openai import error_line, result_line
@@ -41,6 +46,7 @@ RESULTS_FILE = "results.jsonl"  # with --results openai
 DONE_DIR = "_done"
 FAILED_DIR = "_failed"
 MESSAGE_MAX = 4000
+LIVE_EVERY_S = 2.0  # a running job's manifest and index are rewritten at most this often
 _READERS = 16  # parallel reads of markers: S3 answers each in tens of milliseconds
 
 
@@ -83,16 +89,18 @@ class JobOutput:
             return None
 
     # ------------------------------------------------------------------------------------ documents
-    def save_document(self, doc: Document, formats=FORMATS, self_contained: bool = False) -> dict:
+    def save_document(self, doc: Document, formats=FORMATS, self_contained: bool = False,
+                      line: int | None = None) -> dict:
         """Store a generated document: images, document.json, exports, then its done marker.
-        Sets each ImageBlock's path and sha256. Returns its manifest entry."""
+        Sets each ImageBlock's path and sha256. Returns its manifest entry; `line` is its prompt's line in the
+        prompt file, which orders the manifest and the index."""
         doc.job_id = doc.job_id or self.job_id
         doc.created = doc.created or utc_now()
         try:
             store_document(self.storage, lambda *parts: self.doc_key(doc.id, *parts), doc, formats, self_contained,
                            self.job_id)
             # last: the marker that says every file above is in place
-            entry = self.manifest_entry(doc)
+            entry = self.manifest_entry(doc, line)
             self.storage.create_once(self.marker_key(DONE_DIR, doc.id), _json_bytes(entry))
         except StorageError:  # nothing half-written: the files stored so far go (and give back their space)
             self._remove_unfinished(doc.id)
@@ -114,10 +122,10 @@ class JobOutput:
         write_exports(self.storage, lambda *parts: self.doc_key(doc.id, *parts), doc, formats, self_contained,
                       self.job_id, read_image)
 
-    def manifest_entry(self, doc: Document) -> dict:
+    def manifest_entry(self, doc: Document, line: int | None = None) -> dict:
         # stop_reason: eos, max_new_tokens, image_only, or context_full (cut short: the model's context filled)
-        return {"id": doc.id, "custom_id": doc.custom_id, "title": document_title(doc), "prompt": doc.prompt,
-                "path": doc.id, "images": [f"{doc.id}/{b.path}" for b in doc.images],
+        return {"id": doc.id, "custom_id": doc.custom_id, "line": line, "title": document_title(doc),
+                "prompt": doc.prompt, "path": doc.id, "images": [f"{doc.id}/{b.path}" for b in doc.images],
                 "sizes": [[b.width, b.height] for b in doc.images], "finished": utc_now(),
                 "stop_reason": doc.stop_reason}
 
@@ -146,9 +154,8 @@ class JobOutput:
         return set(self._marker_ids(DONE_DIR))
 
     def manifest(self) -> list[dict]:
-        """Every finished document's entry, oldest first."""
-        entries = self._read_markers(DONE_DIR, self._marker_ids(DONE_DIR))
-        return sorted(entries, key=lambda e: (e.get("finished") or "", e["id"]))
+        """Every finished document's entry, in prompt-file order."""
+        return in_prompt_order(self._read_markers(DONE_DIR, self._marker_ids(DONE_DIR)))
 
     def failed(self) -> list[dict]:
         """Failures of documents that are not (yet) finished, by id."""
@@ -167,16 +174,42 @@ class JobOutput:
         self_contained = bool(record.get("self_contained")) if self_contained is None else self_contained
         results = check_results((record.get("results") or "none") if results is None else results)
         entries, failed = self.manifest(), self.failed()
-        self.storage.write_bytes(self.key("manifest.jsonl"), _jsonl_bytes(entries))
-        self.storage.write_bytes(self.key("errors.jsonl"), _jsonl_bytes(failed))
-        if "html" in formats:
-            read_image = (lambda path: self.storage.read_bytes(self.key(path))) if self_contained else None
-            page = job_index_page({"id": self.job_id, **record}, entries, failed, read_image=read_image)
-            self.storage.write_bytes(self.key("index.html"), page.encode())
+        self.write_listing(entries, failed, formats, record, self_contained)
+        if "epub" in formats:
+            self.write_book(entries, record)
         if results == "openai":
             self.write_openai_results(entries, failed)
         context_full = sum(1 for e in entries if e.get("stop_reason") == CONTEXT_FULL)
         return {"done": len(entries), "context_full": context_full, "failed": len(failed)}
+
+    def write_listing(self, entries: list[dict], failed: list[dict], formats, record: dict, self_contained: bool,
+                      live: bool = False, read_image=None) -> None:
+        """manifest.jsonl, errors.jsonl and (with html) index.html of these entries, each file replaced whole.
+        `live`: the job is still running (the index says so and reloads itself). A self-contained index reads its
+        thumbnails through `read_image(path in the job)`, by default from the storage."""
+        if "html" in parse_formats(formats):  # the page first: once the manifest is there, so is an index
+            if self_contained:
+                read_image = read_image or (lambda path: self.storage.read_bytes(self.key(path)))
+            else:
+                read_image = None
+            page = job_index_page({"id": self.job_id, **record}, entries, failed, read_image=read_image, live=live)
+            self.storage.write_bytes(self.key("index.html"), page.encode())
+        self.storage.write_bytes(self.key("errors.jsonl"), _jsonl_bytes(failed))
+        self.storage.write_bytes(self.key("manifest.jsonl"), _jsonl_bytes(entries))
+
+    def book_key(self) -> str:
+        return self.key(f"{self.job_id}.epub")
+
+    def write_book(self, entries: list[dict], record: dict) -> None:
+        """<job>/<job>.epub: the documents of `entries` (manifest entries, in their order) as one book."""
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            docs = list(pool.map(self.load_document, [entry["id"] for entry in entries]))
+        facts = " · ".join(f"{key}: {record[key]}" for key in ("model", "created", "finished")
+                           if isinstance(record.get(key), str))
+        book = job_book(self.job_id, record.get("title") or self.job_id, docs,
+                        lambda doc, path: self.storage.read_bytes(self.doc_key(doc.id, path)),
+                        modified=utc_now(), model=record.get("model"), facts=facts)
+        self.storage.write_bytes(self.book_key(), book, "application/epub+zip")
 
     def write_openai_results(self, entries: list[dict], failed: list[dict]) -> None:
         """results.jsonl in the Batch API's output shape: a line per finished document, then one per failure."""
@@ -203,6 +236,62 @@ class JobOutput:
             return [entry for entry in pool.map(read, ids) if entry is not None]
 
 
+def in_prompt_order(entries: Iterable[dict]) -> list[dict]:
+    """Manifest entries by their prompt's line; entries written before lines were recorded last, oldest first."""
+    return sorted(entries, key=lambda e: (e.get("line") or math.inf, e.get("finished") or "", e["id"]))
+
+
+class LiveListing:
+    """A running job's manifest.jsonl, errors.jsonl and index.html, rewritten as its documents end so a person can
+    watch it grow: each file is replaced whole (LocalStorage renames a finished temp file into place; an S3 PUT is
+    atomic), in prompt order, and at most once every `every_s` (an index of thousands of documents is not rebuilt
+    per document; and never more often than ten times the last write took, so a huge index costs at most a tenth of
+    the time). An end that falls inside the quiet time is written by the next `tick()` or `flush()`.
+
+    One process's view: it starts from the markers stored when it begins and adds what this process finishes.
+    finalize() rebuilds the same files from the markers at the end."""
+
+    def __init__(self, output: JobOutput, formats=FORMATS, self_contained: bool = False,
+                 every_s: float | None = None, clock=time.monotonic):
+        self.output, self.formats, self.self_contained = output, parse_formats(formats), self_contained
+        self.every_s, self.clock = LIVE_EVERY_S if every_s is None else every_s, clock
+        self.entries = {e["id"]: e for e in output.manifest()}
+        self.failures = {e["id"]: e for e in output.failed()}
+        self.record = output.read_job() or {"id": output.job_id}
+        self.dirty, self.last, self.quiet_s = True, -math.inf, self.every_s
+        self.thumbnails: dict[str, bytes] = {}  # a self-contained index embeds them: each read once, not per write
+
+    def done(self, entry: dict) -> None:
+        self.entries[entry["id"]] = entry
+        self.failures.pop(entry["id"], None)
+        self.dirty = True
+        self.tick()
+
+    def failed(self, entry: dict) -> None:
+        if entry["id"] not in self.entries:
+            self.failures[entry["id"]] = entry
+            self.dirty = True
+        self.tick()
+
+    def tick(self) -> None:
+        """Write now if something changed and the quiet time is over."""
+        if self.dirty and self.clock() - self.last >= self.quiet_s:
+            self.flush()
+
+    def flush(self) -> None:
+        started = self.clock()
+        self.output.write_listing(in_prompt_order(self.entries.values()),
+                                  sorted(self.failures.values(), key=lambda e: e["id"]), self.formats, self.record,
+                                  self.self_contained, live=True, read_image=self._thumbnail)
+        self.dirty, self.last = False, self.clock()
+        self.quiet_s = max(self.every_s, 10 * (self.last - started))
+
+    def _thumbnail(self, path: str) -> bytes:
+        if path not in self.thumbnails:
+            self.thumbnails[path] = self.output.storage.read_bytes(self.output.key(path))
+        return self.thumbnails[path]
+
+
 class DocumentFolder:
     """One document of its own, as `dreamgen generate --out DIR` writes it: DIR/document.json, DIR/images/NN.png,
     DIR/index.md, DIR/index.html; no job around it. Writing another document there replaces the first."""
@@ -213,8 +302,8 @@ class DocumentFolder:
     def save(self, doc: Document, formats=FORMATS) -> None:
         doc.created = doc.created or utc_now()
         store_document(self.storage, lambda *parts: "/".join(parts), doc, formats, job_id=None)
-        kept = {block.path for block in doc.images}
-        for key in self.storage.list("images/"):  # pictures of a document written here before, with more of them
+        kept = {block.path for block in doc.images} | {given.path for given in doc.input_images}
+        for key in self.storage.list("images/") + self.storage.list("inputs/"):  # a document written here before
             if key not in kept:
                 self.storage.delete(key)
 
@@ -262,9 +351,14 @@ def open_job_output(job_url: str, endpoint_url: str | None = None) -> JobOutput:
 
 def store_document(storage: Storage, key, doc: Document, formats=FORMATS, self_contained: bool = False,
                    job_id: str | None = None) -> None:
-    """A document's files, at `key("images", "00.png")`, `key("document.json")`, ...: its pictures (parameters
-    inside), document.json, then its exports. Sets each ImageBlock's path and sha256."""
+    """A document's files, at `key("images", "00.png")`, `key("document.json")`, ...: its input pictures (copied
+    as given, to `inputs/`), its pictures (parameters inside), document.json, then its exports. Sets each
+    ImageBlock's path and sha256."""
     stored = {}
+    for given in doc.input_images:  # 0. the pictures the prompt gave, so the pages show them and the run reproduces
+        if given.data is not None:
+            storage.write_bytes(key(given.path), given.data)
+            stored[given.path] = given.data
     for block in doc.images:  # 1. pictures, with their parameters inside
         if block.image is None:
             if not block.path:

@@ -2,11 +2,8 @@
 reproduces its run: key "parameters" (A1111's human line) and key "dreamgen" (JSON)."""
 from __future__ import annotations
 
-import functools
-import hashlib
 import io
 import json
-from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -15,15 +12,13 @@ from ..document import Document, ImageBlock
 
 PARAMETERS_KEY = "parameters"
 DREAMGEN_KEY = "dreamgen"
-HASH_DIGITS = 10  # A1111's "Model hash": the first 10 hex digits of a sha256
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def image_metadata(doc: Document, block: ImageBlock) -> dict:
     """What reproduces this one image: the document's inputs plus the image's own seed and place."""
     return {"prompt": doc.prompt, "params": doc.params, "model": doc.model, "seed": block.seed,
             "document": doc.id, "image_index": block.index, "job": doc.job_id,
-            "input_images": list(doc.input_images)}
+            "input_images": [i.to_dict() for i in doc.input_images]}
 
 
 def parameters_line(doc: Document, block: ImageBlock) -> str:
@@ -34,52 +29,11 @@ def parameters_line(doc: Document, block: ImageBlock) -> str:
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     fields = [("Steps", params.get("steps")), ("Sampler", str(params.get("scheduler", "")).upper()),
               ("CFG scale", params.get("guidance")), ("Seed", block.seed), ("Size", f"{block.width}x{block.height}"),
-              ("Model hash", model_hash(doc.model)), ("Model", doc.model), ("Document", doc.id),
+              ("Model hash", doc.model_hash), ("Model", doc.model), ("Document", doc.id),
               ("Image", block.index),
               ("Image only", "yes" if params.get("image_only") else None)]  # text-to-image: `generate --image-only`
     lines.append(", ".join(f"{name}: {value}" for name, value in fields if value not in (None, "")))
     return "\n".join(lines)
-
-
-@functools.lru_cache(maxsize=8)
-def model_hash(model: str) -> str | None:
-    """A1111's "Model hash" of a checkpoint: a short sha256, here of its weight files (each file's path in the
-    checkpoint folder and bytes, in path order), computed once per process. None when the checkpoint is not on
-    this machine: a model name that is no folder, or a hub id not in the local cache (nothing is downloaded)."""
-    folder = _checkpoint_folder(model)
-    if folder is None:
-        return None
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:HASH_DIGITS]
-
-
-def _checkpoint_folder(model: str) -> Path | None:
-    from ..errors import CheckpointError
-    from ..model.builtin import builtin_model_dir, is_builtin
-
-    if is_builtin(model):  # shipped, or written on first use (it was, to paint this picture)
-        try:
-            return builtin_model_dir(model)
-        except CheckpointError:
-            return None
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    if model.count("/") == 1 and not model.startswith((".", "/")):  # a hub id: its copy in the local cache
-        try:
-            from huggingface_hub import snapshot_download
-            return Path(snapshot_download(model, local_files_only=True))
-        except Exception:  # not cached, or no huggingface_hub: no hash rather than a download
-            return None
-    return None
 
 
 def encode_png(doc: Document, block: ImageBlock) -> bytes:

@@ -17,19 +17,19 @@ from PIL import Image
 
 from exporters import FORMATS
 
-from .. import pictures, settings
 from ..clock import utc_now
-from ..document import Document
-from ..errors import (GenerationCancelled, InputImageError, JobFailed, JobInterrupted, KeyNotFound, ParamsError,
-                      StorageError)
+from ..document import Document, InputImage
+from ..errors import GenerationCancelled, InputImageError, JobFailed, JobInterrupted, ParamsError, StorageError
+from ..generation.config import EngineConfig, engine_config
 from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec, iter_prompt_file
+from .inputs import read_input_image
 from .lock import JobLock
-from .output import GENERATE_OUT, DocumentFolder, JobOutput
+from .output import GENERATE_OUT, DocumentFolder, JobOutput, LiveListing
 from .spec import JobConfig, JobSummary, WorkItem, check_job, record_running
-from .storage import S3Storage, open_storage
+from .storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -38,32 +38,25 @@ EventCallback = Callable[[str, dict], None]
 STATS_EVERY_S = 0.5  # how often "stats" events (tokens/s, slots busy) are sent
 
 
-PICTURE_RETRY_S = 30.0  # how long a transient S3 error reading an input picture is retried
-
 # -------------------------------------------------------------------------------------------- documents
 def load_input_image(location: str, endpoint_url: str | None = None) -> Image.Image:
-    """The picture at a local path or s3:// URL, decoded within bounds (dreamgen.pictures); any problem is an
-    InputImageError naming it."""
-    if location.startswith("s3://"):
-        bucket, _, key = location[len("s3://"):].partition("/")
-        try:  # retried for less than the job's own files: a picture that does not come fails its document alone
-            store = S3Storage(bucket, endpoint_url=settings.s3_endpoint_url(endpoint_url),
-                              retry_s=min(settings.s3_retry_s(), PICTURE_RETRY_S))
-            data = store.read_bytes(key)
-        except KeyNotFound:
-            raise InputImageError(location, "not found") from None
-        except StorageError as e:
-            raise InputImageError(location, f"cannot be read: {e}") from None
-        return pictures.decode(data, location)
-    return pictures.decode(location, location)
+    """The pixels of the picture at a local path or s3:// URL, decoded within bounds (dreamgen.pictures); any
+    problem is an InputImageError naming it."""
+    return read_input_image(location, endpoint_url=endpoint_url)[1]
 
 
-def read_picture(item: WorkItem, location: str) -> Image.Image:
-    """One input picture of `item`: as the item says (a worker's reader, or pictures read ahead), else from its
-    location."""
+def read_input_images(locations: Iterable[str], endpoint_url: str | None = None) -> tuple[list, list]:
+    """The records (InputImage, for the document) and pixels (for the model) of a prompt's pictures, in order."""
+    read = [read_input_image(location, index, endpoint_url) for index, location in enumerate(locations)]
+    return [record for record, _ in read], [pixels for _, pixels in read]
+
+
+def read_picture(item: WorkItem, location: str, index: int) -> tuple[InputImage, Image.Image]:
+    """The record and pixels of input picture `index` of `item`: as the item says (a worker's reader, or pictures
+    read ahead), else from its location."""
     if item.read_picture is not None:
-        return item.read_picture(location)
-    return load_input_image(location, item.endpoint_url)
+        return item.read_picture(location, index)
+    return read_input_image(location, index, item.endpoint_url)
 
 
 def picture_failure(error: Exception) -> str:
@@ -77,6 +70,10 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
     queue with nothing in it now). If a step fails, the documents then in flight are run one by one (so one
     bad document does not sink the others) and the stream goes on."""
     pulled: dict[int, WorkItem] = {}  # index in this run -> item: taken by the generator, not yet ended
+
+    def done(item, doc) -> None:
+        doc.input_images = item.inputs  # stored beside the document, named in its files
+        item.done(doc)
 
     def requests(source) -> Iterator:
         index = 0  # the generator numbers requests in the order it takes them
@@ -95,10 +92,11 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
                 continue
             spec = item.spec
             try:
-                images = [read_picture(item, location) for location in spec.images]
+                read = [read_picture(item, location, n) for n, location in enumerate(spec.images)]
             except Exception as e:  # whatever a picture raises is its document's failure (issue 33): taken from
                 item.fail(e, picture_failure(e))  # the source, every item ends done or failed, or a worker's
                 continue  # chunk waits for it forever
+            item.inputs, images = [record for record, _ in read], [pixels for _, pixels in read]
             pulled[index] = item
             index += 1
             yield DocumentRequest(prompt=spec.prompt, params=spec.params, id=spec.id, title=spec.title,
@@ -107,7 +105,7 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
     def finished(index: int, doc) -> None:
         item = pulled.pop(index)
         try:
-            item.done(doc)
+            done(item, doc)
         except (StorageError, GenerationCancelled, KeyboardInterrupt):
             raise  # the job's storage failing stops the job (see below)
         except Exception as e:  # this document's files could not be made (an exporter's error): it alone fails
@@ -137,7 +135,7 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
                         type(e).__name__, e, len(pulled))
             for item in list(pulled.values()):
                 try:
-                    generator.run(requests(iter([item])), on_document=lambda _, doc, item=item: item.done(doc),
+                    generator.run(requests(iter([item])), on_document=lambda _, doc, item=item: done(item, doc),
                                   should_stop=should_stop, slots=1)
                 except (GenerationCancelled, KeyboardInterrupt, StorageError):
                     raise
@@ -153,21 +151,27 @@ class _SourceFailed(Exception):
 def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[PromptSpec], formats=FORMATS,
                        self_contained: bool = False, endpoint_url: str | None = None,
                        on_event: EventCallback | None = None, should_stop: Callable[[], bool] | None = None,
-                       slots: int | None = None, job_tokens: int | None = None) -> list[dict]:
+                       slots: int | None = None, job_tokens: int | None = None,
+                       live: LiveListing | None = None) -> list[dict]:
     """Generate `specs` of one job and store each document the moment it finishes; a document that fails is
-    recorded in the job's errors and the others go on. Returns one {id, status, error} per spec that ended."""
+    recorded in the job's errors and the others go on; `live` hears both, to keep the job's index current.
+    Returns one {id, status, error} per spec that ended."""
     emit = on_event or (lambda kind, info: None)
     results: dict[str, dict] = {}
 
     def item(spec: PromptSpec) -> WorkItem:
         def done(doc):
             doc.custom_id = spec.custom_id
-            output.save_document(doc, formats, self_contained)
+            entry = output.save_document(doc, formats, self_contained, line=spec.line)
+            if live:
+                live.done(entry)
             results[spec.id] = {"id": spec.id, "status": "done", "error": None}
             emit("document", {"id": spec.id, "images": len(doc.images)})
 
         def fail(error, message=None):
             entry = output.record_error(spec.id, spec.custom_id, error, message, prompt=spec.prompt)
+            if live:
+                live.failed(entry)
             results[spec.id] = {"id": spec.id, "status": "failed", "error": f"{entry['error']}: {entry['message']}"}
             emit("failed", {"id": spec.id, "error": results[spec.id]["error"]})
 
@@ -176,6 +180,8 @@ def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[
     last = [0.0]
 
     def stats(engine):
+        if live:  # an end that came inside the listing's quiet time is written now
+            live.tick()
         if time.perf_counter() - last[0] >= STATS_EVERY_S:
             last[0] = time.perf_counter()
             emit("stats", stats_event(engine))
@@ -209,14 +215,14 @@ def _run_checked(config: JobConfig, output: JobOutput, total: int, started: floa
     done_before = output.done_ids()
     pending = (s for s in iter_prompt_file(config.prompts, config.defaults, config.model) if s.id not in done_before)
     emit = on_event or (lambda kind, info: None)
-    emit("start", {"job_id": config.job_id, "total": total, "skipped": len(done_before)})
+    emit("start", {"job_id": config.job_id, "total": total, "skipped": len(done_before),
+                   "location": output.location(config.formats)})  # where to watch: the index grows as it goes
     first = next(pending, None)
     if first is not None:  # load the model only when there is something to do, and before writing anything:
         emit("loading", {"model": config.model})  # a bad --model leaves no job behind
         generator = (make_generator or job_generator)(config)
-        generator.schedule = config.schedule
         slots = config.slots or generator.slots
-        emit("slots", {"slots": slots, "schedule": config.schedule, "default": config.slots is None,
+        emit("slots", {"slots": slots, "batching": config.batching, "default": config.slots is None,
                        "device": str(generator.model.device)})
         # the pool holds no more than the job's documents can fill (each at most a whole context)
         job_tokens = min(max(1, total - len(done_before)), slots) * generator.model.max_positions
@@ -227,9 +233,11 @@ def _run_checked(config: JobConfig, output: JobOutput, total: int, started: floa
     status, error = "finished", None
     try:
         if first is not None:
+            live = LiveListing(output, config.formats, config.self_contained)
+            live.flush()  # the index exists (and says "running") before the first document ends
             generate_documents(generator, output, itertools.chain([first], pending), config.formats,
                                config.self_contained, config.endpoint_url, on_event, stop, slots=slots,
-                               job_tokens=job_tokens)
+                               job_tokens=job_tokens, live=live)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
     except Exception as e:  # issue 16: a job that stops never stays "running" (a full disk, S3 past its retries)
@@ -312,32 +320,36 @@ def generate_document(generator: Generator, prompt: str, params: GenerationParam
     problem = context_problem(ModelCard.of(generator.model), prompt, params, len(images), image_only)
     if problem:
         raise ParamsError(f"the prompt {problem}", name="prompt", rule=problem)
-    request = DocumentRequest(prompt=prompt, params=params, image_only=image_only,
-                              images=[load_input_image(p) for p in images], id=doc_id)
+    records, pixels = read_input_images(images)
+    request = DocumentRequest(prompt=prompt, params=params, image_only=image_only, images=pixels, id=doc_id)
     # a document folder (document.json, images/, index.md, index.html), not a whole job folder
     folder = DocumentFolder(open_storage(out or f"{GENERATE_OUT}/{request.id}"))
     folder.storage.check()  # before the model works, not after
     doc = generator.generate([request], on_progress=lambda kind, _: on_progress and on_progress(kind))[0]
     if image_only:  # recorded with the parameters (document.json, the PNG's chunks), so the picture reproduces
         doc.params = {**doc.params, "image_only": True}
+    doc.input_images = records
     folder.save(doc)
     return doc, folder
 
 
 def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend: str = "torch",
-                   report: Callable[[str], None] | None = None, kv_fraction: float | None = None) -> Generator:
-    """The model on a backend, ready to generate; report(line) hears which backend was chosen and why."""
-    from .. import settings
+                   report: Callable[[str], None] | None = None, kv_fraction: float | None = None,
+                   config: EngineConfig | None = None) -> Generator:
+    """The model on a backend, ready to generate; report(line) hears which backend was chosen and why.
+    config: the engine's (default: from the settings)."""
     from ..engines import select_backend
     from ..model.loader import load_model
 
     loaded = load_model(model, dtype=dtype, device=device)
     components, message = select_backend(backend, loaded)
     (report or log.info)(message)
-    return Generator(loaded, components, kv_tokens=settings.kv_tokens(), kv_fraction=kv_fraction)
+    return Generator(loaded, components, config or engine_config(kv_fraction=kv_fraction))
 
 
 def job_generator(config: JobConfig, report: Callable[[str], None] | None = None,
-                  kv_fraction: float | None = None) -> Generator:
-    """The model of a job, on the job's device and backend."""
-    return load_generator(config.model, config.dtype, config.device, config.backend, report, kv_fraction)
+                  kv_fraction: float | None = None, compile: bool | None = None) -> Generator:
+    """The model of a job, on the job's device and backend, with the job's slots and batching."""
+    engine = engine_config(slots=config.slots, batching=config.batching, compile=compile,
+                                    kv_fraction=kv_fraction)
+    return load_generator(config.model, config.dtype, config.device, config.backend, report, config=engine)

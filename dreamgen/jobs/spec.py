@@ -15,7 +15,7 @@ from .. import settings
 from ..clock import utc_now
 from ..document import Document
 from ..errors import DreamgenError, JobNotFound
-from ..generation.scheduler import SCHEDULES
+from ..generation.config import BATCHING
 from ..ids import check_job_id, new_job_id
 from ..prompts.files import PromptSpec, validate_prompt_file
 from .output import JobOutput
@@ -40,7 +40,7 @@ class JobConfig:
     device: str = settings.DEVICE.default
     backend: str = settings.BACKEND.default
     slots: int | None = None  # documents in flight in `dreamgen run` (None: the device's default)
-    schedule: str = "continuous"  # or "lockstep": fixed batches of `slots`, the way before continuous batching
+    batching: str = "continuous"  # or "lockstep": fixed batches of `slots`, the way before continuous batching
     results: str = "none"  # "openai": also results.jsonl in the Batch API's output shape
 
     def __post_init__(self):
@@ -53,8 +53,8 @@ class JobConfig:
             check_job_id(self.job_id)
         if self.slots is not None and (not isinstance(self.slots, int) or self.slots < 1):
             raise DreamgenError(f"slots {self.slots!r} must be a positive integer")
-        if self.schedule not in SCHEDULES:
-            raise DreamgenError(f"schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if self.batching not in BATCHING:
+            raise DreamgenError(f"batching {self.batching!r}: use one of {', '.join(BATCHING)}")
 
     def record(self, **extra) -> dict:
         """The job as job.json holds it."""
@@ -74,6 +74,8 @@ class JobConfig:
 
     @classmethod
     def from_record(cls, record: dict, **overrides) -> "JobConfig":
+        if "schedule" in record and "batching" not in record:  # job.json of 2026-12 and before
+            record = {**record, "batching": record["schedule"]}
         known = {k: record[k] for k in cls.__dataclass_fields__ if k in record}
         return cls(**{**known, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -161,4 +163,6 @@ class WorkItem:
     dropped: Callable[[], None] = lambda: None
     image: Callable[[], None] = lambda: None  # one of its pictures is painted
     endpoint_url: str | None = None  # of its input pictures on S3
-    read_picture: Callable[[str], object] | None = None  # instead: how to read one (a worker's, with its checks)
+    # instead: how to read one (a worker's, with its checks): (location, index) -> (InputImage, pixels)
+    read_picture: Callable[[str, int], tuple] | None = None
+    inputs: list = field(default_factory=list)  # its input pictures' records (InputImage), once read

@@ -26,7 +26,8 @@ _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTim
 _TEMP_PREFIX = ".tmp-"
 FILE_MODE = 0o666  # less the umask: 0644 under the usual 022, like any other tool's files
 _CONTENT_TYPES = {".md": "text/markdown; charset=utf-8", ".html": "text/html; charset=utf-8",
-                  ".json": "application/json", ".jsonl": "application/x-ndjson", ".png": "image/png"}
+                  ".json": "application/json", ".jsonl": "application/x-ndjson", ".png": "image/png",
+                  ".epub": "application/epub+zip"}
 
 
 class Storage(ABC):

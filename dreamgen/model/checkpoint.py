@@ -108,7 +108,8 @@ def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "auto", de
 
     special = _special_tokens(config, tokenizer, ckpt, dream.dream_queries.shape[1], vision.num_patches)
     info = ModelInfo(name=str(config.get("_dreamgen_model_name") or name or ckpt), path=str(ckpt),
-                     dtype=dtype, device=str(torch_device), guidance=read_guidance(config, ckpt))
+                     dtype=dtype, device=str(torch_device), guidance=read_guidance(config, ckpt),
+                     hash=weights_hash(ckpt))
     model = DreamLLM(llm, vision, dream, head, tokenizer, special, info, config.get("plugins_init_kwargs", {}))
     model.eval().requires_grad_(False)
     # The buffers no file holds (rotary frequencies, position ids) were built on the CPU in fp32.
@@ -122,6 +123,27 @@ def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "auto", de
         diffusers_logging.set_verbosity(verbosity)
     head.vae.to(torch_device)
     return model
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+HASH_DIGITS = 10  # A1111's "Model hash": the first 10 hex digits of a sha256
+
+
+def weights_hash(folder: Path) -> str | None:
+    """A1111's "Model hash" of a checkpoint: a short sha256 of its weight files (each file's path in the folder,
+    then its bytes, in path order). Computed once, when the model loads; documents carry it from there."""
+    import hashlib
+
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:HASH_DIGITS]
 
 
 def read_guidance(config: dict, ckpt: Path) -> float:
@@ -198,7 +220,9 @@ def save_checkpoint(model: DreamLLM, out_dir: str | os.PathLike, safetensors: bo
     parts = {"pytorch_model": model.llm, "clip_vision_embedding": model.vision,
              "dream_embedding": model.dream, "stable_diffusion_head": model.head}
     for part, module in parts.items():
-        state = {released_name(k): v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        # clone(): the engine fuses q/k/v and gate/up into one tensor each, the modules' weights being views of
+        # it; safetensors refuses tensors that share memory
+        state = {released_name(k): v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
         if safetensors:
             from safetensors.torch import save_file
             name = LLM_SAFETENSORS if part == "pytorch_model" else part

@@ -122,6 +122,7 @@ class ModelInfo:
     dtype: str = "fp32"
     device: str = "cpu"
     guidance: float = REFERENCE_GUIDANCE
+    hash: str | None = None  # short sha256 of the checkpoint's weight files, computed once when it loads
 
 
 class DreamLLM(nn.Module):

@@ -52,3 +52,25 @@ def build_released_shape(dtype: torch.dtype = torch.bfloat16) -> DreamLLM:
     info = ModelInfo(name="dreamllm-7b-shape", dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"))
     model = DreamLLM(llm, vision, dream, head, tokenizer, special, info, plugin_config={})
     return model.eval().requires_grad_(False)
+
+
+def fill_random(model: DreamLLM, device: str, seed: int = 0) -> DreamLLM:
+    """Give the meta-device shapes real random weights on `device` (nothing downloaded): normal(0, 0.02) for
+    matrices and embeddings, ones for norm weights, zeros for biases, and the buffers no checkpoint holds
+    (rotary frequencies, position ids) built again on the device. For speed and memory measurements: the text
+    it writes is noise."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 1:
+                param.fill_(1.0 if "norm" in name or name.endswith("weight") else 0.0)
+            else:
+                param.normal_(0.0, 0.02, generator=generator)
+        llm = model.llm.model
+        llm.rotary_emb = type(llm.rotary_emb)(config=model.llm.config, device=device)
+        for module in model.modules():
+            if hasattr(module, "position_ids") and isinstance(module.position_ids, torch.Tensor):
+                module.position_ids.copy_(torch.arange(module.position_ids.shape[-1], device=device)
+                                          .expand_as(module.position_ids))
+    return model

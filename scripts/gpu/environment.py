@@ -12,7 +12,7 @@ import transformers
 from dreamgen.model.llama_cache import cache_keyword
 
 TITLE = "Environment"
-BUDGET_S = 30
+BUDGET_S = 25
 
 
 def sync(device: str) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from dreamgen.generation.generator import DEFAULT_SLOTS, Generator
+from dreamgen.generation.config import DEFAULT_SLOTS, EngineConfig
+from dreamgen.generation.generator import Generator
 from dreamgen.generation.memory import model_card_plan
 from dreamgen.model.released_shape import build_released_shape
 
 TITLE = "Memory plan: a 7B-shaped DreamLLM (LLaMA-7B, CLIP ViT-L/14, SD 2.1-base) on this card, 64 slots"
-BUDGET_S = 120
+BUDGET_S = 45
 FRACTION = 0.9
 
 
@@ -30,12 +31,12 @@ def run(table, device: str) -> None:
         table.note("A dry run: the measured plan needs the card (80 GiB assumed above).")
         return
     model.to_empty(device="cuda")  # the shapes on the card, no values: memory is what is measured here
-    generator = Generator(model, slots=slots, kv_fraction=FRACTION)
+    generator = Generator(model, config=EngineConfig(slots=slots, kv_fraction=FRACTION))
     plan = generator.memory_plan(slots)
     row(table, "measured (`dreamgen run` on this card)", plan)
-    executor = generator._executor(plan.pool_tokens)
+    runner = generator._runner_for(plan.pool_tokens)
     torch.cuda.synchronize()
     reserved = torch.cuda.memory_reserved()
     free, _ = torch.cuda.mem_get_info()
-    table.note(f"The measured pool allocated beside the weights: {executor.cache.stats.pool_bytes / 1e9:.1f} GB; "
+    table.note(f"The measured pool allocated beside the weights: {runner.pool.stats.pool_bytes / 1e9:.1f} GB; "
                f"torch holds {reserved / 1e9:.1f} GB of the card's {total / 1e9:.1f} GB, {free / 1e9:.1f} GB free.")

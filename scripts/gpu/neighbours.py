@@ -8,12 +8,13 @@ import time
 
 import torch
 
+from dreamgen.generation.config import EngineConfig
 from dreamgen.generation.generator import DocumentRequest, Generator
 from dreamgen.model.loader import load_model
 from dreamgen.params import GenerationParams
 
 TITLE = "Same document whatever its neighbours: 64 greedy documents at 1 and at 64 slots (shapes model)"
-BUDGET_S = 120
+BUDGET_S = 40
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "white", "black")
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "heart", "diamond")
 
@@ -39,7 +40,7 @@ def run(table, device: str) -> None:
         times, texts = [], []
         for slots in (1, count):
             started = time.perf_counter()
-            texts.append([doc.text for doc in Generator(model, slots=slots).generate(job)])
+            texts.append([doc.text for doc in Generator(model, config=EngineConfig(slots=slots)).generate(job)])
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - started)

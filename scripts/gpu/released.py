@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest  # noqa: F401 (the GPU machine has it: the section runs it)
 
 TITLE = "The released-layout checkpoint on CUDA (pytest -m gpu tests/test_released_checkpoint.py)"
-BUDGET_S = 60
+BUDGET_S = 30
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 

@@ -1,0 +1,48 @@
+"""The continuous engine on a 7B-shaped DreamLLM (random bf16 weights built on the card): 64 documents of up to
+128 new tokens through 64 slots against the same documents one at a time (the first 8 of them: a rate is a
+rate), in documents/minute. Greedy; random weights end documents at arbitrary lengths, the same on both sides."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dreamgen.generation.config import EngineConfig
+from dreamgen.generation.generator import DocumentRequest, Generator
+from dreamgen.model.released_shape import build_released_shape, fill_random
+from dreamgen.model.sizes import SMALL_SIZES
+from dreamgen.model.tiny import build_tiny_model
+from dreamgen.params import GenerationParams
+
+TITLE = "Continuous engine: 64 documents at 64 slots vs one at a time (7B-shaped, text only)"
+BUDGET_S = 60
+TOPICS = ("rivers", "bread", "trains", "the moon", "winter", "the sea", "tomatoes", "bird houses")
+
+
+def run(table, device: str) -> None:
+    if device == "cuda":
+        model = fill_random(build_released_shape(torch.bfloat16), device)
+        documents, alone_count, tokens = 64, 8, 128
+    else:  # a dry run of this code on the CPU
+        model = build_tiny_model(seed=0, sizes=SMALL_SIZES)
+        documents, alone_count, tokens = 8, 2, 8
+    job = [DocumentRequest(f"Write about {TOPICS[i % len(TOPICS)]}, part {i}",
+                           GenerationParams(seed=i, temperature=0.0, max_new_tokens=tokens, max_images=0))
+           for i in range(documents)]
+    table.header("way", "documents", "docs/min", "new tokens/s", "ratio")
+    baseline = None
+    for name, slots, requests in (("one at a time", 1, job[:alone_count]), (f"{documents} slots", documents, job)):
+        generator = Generator(model, config=EngineConfig(slots=slots))
+        generator.generate(requests[:1])  # warm-up: compiles and captures this slot count's buckets
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        docs = generator.generate(requests)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        assert len(docs) == len(requests)
+        rate = 60 * len(docs) / seconds
+        baseline = baseline or rate
+        table.row(name, len(docs), rate, sum(d.timings["new_tokens"] for d in docs) / seconds, rate / baseline)
+    table.note("Goal: >= 20x documents/minute at 64 documents.")
