@@ -287,7 +287,8 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, old_
             summary = e.summary
     print_summary(summary)
     if summary.status == "failed":  # issue 16: said, recorded in job.json, and resumable like a Ctrl-C
-        click.echo(f"Error: the job stopped: {summary.error}".encode("utf-8", "backslashreplace").decode(), err=True)
+        said = summary.error if summary.failures else f"the job stopped: {summary.error}"
+        click.echo(f"Error: {said}".encode("utf-8", "backslashreplace").decode(), err=True)
     if summary.status in ("interrupted", "failed"):
         click.echo(f"Resume with: dreamgen run --resume {summary.job_id} --out {config.out}")
         sys.exit(130 if summary.status == "interrupted" else 1)
@@ -300,6 +301,24 @@ def print_summary(summary):
                + (f" ({summary.skipped} already done before)" if summary.skipped else "")
                + f", {summary.total} in the file, {summary.seconds:.1f}s.")
     click.echo(f"Open: {summary.location}")
+    if summary.failures:  # issue 33: every document failed: each error once, with the prompts it hit
+        print_failures(summary.failures)
+
+
+def print_failures(entries, groups: int = 5, prompts: int = 3) -> None:
+    from dreamgen.errors import preview, printable
+    from dreamgen.jobs.output import grouped_failures
+
+    grouped = grouped_failures(entries)
+    click.echo("Failures, by error:")
+    for error, members in grouped[:groups]:
+        click.echo(f"  {len(members)} x {printable(error, 300)}")
+        for entry in members[:prompts]:
+            click.echo(f"      {entry['id']}: {preview(entry.get('prompt', '?'), 100)}")
+        if len(members) > prompts:
+            click.echo(f"      and {len(members) - prompts} more")
+    if len(grouped) > groups:
+        click.echo(f"  and {len(grouped) - groups} other errors (errors.jsonl lists them all)")
 
 
 # ------------------------------------------------------------------------------------------------ generate
@@ -328,12 +347,15 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 
     from dreamgen.jobs.run import generate_document, load_generator
     from dreamgen.params import GenerationParams
+    from dreamgen.pictures import header_size
     from dreamgen.prompts.limits import text_problem
 
     if text_problem(prompt):  # e.g. an argument of bytes that are not UTF-8: the document could not be stored
         raise click.BadParameter(text_problem(prompt), param_hint="'PROMPT'")
     given = given_params(params)
     gen_params = GenerationParams(**given)
+    for path in images:  # a picture too large or no picture at all is said before the model loads
+        header_size(path, path)
     console = Console(stderr=True)
     heard = []
     with console.status("loading model"):
@@ -627,7 +649,9 @@ def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, sel
     The whole of PROMPTS is checked first, as by `dreamgen run`; a bad file is rejected and nothing is
     queued. Workers run the job on their own device (see `dreamgen worker`). They receive the prompts
     themselves, but must be able to write --out (a shared folder or S3) and read any input images at
-    the same paths.
+    the same paths, through their own S3 endpoint, in the buckets and folders their settings allow
+    (DREAMGEN_WORKER_S3_WRITE, DREAMGEN_WORKER_S3_READ, DREAMGEN_WORKER_INPUT_DIRS); --s3-endpoint-url is
+    this command's own.
 
     \b
     Examples:

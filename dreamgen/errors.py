@@ -127,6 +127,14 @@ class PromptFileProblems(PromptFileError):
         DreamgenError.__init__(self, "\n".join([f"{first.path}: {count}:"] + [str(p) for p in problems]))
 
 
+class InputImageError(DreamgenError):
+    """An input picture that cannot be used (not an image, too large, unreadable); names the picture."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = printable(name, 300), reason
+        super().__init__(f"input image {self.name} {reason}")
+
+
 class StorageError(DreamgenError):
     """Output storage cannot be read or written (missing bucket, denied access, bad path)."""
 
@@ -141,6 +149,10 @@ class BrokerUnavailable(DreamgenError):
 
 class JobNotFound(DreamgenError):
     """No record of a job, in Redis or in the storage given."""
+
+
+class JobLocked(DreamgenError):
+    """Another live run holds the job's lock (jobs.lock); the message names it (pid, host, heartbeat)."""
 
 
 class JobStateError(DreamgenError):

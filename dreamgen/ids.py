@@ -21,8 +21,9 @@ _UNSAFE_HASH_HEX = 10
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: "$" would allow a final "\n"
 # Windows refuses these as file names, with or without an extension.
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
-# Files a job folder owns; a document folder with one of these names would collide with them.
-_JOB_FILES = {"job.json", "manifest.jsonl", "errors.jsonl", "index.html"}
+# Files a job folder owns (jobs.output); a document folder with one of these names would collide with them, so
+# a prompt file's id equal to one is refused (prompts.files), compared ignoring case.
+JOB_FILES = ("job.json", "manifest.jsonl", "errors.jsonl", "index.html", "results.jsonl")
 _FLOAT_PARAMS = {"temperature", "top_p", "guidance"}
 
 
@@ -67,7 +68,7 @@ def is_safe_id(value: str) -> bool:
     if ".." in value or value.endswith("."):  # Windows drops a trailing dot
         return False
     lower = value.lower()
-    return lower.split(".")[0] not in _WINDOWS_RESERVED and lower not in _JOB_FILES
+    return lower.split(".")[0] not in _WINDOWS_RESERVED and lower not in JOB_FILES
 
 
 def safe_document_id(user_id: str) -> str:

@@ -43,7 +43,7 @@ BACKEND = Setting("DREAMGEN_BACKEND", "torch", f"where the model runs: {', '.joi
 HOME = Setting("DREAMGEN_HOME", None, "caches: the tiny model, engines, beat's state, inline schedule prompts "
                "(default ~/.cache/dreamgen)")
 S3_ENDPOINT_URL = Setting("DREAMGEN_S3_ENDPOINT_URL", None, "endpoint of an S3-compatible server (default: AWS); "
-                          "on a worker it wins over the submitter's")
+                          "a worker uses its own only, never the one a job was submitted with")
 BROKER_URL = Setting("DREAMGEN_BROKER_URL", "redis://localhost:6379/0",
                      "Redis of the workers: broker, result backend and job records")
 REDIS_PREFIX = Setting("DREAMGEN_REDIS_PREFIX", "dreamgen", "namespace of every Redis key dreamgen writes")
@@ -75,13 +75,22 @@ COMPILE = Setting("DREAMGEN_COMPILE", None, "1: torch.compile the decode buckets
                   "(default: on CUDA only)")
 PAINTING = Setting("DREAMGEN_PAINTING", "stepwise", "stepwise: pictures take a denoising step each engine step "
                    "beside the text; gather: every waiting picture painted at once while the text waits")
+# What a worker may touch on behalf of whoever submits to its queue (issue 33): its own credentials and endpoint
+# serve only these; anything else a task names is refused with an error naming it.
+WORKER_S3_READ = Setting("DREAMGEN_WORKER_S3_READ", None, "buckets a worker reads input pictures from, "
+                         "comma-separated (* any bucket its credentials reach); others are refused")
+WORKER_S3_WRITE = Setting("DREAMGEN_WORKER_S3_WRITE", None, "buckets a worker writes jobs to, comma-separated "
+                          "(* any bucket its credentials reach); others are refused")
+WORKER_INPUT_DIRS = Setting("DREAMGEN_WORKER_INPUT_DIRS", None, "folders a worker reads local input pictures "
+                            f"from, separated by {os.pathsep}; pictures elsewhere are refused")
 WORKER_PRELOAD = Setting("DREAMGEN_WORKER_PRELOAD", "1", "0: a worker process loads no model at start")
 WORKER_EVENTS = Setting("DREAMGEN_WORKER_EVENTS", "1", "0: workers send no task events (for celery events, Flower, "
                         "Prometheus exporters)")
 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL,
        TASK_TIME_LIMIT, VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL,
-       WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, COMPILE, PAINTING, WORKER_PRELOAD, WORKER_EVENTS)
+       WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, COMPILE, PAINTING, WORKER_S3_READ,
+       WORKER_S3_WRITE, WORKER_INPUT_DIRS, WORKER_PRELOAD, WORKER_EVENTS)
 DEFAULT_MODEL = MODEL.default
 
 
@@ -113,10 +122,29 @@ def s3_endpoint_url(given: str | None = None) -> str | None:
     return given or S3_ENDPOINT_URL.get()
 
 
-def worker_s3_endpoint_url(submitted: str | None) -> str | None:
-    """A worker's endpoint: its own variable wins over the one its job was submitted with (the submitter may reach
-    the server by another address)."""
-    return S3_ENDPOINT_URL.get() or submitted
+def worker_s3_endpoint_url() -> str | None:
+    """A worker's endpoint: its own variable, else AWS. Never the one its job was submitted with: the worker
+    would sign requests with its own credentials for an address a submitter chose (issue 33)."""
+    return S3_ENDPOINT_URL.get()
+
+
+def _names(setting: Setting) -> frozenset[str]:
+    return frozenset(name.strip() for name in (setting.get() or "").split(",") if name.strip())
+
+
+def worker_s3_read() -> frozenset[str]:
+    """Buckets a worker reads input pictures from ("*": any); empty: none."""
+    return _names(WORKER_S3_READ)
+
+
+def worker_s3_write() -> frozenset[str]:
+    """Buckets a worker writes jobs to ("*": any); empty: none."""
+    return _names(WORKER_S3_WRITE)
+
+
+def worker_input_dirs() -> list[Path]:
+    """Folders a worker reads local input pictures from, resolved; empty: none."""
+    return [Path(p).expanduser().resolve() for p in (WORKER_INPUT_DIRS.get() or "").split(os.pathsep) if p.strip()]
 
 
 def s3_retry_s() -> float:

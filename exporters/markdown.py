@@ -12,7 +12,11 @@ from .text import document_title, image_alt_texts, input_alt_text, leading_headi
 
 # Characters that could end the `![...]` of an image or start markup; alt text (text.image_alt_texts) has none,
 # and this keeps it so. Dropped, not backslash-escaped: Hugo's renderer shows `\.` in alt text as is.
-_ALT_UNSAFE = re.compile(r"[\\\[\]<>`*_]")
+_ALT_UNSAFE = re.compile(r"[\\\[\]<>`*_{}]")
+# `{{` and `{%` open Hugo shortcodes ({{% param "secretKey" %}}, {{< gist >}}) and Liquid/Jinja tags, which site
+# builders run over the Markdown before rendering it (issue 33). The `{` of each becomes an entity: no builder
+# sees a delimiter, every renderer shows the `{`.
+_TEMPLATE_OPENER = re.compile(r"\{(?=[{%])")
 
 
 def to_markdown(doc: Document, job_id: str | None = None) -> str:
@@ -60,7 +64,8 @@ def markdown_body(doc: Document, image_src: Callable[[ImageBlock], str] | None =
                 raise ValueError(f"document {doc.id}: image {block.index} is not stored yet (no path)")
             src = image_src(block) if image_src else block.path
             parts.append(f"\n\n![{escape_alt(alts[block.index])}]({src})\n\n")
-    return re.sub(r"\n{3,}", "\n\n", "".join(parts)).strip("\n") + "\n"
+    body = re.sub(r"\n{3,}", "\n\n", "".join(parts)).strip("\n") + "\n"
+    return _TEMPLATE_OPENER.sub("&#123;", body)  # whole, so a `{` ending one block and one opening the next count
 
 
 def front_matter(values: dict) -> str:
@@ -70,8 +75,9 @@ def front_matter(values: dict) -> str:
 def escape_untrusted_markdown(text: str) -> str:
     """Model text stays Markdown, but raw HTML (and `<...>` autolinks) cannot pass: every `<` becomes
     an entity, which all renderers show as a literal '<'. Images the model links to would be fetched
-    from elsewhere, so `![` loses its meaning too."""
-    return text.replace("<", "&lt;").replace("![", "!\\[")
+    from elsewhere, so `![` loses its meaning too. Template delimiters (`{{`, `{%`) stay literal text (and
+    markdown_body looks again over the whole, where two pieces meet)."""
+    return _TEMPLATE_OPENER.sub("&#123;", text.replace("<", "&lt;").replace("![", "!\\["))
 
 
 def escape_alt(text: str) -> str:

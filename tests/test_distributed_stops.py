@@ -169,7 +169,8 @@ def test_a_job_whose_storage_refuses_its_end_is_recorded_failed(tmp_path, dreamg
         return method == "PUT" and path.split("?")[0].endswith("/manifest.jsonl")
 
     with faulty_s3(s3_endpoint, rate=1.0, rule=manifest_puts) as proxy, \
-            Namespace(tmp_path, dreamgen_home, DREAMGEN_S3_RETRY_S=1) as ns:
+            Namespace(tmp_path, dreamgen_home, DREAMGEN_S3_RETRY_S=1, DREAMGEN_S3_ENDPOINT_URL=proxy.url,
+                      DREAMGEN_WORKER_S3_WRITE=s3_bucket) as ns:  # the worker's own endpoint and bucket
         ns.worker("w1")
         prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
         job_id = submit_job(JobConfig(prompts=str(prompts), out=f"s3://{s3_bucket}/a", model=MODEL, batch_size=2,

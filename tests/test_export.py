@@ -261,3 +261,18 @@ def test_export_job_rerenders_from_stored_documents(job):
 def test_export_of_a_missing_job_is_a_clear_error(tmp_path):
     with pytest.raises(StorageError, match="no job 'job-404'"):
         export_job(LocalStorage(tmp_path), "job-404", "md")
+
+
+def test_template_delimiters_in_model_text_cannot_reach_a_site_builder(make_doc):
+    """issue 33: Hugo runs `{{% ... %}}` / `{{< ... >}}` in content, Jekyll `{% ... %}` and `{{ ... }}`: the
+    Markdown holds none of them, the rendered text shows them as written (tests/test_hugo.py builds it)."""
+    from exporters.markdown import to_markdown
+
+    doc = make_doc("tpl", texts=('Key {{% param "secretKey" %}}, {{< gist a b >}}, {% raw %}, a {', "{% x %} and {{y}}",
+                                 "end"))
+    doc.blocks[1].path = "images/00.png"
+    doc.blocks[3].path = "images/01.png"
+    text = to_markdown(doc)
+    body = text.split("---\n", 2)[2]
+    assert "{{" not in body and "{%" not in body
+    assert "Key &#123;&#123;% param" in body and "&#123;% raw %}" in body and "&#123;{y}}" in body

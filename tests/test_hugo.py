@@ -129,3 +129,32 @@ def test_the_model_heading_that_is_the_title_is_not_shown_twice(tmp_path, make_d
     assert export_hugo(job, LocalStorage(site / "content")) == 1
     html = (build(site) / JOB / "forest" / "index.html").read_text()
     assert re.findall(r"<h1[^>]*>([^<]*)</h1>", html) == ["Autumn forest"]
+
+
+# issue 33: shortcodes in model text ran: a site secret on the page, a <script> with `unsafe = true`, and an
+# unknown shortcode failing the whole site's build
+HOSTILE_TEXTS = ('# Shortcodes\n\nThe key is {{% param "secretKey" %}} and {{< param "secretKey" >}}.',
+                 'A gist: {{% gist someone 0123456789abcdef %}} and {{% nosuchshortcode %}} and {% raw %}x{% endraw %}'
+                 ' and {{ .Site.Params.secretKey }}.\n\n```\n{{% param "secretKey" %}}\n```',
+                 "The end: {")
+
+
+def test_shortcodes_in_model_text_stay_literal_text_in_the_built_page(tmp_path, make_doc):
+    job = JobOutput(LocalStorage(tmp_path / "out"), JOB)
+    job.write_job({"id": JOB, "created": "2026-11-28T10:15:00Z"})
+    job.save_document(make_doc("hostile", texts=HOSTILE_TEXTS))
+    site = make_site(tmp_path)
+    (site / "config.toml").write_text((site / "config.toml").read_text() + '[params]\nsecretKey = "s3cr3t-value"\n'
+                                      "[markup.goldmark.renderer]\nunsafe = true\n")
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "out" / JOB), "--hugo", str(site / "content")])
+    assert result.exit_code == 0, result.output
+    # the job folder's own index.md, as a page of the same site
+    (site / "content" / "plain").mkdir()
+    (site / "content" / "plain" / "index.md").write_text((tmp_path / "out" / JOB / "hostile" / "index.md").read_text())
+    public = build(site)  # an unknown shortcode would fail it
+    for html in ((public / JOB / "hostile" / "index.html").read_text(), (public / "plain" / "index.html").read_text()):
+        text = " ".join("".join(Page(html).text).split()).replace("\u201c", '"').replace("\u201d", '"')  # typographer
+        assert "s3cr3t-value" not in html and "<script" not in html
+        assert 'The key is {{% param "secretKey" %}} and {{< param "secretKey" >}}.' in text
+        assert "{{% gist someone 0123456789abcdef %}} and {{% nosuchshortcode %}} and {% raw %}x{% endraw %}" in text
+        assert "{{ .Site.Params.secretKey }}" in text

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RANKS = {
     "dreamgen.errors": 0,
     "dreamgen.settings": 1, "dreamgen.clock": 1,
-    "dreamgen.document": 2, "dreamgen.params": 2,
+    "dreamgen.document": 2, "dreamgen.params": 2, "dreamgen.pictures": 2,  # input pictures read within bounds
     "dreamgen.ids": 2.5,  # document ids hash the parameters
     "dreamgen.prompts": 3, "exporters": 3,
     "dreamgen.model": 4,

@@ -23,9 +23,9 @@ from .. import settings
 from ..errors import ChunkBusy
 from ..jobs.output import DONE_DIR, JobOutput
 from ..jobs.spec import JobConfig, WorkItem
-from ..jobs.storage import open_storage
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec
+from .access import read_picture, worker_storage
 from .records import ChunkState, JobRecord
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,9 @@ _DEFAULT_PARAMS = GenerationParams().to_dict()
 # -------------------------------------------------------------------------------------------- the wire format
 @dataclass
 class JobWire:
-    """A job as each of its chunk tasks carries it: the job's own config (its `out` as the workers must see it,
-    the submitter's S3 endpoint, which a worker's DREAMGEN_S3_ENDPOINT_URL overrides) and the round of
-    submission the chunk belongs to."""
+    """A job as each of its chunk tasks carries it: the job's own config (its `out` as the workers must see it;
+    the submitter's S3 endpoint, which a worker never uses: access.py) and the round of submission the chunk
+    belongs to."""
 
     config: JobConfig
     round: int
@@ -56,9 +56,9 @@ class JobWire:
         return cls(JobConfig.from_record(data), int(data["round"]))
 
     def output(self) -> JobOutput:
-        """The job's files, through this worker's S3 endpoint."""
-        endpoint = settings.worker_s3_endpoint_url(self.config.endpoint_url)
-        return JobOutput(open_storage(self.config.out, endpoint), self.id)
+        """The job's files, as this worker may write them: through its own S3 endpoint and credentials, to a
+        bucket its settings allow (access.py); never through the endpoint the job was submitted with."""
+        return JobOutput(worker_storage(self.config.out), self.id)
 
 
 def spec_to_wire(spec: PromptSpec) -> dict:
@@ -229,11 +229,11 @@ class _ChunkRun:
             self._state(ChunkState.RUNNING, attempt)
 
         def fail(error, message=None):
-            entry = output.record_error(spec.id, spec.custom_id, error, message)
+            entry = output.record_error(spec.id, spec.custom_id, error, message, prompt=spec.prompt)
             self._outcome(spec.id, "failed", f"{entry['error']}: {entry['message']}")
             self._state(ChunkState.RUNNING, attempt)
 
-        return WorkItem(spec, done, fail, stop=guard, endpoint_url=config.endpoint_url)
+        return WorkItem(spec, done, fail, stop=guard, read_picture=read_picture)  # as this worker may (access.py)
 
     # ------------------------------------------------------------------------------------ outcomes
     def _outcome(self, doc_id: str, status: str, error: str | None = None) -> None:
@@ -245,7 +245,7 @@ class _ChunkRun:
 
     def _fail_all(self, output, specs: list[PromptSpec], error_type: str, message: str) -> None:
         for spec in specs:
-            output.record_error(spec.id, spec.custom_id, error_type, message)
+            output.record_error(spec.id, spec.custom_id, error_type, message, prompt=spec.prompt)
             self._outcome(spec.id, "failed", f"{error_type}: {message}")
 
     def _counts(self) -> dict:

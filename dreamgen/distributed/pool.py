@@ -15,13 +15,14 @@ of its generator, so the old weights and pool can be freed before the new ones l
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 from typing import Callable
 
 from ..generation.generator import NOTHING_YET
-from ..jobs.run import run_items
+from ..jobs.run import picture_failure, read_picture, run_items
 from ..jobs.spec import WorkItem
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class SharedEngine:
 
     def run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None = None) -> None:
         """Queue `items` for the pool and return when every one has ended (done, failed or dropped). The
-        items' callbacks run in this thread. Raises EngineClosed, having queued nothing, once close() began."""
+        items' callbacks run in this thread. Their input pictures are read here, each item's before it is
+        queued (issue 33): a slow or failing store holds this chunk, never the engine every chunk shares. Raises
+        EngineClosed, having queued nothing, once close() began."""
         with self._drained:
             if self._closing:
                 raise EngineClosed("the engine was replaced")
@@ -90,10 +93,16 @@ class SharedEngine:
 
     def _run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None) -> None:
         events: queue.Queue = queue.Queue()
-        for item in items:
-            self._queue.put(_relay(item, events))
-        self._start()
         left = len(items)
+        for item in items:
+            ready = with_pictures(item)
+            if keepalive:
+                keepalive()  # reading pictures may take a while: the chunk's lock stays held
+            if ready is None:  # failed or dropped here: it has ended
+                left -= 1
+                continue
+            self._queue.put(_relay(ready, events))
+            self._start()
         while left:
             try:
                 callback = events.get(timeout=KEEPALIVE_S)
@@ -131,6 +140,27 @@ class SharedEngine:
                 yield NOTHING_YET
 
 
+def with_pictures(item: WorkItem) -> WorkItem | None:
+    """`item` with its input pictures read (in the calling thread), or None once it has ended here: dropped (its
+    chunk stopped) or failed (a picture could not be read: its document alone fails, naming it)."""
+    if item.stop and item.stop():
+        item.dropped()
+        return None
+    if not item.spec.images:
+        return item
+    read = []  # (record, pixels) of each picture, in the prompt's order
+    for index, location in enumerate(item.spec.images):
+        if item.stop and item.stop():  # cancelled or out of time between two pictures
+            item.dropped()
+            return None
+        try:
+            read.append(read_picture(item, location, index))
+        except Exception as e:  # whatever reading raised is this document's failure, as in run_items
+            item.fail(e, picture_failure(e))
+            return None
+    return dataclasses.replace(item, read_picture=lambda location, index: read[index])
+
+
 def _relay(item: WorkItem, events: queue.Queue) -> WorkItem:
     """The item as the engine thread sees it: each callback is sent to the task thread to run there.
     A callback's result says whether the item has ended."""
@@ -141,4 +171,5 @@ def _relay(item: WorkItem, events: queue.Queue) -> WorkItem:
         return relayed
 
     return WorkItem(item.spec, done=send(item.done, True), fail=send(item.fail, True), stop=item.stop,
-                    dropped=send(item.dropped, True), image=send(item.image, False), endpoint_url=item.endpoint_url)
+                    dropped=send(item.dropped, True), image=send(item.image, False), endpoint_url=item.endpoint_url,
+                    read_picture=item.read_picture)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .. import settings
 from ..clock import parse_utc, utc_text
 from ..errors import BrokerUnavailable, JobNotFound, JobStateError
+from ..jobs.lock import stopped_run
 from ..jobs.output import JobOutput
 from ..jobs.storage import open_storage, shared_location
 from . import broker
@@ -21,6 +22,7 @@ from .records import ChunkState, JobRecord, JobStatus, RecentJobs, record_ttl
 
 FAILURES_SHOWN = 20
 LOST = "lost"  # a report's status, never a record's: Redis forgot an unfinished job
+STOPPED = "stopped"  # a report's status: the local run of a job died without recording its end
 
 
 @dataclass
@@ -55,7 +57,8 @@ class JobReport:
 
     @property
     def final(self) -> bool:  # "lost": it will not move by itself either
-        return self.status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value, JobStatus.FAILED.value, LOST)
+        return self.status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value, JobStatus.FAILED.value, LOST,
+                               STOPPED)
 
 
 # -------------------------------------------------------------------------------------------- control
@@ -153,12 +156,19 @@ def _report_from_storage(job_id: str, out: str, endpoint_url: str | None, failur
     failed_entries = output.failed()
     done = stored["done"] if "done" in stored and stored.get("status") in ("finished", "cancelled") \
         else len(output.done_ids())
-    return JobReport(id=job_id, status=stored.get("status", "?"), total=_int(stored.get("total")), done=done,
-                     failed=len(failed_entries), out=out, source="storage", submitted=_parsed(stored.get("submitted")),
-                     location=output.location(stored.get("formats") or ["html"]),
-                     failures={e["id"]: f"{e['error']}: {e['message']}" for e in failed_entries[:failures]},
-                     created=stored.get("created"), finished=stored.get("finished"),
-                     context_full=_int(stored.get("context_full")))
+    report = JobReport(id=job_id, status=stored.get("status", "?"), total=_int(stored.get("total")), done=done,
+                       failed=len(failed_entries), out=out, source="storage",
+                       submitted=_parsed(stored.get("submitted")),
+                       location=output.location(stored.get("formats") or ["html"]),
+                       failures={e["id"]: f"{e['error']}: {e['message']}" for e in failed_entries[:failures]},
+                       created=stored.get("created"), finished=stored.get("finished"),
+                       context_full=_int(stored.get("context_full")))
+    if report.status == JobStatus.RUNNING.value and report.submitted is None:  # a `dreamgen run`: is it alive?
+        why = stopped_run(output)
+        if why:  # issue 33: killed (kill -9, a machine lost) without a word; its job.json cannot say so itself
+            report.status, report.lost_queue = STOPPED, f"{why}; job.json still says running"
+            report.resume = f"dreamgen run --resume {job_id} --out {out}"
+    return report
 
 
 def _note_idle_queues(report: JobReport, client, chunk_queue: str, finalize_queue: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from .. import settings
 from ..clock import utc_now
 from ..errors import StorageError
 from ..jobs.output import JobOutput
@@ -38,7 +39,7 @@ def submit_job(config: JobConfig, send_chunks: ChunkSender, broker_url: str | No
     config.out = shared_location(config.out)
     if config.job_id:
         refuse_if_active(JobRecord(client, config.job_id))  # early, before reading the whole file
-    output, total = check_job(config)
+    output, total = check_job(config, settings.task_time_limit_s())  # a document a chunk cannot hold: refused
     previous = output.read_job() or {}
     stored = {**config.record(created=previous.get("created") or utc_now(), total=total),
               "round": previous.get("round") or 0}
@@ -98,17 +99,17 @@ def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, s
         raise
     record.set_fields(chunks=n_chunks, queued=n_docs)
     if n_chunks == 0:  # everything was stored already
-        finalize_job(job, client)
+        finalize_job(job, client, output)  # here, with the submitter's own access
     return n_docs
 
 
-def finalize_job(job: JobWire, client) -> dict:
+def finalize_job(job: JobWire, client, output: JobOutput | None = None) -> dict:
     """Close a round of a job (the chord's callback): rebuild manifest, errors and index from the markers,
     write job.json's status and counts, mark the record finished or cancelled. Idempotent. When the storage
     refuses (S3 past its retries, a full disk), the record says the job failed and why: never "running" forever."""
-    output = job.output()
     record = JobRecord(client, job.id)
     try:
+        output = output or job.output()  # a worker's: as its settings allow (access.py), or refused
         counts = output.finalize(job.config.formats)
     except StorageError as e:
         done, failed = record.counts()
@@ -119,6 +120,9 @@ def finalize_job(job: JobWire, client) -> dict:
         return {"job": job.id, "status": "superseded", **counts}  # a newer round owns the job now
     cancelled = record.cancel_requested() or record.status is JobStatus.CANCELLING
     status = JobStatus.CANCELLED if cancelled else JobStatus.FINISHED
-    output.write_job({**(output.read_job() or {}), "status": status.value, "finished": utc_now(), **counts})
-    record.finish(status, counts, job.round)
-    return {"job": job.id, "status": status.value, **counts}
+    ended = dict(counts)
+    if status is JobStatus.FINISHED and counts["failed"] and not counts["done"]:  # issue 33: not "finished"
+        status, ended["error"] = JobStatus.FAILED, f"every document failed ({counts['failed']})"
+    output.write_job({**(output.read_job() or {}), "status": status.value, "finished": utc_now(), **ended})
+    record.finish(status, ended, job.round)
+    return {"job": job.id, "status": status.value, **ended}

@@ -133,15 +133,19 @@ class JobOutput:
         return Document.from_dict(json.loads(self.storage.read_bytes(self.doc_key(doc_id, "document.json"))))
 
     # ------------------------------------------------------------------------------------ failures
-    def record_error(self, doc_id: str, custom_id: str | None, error, message: str | None = None) -> dict:
+    def record_error(self, doc_id: str, custom_id: str | None, error, message: str | None = None,
+                     prompt: str | None = None) -> dict:
         """Note that a document failed (an exception, or an error type name and a message); the job goes on.
-        The latest failure of a document wins; a later success removes it."""
+        The latest failure of a document wins; a later success removes it. `prompt`, when given, is kept with it
+        (the failures of a job are shown with their prompts)."""
         error_type = error if isinstance(error, str) else type(error).__name__
         if message is None:
             message = "" if isinstance(error, str) else str(error)
         if len(message) > MESSAGE_MAX:
             message = message[:MESSAGE_MAX - 1] + "…"
         entry = {"id": doc_id, "custom_id": custom_id, "error": error_type, "message": message, "time": utc_now()}
+        if prompt is not None:
+            entry["prompt"] = prompt
         self.storage.write_bytes(self.marker_key(FAILED_DIR, doc_id), _json_bytes(entry))
         return entry
 
@@ -323,9 +327,19 @@ def export_job(storage: Storage, job_id: str, formats: Iterable[str] = FORMATS, 
     return len(done)
 
 
+def grouped_failures(entries: Iterable[dict]) -> list[tuple[str, list[dict]]]:
+    """Failure entries grouped by their error (type and message), the largest group first."""
+    groups: dict[str, list[dict]] = {}
+    for entry in entries:
+        groups.setdefault(f"{entry.get('error')}: {entry.get('message')}", []).append(entry)
+    return sorted(groups.items(), key=lambda group: (-len(group[1]), group[0]))
+
+
 def open_job_output(job_url: str, endpoint_url: str | None = None) -> JobOutput:
     """A JobOutput for a job folder given whole: `out/job-1` or `s3://bucket/prefix/job-1`."""
     url = job_url.rstrip("/")
+    if not url.strip():  # "/" once read as "" (the working folder, issue 33): the root is no job folder
+        raise StorageError(f"{job_url!r} is not a job folder: give OUT/JOB or s3://bucket/prefix/JOB")
     if url.startswith("s3://"):
         parent, _, job_id = url.rpartition("/")
         if parent == "s3:/" or "/" not in url[len("s3://"):]:

@@ -18,14 +18,15 @@ from PIL import Image
 from exporters import FORMATS
 
 from ..clock import utc_now
-from ..document import Document
-from ..errors import GenerationCancelled, JobFailed, JobInterrupted, ParamsError, StorageError
+from ..document import Document, InputImage
+from ..errors import GenerationCancelled, InputImageError, JobFailed, JobInterrupted, ParamsError, StorageError
 from ..generation.config import EngineConfig, engine_config
 from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
 from ..prompts.files import PromptSpec, iter_prompt_file
 from .inputs import read_input_image
+from .lock import JobLock
 from .output import GENERATE_OUT, DocumentFolder, JobOutput, LiveListing
 from .spec import JobConfig, JobSummary, WorkItem, check_job, record_running
 from .storage import open_storage
@@ -39,6 +40,8 @@ STATS_EVERY_S = 0.5  # how often "stats" events (tokens/s, slots busy) are sent
 
 # -------------------------------------------------------------------------------------------- documents
 def load_input_image(location: str, endpoint_url: str | None = None) -> Image.Image:
+    """The pixels of the picture at a local path or s3:// URL, decoded within bounds (dreamgen.pictures); any
+    problem is an InputImageError naming it."""
     return read_input_image(location, endpoint_url=endpoint_url)[1]
 
 
@@ -46,6 +49,19 @@ def read_input_images(locations: Iterable[str], endpoint_url: str | None = None)
     """The records (InputImage, for the document) and pixels (for the model) of a prompt's pictures, in order."""
     read = [read_input_image(location, index, endpoint_url) for index, location in enumerate(locations)]
     return [record for record, _ in read], [pixels for _, pixels in read]
+
+
+def read_picture(item: WorkItem, location: str, index: int) -> tuple[InputImage, Image.Image]:
+    """The record and pixels of input picture `index` of `item`: as the item says (a worker's reader, or pictures
+    read ahead), else from its location."""
+    if item.read_picture is not None:
+        return item.read_picture(location, index)
+    return read_input_image(location, index, item.endpoint_url)
+
+
+def picture_failure(error: Exception) -> str:
+    """The message a document's failure records for a picture that could not be read."""
+    return str(error) if isinstance(error, InputImageError) else f"input image: {error}"
 
 
 def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], bool] | None = None,
@@ -76,14 +92,24 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
                 continue
             spec = item.spec
             try:
-                item.inputs, images = read_input_images(spec.images, item.endpoint_url)
-            except (OSError, StorageError) as e:
-                item.fail(e, f"input image: {e}")
-                continue
+                read = [read_picture(item, location, n) for n, location in enumerate(spec.images)]
+            except Exception as e:  # whatever a picture raises is its document's failure (issue 33): taken from
+                item.fail(e, picture_failure(e))  # the source, every item ends done or failed, or a worker's
+                continue  # chunk waits for it forever
+            item.inputs, images = [record for record, _ in read], [pixels for _, pixels in read]
             pulled[index] = item
             index += 1
             yield DocumentRequest(prompt=spec.prompt, params=spec.params, id=spec.id, title=spec.title,
                                   images=images, should_stop=item.stop)
+
+    def finished(index: int, doc) -> None:
+        item = pulled.pop(index)
+        try:
+            done(item, doc)
+        except (StorageError, GenerationCancelled, KeyboardInterrupt):
+            raise  # the job's storage failing stops the job (see below)
+        except Exception as e:  # this document's files could not be made (an exporter's error): it alone fails
+            item.fail(e, None)
 
     def progress(kind: str, index: int):
         if kind == "image":
@@ -95,7 +121,7 @@ def run_items(generator: Generator, items: Iterable, should_stop: Callable[[], b
     while True:
         pulled.clear()
         try:
-            generator.run(requests(source), on_document=lambda index, doc: done(pulled.pop(index), doc),
+            generator.run(requests(source), on_document=finished,
                           on_progress=progress, should_stop=should_stop, on_stats=on_stats, slots=slots,
                           job_tokens=job_tokens,
                           on_failure=lambda index, e: pulled.pop(index).fail(e, None))
@@ -143,7 +169,7 @@ def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[
             emit("document", {"id": spec.id, "images": len(doc.images)})
 
         def fail(error, message=None):
-            entry = output.record_error(spec.id, spec.custom_id, error, message)
+            entry = output.record_error(spec.id, spec.custom_id, error, message, prompt=spec.prompt)
             if live:
                 live.failed(entry)
             results[spec.id] = {"id": spec.id, "status": "failed", "error": f"{entry['error']}: {entry['message']}"}
@@ -176,6 +202,16 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     resuming it after Ctrl-C, produces each document once."""
     started = time.perf_counter()
     output, total = check_job(config)
+    lock = JobLock(output)  # one run of a job at a time (issue 33)
+    lock.check()  # a live run is named before the model loads; the lock is taken once it has loaded
+    try:
+        return _run_checked(config, output, total, started, on_event, make_generator, should_stop, lock)
+    finally:
+        lock.release()
+
+
+def _run_checked(config: JobConfig, output: JobOutput, total: int, started: float, on_event, make_generator,
+                 should_stop, lock: JobLock) -> JobSummary:
     done_before = output.done_ids()
     pending = (s for s in iter_prompt_file(config.prompts, config.defaults, config.model) if s.id not in done_before)
     emit = on_event or (lambda kind, info: None)
@@ -191,6 +227,8 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
         # the pool holds no more than the job's documents can fill (each at most a whole context)
         job_tokens = min(max(1, total - len(done_before)), slots) * generator.model.max_positions
         emit("memory", {"lines": generator.memory_plan(slots, job_tokens).lines()})
+    lock.acquire()  # before anything is written: of two runs started together, one goes on
+    stop = lambda: lock.lost or bool(should_stop and should_stop())  # noqa: E731  (taken over: stop)
     record_running(output, config, total)
     status, error = "finished", None
     try:
@@ -198,25 +236,28 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
             live = LiveListing(output, config.formats, config.self_contained)
             live.flush()  # the index exists (and says "running") before the first document ends
             generate_documents(generator, output, itertools.chain([first], pending), config.formats,
-                               config.self_contained, config.endpoint_url, on_event, should_stop, slots=slots,
+                               config.self_contained, config.endpoint_url, on_event, stop, slots=slots,
                                job_tokens=job_tokens, live=live)
     except (KeyboardInterrupt, GenerationCancelled):
         status = "interrupted"
     except Exception as e:  # issue 16: a job that stops never stays "running" (a full disk, S3 past its retries)
         status, error = "failed", f"{type(e).__name__}: {e}"
         log.warning("job %s stopped: %s", config.job_id, error)
-    recorded = True
+    recorded, failures = True, []
     try:
-        counts = _record_end(output, config, status, error)
-    except StorageError as e:  # the storage that stopped the job may refuse the record too: say so
-        if error is None:
-            raise
-        counts, recorded = {"done": len(_done_ids_if_listable(output)), "failed": 0, "context_full": 0}, False
-        error = f"{error} (job.json could not be updated either: {e})"
+        counts, status, error, failures = _record_end(output, config, status, error)
+    except StorageError as e:
+        counts = {"done": len(_done_ids_if_listable(output)), "failed": 0, "context_full": 0}
+        if error is None:  # issue 33: the documents are stored, the job's own files are not: it did not finish
+            status, error = "failed", f"the job's own files could not be written: {e}"
+            recorded = _record_failure(output, error)
+        else:  # the storage that stopped the job may refuse the record too: say so
+            recorded, error = False, f"{error} (job.json could not be updated either: {e})"
     summary = JobSummary(job_id=config.job_id, total=total, done=counts["done"], failed=counts["failed"],
                          skipped=len(done_before), location=output.location(config.formats),
                          seconds=time.perf_counter() - started, status=status, error=error,
-                         context_full=counts["context_full"])  # counted apart from plain successes
+                         context_full=counts["context_full"],  # counted apart from plain successes
+                         failures=failures)
     if status == "interrupted":
         raise JobInterrupted(summary)
     if status == "failed":
@@ -224,16 +265,32 @@ def run_job(config: JobConfig, on_event: EventCallback | None = None,
     return summary
 
 
-def _record_end(output: JobOutput, config: JobConfig, status: str, error: str | None) -> dict:
+def _record_end(output: JobOutput, config: JobConfig, status: str,
+                error: str | None) -> tuple[dict, str, str | None, list[dict]]:
     """job.json's end (status, finish time, why a failed job stopped), then the manifest, errors and index of
-    what is done; returns the counts."""
+    what is done; returns the counts, the status and error (a job whose every document failed has failed:
+    issue 33) and, then, the failures."""
+    failures = []
+    if status == "finished" and not output.done_ids():
+        failures = output.failed()
+        if failures:
+            status, error = "failed", f"every document failed ({len(failures)})"
     record = {**(output.read_job() or config.record()), "status": status, "finished": utc_now()}
     if error:
         record["error"] = error
     output.write_job(record)  # first, so the index page shows when the job finished
     counts = output.finalize(config.formats)
     output.write_job({**record, **counts})
-    return counts
+    return counts, status, error, failures
+
+
+def _record_failure(output: JobOutput, error: str) -> bool:
+    """job.json says the job failed, and why; False when the storage refuses that too."""
+    try:
+        output.write_job({**(output.read_job() or {}), "status": "failed", "finished": utc_now(), "error": error})
+        return True
+    except StorageError:
+        return False
 
 
 def _done_ids_if_listable(output: JobOutput) -> set[str]:

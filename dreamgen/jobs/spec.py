@@ -92,6 +92,7 @@ class JobSummary:
     status: str  # finished | interrupted | failed
     error: str | None = None  # why a failed job stopped
     context_full: int = 0  # of the done: cut short because the model's context filled
+    failures: list = field(default_factory=list)  # of a job whose every document failed: their failure entries
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -100,16 +101,34 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def check_job(config: JobConfig) -> tuple[JobOutput, int]:
+def check_job(config: JobConfig, time_limit_s: float | None = None) -> tuple[JobOutput, int]:
     """The prompt file checked whole (prompt lengths against the model's context, where its card can be read
-    here), the job id chosen and the output location checked; nothing written."""
+    here; with `time_limit_s`, a chunk's, each document's worst case against it), the job id chosen and the
+    output location checked; nothing written."""
     from ..model.locate import find_model_card  # reads config.json and the tokenizer, never torch
 
-    total = validate_prompt_file(config.prompts, config.defaults, config.model, find_model_card(config.model))
+    total = validate_prompt_file(config.prompts, config.defaults, config.model, find_model_card(config.model),
+                                 s3_header=s3_header_reader(config.endpoint_url), time_limit_s=time_limit_s)
     config.job_id = config.job_id or new_job_id()
     storage = open_storage(config.out, config.endpoint_url)
     storage.check()  # a missing bucket or a read-only folder is reported now, not after the first document
     return JobOutput(storage, config.job_id), total
+
+
+def s3_header_reader(endpoint_url: str | None):
+    """(bucket, key, n) -> the first n bytes of an input picture on S3, through `endpoint_url` (else the
+    environment's), for the check of a prompt file: an endpoint that does not answer is reported in seconds."""
+    from .storage import CHECK_RETRY_S, S3Storage
+
+    buckets: dict[str, S3Storage] = {}
+
+    def read(bucket: str, key: str, size: int) -> bytes:
+        if bucket not in buckets:
+            buckets[bucket] = S3Storage(bucket, endpoint_url=settings.s3_endpoint_url(endpoint_url),
+                                        retry_s=min(settings.s3_retry_s(), CHECK_RETRY_S))
+        return buckets[bucket].read_head(key, size)
+
+    return read
 
 
 def record_running(output: JobOutput, config: JobConfig, total: int) -> None:
@@ -117,9 +136,9 @@ def record_running(output: JobOutput, config: JobConfig, total: int) -> None:
     output.write_job(config.record(created=previous.get("created") or utc_now(), total=total, status="running"))
 
 
-def open_job(config: JobConfig) -> tuple[JobOutput, int]:
+def open_job(config: JobConfig, time_limit_s: float | None = None) -> tuple[JobOutput, int]:
     """Check the prompt file whole and the output location, before anything is generated; record the job."""
-    output, total = check_job(config)
+    output, total = check_job(config, time_limit_s)
     record_running(output, config, total)
     return output, total
 
@@ -144,4 +163,6 @@ class WorkItem:
     dropped: Callable[[], None] = lambda: None
     image: Callable[[], None] = lambda: None  # one of its pictures is painted
     endpoint_url: str | None = None  # of its input pictures on S3
+    # instead: how to read one (a worker's, with its checks): (location, index) -> (InputImage, pixels)
+    read_picture: Callable[[str, int], tuple] | None = None
     inputs: list = field(default_factory=list)  # its input pictures' records (InputImage), once read

@@ -44,6 +44,10 @@ class Storage(ABC):
     def read_bytes(self, key: str) -> bytes:
         """The bytes at `key`; KeyNotFound if there are none."""
 
+    def read_head(self, key: str, size: int) -> bytes:
+        """The first `size` bytes at `key` (all of them if there are fewer); KeyNotFound if there are none."""
+        return self.read_bytes(key)[:size]
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
@@ -253,6 +257,9 @@ class S3Storage(Storage):
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None,
                  retry_s: float | None = None):
+        if any(part in (".", "..") for part in prefix.split("/")) or "\\" in prefix:
+            # keys would start with ../ and links to them resolve into another bucket (issue 33)
+            raise StorageError(f"s3://{bucket}/{prefix}: '.', '..' and backslashes are not allowed in an S3 prefix")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.retry_s = settings.s3_retry_s() if retry_s is None else retry_s
         self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
@@ -316,6 +323,19 @@ class S3Storage(Storage):
         full = self._full(key)
         with self._errors(full):  # the body's read is retried too: a connection can drop mid-stream
             return self._retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
+
+    def read_head(self, key, size):
+        from botocore.exceptions import ClientError
+
+        full = self._full(key)
+        try:
+            with self._errors(full, passthrough=True):  # a ranged GET: a picture's header without its pixels
+                return self._retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=full,
+                                                                     Range=f"bytes=0-{size - 1}")["Body"].read())
+        except ClientError as e:
+            if _error_code(e) in ("InvalidRange", "416"):  # an empty object has no first byte
+                return b""
+            raise self._storage_error(e, full) from None
 
     def exists(self, key):
         from botocore.exceptions import ClientError

@@ -19,16 +19,18 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
-from PIL import Image, UnidentifiedImageError
-
-from ..errors import ParamsError, PromptFileError, PromptFileProblems, preview, quoted
-from ..ids import derived_seed, document_id, safe_document_id
+from .. import pictures
+from ..errors import (DreamgenError, InputImageError, KeyNotFound, ParamsError, PromptFileError, PromptFileProblems,
+                      preview, quoted)
+from ..ids import JOB_FILES, derived_seed, document_id, safe_document_id
 from ..params import PARAM_NAMES, GenerationParams
 from .context import ModelContext, context_problem
 from .readers import DEFAULT_FIELDS, EXTENSIONS, FIELDS, FileDefaults, reader_for, type_problem, unknown_field_reason
 from .templates import check_template
+
+S3Header = Callable[[str, str, int], bytes]  # (bucket, key, n) -> the first n bytes of an object
 
 VAE_SCALE_FACTOR = 8  # images are decoded from latents 8x smaller, so sizes must divide by 8
 
@@ -54,9 +56,12 @@ class PromptSpec:
 
 
 def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str,
-                         context: ModelContext | None = None) -> int:
+                         context: ModelContext | None = None, s3_header: S3Header | None = None,
+                         time_limit_s: float | None = None) -> int:
     """Check the whole file in one streaming pass; return how many prompts it holds. With `context` (the
-    model's), a prompt that does not fit it is a problem, with its token count.
+    model's), a prompt that does not fit it is a problem, with its token count. With `s3_header`, pictures on S3
+    are checked from their header as local ones are (bounded size), each once. With `time_limit_s` (a chunk's,
+    for workers), a document whose pictures cannot be painted within it even at the fastest is a problem.
 
     One problem is raised as PromptFileError (file, line, field); several as PromptFileProblems, listing up to
     MAX_REPORTED_PROBLEMS of them. A problem that stops the reading (bytes that are not UTF-8, broken YAML, a bad
@@ -73,7 +78,8 @@ def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str
             more = True
 
     try:
-        for outcome in _outcomes(Path(path), defaults, model_id, context):
+        for outcome in _outcomes(Path(path), defaults, model_id, context, s3_header, checking=True,
+                                 time_limit_s=time_limit_s):
             if isinstance(outcome, PromptFileError):
                 note(outcome)
                 if more:
@@ -105,11 +111,15 @@ def iter_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str) ->
 
 
 def _outcomes(path: Path, defaults: Mapping[str, Any] | None, model_id: str,
-              context: ModelContext | None = None) -> Iterator[PromptSpec | PromptFileError]:
+              context: ModelContext | None = None,
+              s3_header: S3Header | None = None, checking: bool = False,
+              time_limit_s: float | None = None) -> Iterator[PromptSpec | PromptFileError]:
     """Each prompt of the file as a PromptSpec, or as the PromptFileError that rejects it. Problems that are not
-    one prompt's (the file, its header, its defaults) are raised."""
+    one prompt's (the file, its header, its defaults) are raised. `checking`: the validation pass, which reads
+    pictures' headers; the run pass leaves a picture changed since to fail its own document when decoded."""
     read_items = reader_for(path)
-    builder = _SpecBuilder(path, check_job_defaults(defaults or {}), model_id, context)
+    builder = _SpecBuilder(path, check_job_defaults(defaults or {}), model_id, context, s3_header, checking,
+                           time_limit_s)
     for line, item in read_items(path):
         if isinstance(item, FileDefaults):
             builder.set_file_defaults(line, item.values)
@@ -147,10 +157,11 @@ def check_job_defaults(defaults: Mapping[str, Any]) -> dict:
 
 
 class _SpecBuilder:
-    def __init__(self, path: Path, job_defaults: dict, model_id: str, context: ModelContext | None = None):
-        self.path, self.model_id, self.context = path, model_id, context
+    def __init__(self, path: Path, job_defaults: dict, model_id: str, context: ModelContext | None = None,
+                 s3_header: S3Header | None = None, checking: bool = True, time_limit_s: float | None = None):
+        self.path, self.model_id, self.context, self.time_limit_s = path, model_id, context, time_limit_s
         self.defaults = dict(job_defaults)
-        self.images = _ImageResolver(path)
+        self.images = _ImageResolver(path, s3_header, checking)
         self.seen = _SeenIds()
 
     def fail(self, line, reason, field=None):
@@ -176,6 +187,9 @@ class _SpecBuilder:
         custom_id = values.get(id_field) if id_field else None
         if custom_id is not None and not custom_id.strip():
             self.fail(line, "is empty", field=id_field)
+        if custom_id is not None and custom_id.strip().lower() in JOB_FILES:  # issue 33: its folder would be the file
+            self.fail(line, f"{quoted(custom_id)} is the name of a file of the job folder "
+                            f"({', '.join(JOB_FILES)}); choose another id", field=id_field)
 
         if "prompt" not in values:
             self.fail(line, "is missing", field="prompt")
@@ -221,6 +235,10 @@ class _SpecBuilder:
         size_problem = _image_size_problem(params)
         if size_problem:
             self.fail(line, f"{size_problem}, got {params.image_size}", field="image_size")
+        if self.time_limit_s is not None:
+            problem = worst_case_problem(params, self.time_limit_s)
+            if problem:
+                self.fail(line, problem[1], field=problem[0])
         return params
 
     def _check_unique(self, line: int, doc_id: str, custom_id: str | None, id_field: str | None) -> None:
@@ -259,12 +277,16 @@ class _SeenIds:
 
 
 class _ImageResolver:
-    """Input pictures: s3:// URLs are kept; local paths are resolved against the prompt file's folder,
-    must exist and be images, and are identified by their content (so a moved folder keeps its ids)."""
+    """Input pictures: local paths are resolved against the prompt file's folder, must exist and be images no
+    larger than MAX_INPUT_PIXELS (read from their header), and are identified by their content (so a moved folder
+    keeps its ids). s3:// URLs are kept as they are; with `s3_header` (bucket, key, n) -> the object's first n
+    bytes, their size is checked too, from the header alone."""
 
-    def __init__(self, prompt_file: Path):
+    def __init__(self, prompt_file: Path, s3_header: S3Header | None = None, checking: bool = True):
         self.prompt_file = prompt_file
         self.base = prompt_file.resolve().parent
+        self.s3_header, self.checking = s3_header, checking
+        self._s3_checked: dict[str, str | None] = {}  # URL -> its problem; many lines often share a picture
 
     def resolve(self, line: int, ref: str) -> tuple[str, str]:
         """(where the picture is, what identifies it in the document id)."""
@@ -275,6 +297,9 @@ class _ImageResolver:
             if not bucket or not key:
                 raise PromptFileError(self.prompt_file, line, f"{preview(ref)} needs a bucket and a key: "
                                                               "s3://bucket/path/to/picture.png", field="images")
+            problem = self._s3_problem(ref, bucket, key)
+            if problem:
+                raise PromptFileError(self.prompt_file, line, problem, field="images")
             return ref, ref
         if _URL_SCHEME.match(ref):
             raise PromptFileError(self.prompt_file, line, f"unsupported URL {preview(ref)}: use a local path or "
@@ -290,25 +315,70 @@ class _ImageResolver:
         if not found:
             raise PromptFileError(self.prompt_file, line, f"input image not found: {preview(str(location), 200)}",
                                   field="images")
-        identity = _image_identity(str(location), stat.st_mtime_ns, stat.st_size)
-        if identity is None:
-            raise PromptFileError(self.prompt_file, line, f"not an image file: {preview(str(location), 200)}",
-                                  field="images")
+        try:
+            if self.checking:
+                _checked_header(str(location), stat.st_mtime_ns, stat.st_size)
+            identity = _image_identity(str(location), stat.st_mtime_ns, stat.st_size)
+        except InputImageError as e:
+            raise PromptFileError(self.prompt_file, line, str(e), field="images") from None
         return str(location), identity
+
+    def _s3_problem(self, ref: str, bucket: str, key: str) -> str | None:
+        if self.s3_header is None:
+            return None
+        if ref not in self._s3_checked:
+            try:
+                pictures.s3_header_size(lambda n: self.s3_header(bucket, key, n), ref)
+                self._s3_checked[ref] = None
+            except InputImageError as e:
+                self._s3_checked[ref] = str(e)
+            except KeyNotFound:
+                self._s3_checked[ref] = str(InputImageError(ref, "not found"))
+            except DreamgenError as e:  # the storage's own message names the bucket and the endpoint
+                self._s3_checked[ref] = str(InputImageError(ref, f"cannot be read: {e}"))
+        return self._s3_checked[ref]
 
 
 @lru_cache(maxsize=4096)  # many lines often share a picture; keyed on mtime so an edit is seen
-def _image_identity(location: str, mtime_ns: int, size: int) -> str | None:
-    try:
-        with Image.open(location):  # reads the header only
-            pass
-    except (UnidentifiedImageError, OSError):
-        return None
+def _checked_header(location: str, mtime_ns: int, size: int) -> None:
+    """InputImageError unless the header says the file is an image of a bounded size."""
+    pictures.header_size(location, location)  # reads the header only
+
+
+@lru_cache(maxsize=4096)
+def _image_identity(location: str, mtime_ns: int, size: int) -> str:
+    """The picture's content hash."""
     digest = hashlib.sha256()
-    with open(location, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    try:
+        with open(location, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as e:
+        raise InputImageError(location, f"cannot be read: {e.strerror}") from None
     return f"sha256:{digest.hexdigest()}"
+
+
+# The least a denoising step of a 512x512 picture takes: Stable Diffusion 1.5's UNet in fp16 on the fastest GPUs
+# runs about 50 steps a second with guidance. A step costs at least in proportion to the pixels (attention more).
+FASTEST_STEP_S_512 = 0.02
+_DEFAULT_SIDE = 512  # image_size unset: the model's, 512 for the released checkpoints
+
+
+def worst_case_problem(params: GenerationParams, time_limit_s: float) -> tuple[str, str] | None:
+    """(field, reason) when a document's pictures at their most (max_images x steps x image_size) cannot be
+    painted within `time_limit_s` even at the fastest: it would only ever be killed by the time limit, holding a
+    worker's slots meanwhile (issue 33). The field named is the one furthest above its default."""
+    side = params.image_size or _DEFAULT_SIDE
+    least_s = params.max_images * params.steps * FASTEST_STEP_S_512 * (side / _DEFAULT_SIDE) ** 2
+    if least_s <= time_limit_s:
+        return None
+    defaults = GenerationParams()
+    excess = {"max_images": params.max_images / defaults.max_images, "steps": params.steps / defaults.steps,
+              "image_size": (side / _DEFAULT_SIDE) ** 2}
+    field_name = max(excess, key=excess.get)
+    return field_name, (f"max_images {params.max_images} x steps {params.steps} x image_size {side} px take at least "
+                        f"{least_s:,.0f} s to paint (a 512 px step in {FASTEST_STEP_S_512 * 1000:.0f} ms at the "
+                        f"fastest), over a chunk's time limit of {time_limit_s:,.0f} s; lower {field_name}")
 
 
 def _image_size_problem(params: GenerationParams) -> str | None:

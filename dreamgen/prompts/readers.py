@@ -140,6 +140,7 @@ _JSON = json.JSONDecoder(object_pairs_hook=_object_without_repeated_keys, parse_
 
 def _read_csv(path: Path):
     reader = csv.reader(text for _, text in decoded_lines(path))
+    start = 1
     try:
         header = next(reader, None)
         if header is None:
@@ -155,7 +156,11 @@ def _read_csv(path: Path):
                 continue
             yield start, _csv_item(path, start, columns, row)
     except csv.Error as e:
-        raise PromptFileError(path, reader.line_num, f"invalid CSV: {e}") from None
+        if reader.line_num <= start:
+            raise PromptFileError(path, reader.line_num, f"invalid CSV: {e}") from None
+        # a quoted cell runs on until the error: it is the record's first line a person must look at (issue 33)
+        raise PromptFileError(path, start, f"invalid CSV: {e} (at line {reader.line_num}, in the record that "
+                                           f"starts here: is a quote left open?)") from None
 
 
 def _csv_item(path: Path, line: int, columns: list[str], row: list[str]) -> dict | PromptFileError:
