@@ -305,9 +305,10 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 
     \b
     Examples:
-        dreamgen generate "How to build a bird house" --out out/birdhouse
-        dreamgen generate --image-only "a red circle on a blue background" --seed 7
-        dreamgen generate "A day at the sea" --backend auto
+        dreamgen generate "Write about a large orange diamond at the top" --out out/diamond
+        dreamgen generate --image-only "a small red circle at the left on a white background" --seed 7
+        dreamgen generate "Could you draw a small red circle on the left?" --backend auto
+        dreamgen generate "How to build a bird house" --model RunpeiDong/dreamllm-7b-chat-v1.0
     """
     from rich.console import Console
 
