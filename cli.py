@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
@@ -184,7 +185,25 @@ def friendly_errors(f):
     return wrapper
 
 
-@click.group()
+class OneLineErrors(click.Group):
+    """A usage error (a bad flag, a missing argument) is one line, "Error: ... (see: dreamgen run --help)", not
+    click's usage block above it: the line that says what is wrong is the one a user sees."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:  # `dreamgen model`: its help, as before
+            raise
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx else ctx.command_path
+            raise OneLineUsageError(f"{e.format_message()} (see: {where} --help)") from None
+
+
+class OneLineUsageError(click.ClickException):
+    exit_code = 2  # click's code for a usage error
+
+
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="dreamgen")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the library does.")
 def cli(verbose):
@@ -246,28 +265,35 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
     """
     from dreamgen.errors import JobFailed, JobInterrupted
     from dreamgen.jobs.progress import JobProgress
-    from dreamgen.jobs.run import job_generator, run_job
-    from dreamgen.jobs.spec import JobConfig, stored_config
+    from dreamgen.jobs.spec import JobConfig, check_job, stored_config
 
     defaults = given_params(params)
     if resume:
         if prompts:
             raise click.UsageError("give PROMPTS or --resume JOB, not both")
+        check_where(out=out)
         config = stored_config(resume, out, s3_endpoint_url, slots=slots, results=results)
     elif not prompts:
         raise click.UsageError("missing PROMPTS (a prompt file), or --resume JOB")
+    elif not os.path.isfile(prompts):  # before the model's card is read for the file's check (transformers)
+        raise click.ClickException(f"{prompts}: no such file" if not os.path.exists(prompts)
+                                   else f"{prompts}: not a file")
     else:
         config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=defaults,
                            slots=slots, schedule=schedule, formats=formats, self_contained=self_contained,
                            endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend,
                            results=results or "none")
+    check_where(config.model, config.device, config.out)
+    checked = check_job(config)  # the whole prompt file: every mistake is said before torch loads (seconds)
+    from dreamgen.jobs.run import job_generator, run_job
+
     with JobProgress(log_console()) as progress:
         try:
             # markup off: the backend line may hold "[tensorrt]" (the pip extra), which is not a rich style
             report = functools.partial(progress.log, markup=False) if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
                               make_generator=functools.partial(job_generator, report=report,
-                                                               kv_fraction=kv_memory_fraction))
+                                                               kv_fraction=kv_memory_fraction), checked=checked)
         except (JobInterrupted, JobFailed) as e:
             summary = e.summary
     print_summary(summary)
@@ -276,6 +302,21 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
     if summary.status in ("interrupted", "failed"):
         click.echo(f"Resume with: dreamgen run --resume {summary.job_id} --out {config.out}")
         sys.exit(130 if summary.status == "interrupted" else 1)
+
+
+def check_where(model: str | None = None, device: str | None = None, out: str | None = None) -> None:
+    """The model's name, the device and the output location, checked by name (no torch, no network), so a typo
+    is one line in a blink, not after seconds of imports and a "loading model" spinner."""
+    from dreamgen.jobs.storage import check_location
+    from dreamgen.model.device import check_device
+    from dreamgen.model.locate import check_model_name
+
+    if model is not None:
+        check_model_name(model)
+    if device is not None:
+        check_device(device)
+    if out is not None:
+        check_location(out)
 
 
 def print_summary(summary):
@@ -312,7 +353,6 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
     """
     from rich.console import Console
 
-    from dreamgen.jobs.run import generate_document, load_generator
     from dreamgen.params import GenerationParams
     from dreamgen.prompts.limits import text_problem
 
@@ -320,6 +360,9 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
         raise click.BadParameter(text_problem(prompt), param_hint="'PROMPT'")
     given = given_params(params)
     gen_params = GenerationParams(**given)
+    check_where(model, device, out)
+    from dreamgen.jobs.run import generate_document, load_generator  # torch: after every cheap check
+
     console = Console(stderr=True)
     heard = []
     with console.status("loading model"):

@@ -157,11 +157,13 @@ def stats_event(engine) -> dict:
 
 def run_job(config: JobConfig, on_event: EventCallback | None = None,
             make_generator: Callable[[JobConfig], Generator] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> JobSummary:
+            should_stop: Callable[[], bool] | None = None,
+            checked: tuple[JobOutput, int] | None = None) -> JobSummary:
     """Run a whole job in this process. Documents already stored are skipped, so running a job again, or
-    resuming it after Ctrl-C, produces each document once."""
+    resuming it after Ctrl-C, produces each document once. `checked`: what check_job(config) returned, where the
+    caller checked the job already (the CLI does, before torch is imported)."""
     started = time.perf_counter()
-    output, total = check_job(config)
+    output, total = checked or check_job(config)
     done_before = output.done_ids()
     pending = (s for s in iter_prompt_file(config.prompts, config.defaults, config.model) if s.id not in done_before)
     emit = on_event or (lambda kind, info: None)

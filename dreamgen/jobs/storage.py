@@ -88,9 +88,19 @@ def shared_location(out: str) -> str:
     return str(Path(out).expanduser().resolve())
 
 
+def check_location(url: str) -> None:
+    """A location that looks like an S3 URL but is not one ("s3:/bucket", "S3://bucket") would otherwise be a
+    local folder named "s3:": an error naming the right spelling."""
+    scheme, colon, rest = url.partition(":")
+    if colon and scheme.lower() == "s3" and not url.startswith("s3://"):
+        fixed = "s3://" + rest.lstrip("/")
+        raise StorageError(f"{url!r} is not an S3 URL: did you mean {fixed!r}? (s3://bucket/prefix)")
+
+
 def open_storage(url: str, endpoint_url: str | None = None) -> Storage:
     """A storage for `DIR` or `s3://bucket/prefix`. The S3 endpoint comes from the argument, else
     DREAMGEN_S3_ENDPOINT_URL, else AWS. Makes no network call."""
+    check_location(url)
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if not bucket:
