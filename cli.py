@@ -296,7 +296,7 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, sche
                                                                kv_fraction=kv_memory_fraction), checked=checked)
         except (JobInterrupted, JobFailed) as e:
             summary = e.summary
-    print_summary(summary)
+    print_summary(summary, open_line(config, summary.job_id))
     if summary.status == "failed":  # issue 16: said, recorded in job.json, and resumable like a Ctrl-C
         click.echo(f"Error: the job stopped: {summary.error}".encode("utf-8", "backslashreplace").decode(), err=True)
     if summary.status in ("interrupted", "failed"):
@@ -309,23 +309,36 @@ def check_where(model: str | None = None, device: str | None = None, out: str | 
     is one line in a blink, not after seconds of imports and a "loading model" spinner."""
     from dreamgen.jobs.storage import check_location
     from dreamgen.model.device import check_device
-    from dreamgen.model.locate import check_model_name
+    from dreamgen.model.locate import CARD_FILES, check_model_name, is_hub_id, resolve_checkpoint
 
     if model is not None:
         check_model_name(model)
+        if is_hub_id(model):  # this process loads it: one that cannot be fetched is an error now, said once
+            resolve_checkpoint(model, files=CARD_FILES)
     if device is not None:
         check_device(device)
     if out is not None:
         check_location(out)
 
 
-def print_summary(summary):
+def open_line(config, job_id: str) -> str:
+    """"Open: LINK", where the link opens: on S3 a presigned one, or why there is none (a private bucket answers
+    an object's plain URL with 403)."""
+    from dreamgen.jobs.output import JobOutput
+    from dreamgen.jobs.storage import open_storage
+
+    output = JobOutput(open_storage(config.out, config.endpoint_url), job_id)
+    link, note = output.open_link(config.formats, config.self_contained)
+    return f"Open: {link}" + (f"\n  ({note})" if note else "")
+
+
+def print_summary(summary, open_text: str | None = None):
     # documents the context cut short are not plain successes: counted apart
     cut = f"{summary.context_full} stopped at the context limit, " if summary.context_full else ""
     click.echo(f"Job {summary.job_id}: {summary.done - summary.context_full} done, {cut}{summary.failed} failed"
                + (f" ({summary.skipped} already done before)" if summary.skipped else "")
                + f", {summary.total} in the file, {summary.seconds:.1f}s.")
-    click.echo(f"Open: {summary.location}")
+    click.echo(open_text or f"Open: {summary.location}")
 
 
 # ------------------------------------------------------------------------------------------------ generate
@@ -412,7 +425,8 @@ def export(job, formats, self_contained, results, hugo_dir, s3_endpoint_url):
         return
     count = export_job(output.storage, output.job_id, formats, self_contained, results)
     click.echo(f"Exported {count} documents of {output.job_id} ({formats}).")
-    click.echo(f"Open: {output.url_for('index.html')}")
+    link, note = output.open_link(formats, self_contained)
+    click.echo(f"Open: {link}" + (f"\n  ({note})" if note else ""))
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -638,7 +652,8 @@ def broker_option(f):
 @dtype_option
 @backend_option
 @click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Documents per chunk: one task, generated together in lockstep.")
+              help="Documents per chunk, one Celery task; a worker streams the documents of the chunks it holds "
+                   "through one slot pool, so a chunk's documents need not wait for each other.")
 @output_options
 @broker_option
 @click.option("-w", "--wait", is_flag=True, help="Show progress until the job ends.")
@@ -715,8 +730,11 @@ def print_job_report(report) -> None:
 
     click.echo(f"Job {report.id}: {report.status}")
     cut = f" ({report.context_full} stopped at the context limit)" if report.context_full else ""
-    click.echo(f"  documents: {report.done} done{cut}, {report.failed} failed, {report.pending} pending, "
-               f"{report.total} in all")
+    pending = f"{report.pending} pending"
+    if report.status == "cancelled" and report.pending:  # not waiting for anything: say what finishes them
+        pending = f"{report.pending} cancelled (resume with: dreamgen retry {report.id}" \
+                  + (f" --out {report.out}" if report.source == "storage" else "") + ")"
+    click.echo(f"  documents: {report.done} done{cut}, {report.failed} failed, {pending}, {report.total} in all")
     if report.chunks:
         click.echo("  chunks: " + ", ".join(f"{n} {state}" for state, n in sorted(report.chunks.items())))
     for chunk in report.running:
@@ -784,8 +802,9 @@ def cancel(job, broker_url):
     from dreamgen.distributed.status import cancel_job
 
     report = cancel_job(job, broker_url)
-    click.echo(f"Cancelling job {report.id}: {report.done} documents done, {report.pending} will not run. "
-               f"Follow it with: dreamgen status {report.id} --watch")
+    click.echo(f"Cancelling job {report.id}: {report.done} documents done, {report.pending} will not run "
+               f"(cancelled; resume with: dreamgen retry {report.id}). Follow it with: dreamgen status {report.id} "
+               "--watch")
 
 
 @cli.command()

@@ -51,6 +51,7 @@ class Document:
     created: str | None = None
     job_id: str | None = None
     custom_id: str | None = None  # the id as the user wrote it in the prompt file, if they did
+    request_url: str | None = None  # the OpenAI Batch API endpoint of the line it answers (results.jsonl's shape)
 
     @property
     def text(self) -> str:
@@ -67,6 +68,7 @@ class Document:
             "model": self.model, "params": self.params, "input_images": self.input_images,
             "blocks": [b.to_dict() for b in self.blocks], "stop_reason": self.stop_reason,
             "timings": self.timings, "created": self.created,
+            **({"request_url": self.request_url} if self.request_url else {}),  # only a Batch API line's
         }
 
     @classmethod
@@ -83,4 +85,5 @@ class Document:
         return cls(id=data["id"], prompt=data["prompt"], model=data["model"], params=data.get("params", {}),
                    blocks=blocks, title=data.get("title"), stop_reason=data.get("stop_reason", ""),
                    timings=data.get("timings", {}), input_images=data.get("input_images", []),
-                   created=data.get("created"), job_id=data.get("job_id"), custom_id=data.get("custom_id"))
+                   created=data.get("created"), job_id=data.get("job_id"), custom_id=data.get("custom_id"),
+                   request_url=data.get("request_url"))

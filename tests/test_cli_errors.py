@@ -44,10 +44,10 @@ BAD = [  # (arguments, words the one line must hold)
 ]
 
 
-def bad_invocation(args: list[str], cwd: Path) -> tuple[int, str, list[str], float]:
+def bad_invocation(args: list[str], cwd: Path, **env_vars) -> tuple[int, str, list[str], float]:
     """Exit code, everything printed, the heavy modules imported, and the seconds it took."""
     note = cwd / "modules.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "200", **env_vars}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", WRAPPER, str(note), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
@@ -63,6 +63,19 @@ def test_a_bad_invocation_is_one_line_before_torch(args, words, tmp_path):
     assert heavy == [], f"{args}: imported {heavy[:5]} before saying: {output.strip()}"
     assert not list(tmp_path.glob("s3:*")), "a folder named s3: was written"
     assert seconds < 5, seconds  # the imports alone took 5 s or more; it is well under a second when idle
+
+
+@pytest.mark.parametrize("command", [["run", EXAMPLES], ["generate", "a red circle"]], ids=["run", "generate"])
+def test_a_hub_model_that_cannot_be_fetched_is_one_line_with_hf_download(command, tmp_path):
+    """Offline, a hub id is said once (not a warning and then the same error), with the command today's
+    huggingface_hub ships (`hf download`; `huggingface-cli` is gone from it), before torch loads."""
+    hub_id = "RunpeiDong/dreamllm-7b-chat-v1.0"
+    code, output, heavy, _ = bad_invocation([*command, "--model", hub_id, "--out", str(tmp_path / "out")], tmp_path,
+                                            HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    assert code == 1 and output.splitlines() == [output.strip()], output
+    assert output.startswith(f"Error: could not download '{hub_id}'")
+    assert f"`hf download {hub_id} --local-dir DIR`" in output and "huggingface-cli" not in output
+    assert heavy == [] and not (tmp_path / "out").exists()
 
 
 def test_the_wrapper_sees_heavy_imports(tmp_path):

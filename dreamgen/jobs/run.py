@@ -127,7 +127,7 @@ def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[
 
     def item(spec: PromptSpec) -> WorkItem:
         def done(doc):
-            doc.custom_id = spec.custom_id
+            doc.custom_id, doc.request_url = spec.custom_id, spec.request_url
             output.save_document(doc, formats, self_contained)
             results[spec.id] = {"id": spec.id, "status": "done", "error": None}
             emit("document", {"id": spec.id, "images": len(doc.images)})

@@ -31,8 +31,10 @@ def resolve_checkpoint(name_or_path: str, files: list[str] | None = None) -> Pat
     return _download(name_or_path, files or WEIGHT_FILES)
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+def is_hub_id(name: str) -> bool:
+    """Neither a built-in name nor a directory here, but shaped like owner/name: fetched from the hub."""
+    return (not is_builtin(name) and not Path(name).expanduser().exists() and name.count("/") == 1
+            and not name.startswith((".", "/", "~")))
 
 
 def check_model_name(name_or_path: str) -> None:
@@ -46,7 +48,7 @@ def check_model_name(name_or_path: str) -> None:
         return
     if path.exists():
         raise CheckpointError(f"{path} is a file; a checkpoint is a directory (config.json, *.bin/*.safetensors)")
-    if _looks_like_hub_id(name_or_path):
+    if is_hub_id(name_or_path):
         return
     near = difflib.get_close_matches(name_or_path, list(BUILTIN), n=1, cutoff=0.6)
     hint = f"; did you mean '{near[0]}'?" if near else ""
@@ -76,5 +78,5 @@ def _download(repo_id: str, files: list[str]) -> Path:
     except Exception as e:  # offline, unknown repo, gated: all end in the same advice
         raise CheckpointError(
             f"could not download '{repo_id}' ({type(e).__name__}). Without a network, download it on another "
-            f"machine with `huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here and pass --model DIR"
+            f"machine with `hf download {repo_id} --local-dir DIR`, copy DIR here and pass --model DIR"
         ) from None
