@@ -185,9 +185,29 @@ def friendly_errors(f):
     return wrapper
 
 
+class NounGroup(click.Group):
+    """A plural noun's commands, as simonw/llm names them (`models`, `engines`, `schedules`, `jobs`): `list` is
+    what the noun alone does, so `dreamgen models` lists the models and `dreamgen jobs --limit 5` the jobs."""
+
+    def parse_args(self, ctx, args):
+        # `list`'s options, or its argument where it takes one (a schedules file); any other word stays a command
+        # name, so a typo is "No such command", not an argument `list` does not take
+        takes_argument = any(isinstance(p, click.Argument) for p in self.commands["list"].params)
+        if not args or (args[0] not in self.commands and args[0] not in self.get_help_option_names(ctx)
+                        and (args[0].startswith("-") or takes_argument)):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
 class OneLineErrors(click.Group):
     """A usage error (a bad flag, a missing argument) is one line, "Error: ... (see: dreamgen run --help)", not
-    click's usage block above it: the line that says what is wrong is the one a user sees."""
+    click's usage block above it: the line that says what is wrong is the one a user sees. Old names of the
+    command groups still answer (not listed in --help)."""
+
+    ALIASES = {"model": "models", "schedule": "schedules", "engine": "engines", "job": "jobs"}
+
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, self.ALIASES.get(name, name))
 
     def invoke(self, ctx):
         try:
@@ -429,13 +449,20 @@ def export(job, formats, self_contained, results, hugo_dir, s3_endpoint_url):
     click.echo(f"Open: {link}" + (f"\n  ({note})" if note else ""))
 
 
-# ------------------------------------------------------------------------------------------------ model
-@cli.group()
-def model():
-    """Checkpoints: make the tiny one, look inside one."""
+# ------------------------------------------------------------------------------------------------ models
+@cli.group(cls=NounGroup)
+def models():
+    """Models: the built-in names (list, what `dreamgen models` alone does), a tiny random one to make, what a
+    checkpoint holds, its memory plan on a card. `dreamgen model ...` is the old name.
+
+    \b
+    Examples:
+        dreamgen models
+        dreamgen models inspect shapes
+    """
 
 
-@model.command("init-tiny")
+@models.command("init-tiny")
 @click.argument("directory", type=click.Path(file_okay=False), default="models/tiny")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--safetensors", is_flag=True, help="Write .safetensors instead of .bin files.")
@@ -449,8 +476,8 @@ def model_init_tiny(directory, seed, safetensors, size):
 
     \b
     Examples:
-        dreamgen model init-tiny models/tiny
-        dreamgen model init-tiny models/small --size small      # then: bench/continuous.py --model models/small
+        dreamgen models init-tiny models/tiny
+        dreamgen models init-tiny models/small --size small      # then: bench/continuous.py --model models/small
     """
     from dreamgen.model.checkpoint import save_checkpoint
     from dreamgen.model.sizes import SIZES
@@ -461,7 +488,7 @@ def model_init_tiny(directory, seed, safetensors, size):
     click.echo(f"Wrote a {size} DreamLLM to {out}")
 
 
-@model.command("inspect")
+@models.command("inspect")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
@@ -470,7 +497,7 @@ def model_inspect(path, as_json):
 
     \b
     Example:
-        dreamgen model inspect models/tiny
+        dreamgen models inspect models/tiny
     """
     from dreamgen.model.inspection import inspect_checkpoint
 
@@ -497,7 +524,7 @@ def model_inspect(path, as_json):
     click.echo(f"  guidance when a request names none: {info['guidance']}")
 
 
-@model.command("plan")
+@models.command("plan")
 @click.argument("path", envvar=settings.MODEL.name, default=settings.MODEL.default)
 @click.option("--device-memory", type=ByteSize(), required=True, help="The card's memory, e.g. 80GiB.")
 @click.option("-s", "--slots", default=None, type=click.IntRange(min=1),
@@ -511,7 +538,7 @@ def model_plan(path, device_memory, slots, kv_memory_fraction):
 
     \b
     Example:
-        dreamgen model plan shapes --device-memory 80GiB
+        dreamgen models plan shapes --device-memory 80GiB
     """
     from dreamgen.generation.generator import DEFAULT_SLOTS
     from dreamgen.generation.memory import checkpoint_card_plan
@@ -522,18 +549,29 @@ def model_plan(path, device_memory, slots, kv_memory_fraction):
         click.echo(line)
 
 
-@model.command("list")
+@models.command("list")
 def model_list():
-    """List the built-in model names."""
+    """List the built-in model names (the default of --model first).
+
+    \b
+    Example:
+        dreamgen models
+    """
     from dreamgen.model.builtin import BUILTIN
     for name, what in BUILTIN.items():
         click.echo(f"{name}{' (default)' if name == settings.DEFAULT_MODEL else ''}: {what}")
 
 
 # ------------------------------------------------------------------------------------------------ engines
-@cli.group()
+@cli.group(cls=NounGroup)
 def engines():
-    """Compiled engines: ONNX graphs for ONNX Runtime and TensorRT engines, kept in DREAMGEN_HOME/engines."""
+    """Compiled engines: ONNX graphs for ONNX Runtime and TensorRT engines, kept in DREAMGEN_HOME/engines.
+    `dreamgen engines` alone lists them.
+
+    \b
+    Example:
+        dreamgen engines build --model tiny-random --backend onnx
+    """
 
 
 @engines.command("build")
@@ -831,7 +869,17 @@ def retry(job, out, s3_endpoint_url, broker_url):
         click.echo(f"Nothing to retry: every document of job {job} is done.")
 
 
-@cli.command("jobs")
+@cli.group(cls=NounGroup)
+def jobs():
+    """Distributed jobs: `dreamgen jobs` lists the recent ones (see also status, cancel, retry).
+
+    \b
+    Example:
+        dreamgen jobs --limit 5
+    """
+
+
+@jobs.command("list")
 @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many jobs.")
 @broker_option
 @friendly_errors
@@ -925,18 +973,19 @@ def beat(schedule_file, state, loglevel, broker_url):
     run_beat(schedule_file, broker_url, state, loglevel)
 
 
-@cli.group()
-def schedule():
+@cli.group(cls=NounGroup)
+def schedules():
     """Scheduled jobs: a schedules.yaml of named cron entries, each a prompt file or inline prompts, an output
     and parameters (the format: README, "Schedules"; examples/schedules.yaml). `dreamgen beat` fires them.
+    `dreamgen schedules FILE` is `dreamgen schedules list FILE`; `dreamgen schedule ...` is the old name.
 
     \b
     Example:
-        dreamgen schedule list schedules.yaml
+        dreamgen schedules examples/schedules.yaml
     """
 
 
-@schedule.command("list")
+@schedules.command("list")
 @click.argument("schedule_file", type=click.Path(dir_okay=False))
 @click.option("-n", "--count", default=3, show_default=True, type=click.IntRange(min=1),
               help="Fire times to show per schedule.")
@@ -946,7 +995,7 @@ def schedule_list(schedule_file, count):
 
     \b
     Example:
-        dreamgen schedule list schedules.yaml
+        dreamgen schedules list schedules.yaml
     """
     from dreamgen.distributed.schedules import load_schedules, next_fire_times
 
