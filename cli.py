@@ -16,9 +16,9 @@ from dreamgen.generation.scheduler import SCHEDULES
 from dreamgen.model.sizes import MODEL_SIZES
 from dreamgen.params import CHAT_FORMATS, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
-from exporters import FORMATS, RESULTS
-from workers.launcher import POOLS
-from workers.settings import GPU_QUEUE, LIGHT_QUEUE
+from dreamgen.exporters import FORMATS, RESULTS
+from dreamgen.workers.launcher import POOLS
+from dreamgen.workers.settings import GPU_QUEUE, LIGHT_QUEUE
 
 PARAM_OPTIONS = [  # (flag, parameter, type, help)
     ("--seed", "seed", int, "Seed of text sampling and of the first image's noise (default: derived from the "
@@ -717,7 +717,7 @@ def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, sel
     from dreamgen.jobs.spec import JobConfig
 
     connect(broker_url)  # a down broker answers in a second, before Celery's imports
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=given_params(params),
                        batch_size=batch_size, formats=formats, self_contained=self_contained,
@@ -860,7 +860,7 @@ def retry(job, out, s3_endpoint_url, broker_url):
         dreamgen retry job-20261128-101500-3fa9c1
     """
     from dreamgen.distributed.submit import retry_job
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     count = retry_job(job, send_chunks, broker_url, out, s3_endpoint_url)
     if count:
@@ -939,7 +939,7 @@ def worker(gpus, concurrency, slots, queues, name, model, dtype, device, pool, l
         dreamgen worker --gpus 0,1            # one process per GPU, and one for the light queue
         dreamgen worker --gpus 0 --model /models/dreamllm-7b --dtype fp16
     """
-    from workers.launcher import plan_workers, run_workers
+    from dreamgen.workers.launcher import plan_workers, run_workers
 
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     plan = plan_workers(gpu_list, [q.strip() for q in queues.split(",") if q.strip()], concurrency, name, model,
@@ -968,7 +968,7 @@ def beat(schedule_file, state, loglevel, broker_url):
     Example:
         dreamgen beat --schedule schedules.yaml
     """
-    from workers.beat import run_beat
+    from dreamgen.workers.beat import run_beat
 
     run_beat(schedule_file, broker_url, state, loglevel)
 

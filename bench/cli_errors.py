@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = str(ROOT / "examples" / "prompts.jsonl")
-DREAMGEN = "import sys; sys.argv[0] = 'dreamgen'; from cli import main; main()"  # the entry point, as installed
+# the entry point, as installed
+DREAMGEN = "import sys; sys.argv[0] = 'dreamgen'; from dreamgen.cli import main; main()"
 BAD = [
     ["run"],
     ["run", EXAMPLES, "--steps", "-3"],

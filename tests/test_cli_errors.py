@@ -21,7 +21,7 @@ note = sys.argv.pop(1)
 atexit.register(lambda: open(note, "w").write(json.dumps(sorted(
     m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "diffusers")))))
 sys.argv[0] = "dreamgen"
-from cli import main
+from dreamgen.cli import main
 main()
 """
 
@@ -37,7 +37,8 @@ BAD = [  # (arguments, words the one line must hold)
     (["run", "--resume", "job-1", "--out", "s3:/bucket"], "Error: 's3:/bucket' is not an S3 URL"),
     (["generate"], "Error: Missing argument 'PROMPT'. (see: dreamgen generate --help)"),
     (["generate", "a red circle", "--steps", "-3"], "Error: Invalid value for '--steps': must be an integer in"),
-    (["generate", "a red circle", "-i", "no-such.png"], "Error: Invalid value for '-i' / '--image': File 'no-such.png'"),
+    (["generate", "a red circle", "-i", "no-such.png"],
+     "Error: Invalid value for '-i' / '--image': File 'no-such.png'"),
     (["generate", "a red circle", "--model", "shapez"], "Error: no checkpoint directory at shapez; did you mean"),
     (["generate", "a red circle", "--device", "gpu"], "Error: unknown device 'gpu'"),
     (["generate", "a red circle", "--out", "s3:/bucket"], "Error: 's3:/bucket' is not an S3 URL"),
@@ -55,7 +56,8 @@ def bad_invocation(args: list[str], cwd: Path, **env_vars) -> tuple[int, str, li
     return done.returncode, done.stdout + done.stderr, json.loads(note.read_text()), seconds
 
 
-@pytest.mark.parametrize("args, words", BAD, ids=[" ".join("PROMPTS" if x == EXAMPLES else x for x in a) for a, _ in BAD])
+@pytest.mark.parametrize("args, words", BAD,
+                         ids=[" ".join("PROMPTS" if x == EXAMPLES else x for x in a) for a, _ in BAD])
 def test_a_bad_invocation_is_one_line_before_torch(args, words, tmp_path):
     code, output, heavy, seconds = bad_invocation(args, tmp_path)
     assert code in (1, 2), output

@@ -9,7 +9,7 @@ import click
 from click.testing import CliRunner
 from rich.console import Console
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.jobs.progress import DocumentProgress, JobProgress
 
 

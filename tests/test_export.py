@@ -14,10 +14,10 @@ from dreamgen.document import ImageBlock
 from dreamgen.errors import ParamsError, StorageError
 from dreamgen.jobs.output import JobOutput, export_job
 from dreamgen.jobs.storage import LocalStorage
-from exporters import FORMATS, parse_formats
-from exporters.html import document_page, job_index_page
-from exporters.markdown import to_markdown
-from exporters.text import image_alt_texts
+from dreamgen.exporters import FORMATS, parse_formats
+from dreamgen.exporters.html import document_page, job_index_page
+from dreamgen.exporters.markdown import to_markdown
+from dreamgen.exporters.text import image_alt_texts
 
 JOB = "job-1"
 EVIL_PROMPT = ('Cats <script>alert(1)</script> "onerror=alert(2) \'><img src=x onerror=alert(3)> '

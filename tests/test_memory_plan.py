@@ -3,7 +3,7 @@ on the CPU the pool is no larger than the job's documents can use; generate() ke
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.generation.generator import Generator
 from dreamgen.generation.kv import PAGE
 from dreamgen.generation.memory import (CUDA_CONTEXT_BYTES, MemoryPlanError, checkpoint_card_plan, model_card_plan,

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.errors import PromptFileError, PromptFileProblems
 from dreamgen.jobs.run import run_job
 from dreamgen.jobs.spec import JobConfig

@@ -315,7 +315,7 @@ def test_shipped_vae_gives_back_the_held_out_pairs():
 def test_cli_eval_prints_one_row_per_ablation(installed_tiny):
     from click.testing import CliRunner
 
-    from cli import cli
+    from dreamgen.cli import cli
 
     result = CliRunner().invoke(cli, ["eval", "-m", "tiny-random", "-n", "2", "--steps", "2", "--max-new-tokens", "12",
                                       "--ablate", "none", "--ablate", "condition"])

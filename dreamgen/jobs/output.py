@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from exporters import FORMATS, check_results, parse_formats
-from exporters.html import document_page, job_index_page
-from exporters.markdown import to_markdown
-from exporters.openai import error_line, result_line
-from exporters.text import document_title
+from dreamgen.exporters import FORMATS, check_results, parse_formats
+from dreamgen.exporters.html import document_page, job_index_page
+from dreamgen.exporters.markdown import to_markdown
+from dreamgen.exporters.openai import error_line, result_line
+from dreamgen.exporters.text import document_title
 
 from ..clock import utc_now
 from ..document import Document

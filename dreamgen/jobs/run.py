@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from PIL import Image
 
-from exporters import FORMATS
+from dreamgen.exporters import FORMATS
 
 from ..clock import utc_now
 from ..document import Document
