@@ -12,11 +12,11 @@ import sys
 import click
 
 from dreamgen import settings
+from dreamgen.exporters import FORMATS, RESULTS
 from dreamgen.generation.scheduler import SCHEDULES
 from dreamgen.model.sizes import MODEL_SIZES
 from dreamgen.params import CHAT_FORMATS, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
-from dreamgen.exporters import FORMATS, RESULTS
 from dreamgen.workers.launcher import POOLS
 from dreamgen.workers.settings import GPU_QUEUE, LIGHT_QUEUE
 

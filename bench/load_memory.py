@@ -68,8 +68,8 @@ def generate(path: str, dtype: str, slot_pool: bool = False) -> dict:
     at the CPU's default slots x the model's context, as it was before the memory plan."""
     import tempfile
 
-    from dreamgen.cli import cli
     from dreamgen import settings
+    from dreamgen.cli import cli
     from dreamgen.generation.generator import DEFAULT_SLOTS
 
     if slot_pool:

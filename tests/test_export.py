@@ -12,12 +12,12 @@ from markdown_it import MarkdownIt
 
 from dreamgen.document import ImageBlock
 from dreamgen.errors import ParamsError, StorageError
-from dreamgen.jobs.output import JobOutput, export_job
-from dreamgen.jobs.storage import LocalStorage
 from dreamgen.exporters import FORMATS, parse_formats
 from dreamgen.exporters.html import document_page, job_index_page
 from dreamgen.exporters.markdown import to_markdown
 from dreamgen.exporters.text import image_alt_texts
+from dreamgen.jobs.output import JobOutput, export_job
+from dreamgen.jobs.storage import LocalStorage
 
 JOB = "job-1"
 EVIL_PROMPT = ('Cats <script>alert(1)</script> "onerror=alert(2) \'><img src=x onerror=alert(3)> '
