@@ -110,3 +110,17 @@ def test_every_readme_and_examples_prompt_comes_out_as_shown(tmp_path):
     # 2 inline schedule prompts
     assert checked >= 18, checked
     assert failures == []
+
+
+def test_the_readme_first_screen_shows_the_quick_start_and_how_to_run_dreamgen():
+    """Issue 34: `dreamgen: command not found` right after `make demo`. The first screen (40 lines) says what it is,
+    the quick start, the test command CI runs, and how to reach the command afterwards; every docs/ page the
+    README links to exists."""
+    text = README.read_text()
+    first = "\n".join(text.splitlines()[:40])
+    for needed in ("## Quick start", "make demo", "make test", ".venv/bin/dreamgen", "source .venv/bin/activate"):
+        assert needed in first, needed
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert {"docs/shapes-model.md", "docs/speed.md", "docs/gpu.md"} <= set(links)
+    assert [link for link in links if not (ROOT / link).is_file()] == []
+    assert len(text.splitlines()) < 450  # usage, not the record: that is in docs/
