@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
 
 from dreamgen import settings
+from dreamgen.exporters import FORMATS, KNOWN_FORMATS, RESULTS, parse_formats
 from dreamgen.generation.config import BATCHING
 from dreamgen.model.sizes import MODEL_SIZES
 from dreamgen.params import CHAT_FORMATS, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
-from exporters import FORMATS, KNOWN_FORMATS, RESULTS, parse_formats
-from workers.launcher import POOLS
-from workers.settings import GPU_QUEUE, LIGHT_QUEUE
+from dreamgen.workers.launcher import POOLS
+from dreamgen.workers.settings import GPU_QUEUE, LIGHT_QUEUE
 
 PARAM_OPTIONS = [  # (flag, parameter, type, help)
     ("--seed", "seed", int, "Seed of text sampling and of the first image's noise (default: derived from the "
@@ -192,7 +193,45 @@ def friendly_errors(f):
     return wrapper
 
 
-@click.group()
+class NounGroup(click.Group):
+    """A plural noun's commands, as simonw/llm names them (`models`, `engines`, `schedules`, `jobs`): `list` is
+    what the noun alone does, so `dreamgen models` lists the models and `dreamgen jobs --limit 5` the jobs."""
+
+    def parse_args(self, ctx, args):
+        # `list`'s options, or its argument where it takes one (a schedules file); any other word stays a command
+        # name, so a typo is "No such command", not an argument `list` does not take
+        takes_argument = any(isinstance(p, click.Argument) for p in self.commands["list"].params)
+        if not args or (args[0] not in self.commands and args[0] not in self.get_help_option_names(ctx)
+                        and (args[0].startswith("-") or takes_argument)):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+class OneLineErrors(click.Group):
+    """A usage error (a bad flag, a missing argument) is one line, "Error: ... (see: dreamgen run --help)", not
+    click's usage block above it: the line that says what is wrong is the one a user sees. Old names of the
+    command groups still answer (not listed in --help)."""
+
+    ALIASES = {"model": "models", "schedule": "schedules", "engine": "engines", "job": "jobs"}
+
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, self.ALIASES.get(name, name))
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:  # `dreamgen model`: its help, as before
+            raise
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx else ctx.command_path
+            raise OneLineUsageError(f"{e.format_message()} (see: {where} --help)") from None
+
+
+class OneLineUsageError(click.ClickException):
+    exit_code = 2  # click's code for a usage error
+
+
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="dreamgen")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the library does.")
 def cli(verbose):
@@ -260,32 +299,40 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, old_
     """
     from dreamgen.errors import JobFailed, JobInterrupted
     from dreamgen.jobs.progress import JobProgress
-    from dreamgen.jobs.run import job_generator, run_job
-    from dreamgen.jobs.spec import JobConfig, stored_config
+    from dreamgen.jobs.spec import JobConfig, check_job, stored_config
 
     defaults = given_params(params)
     slots, batching = slots or old_slots, old_batching or batching
     if resume:
         if prompts:
             raise click.UsageError("give PROMPTS or --resume JOB, not both")
+        check_where(out=out)
         config = stored_config(resume, out, s3_endpoint_url, slots=slots, results=results)
     elif not prompts:
         raise click.UsageError("missing PROMPTS (a prompt file), or --resume JOB")
+    elif not os.path.isfile(prompts):  # before the model's card is read for the file's check (transformers)
+        raise click.ClickException(f"{prompts}: no such file" if not os.path.exists(prompts)
+                                   else f"{prompts}: not a file")
     else:
         config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=defaults,
                            slots=slots, batching=batching, formats=formats, self_contained=self_contained,
                            endpoint_url=s3_endpoint_url, dtype=dtype, device=device, backend=backend,
                            results=results or "none")
+    check_where(config.model, config.device, config.out)
+    checked = check_job(config)  # the whole prompt file: every mistake is said before torch loads (seconds)
+    from dreamgen.jobs.run import job_generator, run_job
+
     with JobProgress(log_console()) as progress:
         try:
             # markup off: the backend line may hold "[tensorrt]" (the pip extra), which is not a rich style
             report = functools.partial(progress.log, markup=False) if config.backend != "torch" else None
             summary = run_job(config, on_event=progress.event,
                               make_generator=functools.partial(job_generator, report=report,
-                                                               kv_fraction=kv_memory_fraction, compile=compile_))
+                                                               kv_fraction=kv_memory_fraction, compile=compile_),
+                              checked=checked)
         except (JobInterrupted, JobFailed) as e:
             summary = e.summary
-    print_summary(summary)
+    print_summary(summary, open_line(config, summary.job_id))
     if summary.status == "failed":  # issue 16: said, recorded in job.json, and resumable like a Ctrl-C
         said = summary.error if summary.failures else f"the job stopped: {summary.error}"
         click.echo(f"Error: {said}".encode("utf-8", "backslashreplace").decode(), err=True)
@@ -294,13 +341,41 @@ def run(prompts, out, job_id, resume, model, dtype, device, backend, slots, old_
         sys.exit(130 if summary.status == "interrupted" else 1)
 
 
-def print_summary(summary):
+def check_where(model: str | None = None, device: str | None = None, out: str | None = None) -> None:
+    """The model's name, the device and the output location, checked by name (no torch, no network), so a typo
+    is one line in a blink, not after seconds of imports and a "loading model" spinner."""
+    from dreamgen.jobs.storage import check_location
+    from dreamgen.model.device import check_device
+    from dreamgen.model.locate import CARD_FILES, check_model_name, is_hub_id, resolve_checkpoint
+
+    if model is not None:
+        check_model_name(model)
+        if is_hub_id(model):  # this process loads it: one that cannot be fetched is an error now, said once
+            resolve_checkpoint(model, files=CARD_FILES)
+    if device is not None:
+        check_device(device)
+    if out is not None:
+        check_location(out)
+
+
+def open_line(config, job_id: str) -> str:
+    """"Open: LINK", where the link opens: on S3 a presigned one, or why there is none (a private bucket answers
+    an object's plain URL with 403)."""
+    from dreamgen.jobs.output import JobOutput
+    from dreamgen.jobs.storage import open_storage
+
+    output = JobOutput(open_storage(config.out, config.endpoint_url), job_id)
+    link, note = output.open_link(config.formats, config.self_contained)
+    return f"Open: {link}" + (f"\n  ({note})" if note else "")
+
+
+def print_summary(summary, open_text: str | None = None):
     # documents the context cut short are not plain successes: counted apart
     cut = f"{summary.context_full} stopped at the context limit, " if summary.context_full else ""
     click.echo(f"Job {summary.job_id}: {summary.done - summary.context_full} done, {cut}{summary.failed} failed"
                + (f" ({summary.skipped} already done before)" if summary.skipped else "")
                + f", {summary.total} in the file, {summary.seconds:.1f}s.")
-    click.echo(f"Open: {summary.location}")
+    click.echo(open_text or f"Open: {summary.location}")
     if summary.failures:  # issue 33: every document failed: each error once, with the prompts it hit
         print_failures(summary.failures)
 
@@ -339,13 +414,13 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
 
     \b
     Examples:
-        dreamgen generate "How to build a bird house" --out out/birdhouse
-        dreamgen generate --image-only "a red circle on a blue background" --seed 7
-        dreamgen generate "A day at the sea" --backend auto
+        dreamgen generate "Write about a large orange diamond at the top" --out out/diamond
+        dreamgen generate --image-only "a small red circle at the left on a white background" --seed 7
+        dreamgen generate "Could you draw a small red circle on the left?" --backend auto
+        dreamgen generate "How to build a bird house" --model RunpeiDong/dreamllm-7b-chat-v1.0
     """
     from rich.console import Console
 
-    from dreamgen.jobs.run import generate_document, load_generator
     from dreamgen.params import GenerationParams
     from dreamgen.pictures import header_size
     from dreamgen.prompts.limits import text_problem
@@ -354,8 +429,11 @@ def generate(prompt, out, image_only, images, model, dtype, device, backend, **p
         raise click.BadParameter(text_problem(prompt), param_hint="'PROMPT'")
     given = given_params(params)
     gen_params = GenerationParams(**given)
+    check_where(model, device, out)
     for path in images:  # a picture too large or no picture at all is said before the model loads
         header_size(path, path)
+    from dreamgen.jobs.run import generate_document, load_generator  # torch: after every cheap check
+
     console = Console(stderr=True)
     heard = []
     with console.status("loading model"):
@@ -408,16 +486,24 @@ def export(job, formats, self_contained, results, hugo_dir, s3_endpoint_url):
     click.echo(f"Exported {count} documents of {output.job_id} ({formats}).")
     if "epub" in parse_formats(formats):
         click.echo(f"Book: {output.storage.url_for(output.book_key())}")
-    click.echo(f"Open: {output.url_for('index.html')}")
+    link, note = output.open_link(formats, self_contained)
+    click.echo(f"Open: {link}" + (f"\n  ({note})" if note else ""))
 
 
-# ------------------------------------------------------------------------------------------------ model
-@cli.group()
-def model():
-    """Checkpoints: make the tiny one, look inside one."""
+# ------------------------------------------------------------------------------------------------ models
+@cli.group(cls=NounGroup)
+def models():
+    """Models: the built-in names (list, what `dreamgen models` alone does), a tiny random one to make, what a
+    checkpoint holds, its memory plan on a card. `dreamgen model ...` is the old name.
+
+    \b
+    Examples:
+        dreamgen models
+        dreamgen models inspect shapes
+    """
 
 
-@model.command("init-tiny")
+@models.command("init-tiny")
 @click.argument("directory", type=click.Path(file_okay=False), default="models/tiny")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--safetensors", is_flag=True, help="Write .safetensors instead of .bin files.")
@@ -431,8 +517,8 @@ def model_init_tiny(directory, seed, safetensors, size):
 
     \b
     Examples:
-        dreamgen model init-tiny models/tiny
-        dreamgen model init-tiny models/small --size small      # then: bench/continuous.py --model models/small
+        dreamgen models init-tiny models/tiny
+        dreamgen models init-tiny models/small --size small      # then: bench/continuous.py --model models/small
     """
     from dreamgen.model.checkpoint import save_checkpoint
     from dreamgen.model.sizes import SIZES
@@ -443,7 +529,7 @@ def model_init_tiny(directory, seed, safetensors, size):
     click.echo(f"Wrote a {size} DreamLLM to {out}")
 
 
-@model.command("inspect")
+@models.command("inspect")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
@@ -452,7 +538,7 @@ def model_inspect(path, as_json):
 
     \b
     Example:
-        dreamgen model inspect models/tiny
+        dreamgen models inspect models/tiny
     """
     from dreamgen.model.inspection import inspect_checkpoint
 
@@ -479,7 +565,7 @@ def model_inspect(path, as_json):
     click.echo(f"  guidance when a request names none: {info['guidance']}")
 
 
-@model.command("plan")
+@models.command("plan")
 @click.argument("path", envvar=settings.MODEL.name, default=settings.MODEL.default)
 @click.option("--device-memory", type=ByteSize(), required=True, help="The card's memory, e.g. 80GiB.")
 @click.option("-s", "--slots", default=None, type=click.IntRange(min=1),
@@ -493,7 +579,7 @@ def model_plan(path, device_memory, slots, kv_memory_fraction):
 
     \b
     Example:
-        dreamgen model plan shapes --device-memory 80GiB
+        dreamgen models plan shapes --device-memory 80GiB
     """
     from dreamgen.generation.config import DEFAULT_SLOTS
     from dreamgen.generation.memory import checkpoint_card_plan
@@ -504,20 +590,31 @@ def model_plan(path, device_memory, slots, kv_memory_fraction):
         click.echo(line)
 
 
-@model.command("list")
+@models.command("list")
 def model_list():
-    """List the built-in model names."""
+    """List the built-in model names (the default of --model first).
+
+    \b
+    Example:
+        dreamgen models
+    """
     from dreamgen.model.builtin import BUILTIN
     for name, what in BUILTIN.items():
         click.echo(f"{name}{' (default)' if name == settings.DEFAULT_MODEL else ''}: {what}")
 
 
 # ------------------------------------------------------------------------------------------------ engines
-@cli.group()
+@cli.group(cls=NounGroup)
 def engines():
     """Compiled engines: ONNX graphs for ONNX Runtime and TensorRT engines, kept in DREAMGEN_HOME/engines.
 
-    They run the UNet, the VAE decoder and the vision encoder; the LM runs on torch on every backend."""
+    They run the UNet, the VAE decoder and the vision encoder; the LM runs on torch on every backend.
+    `dreamgen engines` alone lists them.
+
+    \b
+    Example:
+        dreamgen engines build --model tiny-random --backend onnx
+    """
 
 
 @engines.command("build")
@@ -636,7 +733,8 @@ def broker_option(f):
 @dtype_option
 @backend_option
 @click.option("-b", "--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Documents per chunk: one task, generated together in lockstep.")
+              help="Documents per chunk, one Celery task; a worker streams the documents of the chunks it holds "
+                   "through one slot pool, so a chunk's documents need not wait for each other.")
 @output_options
 @broker_option
 @click.option("-w", "--wait", is_flag=True, help="Show progress until the job ends.")
@@ -664,7 +762,7 @@ def submit(prompts, out, job_id, model, dtype, backend, batch_size, formats, sel
     from dreamgen.jobs.spec import JobConfig
 
     connect(broker_url)  # a down broker answers in a second, before Celery's imports
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     config = JobConfig(prompts=prompts, out=out, job_id=job_id, model=model, defaults=given_params(params),
                        batch_size=batch_size, formats=formats, self_contained=self_contained,
@@ -722,8 +820,11 @@ def print_job_report(report) -> None:
 
     click.echo(f"Job {report.id}: {report.status}")
     cut = f" ({report.context_full} stopped at the context limit)" if report.context_full else ""
-    click.echo(f"  documents: {report.done} done{cut}, {report.failed} failed, {report.pending} pending, "
-               f"{report.total} in all")
+    pending = f"{report.pending} pending"
+    if report.status == "cancelled" and report.pending:  # not waiting for anything: say what finishes them
+        pending = f"{report.pending} cancelled (resume with: dreamgen retry {report.id}" \
+                  + (f" --out {report.out}" if report.source == "storage" else "") + ")"
+    click.echo(f"  documents: {report.done} done{cut}, {report.failed} failed, {pending}, {report.total} in all")
     if report.chunks:
         click.echo("  chunks: " + ", ".join(f"{n} {state}" for state, n in sorted(report.chunks.items())))
     for chunk in report.running:
@@ -793,8 +894,9 @@ def cancel(job, broker_url):
     from dreamgen.distributed.status import cancel_job
 
     report = cancel_job(job, broker_url)
-    click.echo(f"Cancelling job {report.id}: {report.done} documents done, {report.pending} will not run. "
-               f"Follow it with: dreamgen status {report.id} --watch")
+    click.echo(f"Cancelling job {report.id}: {report.done} documents done, {report.pending} will not run "
+               f"(cancelled; resume with: dreamgen retry {report.id}). Follow it with: dreamgen status {report.id} "
+               "--watch")
 
 
 @cli.command()
@@ -812,7 +914,7 @@ def retry(job, out, s3_endpoint_url, broker_url):
         dreamgen retry job-20261128-101500-3fa9c1
     """
     from dreamgen.distributed.submit import retry_job
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     count = retry_job(job, send_chunks, broker_url, out, s3_endpoint_url)
     if count:
@@ -821,7 +923,17 @@ def retry(job, out, s3_endpoint_url, broker_url):
         click.echo(f"Nothing to retry: every document of job {job} is done.")
 
 
-@cli.command("jobs")
+@cli.group(cls=NounGroup)
+def jobs():
+    """Distributed jobs: `dreamgen jobs` lists the recent ones (see also status, cancel, retry).
+
+    \b
+    Example:
+        dreamgen jobs --limit 5
+    """
+
+
+@jobs.command("list")
 @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many jobs.")
 @broker_option
 @friendly_errors
@@ -881,7 +993,7 @@ def worker(gpus, concurrency, slots, queues, name, model, dtype, device, pool, l
         dreamgen worker --gpus 0,1            # one process per GPU, and one for the light queue
         dreamgen worker --gpus 0 --model /models/dreamllm-7b --dtype fp16
     """
-    from workers.launcher import plan_workers, run_workers
+    from dreamgen.workers.launcher import plan_workers, run_workers
 
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     plan = plan_workers(gpu_list, [q.strip() for q in queues.split(",") if q.strip()], concurrency, name, model,
@@ -910,23 +1022,24 @@ def beat(schedule_file, state, loglevel, broker_url):
     Example:
         dreamgen beat --schedule schedules.yaml
     """
-    from workers.beat import run_beat
+    from dreamgen.workers.beat import run_beat
 
     run_beat(schedule_file, broker_url, state, loglevel)
 
 
-@cli.group()
-def schedule():
+@cli.group(cls=NounGroup)
+def schedules():
     """Scheduled jobs: a schedules.yaml of named cron entries, each a prompt file or inline prompts, an output
     and parameters (the format: README, "Schedules"; examples/schedules.yaml). `dreamgen beat` fires them.
+    `dreamgen schedules FILE` is `dreamgen schedules list FILE`; `dreamgen schedule ...` is the old name.
 
     \b
     Example:
-        dreamgen schedule list schedules.yaml
+        dreamgen schedules examples/schedules.yaml
     """
 
 
-@schedule.command("list")
+@schedules.command("list")
 @click.argument("schedule_file", type=click.Path(dir_okay=False))
 @click.option("-n", "--count", default=3, show_default=True, type=click.IntRange(min=1),
               help="Fire times to show per schedule.")
@@ -936,7 +1049,7 @@ def schedule_list(schedule_file, count):
 
     \b
     Example:
-        dreamgen schedule list schedules.yaml
+        dreamgen schedules list schedules.yaml
     """
     from dreamgen.distributed.schedules import load_schedules, next_fire_times
 

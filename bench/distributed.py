@@ -53,7 +53,7 @@ def write_big_prompts(path: Path, count: int) -> Path:
 
 
 def start_worker(log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "prefork", "-c", "1",
+    command = [sys.executable, "-m", "celery", "-A", "dreamgen.workers.app", "worker", "-P", "prefork", "-c", "1",
                "-Q", "dreamgen.gpu,dreamgen.light", "-n", "bench@%h", "-l", "INFO", "--without-gossip",
                "--without-mingle", "--without-heartbeat"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
@@ -111,7 +111,7 @@ def distributed(prompts: Path, out: Path, worker: subprocess.Popen) -> tuple[flo
     from dreamgen.distributed.status import job_status
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     wall, cpu, worker_cpu = time.perf_counter(), time.process_time(), group_cpu_seconds(worker.pid)
     job_id = submit_job(JobConfig(prompts=str(prompts), out=str(out), batch_size=8), send_chunks)
@@ -167,8 +167,8 @@ def submit_throughput(count: int, folder: Path) -> None:
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
     from dreamgen.prompts.files import validate_prompt_file
-    from workers.app import client_app
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.app import client_app
+    from dreamgen.workers.dispatch import send_chunks
 
     path = write_big_prompts(folder / "big.jsonl", count)
     client = redis.Redis.from_url(REDIS_URL)

@@ -68,8 +68,8 @@ def generate(path: str, dtype: str, slot_pool: bool = False) -> dict:
     at the CPU's default slots x the model's context, as it was before the memory plan."""
     import tempfile
 
-    from cli import cli
     from dreamgen import settings
+    from dreamgen.cli import cli
     from dreamgen.generation.config import DEFAULT_SLOTS
 
     if slot_pool:
@@ -89,7 +89,7 @@ def measure(way: str, path: str, dtype: str) -> dict:
     import torch
     import transformers  # noqa: F401
 
-    import cli  # noqa: F401
+    import dreamgen.cli  # noqa: F401
     import dreamgen.generation.generator  # noqa: F401
     import dreamgen.model.checkpoint  # noqa: F401
 

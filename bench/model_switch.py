@@ -52,7 +52,7 @@ def main():
 
     from dreamgen.distributed.pool import SharedEngine
     from dreamgen.model.locate import resolve_checkpoint
-    from workers import model_cache
+    from dreamgen.workers import model_cache
 
     if args.without_close:
         SharedEngine.close = lambda self: None

@@ -77,6 +77,7 @@ class Document:
     job_id: str | None = None
     custom_id: str | None = None  # the id as the user wrote it in the prompt file, if they did
     model_hash: str | None = None  # the checkpoint's short weights hash (A1111's "Model hash"), set when it loaded
+    request_url: str | None = None  # the OpenAI Batch API endpoint of the line it answers (results.jsonl's shape)
 
     @property
     def text(self) -> str:
@@ -94,6 +95,7 @@ class Document:
             "input_images": [i.to_dict() for i in self.input_images],
             "blocks": [b.to_dict() for b in self.blocks], "stop_reason": self.stop_reason,
             "timings": self.timings, "created": self.created,
+            **({"request_url": self.request_url} if self.request_url else {}),  # only a Batch API line's
         }
 
     @classmethod
@@ -112,4 +114,4 @@ class Document:
                    timings=data.get("timings", {}),
                    input_images=[InputImage.from_dict(i) for i in data.get("input_images") or []],
                    created=data.get("created"), job_id=data.get("job_id"), custom_id=data.get("custom_id"),
-                   model_hash=data.get("model_hash"))
+                   model_hash=data.get("model_hash"), request_url=data.get("request_url"))

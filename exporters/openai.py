@@ -12,6 +12,7 @@ from dreamgen.document import Document, ImageBlock
 
 from .markdown import markdown_body
 
+COMPLETIONS = "/v1/completions"
 # Why generation stopped, in the Batch API's words.
 FINISH_REASONS = {"eos": "stop", "image_only": "stop", "max_new_tokens": "length", "context_full": "length"}
 
@@ -22,10 +23,13 @@ def completion_body(doc: Document, url_for: Callable[[str], str]) -> dict:
         return url_for(block.path)
 
     content = markdown_body(doc, image_src=image_url)
-    choice = {"index": 0, "message": {"role": "assistant", "content": content},
-              "text": content,  # what a reader of /v1/completions responses takes
-              "finish_reason": FINISH_REASONS.get(doc.stop_reason, "stop"), "logprobs": None}
-    body = {"id": doc.id, "object": "chat.completion", "created": _unix_time(doc.created), "model": doc.model,
+    finish = FINISH_REASONS.get(doc.stop_reason, "stop")
+    if doc.request_url == COMPLETIONS:  # answered as OpenAI answers /v1/completions
+        kind, choice = "text_completion", {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
+    else:  # a chat request, or dreamgen's own line; `text` too, for a reader written for completions
+        kind, choice = "chat.completion", {"index": 0, "message": {"role": "assistant", "content": content},
+                                           "text": content, "finish_reason": finish, "logprobs": None}
+    body = {"id": doc.id, "object": kind, "created": _unix_time(doc.created), "model": doc.model,
             "choices": [choice]}
     body["dreamgen"] = {"document": doc.to_dict(), "images": [image_url(b) for b in doc.images],
                         "page": url_for("index.html")}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the built-in `shapes` model from nothing, on CPU (60 to 100 minutes on a 2-core machine; README):
+# Reproduce the built-in `shapes` model from nothing, on CPU (60 to 100 minutes on a 2-core machine; docs/shapes-model.md):
 #   1. write the shapes world's training set      runs/shapes/data/train.jsonl
 #      (prompts from the phrasing grammar's training part; pictures seeded apart from words, so a change to
 #      the wording never changes a picture; no held-out pair), and pictures of the whole world, held-out
@@ -17,9 +17,9 @@
 #      (4 to 7 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
 #   8. ship stage 3's model with stage 7's decoder dreamgen/model/weights/shapes/
 #      and the guidance it paints with when a request names none (GUIDANCE: chosen on validation prompts, seeds
-#      of their own, not the eval's; the README has the sweep)
+#      of their own, not the eval's; docs/shapes-model.md has the sweep)
 #   9. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; nothing here chooses on
-#      them, though the README's candidate runs, which set configs/shapes.yaml, were compared on them), and with
+#      them, though docs/shapes-model.md's candidate runs, which set configs/shapes.yaml, were compared on them), and with
 #      the paths from text to picture cut
 # Every stage is seeded, single-threaded (so deterministic) and resumable: run the script again after a stop.
 set -euo pipefail

@@ -140,12 +140,13 @@ class Namespace:
 
 
 class WorkerProcess:
-    """`celery -A workers.app worker` (prefork with one child, unless told otherwise) in its own process group."""
+    """`celery -A dreamgen.workers.app worker` (prefork with one child, unless told otherwise) in its own process group."""
 
     def __init__(self, name: str, queues: str, env: dict, log: Path, pool: str = "prefork", concurrency: int = 1):
         self.name, self.log = name, log
         self.node = f"{name}@testhost"
-        command = [str(CELERY), "-A", "workers.app", "worker", "-P", pool, "-c", str(concurrency), "-Q", queues,
+        command = [str(CELERY), "-A", "dreamgen.workers.app", "worker", "-P", pool, "-c", str(concurrency),
+                   "-Q", queues,
                    "-n", self.node, "-l", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
         self._log_file = open(log, "wb")
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=self._log_file,

@@ -11,7 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from tests.celery_support import CELERY, ROOT, SLOW, Namespace, quick_prompts, wait_for_job, wait_until, write_prompts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -21,7 +21,7 @@ class Events:
     """Every event on the broker's event exchange, captured by Celery's own Receiver in a thread."""
 
     def __init__(self):
-        from workers.app import client_app
+        from dreamgen.workers.app import client_app
 
         self.app, self.seen, self.ready = client_app(), [], threading.Event()
         self.receiver = None
@@ -50,7 +50,7 @@ def test_a_job_s_tasks_send_events_with_readable_ids(tmp_path, dreamgen_home, in
         events = Events()
         dump_log = tmp_path / "events.log"
         with open(dump_log, "wb") as log:  # the command people run to watch a cluster
-            dump = subprocess.Popen([str(CELERY), "-A", "workers.app", "events", "--dump"], cwd=ROOT,
+            dump = subprocess.Popen([str(CELERY), "-A", "dreamgen.workers.app", "events", "--dump"], cwd=ROOT,
                                     env={**os.environ, **ns.env}, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         try:

@@ -1,11 +1,14 @@
 """The commands as a user meets them: exit codes and the exact lines they print."""
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.model.loader import load_model
 from tests.helpers import tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def invoke(*args):
@@ -120,3 +123,34 @@ def test_bad_flags_name_the_flag(tmp_path):
     assert result.exit_code == 1 and "Error: no job nope in" in result.output
     result = CliRunner().invoke(cli, ["generate", "x", "--model", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "no checkpoint directory at" in result.output
+
+
+def test_command_groups_are_plural_nouns_that_list_by_default_and_old_names_still_answer(tmp_path):
+    """As simonw/llm names them: `dreamgen models` is `dreamgen models list`; `model`, `schedule` still work."""
+    top = CliRunner().invoke(cli, ["--help"]).output
+    for name in ("models", "engines", "schedules", "jobs"):
+        assert f"\n  {name} " in top, name
+    assert "\n  model " not in top and "\n  schedule " not in top  # the old names answer, unlisted
+
+    listed = invoke("models", "list").output
+    assert listed.startswith("shapes (default): ") and "tiny-random: " in listed
+    assert invoke("models").output == listed and invoke("model", "list").output == listed
+    assert invoke("model").output == listed
+
+    schedules = str(ROOT / "examples" / "schedules.yaml")
+    shown = invoke("schedules", "list", schedules, "-n", "1")
+    assert shown.exit_code == 0 and shown.output.startswith("morning-shapes  '0 6 * * 1-5'")
+    assert invoke("schedules", schedules, "-n", "1").output == shown.output
+    assert invoke("schedule", "list", schedules, "-n", "1").output == shown.output
+
+    home = {"DREAMGEN_HOME": str(tmp_path)}
+    engines = CliRunner(env=home).invoke(cli, ["engines"])
+    assert engines.output == CliRunner(env=home).invoke(cli, ["engines", "list"]).output
+    assert engines.output == f"No engines in {tmp_path / 'engines'}.\n"
+
+    # `jobs` lists by default, its options included (here it reaches for a broker that is not there)
+    for args in (["jobs"], ["jobs", "list"], ["jobs", "--limit", "2"]):
+        result = CliRunner().invoke(cli, [*args, "--broker-url", "redis://127.0.0.1:1/0"])
+        assert result.exit_code == 1 and "Error: cannot reach the broker at redis://127.0.0.1:1/0" in result.output
+    typo = CliRunner().invoke(cli, ["models", "lst"])
+    assert typo.exit_code == 2 and typo.output.startswith("Error: No such command 'lst'.")

@@ -9,7 +9,7 @@ import click
 from click.testing import CliRunner
 from rich.console import Console
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.jobs.progress import DocumentProgress, JobProgress
 
 
@@ -26,7 +26,7 @@ def test_every_option_of_every_command_has_help_text():
                if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()]
     assert missing == []
     for path, command in commands(cli):  # and every command a help page with an example
-        if not isinstance(command, click.Group) and path != ("model", "list"):
+        if not isinstance(command, click.Group):
             assert "Example" in (command.help or ""), path
 
 
@@ -73,3 +73,32 @@ def test_eval_shows_progress_on_stderr_and_keeps_json_clean(installed_tiny):
     assert "eval tiny-random, combos, ablation none: 2 prompts" in result.stderr
     assert "eval tiny-random, phrasings, ablation none: 2 prompts" in result.stderr
     assert "2/2 docs" in result.stderr
+
+
+def test_a_run_to_s3_prints_a_link_that_opens_or_says_why_not(tmp_path, installed_tiny, s3_endpoint, s3_bucket):
+    """A bucket is usually private: its objects' plain URLs answer 403. A self-contained job gets a presigned link
+    to its index (pictures inside the page); any other says why it has none (issue 34)."""
+    import urllib.request
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "a red circle", "max_new_tokens": 8}) + "\n")
+    common = [str(prompts), "--model", "tiny-random", "--steps", "2", "--s3-endpoint-url", s3_endpoint]
+    result = CliRunner().invoke(cli, ["run", *common, "--out", f"s3://{s3_bucket}/jobs", "--job-id", "j1",
+                                      "--self-contained"])
+    assert result.exit_code == 0, result.output
+    link = next(line for line in result.output.splitlines() if line.startswith("Open: "))[len("Open: "):]
+    assert link.startswith(f"{s3_endpoint}/{s3_bucket}/jobs/j1/index.html?") and "X-Amz-Signature=" in link
+    assert "  (presigned: opens without credentials for 7 days; the document pages it links to need access to the " \
+           "bucket)" in result.output.splitlines()
+    with urllib.request.urlopen(link) as page:  # what a browser gets: the index page, whole
+        html = page.read().decode()
+    assert html.startswith("<!doctype html>") and '<a href="a/index.html">a red circle</a>' in html
+
+    result = CliRunner().invoke(cli, ["run", *common, "--out", f"s3://{s3_bucket}/jobs", "--job-id", "j2"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    opened = lines.index(f"Open: {s3_endpoint}/{s3_bucket}/jobs/j2/index.html")
+    assert "answers this link with 403" in lines[opened + 1] and "--self-contained" in lines[opened + 1]
+
+    result = CliRunner().invoke(cli, ["run", *common, "--out", str(tmp_path / "out"), "--job-id", "j3"])
+    assert result.output.splitlines()[-1] == f"Open: {(tmp_path / 'out' / 'j3' / 'index.html').as_uri()}"

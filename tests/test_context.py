@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.generation.generator import DocumentRequest, Generator
 from dreamgen.ids import derived_seed, document_id
 from dreamgen.jobs.png import read_png_parameters

@@ -11,7 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from tests.celery_support import (
     MODEL,
     SLOW,
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def submit(tmp_path, items, batch_size=1) -> str:
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     prompts = write_prompts(tmp_path / "p.jsonl", items)
     return submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL,
@@ -145,7 +145,7 @@ def test_a_killed_workers_chunk_shows_as_lost_with_its_redelivery(tmp_path, drea
 
 def test_default_limits_bring_a_lost_chunk_back_in_minutes(monkeypatch):
     from dreamgen import settings
-    from workers.settings import celery_settings
+    from dreamgen.workers.settings import celery_settings
 
     for name in ("DREAMGEN_TASK_TIME_LIMIT", "DREAMGEN_VISIBILITY_TIMEOUT", "DREAMGEN_CHUNK_LOCK_TTL"):
         monkeypatch.delenv(name, raising=False)
@@ -163,7 +163,7 @@ def test_a_job_whose_storage_refuses_its_end_is_recorded_failed(tmp_path, dreamg
     from dreamgen.jobs.spec import JobConfig
     from tests.celery_support import quick_prompts
     from tests.s3_faults import faulty_s3
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     def manifest_puts(method: str, path: str) -> bool:
         return method == "PUT" and path.split("?")[0].endswith("/manifest.jsonl")

@@ -6,7 +6,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.engines import select_backend
 from dreamgen.errors import EngineError
 from tests.helpers import tiny_model

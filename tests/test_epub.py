@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.document import Document, ImageBlock, InputImage, TextBlock
 from dreamgen.jobs.output import JobOutput
 from dreamgen.jobs.run import run_job

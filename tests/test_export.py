@@ -12,12 +12,12 @@ from markdown_it import MarkdownIt
 
 from dreamgen.document import ImageBlock, TextBlock
 from dreamgen.errors import ParamsError, StorageError
+from dreamgen.exporters import FORMATS, parse_formats
+from dreamgen.exporters.html import document_page, job_index_page
+from dreamgen.exporters.markdown import to_markdown
+from dreamgen.exporters.text import image_alt_texts
 from dreamgen.jobs.output import JobOutput, export_job
 from dreamgen.jobs.storage import LocalStorage
-from exporters import FORMATS, parse_formats
-from exporters.html import document_page, job_index_page
-from exporters.markdown import to_markdown
-from exporters.text import image_alt_texts
 
 JOB = "job-1"
 EVIL_PROMPT = ('Cats <script>alert(1)</script> "onerror=alert(2) \'><img src=x onerror=alert(3)> '
@@ -266,7 +266,7 @@ def test_export_of_a_missing_job_is_a_clear_error(tmp_path):
 def test_template_delimiters_in_model_text_cannot_reach_a_site_builder(make_doc):
     """issue 33: Hugo runs `{{% ... %}}` / `{{< ... >}}` in content, Jekyll `{% ... %}` and `{{ ... }}`: the
     Markdown holds none of them, the rendered text shows them as written (tests/test_hugo.py builds it)."""
-    from exporters.markdown import to_markdown
+    from dreamgen.exporters.markdown import to_markdown
 
     doc = make_doc("tpl", texts=('Key {{% param "secretKey" %}}, {{< gist a b >}}, {% raw %}, a {', "{% x %} and {{y}}",
                                  "end"))

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.errors import ParamsError, PromptFileError
 from dreamgen.ids import is_safe_id
 from dreamgen.prompts.files import iter_prompt_file, validate_prompt_file

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.jobs.output import JobOutput
 from dreamgen.jobs.storage import LocalStorage
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen import pictures
 from dreamgen.errors import InputImageError, PromptFileError
 from dreamgen.jobs.inputs import read_input_image

@@ -18,7 +18,7 @@ from dreamgen.jobs.run import generate_document, run_job
 from dreamgen.jobs.spec import JobConfig
 from dreamgen.jobs.storage import LocalStorage
 from dreamgen.params import GenerationParams
-from exporters.text import image_alt_texts
+from dreamgen.exporters.text import image_alt_texts
 from tests.helpers import tiny_generator
 
 FAST = {"steps": 1, "max_new_tokens": 40, "seed": 3}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.errors import JobLocked
 from dreamgen.jobs import lock as job_lock
 from dreamgen.jobs.lock import JobLock, current_holder

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli, print_summary
+from dreamgen.cli import cli, print_summary
 from dreamgen.errors import JobFailed, PromptFileError, StorageError
 from dreamgen.ids import JOB_FILES
 from dreamgen.jobs.run import run_job

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.distributed.broker import redact
 from tests.celery_support import (
     REDIS_URL,
@@ -105,8 +105,12 @@ def test_cancel_stops_a_running_job(ns, tmp_path):
     cancelled = invoke("cancel", "cancel-1")
     assert cancelled.exit_code == 0, cancelled.output
     assert cancelled.output.startswith("Cancelling job cancel-1:")
+    assert "(cancelled; resume with: dreamgen retry cancel-1)" in cancelled.output
     report = wait_for_job("cancel-1")
     assert report.status == "cancelled"
+    status = invoke("status", "cancel-1")  # the 8 not run are not "pending": nothing will run them but a retry
+    assert "1 done, 0 failed, 8 cancelled (resume with: dreamgen retry cancel-1), 9 in all" in status.output, \
+        status.output
     assert report.done == 1 and report.failed == 0
     assert report.chunks == {"cancelled": 3}
     record = JobRecord(ns.redis, "cancel-1")

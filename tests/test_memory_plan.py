@@ -3,7 +3,7 @@ on the CPU the pool is no larger than the job's documents can use; generate() ke
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.generation.config import EngineConfig
 from dreamgen.generation.generator import Generator
 from dreamgen.generation.kv import PAGE

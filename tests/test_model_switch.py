@@ -17,7 +17,7 @@ from dreamgen.prompts.files import PromptSpec
 
 @pytest.fixture
 def model_cache(monkeypatch, installed_tiny):
-    from workers import model_cache
+    from dreamgen.workers import model_cache
 
     monkeypatch.setenv("DREAMGEN_WORKER_POOL", "threads")
     monkeypatch.setenv("DREAMGEN_WORKER_SLOTS", "2")
@@ -89,7 +89,7 @@ def test_a_threads_worker_alternating_models_keeps_one_engine(tmp_path, dreamgen
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
     from tests.celery_support import Namespace, quick_prompts, wait_for_job, write_prompts
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(1))
     with Namespace(tmp_path, dreamgen_home) as ns:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.errors import PromptFileError, PromptFileProblems
 from dreamgen.jobs.run import run_job
 from dreamgen.jobs.spec import JobConfig
@@ -123,10 +123,13 @@ class BatchOutputReader:
             response = line["response"]
             assert response["status_code"] == 200
             body = response["body"]
-            assert body["object"] == "chat.completion" and isinstance(body["created"], int)
+            assert body["object"] in ("chat.completion", "text_completion") and isinstance(body["created"], int)
             choice = body["choices"][0]
-            assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
-            assert choice["text"] == choice["message"]["content"]  # what a /v1/completions reader takes
+            assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["text"], str)
+            if body["object"] == "chat.completion":  # `text` too: what a /v1/completions reader takes
+                assert choice["message"]["role"] == "assistant" and choice["text"] == choice["message"]["content"]
+            else:  # as OpenAI answers /v1/completions: the text, no message
+                assert set(choice) == {"index", "text", "finish_reason", "logprobs"}
             self.answers[line["custom_id"]] = body
 
 
@@ -185,6 +188,33 @@ def test_dreamgen_run_and_export_take_results_openai(tmp_path, installed_tiny):
     (out / "j" / "results.jsonl").unlink()
     assert CliRunner().invoke(cli, ["export", str(out / "j")]).exit_code == 0  # as the job asked
     assert set(BatchOutputReader(out / "j" / "results.jsonl").answers) == {"r1"}
+
+
+def test_each_line_is_answered_in_its_endpoints_shape(tmp_path):
+    """A /v1/completions request gets a text_completion, a chat request a chat.completion (issue 34: both were
+    chat.completion), through a local job and through a distributed chunk's wire form alike."""
+    from dreamgen.distributed.chunks import spec_from_wire, spec_to_wire
+    from dreamgen.prompts.files import iter_prompt_file
+
+    path = tmp_path / "batch.jsonl"
+    path.write_text(batch_line("chat", chat(("user", "Write about a red circle"), max_tokens=12))
+                    + batch_line("plain", {"prompt": "Write about a red circle", "max_tokens": 12},
+                                 url="/v1/completions")
+                    + json.dumps({"id": "own", "prompt": "a dreamgen line", "max_new_tokens": 12}) + "\n")
+    specs = list(iter_prompt_file(path, {}, MODEL))
+    assert [s.request_url for s in specs] == ["/v1/chat/completions", "/v1/completions", None]
+    assert [spec_from_wire(spec_to_wire(s)).request_url for s in specs] == [s.request_url for s in specs]
+    assert "request_url" not in spec_to_wire(specs[2])  # a dreamgen line's wire form is as before
+
+    run_job(JobConfig(prompts=str(path), out=str(tmp_path / "out"), job_id="b2", defaults={"steps": 2},
+                      results="openai"), make_generator=lambda config: tiny_generator())
+    answers = BatchOutputReader(tmp_path / "out" / "b2" / "results.jsonl").answers
+    assert {k: body["object"] for k, body in answers.items()} == {
+        "chat": "chat.completion", "plain": "text_completion", "own": "chat.completion"}
+    assert "message" not in answers["plain"]["choices"][0] and answers["plain"]["choices"][0]["text"].strip()
+    stored = json.loads((tmp_path / "out" / "b2" / "plain" / "document.json").read_text())
+    assert stored["request_url"] == "/v1/completions"  # so `dreamgen export --results openai` answers alike
+    assert "request_url" not in json.loads((tmp_path / "out" / "b2" / "own" / "document.json").read_text())
 
 
 def test_the_example_batch_file_is_valid():

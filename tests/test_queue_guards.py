@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from tests.celery_support import MODEL, ROOT, Namespace, quick_prompts, wait_for_job, wait_until, write_prompts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,7 +52,7 @@ def test_two_submits_of_one_job_id_at_once_queue_one_round(ns, tmp_path):
     from dreamgen.distributed.submit import submit_job
     from dreamgen.errors import JobStateError
     from dreamgen.jobs.spec import JobConfig
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     # No worker consumes: every chunk message either submit sent stays on the queue, to be counted.
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(16))
@@ -77,7 +77,7 @@ def test_a_job_nobody_consumes_says_so_within_ten_seconds(ns, tmp_path):
     from dreamgen.distributed.consumers import QueueConsumers
 
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
-    submitting = subprocess.Popen([sys.executable, "-m", "cli", "submit", str(prompts), "--out", str(tmp_path / "out"),
+    submitting = subprocess.Popen([sys.executable, "-m", "dreamgen", "submit", str(prompts), "--out", str(tmp_path / "out"),
                                    "--job-id", "nobody-1", "--wait"], cwd=ROOT, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                   env={**os.environ, **ns.env, "PYTHONUNBUFFERED": "1"})
@@ -140,7 +140,7 @@ def _utc(hour, minute, second=0):
 def test_a_schedule_skips_a_firing_while_its_previous_job_is_under_way(ns, tmp_path, caplog):
     from dreamgen.distributed.records import JobRecord, JobStatus
     from dreamgen.distributed.schedules import Schedule, fire
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
     schedule = Schedule(name="every-minute", cron="* * * * *", prompts=str(tmp_path / "p.jsonl"),

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.errors import CheckpointError
 from dreamgen.model.checkpoint import save_checkpoint
 from dreamgen.model.loader import load_model

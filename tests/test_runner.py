@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.errors import JobInterrupted, StorageError
 from dreamgen.generation.generator import Generator
 from dreamgen.jobs.run import run_job

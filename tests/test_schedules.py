@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.distributed.schedules import Schedule, load_schedules, next_fire_times, previous_fire_time
 from dreamgen.errors import ScheduleFileError, ScheduleFileProblems
 from tests.celery_support import Namespace, quick_prompts, wait_for_job, write_prompts
@@ -192,7 +192,7 @@ def test_beat_fires_by_the_same_rule(schedules_file):
 
     from celery.beat import ScheduleEntry
 
-    from workers.app import app
+    from dreamgen.workers.app import app
 
     tab = Schedule(name="s", cron="0 6 1 * mon", prompts=[], out="o").crontab
     now = [utc(2026, 11, 30, 6, 0, 20)]  # Monday 30 November, 20 s after the fire time
@@ -228,7 +228,7 @@ def test_beat_rejects_a_bad_file_before_starting(tmp_path):
 def test_beat_schedule_from_the_file(schedules_file):
     from celery.schedules import crontab
 
-    from workers.beat import beat_schedule
+    from dreamgen.workers.beat import beat_schedule
 
     entries = beat_schedule(load_schedules(schedules_file))
     assert set(entries) == {"morning-notes", "inline-notes"}
@@ -245,8 +245,8 @@ def test_a_schedule_fired_twice_makes_one_job(tmp_path, dreamgen_home, installed
     """Twice through the light queue of a real worker, and twice at once in this process."""
     from dreamgen.distributed.records import RecentJobs
     from dreamgen.distributed.schedules import fire
-    from workers.app import client_app
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.app import client_app
+    from dreamgen.workers.dispatch import send_chunks
 
     with Namespace(tmp_path, dreamgen_home) as ns:
         write_prompts(tmp_path / "prompts.jsonl", quick_prompts(2))

@@ -158,17 +158,17 @@ def test_score_document_on_ground_truth_and_on_mistakes():
 # so both are held at the model shipped until 2026-12-02 (98.5%, 88.6%; 99.6% and 90.5% now, at the model's own
 # guidance 3).
 TARGETS = {"colour": 0.985, "shape": 0.88, "well_formed": 0.95}
-GUIDANCE = 3.0  # the shipped model's own, chosen on validation prompts (the README's sweep)
+GUIDANCE = 3.0  # the shipped model's own, chosen on validation prompts (docs/shapes-model.md's sweep)
 # issue 14, on the phrasings split: prompts in phrasings and verbs no training prompt has. Its targets (shape
-# 97.8% on these first 100 prompts, 98.9% on the README's 200).
+# 97.8% on these first 100 prompts, 98.9% on docs/shapes-model.md's 200).
 PHRASING_TARGETS = {"follows_prompt": 0.95, "colour": 0.95, "shape": 0.90, "position": 0.80, "size": 0.85,
                     "well_formed": 0.98}
 # The picture's size and place against the prompt's words, where it asked for them (the text can say "large" for a
 # prompt that asked "small", and the picture then follows the text): 89% and 100% on these prompts, 53-59% for size
-# before loss.word_weights (and 64% on phrasings for the recipe's run on another CPU, the README's R).
+# before loss.word_weights (and 64% on phrasings for the recipe's run on another CPU, docs/shapes-model.md's R).
 ASKED_TARGETS = {"size_asked": 0.80, "position_asked": 0.90}
-# The combos targets are held on the README's eval (200 held-out prompts), the phrasing targets on its first 100
-# prompts: a few minutes on one thread.
+# The combos targets are held on docs/shapes-model.md's eval (200 held-out prompts), the phrasing targets on its
+# first 100 prompts: a few minutes on one thread.
 PROMPTS = 200
 PHRASING_PROMPTS = 100
 ABLATION_PROMPTS = 24  # enough to see the pictures fall to chance when the condition is cut
@@ -281,8 +281,8 @@ def test_shipped_vae_keeps_the_kind_of_shapes_readable():
     finally:
         torch.set_num_threads(before)
     assert all(accuracy[kind, "large"] >= 0.9 for kind in SHAPES), accuracy
-    # small diamonds are the known loss (their tips barely survive 8 x 8 latents): 75% here, 83% over the README's
-    # 240 pictures, 0% before small shapes grew from 10 to 13 px; every other small kind 100%
+    # small diamonds are the known loss (their tips barely survive 8 x 8 latents): 75% here, 83% over
+    # docs/shapes-model.md's 240 pictures, 0% before small shapes grew from 10 to 13 px; every other small kind 100%
     assert all(accuracy[kind, "small"] >= 0.6 for kind in SHAPES), accuracy
     assert np.mean(list(accuracy.values())) >= 0.92, accuracy  # 97% here (90% with 10 px small shapes)
 
@@ -315,7 +315,7 @@ def test_shipped_vae_gives_back_the_held_out_pairs():
 def test_cli_eval_prints_one_row_per_ablation(installed_tiny):
     from click.testing import CliRunner
 
-    from cli import cli
+    from dreamgen.cli import cli
 
     result = CliRunner().invoke(cli, ["eval", "-m", "tiny-random", "-n", "2", "--steps", "2", "--max-new-tokens", "12",
                                       "--ablate", "none", "--ablate", "condition"])
@@ -351,7 +351,7 @@ def test_the_shipped_model_says_what_it_cannot_draw_and_draws_the_nearest_thing(
     from dreamgen.shapes.dataset import EvalPrompt
 
     # the star on white: asked with no background, this model draws a small green cross on black, a blob the
-    # checker reads as blue (README, "What is left")
+    # checker reads as blue (docs/shapes-model.md, "What is left")
     prompts = [EvalPrompt("Describe a green star on a white background.", (("green", "cross"),)),
                EvalPrompt("Write about a pink circle.", (("red", "circle"),)),
                EvalPrompt("Could you draw a yellow tree on a white background?", (("yellow", "triangle"),))]

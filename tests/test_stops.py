@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.errors import JobFailed, StorageError
 from dreamgen.jobs import storage as storage_module
 from dreamgen.jobs.run import run_job

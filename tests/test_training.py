@@ -379,7 +379,7 @@ def test_data_errors_name_file_and_line(tmp_path):
 
 
 def test_cli_train(tmp_path, data_file):
-    from cli import cli
+    from dreamgen.cli import cli
 
     config = _config(tmp_path, data_file, tmp_path / "cli-run", steps=2)
     result = CliRunner().invoke(cli, ["train", config])

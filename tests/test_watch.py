@@ -12,7 +12,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from rich.console import Console
 
-from cli import cli
+from dreamgen.cli import cli
 from dreamgen.generation.generator import Generator
 from dreamgen.jobs import output as output_module
 from dreamgen.jobs.output import JobOutput, LiveListing

@@ -83,7 +83,7 @@ def test_a_worker_uses_only_its_own_endpoint_buckets_and_folders(tmp_path, dream
                                                                   s3_endpoint, buckets, monkeypatch):
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     allowed, secret = tmp_path / "allowed", tmp_path / "secret"
     for folder in (allowed, secret):
@@ -174,7 +174,7 @@ def test_a_bomb_after_submit_fails_its_document_alone_on_a_threads_worker(tmp_pa
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
     from tests.test_input_pictures import png_claiming
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     pictures = tmp_path / "pictures"
     pictures.mkdir()

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dreamgen.cli import cli
 from tests.celery_support import (
     MODEL,
     Namespace,
@@ -80,7 +80,7 @@ def test_two_workers_share_one_job(ns, tmp_path):
     from dreamgen.distributed.records import JobRecord
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     ns.worker("w1"), ns.worker("w2")
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(10, tokens=16))
@@ -115,7 +115,7 @@ def _pooled_job(ns, tmp_path):
     from dreamgen.distributed.records import JobRecord
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(9, tokens=60))
     job_id = submit_job(JobConfig(prompts=str(prompts), out=str(tmp_path / "out"), model=MODEL, batch_size=3),
@@ -148,8 +148,8 @@ def test_chunk_of_a_killed_worker_is_redelivered_to_the_other(ns, tmp_path):
     from dreamgen.distributed.records import JobRecord
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
-    from workers.app import client_app
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.app import client_app
+    from dreamgen.workers.dispatch import send_chunks
 
     ns.worker("w1"), ns.worker("w2")
     prompts = write_prompts(tmp_path / "p.jsonl", first_quick_then_long(2))
@@ -199,7 +199,7 @@ def test_a_chunk_that_keeps_killing_workers_gives_up(ns, tmp_path):
     from dreamgen.distributed.records import JobRecord
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     ns.worker("w1"), ns.worker("w2")
     prompts = write_prompts(tmp_path / "p.jsonl", quick_prompts(2))
@@ -222,7 +222,7 @@ def test_chunk_of_a_worker_killed_whole_comes_back_after_the_visibility_timeout(
     from dreamgen.distributed.records import JobRecord
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     for name in list(ns.workers):  # only the victim may take the chunk
         ns.workers.pop(name).stop()
@@ -256,12 +256,12 @@ def test_worker_command_starts_a_celery_worker(ns, tmp_path):
 
     from dreamgen.distributed.submit import submit_job
     from dreamgen.jobs.spec import JobConfig
-    from workers.dispatch import send_chunks
+    from dreamgen.workers.dispatch import send_chunks
 
     for name in list(ns.workers):  # only the launched worker may take this job
         ns.workers.pop(name).stop()
     log = open(tmp_path / "launcher.log", "wb")
-    launcher = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--name", "launched", "-l", "INFO"],
+    launcher = subprocess.Popen([sys.executable, "-m", "dreamgen", "worker", "--name", "launched", "-l", "INFO"],
                                 env={**os.environ, **ns.env}, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
@@ -288,7 +288,7 @@ def test_worker_command_starts_a_celery_worker(ns, tmp_path):
 # -------------------------------------------------------------------------------------------- no services
 def test_settings_for_long_gpu_tasks(monkeypatch):
     from dreamgen.errors import DreamgenError
-    from workers.settings import celery_settings
+    from dreamgen.workers.settings import celery_settings
 
     monkeypatch.setenv("DREAMGEN_TASK_TIME_LIMIT", "7200")
     monkeypatch.delenv("DREAMGEN_VISIBILITY_TIMEOUT", raising=False)
@@ -331,7 +331,7 @@ def test_broker_urls_are_printed_without_password():
 
 
 def test_worker_plan_pins_one_process_per_gpu():
-    from workers.launcher import plan_workers
+    from dreamgen.workers.launcher import plan_workers
 
     plan = plan_workers(["0", "1"], broker_url="redis://:pw@h:6379/0")
     assert [p.name for p in plan] == ["dreamgen-gpu0", "dreamgen-gpu1", "dreamgen-light"]
@@ -344,8 +344,8 @@ def test_worker_plan_pins_one_process_per_gpu():
 
 
 def test_workers_send_task_events_unless_told_not_to():
-    from workers.launcher import plan_workers
-    from workers.settings import celery_settings
+    from dreamgen.workers.launcher import plan_workers
+    from dreamgen.workers.settings import celery_settings
 
     assert all("-E" in p.argv for p in plan_workers(["0"]))
     [quiet] = plan_workers(None, events=False)

@@ -1,4 +1,4 @@
-"""The Celery app: `celery -A workers.app worker` (or `dreamgen worker`, which starts that per GPU).
+"""The Celery app: `celery -A dreamgen.workers.app worker` (or `dreamgen worker`, which starts that per GPU).
 
 Broker and result backend are the Redis of $DREAMGEN_BROKER_URL (default redis://localhost:6379/0).
 """
@@ -13,7 +13,7 @@ from dreamgen.distributed.broker import broker_url, key_prefix
 
 from .settings import celery_settings
 
-app = Celery("dreamgen", include=["workers.tasks"])
+app = Celery("dreamgen", include=["dreamgen.workers.tasks"])
 app.conf.update(celery_settings())
 
 

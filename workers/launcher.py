@@ -60,7 +60,7 @@ def plan_workers(gpus: list[str] | None = None, queues: list[str] | None = None,
         common[settings.WORKER_EVENTS.name] = "0"
 
     def celery(node: str, node_queues: list[str], procs: int) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(node_queues),
+        return [sys.executable, "-m", "celery", "-A", "dreamgen.workers.app", "worker", "-Q", ",".join(node_queues),
                 "-c", str(procs), "-P", pool, "-n", f"{node}@%h", "-l", loglevel] + (["-E"] if events else [])
 
     if not gpus:
@@ -73,7 +73,7 @@ def plan_workers(gpus: list[str] | None = None, queues: list[str] | None = None,
                           {**common, "CUDA_VISIBLE_DEVICES": gpu, settings.WORKER_DEVICE.name: "cuda"})
             for gpu in gpus] if heavy else []
     if LIGHT_QUEUE in queues:
-        light = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", LIGHT_QUEUE, "-c", "2",
+        light = [sys.executable, "-m", "celery", "-A", "dreamgen.workers.app", "worker", "-Q", LIGHT_QUEUE, "-c", "2",
                  "-P", "prefork", "-n", f"{name}-light@%h", "-l", loglevel] + (["-E"] if events else [])
         plan.append(WorkerProcess(f"{name}-light", light, {**common, "CUDA_VISIBLE_DEVICES": "",
                                                            settings.WORKER_POOL.name: "prefork",

@@ -67,13 +67,14 @@ def spec_to_wire(spec: PromptSpec) -> dict:
     params = spec.params
     return {"line": spec.line, "id": spec.id, "custom_id": spec.custom_id, "prompt": spec.prompt,
             "title": spec.title, "images": list(spec.images),
-            "params": {k: v for k, d in _DEFAULT_PARAMS.items() if (v := getattr(params, k)) != d}}
+            "params": {k: v for k, d in _DEFAULT_PARAMS.items() if (v := getattr(params, k)) != d},
+            **({"request_url": spec.request_url} if spec.request_url else {})}
 
 
 def spec_from_wire(data: dict) -> PromptSpec:
     return PromptSpec(line=data["line"], id=data["id"], custom_id=data.get("custom_id"), prompt=data["prompt"],
                       title=data.get("title"), params=GenerationParams.from_dict(data.get("params") or {}),
-                      images=list(data.get("images") or []))
+                      images=list(data.get("images") or []), request_url=data.get("request_url"))
 
 
 def chunk_key(rnd: int, index: int) -> str:
@@ -222,7 +223,7 @@ class _ChunkRun:
         config = self.job.config
 
         def done(doc):
-            doc.custom_id = spec.custom_id
+            doc.custom_id, doc.request_url = spec.custom_id, spec.request_url
             output.save_document(doc, config.formats, config.self_contained, line=spec.line)
             self._outcome(spec.id, "done")
             guard.force = True  # between documents: look at the cancel flag now

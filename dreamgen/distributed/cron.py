@@ -19,7 +19,7 @@ SEARCH_LIMIT = 6000  # steps of the fire-time search; a few hundred cover any re
 
 
 class CronSchedule(crontab):
-    """Celery's crontab with cron's day rule, so beat fires when `dreamgen schedule list` says it will."""
+    """Celery's crontab with cron's day rule, so beat fires when `dreamgen schedules` says it will."""
 
     def remaining_estimate(self, last_run_at: datetime, ffwd=None) -> timedelta:
         last = self.maybe_make_aware(last_run_at).astimezone(timezone.utc)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from exporters import FORMATS, parse_formats
+from dreamgen.exporters import FORMATS, parse_formats
 
 from .. import settings
 from ..errors import ParamsError, PromptFileError, ScheduleFileError, ScheduleFileProblems

@@ -11,7 +11,7 @@ a document's own index.html would fight its index.md for one URL.
 """
 from __future__ import annotations
 
-from exporters.markdown import front_matter, to_markdown
+from dreamgen.exporters.markdown import front_matter, to_markdown
 
 from ..errors import StorageError
 from .output import JobOutput

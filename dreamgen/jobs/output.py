@@ -26,19 +26,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-from exporters import FORMATS, check_results, parse_formats
-from exporters.epub import job_book
-from exporters.html import document_page, job_index_page
-from exporters.markdown import to_markdown
-from exporters.openai import error_line, result_line
-from exporters.text import document_title
+from dreamgen.exporters import FORMATS, check_results, parse_formats
+from dreamgen.exporters.epub import job_book
+from dreamgen.exporters.html import document_page, job_index_page
+from dreamgen.exporters.markdown import to_markdown
+from dreamgen.exporters.openai import error_line, result_line
+from dreamgen.exporters.text import document_title
 
 from ..clock import utc_now
 from ..document import Document
 from ..errors import KeyNotFound, StorageError
 from ..ids import check_job_id, is_safe_id
 from .png import encode_png
-from .storage import Storage, open_storage
+from .storage import PRESIGN_S, Storage, open_storage
 
 CONTEXT_FULL = "context_full"  # the stop reason of a document the model's context cut short
 GENERATE_OUT = "out/generate"  # where `dreamgen generate` puts a document folder when no --out is given
@@ -77,6 +77,28 @@ class JobOutput:
     def location(self, formats=FORMATS) -> str:
         """Where a person opens the whole job: its index page, or its manifest when no HTML is exported."""
         return self.url_for("index.html" if "html" in parse_formats(formats) else "manifest.jsonl")
+
+    def open_link(self, formats=FORMATS, self_contained: bool = False) -> tuple[str, str | None]:
+        """The link to print after a job, and why it may not open. A bucket is usually private, where its
+        object URL answers 403: a self-contained index (its pictures inside it) gets a presigned link; any
+        other page would not show its pictures through one (they are relative links, unsigned), so it is
+        said instead."""
+        name = "index.html" if "html" in parse_formats(formats) else "manifest.jsonl"
+        plain = self.url_for(name)
+        presign = getattr(self.storage, "presigned_url", None)
+        if presign is None:  # a folder: a file:// link opens
+            return plain, None
+        if name == "index.html" and not self_contained:
+            return plain, ("a private bucket answers this link with 403, and a presigned one would show no "
+                           "pictures (the page links them relatively): export with --self-contained for a "
+                           "presigned link to a page with its pictures inside")
+        try:
+            note = f"presigned: opens without credentials for {PRESIGN_S // 86400} days"
+            if name == "index.html":  # its thumbnails are inside it; the pages it links to are not signed
+                note += "; the document pages it links to need access to the bucket"
+            return presign(self.key(name)), note
+        except StorageError as e:
+            return plain, f"not presigned ({e}); a private bucket answers this link with 403"
 
     # ------------------------------------------------------------------------------------ the job
     def write_job(self, job_record: dict) -> None:

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 
 from PIL import Image
 
-from exporters import FORMATS
+from dreamgen.exporters import FORMATS
 
 from ..clock import utc_now
 from ..document import Document, InputImage
@@ -161,7 +161,7 @@ def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[
 
     def item(spec: PromptSpec) -> WorkItem:
         def done(doc):
-            doc.custom_id = spec.custom_id
+            doc.custom_id, doc.request_url = spec.custom_id, spec.request_url
             entry = output.save_document(doc, formats, self_contained, line=spec.line)
             if live:
                 live.done(entry)
@@ -197,11 +197,13 @@ def stats_event(engine) -> dict:
 
 def run_job(config: JobConfig, on_event: EventCallback | None = None,
             make_generator: Callable[[JobConfig], Generator] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> JobSummary:
+            should_stop: Callable[[], bool] | None = None,
+            checked: tuple[JobOutput, int] | None = None) -> JobSummary:
     """Run a whole job in this process. Documents already stored are skipped, so running a job again, or
-    resuming it after Ctrl-C, produces each document once."""
+    resuming it after Ctrl-C, produces each document once. `checked`: what check_job(config) returned, where the
+    caller checked the job already (the CLI does, before torch is imported)."""
     started = time.perf_counter()
-    output, total = check_job(config)
+    output, total = checked or check_job(config)
     lock = JobLock(output)  # one run of a job at a time (issue 33)
     lock.check()  # a live run is named before the model loads; the lock is taken once it has loaded
     try:

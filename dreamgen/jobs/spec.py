@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from exporters import FORMATS, check_results, parse_formats
+from dreamgen.exporters import FORMATS, check_results, parse_formats
 
 from .. import settings
 from ..clock import utc_now

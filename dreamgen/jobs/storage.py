@@ -93,9 +93,22 @@ def shared_location(out: str) -> str:
     return str(Path(out).expanduser().resolve())
 
 
+PRESIGN_S = 7 * 24 * 3600  # the longest a SigV4 presigned link may live
+
+
+def check_location(url: str) -> None:
+    """A location that looks like an S3 URL but is not one ("s3:/bucket", "S3://bucket") would otherwise be a
+    local folder named "s3:": an error naming the right spelling."""
+    scheme, colon, rest = url.partition(":")
+    if colon and scheme.lower() == "s3" and not url.startswith("s3://"):
+        fixed = "s3://" + rest.lstrip("/")
+        raise StorageError(f"{url!r} is not an S3 URL: did you mean {fixed!r}? (s3://bucket/prefix)")
+
+
 def open_storage(url: str, endpoint_url: str | None = None) -> Storage:
     """A storage for `DIR` or `s3://bucket/prefix`. The S3 endpoint comes from the argument, else
     DREAMGEN_S3_ENDPOINT_URL, else AWS. Makes no network call."""
+    check_location(url)
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if not bucket:
@@ -364,6 +377,20 @@ class S3Storage(Storage):
         full = self._full(key)
         with self._errors(full):
             self._retrying(lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
+
+    def presigned_url(self, key: str, expires_s: int = PRESIGN_S) -> str:
+        """A link that opens `key` without credentials until it expires (signed here, no network call): what a
+        person can open on a private bucket, where url_for answers 403. StorageError without credentials."""
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+
+        try:  # SigV4 (boto3 may sign a presigned URL with the old SigV2, which newer regions refuse)
+            signer = boto3.client("s3", endpoint_url=self.endpoint_url, config=Config(signature_version="s3v4"))
+            return signer.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._full(key)},
+                                                 ExpiresIn=expires_s)
+        except BotoCoreError as e:  # no credentials here: nothing to sign with
+            raise StorageError(f"cannot presign a link: {e}") from None
 
     def url_for(self, key):
         full = quote(self._full(key), safe="/")

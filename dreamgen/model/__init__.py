@@ -6,6 +6,7 @@
     tensors.py         weight files read memory-mapped into meta-built modules, tensor by tensor; key names
     card.py            what a checkpoint says of itself without torch: its CLIP/SD configs, tokenizer, context
     locate.py          where a named model is (directory, built-in, hub id); its card, for checking prompts
+    device.py          the device's name checked without torch (cpu, cuda, cuda:N)
     loader.py          load_model: a checkpoint directory, a built-in name or a hub id
     builtin.py         the built-in names (weights/ holds the shipped ones)
     tiny.py            a tiny random model of the same classes, built offline; tokenizer.py its tokenizer

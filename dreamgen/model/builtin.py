@@ -21,10 +21,7 @@ def is_builtin(name: str) -> bool:
 
 def builtin_model_dir(name: str) -> Path:
     """The checkpoint directory of a built-in model: the packaged one, or one written once (under a file lock:
-    workers start together)."""
-    from .checkpoint import save_checkpoint
-    from .tiny import build_tiny_model
-
+    workers start together). Only writing one imports torch: naming a built-in model stays cheap."""
     packaged = PACKAGED_MODELS / name
     if name != "tiny-random":
         if not (packaged / "config.json").exists():
@@ -37,6 +34,9 @@ def builtin_model_dir(name: str) -> Path:
     with open(target.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / ".complete").exists():
+            from .checkpoint import save_checkpoint
+            from .tiny import build_tiny_model
+
             save_checkpoint(build_tiny_model(seed=0, name=name), target, safetensors=True)
             (target / ".complete").write_text("ok\n")
     return target

@@ -27,6 +27,7 @@ from .. import settings
 from ..errors import CheckpointError
 from ..params import REFERENCE_GUIDANCE
 from .card import BESIDE_CLIP, find_clip_config, find_diffusion_dir, load_tokenizer, plugin, read_json
+from .device import check_device
 from .dreamllm import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
 from .special_tokens import RELEASED_IDS, SpecialTokens
 from .tensors import LLM_SAFETENSORS, load_part, on_meta, open_part, released_name
@@ -44,8 +45,7 @@ NOT_LLAMA = ("plugins_init_kwargs", "plugins_type", "special_tokens2ids_dict", "
 
 
 def parse_device(name: str) -> torch.device:
-    if name != "cpu" and not (name == "cuda" or name.startswith("cuda:")):
-        raise CheckpointError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
+    check_device(name)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CheckpointError(f"device {name!r} asked for, but torch sees no CUDA device here")
     return torch.device(name)

@@ -53,6 +53,7 @@ class PromptSpec:
     title: str | None
     params: GenerationParams
     images: list[str] = field(default_factory=list)  # absolute local paths or s3:// URLs
+    request_url: str | None = None  # an OpenAI Batch API line's endpoint (its results answer in that shape)
 
 
 def validate_prompt_file(path, defaults: Mapping[str, Any] | None, model_id: str,
@@ -212,7 +213,7 @@ class _SpecBuilder:
             if problem:
                 self.fail(line, problem, field="prompt")
         return PromptSpec(line=line, id=doc_id, custom_id=custom_id, prompt=prompt, title=title, params=params,
-                          images=[location for location, _ in located])
+                          images=[location for location, _ in located], request_url=getattr(item, "url", None))
 
     def _typed(self, line: int, values: dict) -> dict:
         """Drop nulls (= not given) and check each value's type."""

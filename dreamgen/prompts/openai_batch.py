@@ -36,6 +36,14 @@ def is_batch_request(item: dict) -> bool:
     return "body" in item or "method" in item or "url" in item
 
 
+class BatchItem(dict):
+    """A request line as a prompt line, with the endpoint it was sent to (`url`): a completions request is
+    answered as a completion, a chat request as a chat completion. An attribute, not a key, so no prompt file
+    (a YAML item, a CSV column) can set it."""
+
+    url: str = "/v1/chat/completions"
+
+
 def batch_request_item(path, line: int, request: dict) -> dict | PromptFileError:
     """The prompt line a Batch API request line stands for, or the problem that makes it none."""
     try:
@@ -66,7 +74,8 @@ def _item(path, line: int, request: dict) -> dict:
         fail(f"unknown field(s) {_names(unknown)}: dreamgen maps {', '.join(BODY_PARAMS)}, takes n = 1, "
              f"stream = false, model (not used: --model decides) and its own parameters", "body")
 
-    item = {"custom_id": request["custom_id"]} if "custom_id" in request else {}
+    item = BatchItem({"custom_id": request["custom_id"]} if "custom_id" in request else {})
+    item.url = url
     if text_field == "messages":
         item["prompt"], images = _chat_prompt(body.get("messages"), fail)
         if images:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import ParamsError, quoted
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "prompts"
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates" / "prompts"  # dreamgen/templates: installed there
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
                  "helpful, detailed, and polite answers to the user's questions.")
 CHAT_TEMPLATES = {

@@ -1,0 +1,4 @@
+"""`python -m dreamgen`: the `dreamgen` command."""
+from dreamgen.cli import main
+
+main()
