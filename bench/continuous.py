@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dreamgen.generation.config import DEFAULT_SLOTS, EngineConfig  # noqa: E402
+from dreamgen.generation.config import DEFAULT_SLOTS, GeneratorConfig  # noqa: E402
 from dreamgen.generation.generator import NOTHING_YET, DocumentRequest, Generator  # noqa: E402
 from dreamgen.model.sizes import SIZES  # noqa: E402
 from dreamgen.model.tiny import build_tiny_model  # noqa: E402
@@ -70,7 +70,7 @@ def load(config: str, device: str):
 
 def bench(config: str, device: str, count: int, pictures: bool, slot_counts: list[int]) -> None:
     model = load(config, device)
-    continuous, lockstep = Generator(model), Generator(model, config=EngineConfig(batching="lockstep"))
+    continuous, lockstep = Generator(model), Generator(model, config=GeneratorConfig(batching="lockstep"))
     requests = job(count, pictures)
     default = DEFAULT_SLOTS.get(torch.device(device).type, 16)
     ways = [("one at a time", 1, continuous), ("lockstep chunks of 8", 8, lockstep)]
@@ -98,7 +98,7 @@ def stall(config: str, device: str) -> None:
     print(f"\n{config}: 15 documents decoding, then one with a {len(model.tokenizer(long_prompt).input_ids)}-token "
           f"prompt enters")
     for chunk in (16, 64, 256, 4096):
-        gen = Generator(model, config=EngineConfig(prefill_chunk=chunk, step_tokens=chunk))
+        gen = Generator(model, config=GeneratorConfig(prefill_chunk=chunk, step_tokens=chunk))
         times = []
         last = [time.perf_counter()]
 

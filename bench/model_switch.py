@@ -50,19 +50,19 @@ def main():
     os.environ.setdefault("DREAMGEN_HOME", tempfile.mkdtemp(prefix="dreamgen-bench-"))
     os.environ["DREAMGEN_WORKER_POOL"] = "threads"
 
-    from dreamgen.distributed.pool import SharedEngine
+    from dreamgen.distributed.pool import SharedPool
     from dreamgen.model.locate import resolve_checkpoint
     from dreamgen.workers import model_cache
 
     if args.without_close:
-        SharedEngine.close = lambda self: None
+        SharedPool.close = lambda self: None
     models = args.models.split(",") if args.models else ["tiny-random", str(resolve_checkpoint("tiny-random"))]
     print("models: " + ", ".join(f"{'ABCDEFGH'[i]} {m}" for i, m in enumerate(models)))
     print(f"start: RSS {rss_mb():.0f} MB, {threading.active_count()} threads")
     for n in range(args.switches):
         model = models[n % len(models)]
         started = time.perf_counter()
-        model_cache.HeldEngine((model, args.dtype, args.device, "torch")).run_items([one_document(f"doc-{n}")])
+        model_cache.HeldPool((model, args.dtype, args.device, "torch")).run_items([one_document(f"doc-{n}")])
         gc.collect()
         print(f"switch {n + 1} to model {'ABCDEFGH'[n % len(models)]}: RSS {rss_mb():.0f} MB, "
               f"{threading.active_count()} threads, {time.perf_counter() - started:.1f} s")

@@ -1,7 +1,7 @@
 """Painting beside the text (issue 32): the same illustrated job with pictures painted step by step beside the text
 (the default) and gathered, start to end, while the text waits (the old way), in one run. Prints documents and
 pictures per minute, how long a picture waits from its document's dream block to being fed back (p50 and p95, in
-seconds and engine steps), the share of the run's time in which documents ready to write waited for pictures,
+seconds and generator steps), the share of the run's time in which documents ready to write waited for pictures,
 and whether every document came out the same.
 
     python bench/painting.py                      # tiny random model, 24 documents, a third with pictures
@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dreamgen.generation.config import EngineConfig  # noqa: E402
+from dreamgen.generation.config import GeneratorConfig  # noqa: E402
 from dreamgen.generation.generator import DocumentRequest, Generator  # noqa: E402
 from dreamgen.model.sizes import SIZES  # noqa: E402
 from dreamgen.model.tiny import build_tiny_model  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     baseline = None
     with torch.no_grad():
         for painting in ("gather", "stepwise"):
-            gen = Generator(model, config=EngineConfig(painting=painting, slots=args.slots))
+            gen = Generator(model, config=GeneratorConfig(painting=painting, slots=args.slots))
             docs = {}
             started = time.perf_counter()
             gen.run(requests, on_document=lambda i, d: docs.__setitem__(i, d))

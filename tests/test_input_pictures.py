@@ -133,7 +133,7 @@ def test_a_picture_spoilt_after_validation_fails_its_document_alone(tmp_path):
 def test_a_shared_engine_ends_every_document_it_takes(tmp_path):
     """On a worker, a document whose picture raised anything but OSError was never ended: its chunk waited
     forever. Now each of them is done or failed and the chunk's wait returns."""
-    from dreamgen.distributed.pool import SharedEngine
+    from dreamgen.distributed.pool import SharedPool
     from dreamgen.jobs.spec import WorkItem
     from dreamgen.prompts.files import iter_prompt_file
 
@@ -153,7 +153,7 @@ def test_a_shared_engine_ends_every_document_it_takes(tmp_path):
         return WorkItem(spec, done=lambda doc: ended.setdefault(spec.id, "done"),
                         fail=lambda error, message=None: ended.setdefault(spec.id, message or str(error)))
 
-    engine = SharedEngine(tiny_generator(), slots=2)
+    engine = SharedPool(tiny_generator(), slots=2)
     waiting = threading.Thread(target=engine.run_items, args=([item(s) for s in specs],), daemon=True)
     waiting.start()
     waiting.join(timeout=120)
@@ -225,7 +225,7 @@ def test_pictures_read_slowly_hold_their_own_chunk_not_the_shared_engine(tmp_pat
     about their time alone."""
     import time
 
-    from dreamgen.distributed.pool import SharedEngine
+    from dreamgen.distributed.pool import SharedPool
     from dreamgen.jobs.spec import WorkItem
     from dreamgen.prompts.files import iter_prompt_file
 
@@ -234,7 +234,7 @@ def test_pictures_read_slowly_hold_their_own_chunk_not_the_shared_engine(tmp_pat
     slow = write_prompts(tmp_path / "slow.jsonl", [{"id": f"s{i}", "prompt": "see <image>", "images": ["good.png"]}
                                                    for i in range(3)])
     quick = write_prompts(tmp_path / "quick.jsonl", [{"id": f"q{i}", "prompt": f"topic {i}"} for i in range(4)])
-    engine = SharedEngine(tiny_generator(), slots=4)
+    engine = SharedPool(tiny_generator(), slots=4)
     ended: dict[str, float] = {}
     started = [0.0]
 

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from dreamgen.cli import cli
-from dreamgen.generation.config import EngineConfig
+from dreamgen.generation.config import GeneratorConfig
 from dreamgen.generation.generator import Generator
 from dreamgen.generation.kv import PAGE
 from dreamgen.generation.memory import (CUDA_CONTEXT_BYTES, MemoryPlanError, checkpoint_card_plan, model_card_plan,
@@ -57,7 +57,7 @@ def test_one_picture_takes_a_pool_of_its_own_prompt_not_slots_times_context():
 
 
 def test_generate_keeps_its_slots_whatever_the_number_of_requests():
-    gen = Generator(tiny_model(), config=EngineConfig(slots=2))
+    gen = Generator(tiny_model(), config=GeneratorConfig(slots=2))
     docs = gen.generate([request(f"topic {i}", seed=i, max_new_tokens=4, max_images=0) for i in range(5)])
     assert len(docs) == 5 and gen.stats.slots == 2
     assert {d.timings["slots"] for d in docs} == {2}

@@ -1,7 +1,7 @@
 """The model's wiring against the reference facts: token ids, block lengths, conditioning path, guidance."""
 import torch
 
-from dreamgen.generation.config import EngineConfig
+from dreamgen.generation.config import GeneratorConfig
 from dreamgen.generation.diffusion import ImageRequest, denoise_group
 from dreamgen.generation.lm import Run
 from dreamgen.generation.runner import ModelRunner
@@ -82,7 +82,7 @@ def test_cache_equivalence_prefix_on_cache_plus_queries_equals_one_forward():
     dream = gen.encoder.dream_block()
     n, m = prefix.shape[0], dream.shape[0]
     for attention in ("sdpa", "flex"):
-        runner = ModelRunner(model, model.max_positions, EngineConfig(attention=attention))
+        runner = ModelRunner(model, model.max_positions, GeneratorConfig(attention=attention))
         runner.open(0, n + m)
         with torch.no_grad():
             runner.forward(prefix, [Run(0, 0, n)], [])

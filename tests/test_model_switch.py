@@ -41,7 +41,7 @@ def test_switches_free_the_old_engine_and_keep_the_thread_count(model_cache, ins
     results, generators, threads = {}, [], []
     for n in range(6):
         model, dtype = keys[n % 3]
-        handle = model_cache.HeldEngine((model, dtype, "cpu", "torch"))
+        handle = model_cache.HeldPool((model, dtype, "cpu", "torch"))
         handle.run_items([_item(f"doc-{n}", results)])  # starts the engine's thread and its KV pool
         engine = model_cache._held[1]
         generators.append(weakref.ref(engine.generator))
@@ -54,26 +54,26 @@ def test_switches_free_the_old_engine_and_keep_the_thread_count(model_cache, ins
 
 
 def test_auto_and_fp32_are_one_engine_on_a_cpu(model_cache):
-    first = model_cache.engine_for("tiny-random", "auto", "cpu", "torch")
-    assert model_cache.engine_for("tiny-random", "fp32", "cpu", "torch") is first
+    first = model_cache.pool_for("tiny-random", "auto", "cpu", "torch")
+    assert model_cache.pool_for("tiny-random", "fp32", "cpu", "torch") is first
     assert model_cache._held[0] == ("tiny-random", "fp32", "cpu", "torch")
 
 
 def test_a_switch_waits_for_the_documents_in_flight(model_cache):
     """A chunk of the old model that is running when another job asks for a new one ends as it would have."""
     results = {}
-    old = model_cache.engine_for("tiny-random", "fp32", "cpu", "torch")
+    old = model_cache.pool_for("tiny-random", "fp32", "cpu", "torch")
     old_generator = weakref.ref(old.generator)
     running = threading.Thread(target=old.run_items, args=([_item("long", results, tokens=200)],))
     running.start()
     while old._users == 0:  # the chunk has queued its document
         time.sleep(0.01)
-    new = model_cache.engine_for("tiny-random", "bf16", "cpu", "torch")
+    new = model_cache.pool_for("tiny-random", "bf16", "cpu", "torch")
     assert results == {"long": "done"}  # the switch came after the old document ended, not by dropping it
     running.join(timeout=60)
-    from dreamgen.distributed.pool import EngineClosed
+    from dreamgen.distributed.pool import PoolClosed
 
-    with pytest.raises(EngineClosed):  # a chunk still holding the replaced engine queues nothing there
+    with pytest.raises(PoolClosed):  # a chunk still holding the replaced engine queues nothing there
         old.run_items([_item("late", results)])
     assert "late" not in results
     del old

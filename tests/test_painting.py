@@ -1,9 +1,9 @@
-"""Painting step by step beside the text (issue 32): each engine step, every picture in flight takes one
+"""Painting step by step beside the text (issue 32): each generator step, every picture in flight takes one
 denoising step in one UNet call, each at its own timestep; nobody's writing waits for a picture; a document's
 pictures and text are the same as when pictures are gathered and painted at once."""
 import torch
 
-from dreamgen.generation.config import EngineConfig
+from dreamgen.generation.config import GeneratorConfig
 from dreamgen.generation.diffusion import ImageRequest, denoise_step, start_picture
 from dreamgen.generation.generator import Generator
 from tests.helpers import max_pixel_diff, request, tiny_model
@@ -16,7 +16,7 @@ JOB = [request(f"subject {i}", seed=i, max_new_tokens=(30, 50, 20, 40)[i % 4], m
 
 
 def documents(painting: str, slots: int = 4, job=JOB):
-    gen = Generator(tiny_model(), config=EngineConfig(painting=painting))
+    gen = Generator(tiny_model(), config=GeneratorConfig(painting=painting))
     docs = {}
     gen.run(job, on_document=lambda i, d: docs.__setitem__(i, d), slots=slots)
     return [docs[i] for i in range(len(docs))], gen
@@ -43,7 +43,7 @@ def test_a_picture_never_stops_the_others_writing(monkeypatch):
     assert s.pictures == g.pictures == sum(len(d.images) for d in stepwise) > 0
     assert s.stalled_seconds == 0 and g.stalled_seconds > 0  # gathering stops the writers while it paints
     assert len(s.picture_waits) == s.pictures
-    # a picture of n steps is fed back n + 1 engine steps after it was asked for (it joins at the next step)
+    # a picture of n steps is fed back n + 1 generator steps after it was asked for (it joins at the next step)
     assert max(steps for _, steps in s.picture_waits) <= max(r.params.steps for r in JOB) + 1
 
 

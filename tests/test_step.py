@@ -1,12 +1,12 @@
 """The decode step as a GPU wants it: one graph with no host sync per bucket, equal to the eager step; about
-fifteen kernels a layer (issue "an engine shaped for the GPU")."""
+fifteen kernels a layer (issue 31: the GPU-shaped step)."""
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dreamgen.generation.config import EngineConfig
+from dreamgen.generation.config import GeneratorConfig
 from dreamgen.generation.lm import Run
 from dreamgen.generation.runner import ModelRunner, _Bucket
 from dreamgen.model.sizes import SIZES
@@ -26,7 +26,7 @@ def _bench(name):
 def _decoding_runner(rows: int):
     """A runner whose `rows` documents have prompts of different lengths in the pool and decode next."""
     model = tiny_model()
-    runner = ModelRunner(model, 160 * 16, EngineConfig(attention="flex", compile=False))
+    runner = ModelRunner(model, 160 * 16, GeneratorConfig(attention="flex", compile=False))
     hidden = model.llm.config.hidden_size
     g = torch.Generator().manual_seed(rows)
     runs = []

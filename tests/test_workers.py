@@ -131,7 +131,7 @@ def _pooled_job(ns, tmp_path):
 
     wait_until(finished, interval=0.05, what="the job's end")
     assert max(together) >= 2  # one pool served several chunks at once
-    assert "SharedEngine with 6 slots" in ns.workers["pooled"].text()
+    assert "SharedPool with 6 slots" in ns.workers["pooled"].text()
     with one_torch_thread():
         ran = CliRunner().invoke(cli, ["run", str(prompts), "--out", str(tmp_path / "local"), "--job-id", "local"])
     assert ran.exit_code == 0, ran.output

@@ -5,9 +5,9 @@ happens in `worker_process_init`, which runs in each child; a threads or solo po
 own process, which loads it when it is ready. A job asking for another model, dtype or backend replaces the held
 one: a GPU's memory holds one model at a time.
 
-The engine over it: in a threads pool one SharedEngine, whose slot pool every chunk task of the process feeds
+The pool over it: in a threads pool one SharedPool, whose slot pool every chunk task of the process feeds
 (slots stay full across chunks); in a prefork or solo pool, where a process runs one task at a time, a
-SoloEngine in the task's thread.
+SoloPool in the task's thread.
 
 Settings (dreamgen.settings): DREAMGEN_MODEL / DREAMGEN_DTYPE / DREAMGEN_BACKEND (what to preload),
 DREAMGEN_WORKER_DEVICE (cpu, cuda; `dreamgen worker --gpus` pins each process to one GPU, which it sees as cuda:0),
@@ -26,12 +26,12 @@ from dreamgen import settings
 
 log = logging.getLogger(__name__)
 
-_held: tuple[tuple, object] | None = None  # ((model, dtype, device, backend), engine)
+_held: tuple[tuple, object] | None = None  # ((model, dtype, device, backend), pool)
 _loading = threading.Lock()  # task threads of a threads pool ask at once
 
 
-def engine_key(model: str, dtype: str, device: str, backend: str = "torch") -> tuple:
-    """What tells two engines apart: the dtype as it resolves on the device (auto and fp32 are one model on a
+def pool_key(model: str, dtype: str, device: str, backend: str = "torch") -> tuple:
+    """What tells two pools apart: the dtype as it resolves on the device (auto and fp32 are one model on a
     CPU, so a job that says fp32 must not reload the one preloaded as auto)."""
     import torch
 
@@ -40,12 +40,12 @@ def engine_key(model: str, dtype: str, device: str, backend: str = "torch") -> t
     return model, resolve_dtype(dtype, torch.device(device)), device, backend
 
 
-def engine_for(model: str, dtype: str, device: str, backend: str = "torch"):
-    """The engine for this key: the held one, or one over a newly loaded model that replaces it. The one it
+def pool_for(model: str, dtype: str, device: str, backend: str = "torch"):
+    """The pool for this key: the held one, or one over a newly loaded model that replaces it. The one it
     replaces is closed first (its chunks in flight end, its thread is joined) and freed: a worker holds one
     model at a time, whatever the number of switches."""
     global _held
-    key = engine_key(model, dtype, device, backend)
+    key = pool_key(model, dtype, device, backend)
     with _loading:
         if _held is not None and _held[0] == key:
             return _held[1]
@@ -57,43 +57,43 @@ def engine_for(model: str, dtype: str, device: str, backend: str = "torch"):
             del old
             _release_memory(device)
             log.info("released %s in %.1f s, for %s", old_model, time.perf_counter() - started, model)
-        from dreamgen.distributed.pool import SharedEngine, SoloEngine
+        from dreamgen.distributed.pool import SharedPool, SoloPool
         from dreamgen.jobs.run import load_generator
 
         started = time.perf_counter()
         generator = load_generator(model, key[1], device, backend)
         slots = settings.worker_slots()
-        engine = (SharedEngine if settings.worker_pool() == "threads" else SoloEngine)(generator, slots)
+        pool = (SharedPool if settings.worker_pool() == "threads" else SoloPool)(generator, slots)
         log.info("loaded %s (%s, %s, %s) in %.1f s; %s with %d slots", model, key[1], device, backend,
-                 time.perf_counter() - started, type(engine).__name__, slots or generator.slots)
-        _held = (key, engine)
-        return engine
+                 time.perf_counter() - started, type(pool).__name__, slots or generator.slots)
+        _held = (key, pool)
+        return pool
 
 
-class HeldEngine:
-    """A chunk's handle on its model: runs the chunk's items on the engine held for that key when they are
-    queued. Another task thread may have replaced (closed) the engine between the load and then; nothing was
+class HeldPool:
+    """A chunk's handle on its model: runs the chunk's items on the pool held for that key when they are
+    queued. Another task thread may have replaced (closed) the pool between the load and then; nothing was
     queued on it, so the model is asked for again."""
 
     def __init__(self, key: tuple):
         self.key = key
 
     def run_items(self, items, keepalive=None) -> None:
-        from dreamgen.distributed.pool import EngineClosed
+        from dreamgen.distributed.pool import PoolClosed
 
         while True:
             try:
-                return engine_for(*self.key).run_items(items, keepalive=keepalive)
-            except EngineClosed:
+                return pool_for(*self.key).run_items(items, keepalive=keepalive)
+            except PoolClosed:
                 continue
 
 
-def engine_for_job(job) -> HeldEngine:
+def pool_for_job(job) -> HeldPool:
     """A job's model on this worker's device (the submitter does not know the workers' hardware), loaded now."""
     config = job.config
     key = (config.model, config.dtype, settings.worker_device(), config.backend)
-    engine_for(*key)
-    return HeldEngine(key)
+    pool_for(*key)
+    return HeldPool(key)
 
 
 @worker_process_init.connect
@@ -111,7 +111,7 @@ def preload_model():
     if not settings.worker_preload():
         return
     try:
-        engine_for(settings.MODEL.get(), settings.DTYPE.get(), settings.worker_device(), settings.BACKEND.get())
+        pool_for(settings.MODEL.get(), settings.DTYPE.get(), settings.worker_device(), settings.BACKEND.get())
     except Exception:  # a chunk will try again and record the error on its documents
         log.exception("could not preload the model")
 

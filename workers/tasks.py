@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from . import check_ins  # noqa: F401 (connects its signals)
 from .app import app
-from .model_cache import engine_for_job
+from .model_cache import pool_for_job
 from .settings import CHUNK_TASK, FINALIZE_TASK, FIRE_SCHEDULE_TASK
 
 
@@ -23,7 +23,7 @@ def generate_chunk_task(self, job: dict, chunk: str, specs: list[dict]) -> dict:
 
     try:
         return run_chunk(JobWire.from_dict(job), chunk, [spec_from_wire(s) for s in specs], connect(check=False),
-                         worker=self.request.hostname or "worker", load_engine=engine_for_job, report=report,
+                         worker=self.request.hostname or "worker", load_pool=pool_for_job, report=report,
                          limits=ChunkLimits.from_settings())
     except ChunkBusy as busy:  # a redelivery while its first worker still holds it (or its lock has not expired)
         raise self.retry(countdown=busy.retry_after, max_retries=None)

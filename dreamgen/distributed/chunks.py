@@ -10,7 +10,7 @@ Running a chunk is idempotent, because Celery redelivers (late ack, lost workers
     job cancelled?  -> end as cancelled, generate nothing
     lock (SET NX with expiry, kept alive while generating); held by another worker -> ChunkBusy, try later
     count the attempt; past the limit -> record its documents as failed (it keeps killing workers)
-    skip documents already stored -> the rest through the worker's engine (pool.py), stored as each ends
+    skip documents already stored -> the rest through the worker's pool (pool.py), stored as each ends
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ class _StopGuard:
 
 
 def run_chunk(job: JobWire, chunk: str, specs: list[PromptSpec], client, worker: str,
-              load_engine: Callable[[JobWire], object], report: Callable[[dict], None] | None = None,
+              load_pool: Callable[[JobWire], object], report: Callable[[dict], None] | None = None,
               limits: ChunkLimits | None = None) -> dict:
     """Run one chunk and return its result: {chunk, status, error, worker, attempt, done, failed, skipped,
     cancelled, documents: [{id, status, error}]}. Never raises for a document's or the chunk's failure (they are
@@ -160,7 +160,7 @@ def run_chunk(job: JobWire, chunk: str, specs: list[PromptSpec], client, worker:
         raise ChunkBusy(chunk, max(1.0, (left_ms if left_ms and left_ms > 0 else 1000) / 1000 + 0.5))
     try:
         attempt = record.count_attempt(chunk)
-        return run.execute(attempt, lock, limits, load_engine)
+        return run.execute(attempt, lock, limits, load_pool)
     finally:
         try:
             lock.release()
@@ -177,7 +177,7 @@ class _ChunkRun:
         self.outcomes: dict[str, dict] = {}  # doc id -> {id, status, error}
         self.started = time.time()  # issue 16: `status` counts a lost chunk's redelivery from here
 
-    def execute(self, attempt: int, lock, limits: ChunkLimits, load_engine) -> dict:
+    def execute(self, attempt: int, lock, limits: ChunkLimits, load_pool) -> dict:
         try:
             output = self._output()
             todo = []
@@ -195,10 +195,10 @@ class _ChunkRun:
             self._state(ChunkState.RUNNING, attempt)
             if not todo:
                 return self.end(ChunkState.FINISHED, attempt)
-            engine = load_engine(self.job)
+            pool = load_pool(self.job)
             guard = _StopGuard(self.record, lock, limits)
             guard.keep_lock()  # loading the model may have taken a while
-            engine.run_items([self._item(spec, output, attempt, guard) for spec in todo], keepalive=guard.keep_lock)
+            pool.run_items([self._item(spec, output, attempt, guard) for spec in todo], keepalive=guard.keep_lock)
             if guard.reason is ChunkState.TIMED_OUT:
                 left = [s for s in todo if s.id not in self.outcomes]
                 self._fail_all(output, left, "TimeLimit", f"chunk {self.chunk} ran past its time limit "
@@ -219,7 +219,7 @@ class _ChunkRun:
             return self.end(ChunkState.ERROR, attempt, error=error)
 
     def _item(self, spec: PromptSpec, output: JobOutput, attempt: int, guard: "_StopGuard") -> WorkItem:
-        """One document of the chunk for the engine: stored and mirrored to Redis the moment it ends."""
+        """One document of the chunk for the pool: stored and mirrored to Redis the moment it ends."""
         config = self.job.config
 
         def done(doc):

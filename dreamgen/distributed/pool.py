@@ -1,15 +1,15 @@
 """One slot pool for every chunk a worker process holds, so its slots stay full across chunk tasks.
 
 A worker that runs several chunk tasks at once (Celery's threads pool, `dreamgen worker` on a GPU) hands each
-chunk's documents to one SharedEngine: its thread streams them, in arrival order, through one Generator, and a
+chunk's documents to one SharedPool: its thread streams them, in arrival order, through one Generator, and a
 slot that frees takes the next document of whichever chunk is next. Each task thread waits for its own
 documents and stores them itself as they finish, so the task is acknowledged only when its documents are stored
 (late ack), its chunk lock and attempt count work as before, and a cancelled or timed-out chunk drops only its
 own documents, between steps.
 
-SoloEngine is the same interface over the calling thread (one chunk at a time: prefork pools, tests).
+SoloPool is the same interface over the calling thread (one chunk at a time: prefork pools, tests).
 
-Issue 33: an engine that is replaced (a job asks for another model, dtype or backend) is closed: it takes no new
+Issue 33: a pool that is replaced (a job asks for another model, dtype or backend) is closed: it takes no new
 chunk, waits for the chunks in flight to end, stops and joins its thread (whose run holds the KV pool) and lets go
 of its generator, so the old weights and pool can be freed before the new ones load.
 """
@@ -27,22 +27,22 @@ from ..jobs.spec import WorkItem
 
 log = logging.getLogger(__name__)
 
-IDLE_WAIT_S = 0.2  # how long the engine thread blocks for work when it has none
+IDLE_WAIT_S = 0.2  # how long the pool thread blocks for work when it has none
 KEEPALIVE_S = 5.0  # how often a waiting task thread runs its own keepalive (the chunk lock)
 
 
-class EngineClosed(RuntimeError):
-    """The engine was replaced before this call queued anything: ask for the held one again."""
+class PoolClosed(RuntimeError):
+    """The pool was replaced before this call queued anything: ask for the held one again."""
 
 
-class SoloEngine:
+class SoloPool:
     def __init__(self, generator, slots: int | None = None):
         self.generator, self.slots = generator, slots
 
     def run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None = None) -> None:
         generator = self.generator
         if generator is None:
-            raise EngineClosed("the engine was replaced")
+            raise PoolClosed("the pool was replaced")
         run_items(generator, items, slots=self.slots)
 
     def close(self) -> None:
@@ -50,7 +50,7 @@ class SoloEngine:
         self.generator = None
 
 
-class SharedEngine:
+class SharedPool:
     def __init__(self, generator, slots: int | None = None):
         self.generator, self.slots = generator, slots
         self._queue: queue.Queue = queue.Queue()
@@ -59,16 +59,16 @@ class SharedEngine:
         self._users = 0  # run_items calls in progress
         self._closing = False
         self._drained = threading.Condition()  # guards _users and _closing
-        self._stop = threading.Event()  # the engine thread ends its run once its queue is empty
+        self._stop = threading.Event()  # the pool thread ends its run once its queue is empty
 
     def run_items(self, items: list[WorkItem], keepalive: Callable[[], None] | None = None) -> None:
         """Queue `items` for the pool and return when every one has ended (done, failed or dropped). The
         items' callbacks run in this thread. Their input pictures are read here, each item's before it is
-        queued (issue 33): a slow or failing store holds this chunk, never the engine every chunk shares. Raises
-        EngineClosed, having queued nothing, once close() began."""
+        queued (issue 33): a slow or failing store holds this chunk, never the pool every chunk shares. Raises
+        PoolClosed, having queued nothing, once close() began."""
         with self._drained:
             if self._closing:
-                raise EngineClosed("the engine was replaced")
+                raise PoolClosed("the pool was replaced")
             self._users += 1
         try:
             self._run_items(items, keepalive)
@@ -79,7 +79,7 @@ class SharedEngine:
 
     def close(self) -> None:
         """Drain, stop and let go: new calls are refused, the calls in flight end as they would have (their
-        documents done, failed or dropped by a cancel or time limit), then the engine thread ends its run and is
+        documents done, failed or dropped by a cancel or time limit), then the pool thread ends its run and is
         joined, and the generator is dropped."""
         with self._drained:
             self._closing = True
@@ -116,7 +116,7 @@ class SharedEngine:
     def _start(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._serve, name="dreamgen-engine", daemon=True)
+                self._thread = threading.Thread(target=self._serve, name="dreamgen-pool", daemon=True)
                 self._thread.start()
 
     def _serve(self) -> None:
@@ -124,11 +124,11 @@ class SharedEngine:
             try:
                 run_items(self.generator, self._source(), slots=self.slots)
             except Exception:  # keep serving; the documents in flight were failed by run_items
-                log.exception("the shared engine's run failed")
+                log.exception("the shared pool's run failed")
 
     def _source(self):
         """Items as they arrive; NOTHING_YET when none is queued, after waiting a little only if the pool is idle
-        (a busy pool must not stop stepping). Ends when the engine is closing and nothing is queued: the run
+        (a busy pool must not stop stepping). Ends when the pool is closing and nothing is queued: the run
         then finishes the documents it holds and returns."""
         while True:
             if self._stop.is_set() and self._queue.empty():
@@ -162,7 +162,7 @@ def with_pictures(item: WorkItem) -> WorkItem | None:
 
 
 def _relay(item: WorkItem, events: queue.Queue) -> WorkItem:
-    """The item as the engine thread sees it: each callback is sent to the task thread to run there.
+    """The item as the pool thread sees it: each callback is sent to the task thread to run there.
     A callback's result says whether the item has ended."""
 
     def send(callback, ends: bool):

@@ -1,5 +1,5 @@
-"""The generator's configuration: one object built once (settings.engine_config) and passed to the Generator and
-the worker's shared pool, so every knob of the engine has one name and one place it is read."""
+"""The generator's configuration: one object built once (settings.generator_config) and passed to the Generator and
+the worker's shared pool, so every knob of the generator has one name and one place it is read."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,7 +19,7 @@ STEP_TOKENS = 256  # tokens of long feeds per step at most, besides one per deco
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class GeneratorConfig:
     slots: int | None = None  # documents in flight; None: DEFAULT_SLOTS of the device
     batching: str = "continuous"  # continuous: a freed slot takes the next document; lockstep: batch by batch
     kv_tokens: int | None = None  # a fixed KV pool; None: sized from memory (memory.py)
@@ -29,7 +29,7 @@ class EngineConfig:
     compile: bool | None = None  # torch.compile the decode buckets (and the UNet); None: on CUDA only
     graphs: bool | None = None  # replay decode buckets as CUDA graphs; None: on CUDA
     attention: str = "auto"  # auto | sdpa | flex (attention.py)
-    painting: str = "stepwise"  # stepwise: pictures take a step each engine step; gather: all at once, later
+    painting: str = "stepwise"  # stepwise: pictures take a step each generator step; gather: all at once, later
 
     def __post_init__(self):
         if self.batching not in BATCHING:
@@ -51,14 +51,14 @@ class EngineConfig:
         return device.type == "cuda" and (self.graphs if self.graphs is not None else True)
 
 
-def engine_config(slots: int | None = None, batching: str = "continuous", compile: bool | None = None,
-                  kv_fraction: float | None = None, painting: str | None = None) -> EngineConfig:
-    """The generator's configuration from flags and settings: the one place the engine's settings are read
+def generator_config(slots: int | None = None, batching: str = "continuous", compile: bool | None = None,
+                  kv_fraction: float | None = None, painting: str | None = None) -> GeneratorConfig:
+    """The generator's configuration from flags and settings: the one place the generator's settings are read
     (a flag given wins over its setting)."""
     from .. import settings
 
     if compile is None and settings.COMPILE.get() is not None:
         compile = settings.COMPILE.get() != "0"
-    return EngineConfig(slots=slots, batching=batching, kv_tokens=settings.kv_tokens(), compile=compile,
+    return GeneratorConfig(slots=slots, batching=batching, kv_tokens=settings.kv_tokens(), compile=compile,
                         kv_fraction=None if kv_fraction is None else settings.kv_memory_fraction(kv_fraction),
                         painting=painting or settings.PAINTING.get())

@@ -33,7 +33,7 @@ from ..document import Document, ImageBlock, TextBlock
 from ..errors import DreamgenError, GenerationCancelled, ParamsError
 from ..model.dreamllm import DreamLLM
 from .components import Components, TorchComponents
-from .config import DEFAULT_SLOTS, EngineConfig
+from .config import DEFAULT_SLOTS, GeneratorConfig
 from .diffusion import ImageRequest, image_seed
 from .images import tensor_to_pil
 from .kv import PAGE
@@ -48,13 +48,13 @@ from .scheduler import DREAM, FINISH, Candidate, Scheduler, Seq
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SLOTS", "NOTHING_YET", "DocumentRequest", "EngineStats", "Generator"]
+__all__ = ["DEFAULT_SLOTS", "NOTHING_YET", "DocumentRequest", "GeneratorStats", "Generator"]
 
 NOTHING_YET = object()  # a live source of requests has none right now: ask again at the next step
 
 
 @dataclass
-class EngineStats:
+class GeneratorStats:
     """What a run did: for the progress display and the bench."""
 
     steps: int = 0
@@ -69,7 +69,7 @@ class EngineStats:
     busy: int = 0
     started: float = field(default_factory=time.perf_counter)
     kv: object = None  # KVStats of the runner's pool
-    picture_waits: list = field(default_factory=list)  # (seconds, engine steps) from a dream block to its picture
+    picture_waits: list = field(default_factory=list)  # (seconds, generator steps) from a dream block to its picture
     stalled_seconds: float = 0.0  # time documents ready to write waited for pictures (gather painting)
 
     def count_step(self, busy: int, more_waiting: bool) -> None:
@@ -118,7 +118,7 @@ class _Doc:
     blocks: list = field(default_factory=list)
     query_states: torch.Tensor | None = None  # (Q, H) post-norm states at the queries of the last dream block
     picture: ImageRequest | None = None  # stepwise: the picture being painted for it
-    dreamed_at: tuple = (0.0, 0)  # (time, engine step) its dream block was fed: how long its picture took
+    dreamed_at: tuple = (0.0, 0)  # (time, generator step) its dream block was fed: how long its picture took
     stop_reason: str = ""
     started: float = field(default_factory=time.perf_counter)
 
@@ -132,7 +132,7 @@ class _Doc:
 
 
 class _Source:
-    """The job's requests as the engine takes them: numbered in the order taken. A live source may say
+    """The job's requests as the generator takes them: numbered in the order taken. A live source may say
     NOTHING_YET (none now): poll() asks it again, once a step."""
 
     def __init__(self, requests: Iterable[DocumentRequest]):
@@ -166,9 +166,9 @@ def _whole_pages(tokens: int) -> int:
 class Generator:
     """Writes illustrated documents with one model on one backend, `slots` documents at a time."""
 
-    def __init__(self, model: DreamLLM, components: Components | None = None, config: EngineConfig | None = None):
+    def __init__(self, model: DreamLLM, components: Components | None = None, config: GeneratorConfig | None = None):
         self.model = model
-        self.config = config or EngineConfig()
+        self.config = config or GeneratorConfig()
         # The LM always runs on torch (runner.py: paged pool, buckets, graphs); a backend's components paint
         # (UNet, VAE) and read pictures (vision encoder).
         self.components = components or TorchComponents(model, compile=self.config.compiles(model.device))
@@ -179,7 +179,7 @@ class Generator:
         self._cuda_steps: dict[int, tuple[int, int, int]] = {}  # slots -> (free, step, card) bytes, measured once
         self._runner: ModelRunner | None = None  # kept across runs: its pool and compiled buckets are costly
         self._feeders_waiting = False  # this step has documents ready to write (gather painting stalls them)
-        self.stats = EngineStats()
+        self.stats = GeneratorStats()
 
     # ------------------------------------------------------------------------------------------ public API
     def generate(self, requests: list[DocumentRequest], on_progress: Callable[[str, int], None] | None = None,
@@ -206,8 +206,8 @@ class Generator:
     def run(self, requests: Iterable[DocumentRequest], on_document: Callable[[int, Document], None],
             on_progress: Callable[[str, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
             on_failure: Callable[[int, Exception], None] | None = None,
-            on_stats: Callable[[EngineStats], None] | None = None, slots: int | None = None,
-            job_tokens: int | None = None, least_tokens: int | None = None) -> EngineStats:
+            on_stats: Callable[[GeneratorStats], None] | None = None, slots: int | None = None,
+            job_tokens: int | None = None, least_tokens: int | None = None) -> GeneratorStats:
         """Stream `requests` through the slot pool; each document goes to on_document(index, doc) the moment it
         is finished (index: its place among the requests taken). A request that cannot run (a bad parameter)
         goes to on_failure(index, error) if given, else raises. A request whose should_stop() says so is dropped
@@ -223,7 +223,7 @@ class Generator:
                               config.painting)
         self.painter.clear()  # pictures of a run that was cancelled
         runner = self._runner_for(kv_tokens)
-        stats = self.stats = EngineStats(slots=slots)
+        stats = self.stats = GeneratorStats(slots=slots)
         docs: dict[int, _Doc] = {}
         source = _Source(requests)
 
@@ -443,7 +443,7 @@ class Generator:
                             scheduler=p.scheduler, height=size, width=size)
 
     def _start_pictures(self, dreamers: list[_Doc]) -> None:
-        """Stepwise: the pictures just asked for join the painting at the next engine step."""
+        """Stepwise: the pictures just asked for join the painting at the next generator step."""
         conds = self.model.condition(torch.stack([d.query_states for d in dreamers]))  # (N, Q, cross_dim)
         for doc, cond in zip(dreamers, conds):
             request = self._image_request(doc, cond)

@@ -1,10 +1,10 @@
 """Pictures: the guidance condition, and denoising, either step by step beside the text or all at once.
 
-    stepwise  (the engine's default) a picture asked for starts at the next engine step; every engine step, all
+    stepwise  (the generator's default) a picture asked for starts at the next generator step; every generator step, all
               pictures in flight take one denoising step together, in one UNet call per latent size, each at
               its own timestep with its own scheduler; a finished picture is decoded and fed back to its own
               document while the others go on. Nobody's decoding waits for a picture.
-    gather    every waiting picture is painted from start to end in one go (paint()), as the engine did before;
+    gather    every waiting picture is painted from start to end in one go (paint()), as the generator did before;
               kept for comparison (bench/painting.py) and for `generate --image-only`.
 """
 from __future__ import annotations

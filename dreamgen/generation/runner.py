@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .attention import NOBODY, FlexAttention, Group, Grouped, SdpaAttention, flex_block_mask, resolve
-from .config import EngineConfig
+from .config import GeneratorConfig
 from .kv import PAGE, PagePool, pages_for
 from .lm import PagedLM, Run
 
@@ -104,7 +104,7 @@ class _Bucket:
 
 
 class ModelRunner:
-    def __init__(self, model, pool_tokens: int, config: EngineConfig):
+    def __init__(self, model, pool_tokens: int, config: GeneratorConfig):
         llm = model.llm
         cfg = llm.config
         self.model, self.config = model, config

@@ -22,7 +22,7 @@ document's chunks are cut from the start of its own feed, whatever else runs, so
 its neighbours.
 
 A document that asks for a picture waits (DREAMING) while the others go on. Painting "stepwise", its picture
-takes a denoising step each engine step beside the others' decoding (the generator drives it) until it is fed
+takes a denoising step each generator step beside the others' decoding (the generator drives it) until it is fed
 back; painting "gather", the scheduler has the waiting pictures painted together, start to end, once nobody else
 can go on or one has waited PAINT_GATHER_STEPS steps.
 """

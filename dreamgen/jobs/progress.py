@@ -117,10 +117,10 @@ class JobProgress(DocumentProgress):
 
     def __init__(self, console: Console | None = None, clock=time.monotonic):
         super().__init__(console, clock=clock)
-        self.images, self.engine = 0, ""
+        self.images, self.pool_note = 0, ""
 
     def note(self) -> str:
-        return f"{self.images} images{self.engine}"
+        return f"{self.images} images{self.pool_note}"
 
     def event(self, kind: str, info: dict) -> None:
         if kind == "start":
@@ -139,8 +139,8 @@ class JobProgress(DocumentProgress):
         elif kind == "memory":  # the KV pool's plan (generation/memory.py)
             for line in info["lines"]:
                 self.log(line, markup=False)
-        elif kind == "stats":  # the engine: tokens written per second, documents in flight of the slots
-            self.engine = f" · {info['tokens_per_s']:.0f} tok/s · {info['busy']}/{info['slots']} slots"
+        elif kind == "stats":  # the generator: tokens written per second, documents in flight of the slots
+            self.pool_note = f" · {info['tokens_per_s']:.0f} tok/s · {info['busy']}/{info['slots']} slots"
             self.update(note=self.note())
         elif kind == "image":
             self.images += 1

@@ -20,7 +20,7 @@ from dreamgen.exporters import FORMATS
 from ..clock import utc_now
 from ..document import Document, InputImage
 from ..errors import GenerationCancelled, InputImageError, JobFailed, JobInterrupted, ParamsError, StorageError
-from ..generation.config import EngineConfig, engine_config
+from ..generation.config import GeneratorConfig, generator_config
 from ..generation.generator import NOTHING_YET, DocumentRequest, Generator
 from ..ids import document_id
 from ..params import GenerationParams
@@ -179,20 +179,20 @@ def generate_documents(generator: Generator, output: JobOutput, specs: Iterable[
 
     last = [0.0]
 
-    def stats(engine):
+    def stats(generator_stats):
         if live:  # an end that came inside the listing's quiet time is written now
             live.tick()
         if time.perf_counter() - last[0] >= STATS_EVERY_S:
             last[0] = time.perf_counter()
-            emit("stats", stats_event(engine))
+            emit("stats", stats_event(generator_stats))
 
     run_items(generator, (item(spec) for spec in specs), should_stop, slots, stats, job_tokens)
     return list(results.values())
 
 
-def stats_event(engine) -> dict:
-    return {"busy": engine.busy, "slots": engine.slots, "pictures": engine.pictures,
-            "tokens_per_s": engine.new_tokens / max(engine.seconds, 1e-9)}
+def stats_event(stats) -> dict:
+    return {"busy": stats.busy, "slots": stats.slots, "pictures": stats.pictures,
+            "tokens_per_s": stats.new_tokens / max(stats.seconds, 1e-9)}
 
 
 def run_job(config: JobConfig, on_event: EventCallback | None = None,
@@ -337,21 +337,21 @@ def generate_document(generator: Generator, prompt: str, params: GenerationParam
 
 def load_generator(model: str, dtype: str = "fp32", device: str = "cpu", backend: str = "torch",
                    report: Callable[[str], None] | None = None, kv_fraction: float | None = None,
-                   config: EngineConfig | None = None) -> Generator:
+                   config: GeneratorConfig | None = None) -> Generator:
     """The model on a backend, ready to generate; report(line) hears which backend was chosen and why.
-    config: the engine's (default: from the settings)."""
+    config: the generator's (default: from the settings)."""
     from ..engines import select_backend
     from ..model.loader import load_model
 
     loaded = load_model(model, dtype=dtype, device=device)
     components, message = select_backend(backend, loaded)
     (report or log.info)(message)
-    return Generator(loaded, components, config or engine_config(kv_fraction=kv_fraction))
+    return Generator(loaded, components, config or generator_config(kv_fraction=kv_fraction))
 
 
 def job_generator(config: JobConfig, report: Callable[[str], None] | None = None,
                   kv_fraction: float | None = None, compile: bool | None = None) -> Generator:
     """The model of a job, on the job's device and backend, with the job's slots and batching."""
-    engine = engine_config(slots=config.slots, batching=config.batching, compile=compile,
+    generator = generator_config(slots=config.slots, batching=config.batching, compile=compile,
                                     kv_fraction=kv_fraction)
-    return load_generator(config.model, config.dtype, config.device, config.backend, report, config=engine)
+    return load_generator(config.model, config.dtype, config.device, config.backend, report, config=generator)

@@ -1,6 +1,6 @@
 """Decode speed of a 7B-shaped DreamLLM (random bf16 weights built on the card from the released config): tokens/s
 at 1, 16, 32 and 64 documents of 512 prompt + 512 new tokens, against the floor of reading the weights and the live
-KV once per step at the bandwidth a device-to-device copy measures in this run. The step is the engine's
+KV once per step at the bandwidth a device-to-device copy measures in this run. The step is the generator's
 (generation/runner.py): flex attention over the pool, the decode buckets compiled and replayed as CUDA graphs;
 the eager gather + SDPA step at 64 documents beside it. Every document decodes every step (end of sequence is
 not looked at: random weights make lengths arbitrary)."""
@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from dreamgen.generation.config import EngineConfig
+from dreamgen.generation.config import GeneratorConfig
 from dreamgen.generation.lm import Run
 from dreamgen.generation.memory import kv_bytes_per_token, weights_bytes
 from dreamgen.generation.runner import ModelRunner
@@ -41,7 +41,7 @@ def copy_bandwidth(device: str) -> float:
     return 2 * 2 ** 30 / best
 
 
-def decode(model, config: EngineConfig, documents: int, prompt: int, new: int) -> tuple[float, float]:
+def decode(model, config: GeneratorConfig, documents: int, prompt: int, new: int) -> tuple[float, float]:
     """(seconds of the `new` decode steps, mean live KV tokens) for `documents` documents decoding together."""
     runner = ModelRunner(model, documents * (prompt + new + 16), config)
     embed = model.llm.model.embed_tokens
@@ -61,7 +61,7 @@ def decode(model, config: EngineConfig, documents: int, prompt: int, new: int) -
             runs = [Run(slot, prompt + step, 1) for slot in range(documents)]
             _, logits = runner.forward(embed(tokens), runs, list(range(documents)))
             tokens = logits.argmax(dim=-1)
-            tokens.tolist()  # the engine's one read-back a step
+            tokens.tolist()  # the generator's one read-back a step
         seconds = time.perf_counter() - started
     del runner
     return seconds, documents * (prompt + warm + (prompt + new)) / 2
@@ -80,8 +80,8 @@ def run(table, device: str) -> None:
     table.header("step", "documents", "tokens/s", "ms/step", "floor ms/step", "x floor")
     table.note(f"device-to-device copy: {bandwidth / 1e12:.2f} TB/s; LM weights {weights / 1e9:.1f} GB; "
                f"KV {per_token / 2 ** 20:.2f} MiB a token")
-    ways = [("compiled + CUDA graphs, flex", EngineConfig(), counts),
-            ("eager, gather + SDPA", EngineConfig(attention="sdpa", compile=False, graphs=False), counts[1:2])]
+    ways = [("compiled + CUDA graphs, flex", GeneratorConfig(), counts),
+            ("eager, gather + SDPA", GeneratorConfig(attention="sdpa", compile=False, graphs=False), counts[1:2])]
     for name, config, documents_list in ways:
         for documents in documents_list:
             seconds, live = decode(model, config, documents, prompt, new)

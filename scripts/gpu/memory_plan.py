@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from dreamgen.generation.config import DEFAULT_SLOTS, EngineConfig
+from dreamgen.generation.config import DEFAULT_SLOTS, GeneratorConfig
 from dreamgen.generation.generator import Generator
 from dreamgen.generation.memory import model_card_plan
 from dreamgen.model.released_shape import build_released_shape
@@ -31,7 +31,7 @@ def run(table, device: str) -> None:
         table.note("A dry run: the measured plan needs the card (80 GiB assumed above).")
         return
     model.to_empty(device="cuda")  # the shapes on the card, no values: memory is what is measured here
-    generator = Generator(model, config=EngineConfig(slots=slots, kv_fraction=FRACTION))
+    generator = Generator(model, config=GeneratorConfig(slots=slots, kv_fraction=FRACTION))
     plan = generator.memory_plan(slots)
     row(table, "measured (`dreamgen run` on this card)", plan)
     runner = generator._runner_for(plan.pool_tokens)

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from dreamgen.generation.config import EngineConfig
+from dreamgen.generation.config import GeneratorConfig
 from dreamgen.generation.generator import DocumentRequest, Generator
 from dreamgen.model.loader import load_model
 from dreamgen.params import GenerationParams
@@ -40,7 +40,7 @@ def run(table, device: str) -> None:
         times, texts = [], []
         for slots in (1, count):
             started = time.perf_counter()
-            texts.append([doc.text for doc in Generator(model, config=EngineConfig(slots=slots)).generate(job)])
+            texts.append([doc.text for doc in Generator(model, config=GeneratorConfig(slots=slots)).generate(job)])
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - started)

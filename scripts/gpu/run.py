@@ -26,7 +26,7 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:  # dreamgen from this checkout
     sys.path.insert(0, str(ROOT))
 
-SECTIONS = ["environment", "decode", "pictures", "engine", "memory_plan", "backends", "neighbours", "released"]
+SECTIONS = ["environment", "decode", "pictures", "generator", "memory_plan", "backends", "neighbours", "released"]
 LEAST_S = 20  # a section is not started with less time than this left
 
 

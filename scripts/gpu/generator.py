@@ -1,4 +1,4 @@
-"""The continuous engine on a 7B-shaped DreamLLM (random bf16 weights built on the card): 64 documents of up to
+"""The continuous generator on a 7B-shaped DreamLLM (random bf16 weights built on the card): 64 documents of up to
 128 new tokens through 64 slots against the same documents one at a time (the first 8 of them: a rate is a
 rate), in documents/minute. Greedy; random weights end documents at arbitrary lengths, the same on both sides.
 Then pictures beside the text (issue 32): the same 64 documents with a third of them pictures (text-to-image,
@@ -10,14 +10,14 @@ import time
 
 import torch
 
-from dreamgen.generation.config import EngineConfig
+from dreamgen.generation.config import GeneratorConfig
 from dreamgen.generation.generator import DocumentRequest, Generator
 from dreamgen.model.released_shape import build_released_shape, fill_random
 from dreamgen.model.sizes import SMALL_SIZES
 from dreamgen.model.tiny import build_tiny_model
 from dreamgen.params import GenerationParams
 
-TITLE = "Continuous engine: 64 documents at 64 slots vs one at a time; pictures stepwise vs gathered (7B-shaped)"
+TITLE = "Continuous generator: 64 documents at 64 slots vs one at a time; pictures stepwise vs gathered (7B-shaped)"
 BUDGET_S = 60
 TOPICS = ("rivers", "bread", "trains", "the moon", "winter", "the sea", "tomatoes", "bird houses")
 
@@ -35,7 +35,7 @@ def run(table, device: str) -> None:
     table.header("way", "documents", "docs/min", "new tokens/s", "ratio")
     baseline = None
     for name, slots, requests in (("one at a time", 1, job[:alone_count]), (f"{documents} slots", documents, job)):
-        generator = Generator(model, config=EngineConfig(slots=slots))
+        generator = Generator(model, config=GeneratorConfig(slots=slots))
         generator.generate(requests[:1])  # warm-up: compiles and captures this slot count's buckets
         if device == "cuda":
             torch.cuda.synchronize()
@@ -53,7 +53,7 @@ def run(table, device: str) -> None:
     pictures = [DocumentRequest(r.prompt, r.params.replace(**picture), image_only=i % 3 == 0)
                 for i, r in enumerate(job)]
     for painting in ("gather", "stepwise"):
-        generator = Generator(model, config=EngineConfig(slots=documents, painting=painting))
+        generator = Generator(model, config=GeneratorConfig(slots=documents, painting=painting))
         generator.generate(pictures[:2])  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()

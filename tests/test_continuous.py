@@ -1,11 +1,11 @@
-"""The continuous-batching engine: a document's result depends only on its own prompt, parameters and seed,
+"""Continuous batching: a document's result depends only on its own prompt, parameters and seed,
 whatever its slot, neighbours, slot count or place in the job; slots refill; the KV cache is paged in place."""
 import random
 import threading
 
 import torch
 
-from dreamgen.generation.config import EngineConfig
+from dreamgen.generation.config import GeneratorConfig
 from dreamgen.generation.generator import NOTHING_YET, Generator
 from dreamgen.generation.kv import PAGE
 from dreamgen.generation.lm import Run
@@ -61,7 +61,7 @@ def test_slots_refill_as_documents_end_and_lockstep_does_not():
     assert max(busy) == 3 and cont.documents == len(JOB)
     assert cont.occupancy == 1.0  # while documents waited, every slot held one
 
-    gen = Generator(gen.model, config=EngineConfig(batching="lockstep"))
+    gen = Generator(gen.model, config=GeneratorConfig(batching="lockstep"))
     lockstep = stream(gen, JOB, slots=3)
     lock = gen.stats
     assert_same_job(lockstep, continuous)  # the same documents: only when they run changes
@@ -69,7 +69,7 @@ def test_slots_refill_as_documents_end_and_lockstep_does_not():
 
 
 def test_the_kv_cache_is_written_in_place_and_its_pages_go_to_the_next_document():
-    gen = Generator(tiny_model(), config=EngineConfig(slots=3))
+    gen = Generator(tiny_model(), config=GeneratorConfig(slots=3))
     pools = []
     original = gen._runner_for
 
@@ -96,7 +96,7 @@ def test_admission_respects_the_kv_budget():
     worst = max(probe.encode_prompt(r).shape[0] for r in job) + 40 + model.special.image_cost - 1  # prompt + growth
     worst = -(-worst // PAGE) * PAGE  # reservations are whole pages
     # room for two documents' worst cases, not three
-    gen = Generator(model, config=EngineConfig(slots=6, kv_tokens=2 * worst + PAGE))
+    gen = Generator(model, config=GeneratorConfig(slots=6, kv_tokens=2 * worst + PAGE))
     busy = []
     docs = stream(gen, job, on_stats=lambda s: busy.append(s.busy))
     assert len(docs) == 5 and max(busy) == 2
@@ -106,8 +106,8 @@ def test_chunked_prefill_changes_no_document():
     model = tiny_model()
     long = [request("a much longer prompt " * 12 + str(i), seed=i, max_new_tokens=20, max_images=1, steps=2)
             for i in range(3)]
-    whole = stream(Generator(model, config=EngineConfig(prefill_chunk=512, step_tokens=2048)), long, slots=3)
-    chunked = stream(Generator(model, config=EngineConfig(prefill_chunk=8, step_tokens=8)), long, slots=3)
+    whole = stream(Generator(model, config=GeneratorConfig(prefill_chunk=512, step_tokens=2048)), long, slots=3)
+    chunked = stream(Generator(model, config=GeneratorConfig(prefill_chunk=8, step_tokens=8)), long, slots=3)
     assert_same_job(chunked, whole)
 
 
@@ -116,10 +116,10 @@ def test_flex_attention_and_fixed_shape_buckets_give_the_same_documents():
     here eagerly: the same documents as the CPU's gather + SDPA."""
     model = tiny_model()
     sdpa = stream(Generator(model), JOB[:5], slots=3)
-    flex = Generator(model, config=EngineConfig(attention="flex", compile=False))
+    flex = Generator(model, config=GeneratorConfig(attention="flex", compile=False))
     flex_docs = stream(flex, JOB[:5], slots=3)
     assert_same_job(flex_docs, sdpa)
-    bucketed = Generator(model, config=EngineConfig(attention="flex"))
+    bucketed = Generator(model, config=GeneratorConfig(attention="flex"))
     runners = []
     original = bucketed._runner_for
 
@@ -171,7 +171,7 @@ def test_paged_step_equals_transformers_forward():
     g = torch.Generator().manual_seed(0)
     a, b, c = (torch.randn(n, H, generator=g) for n in (40, 23, 5))
     for attention in ("sdpa", "flex"):
-        runner = ModelRunner(model, 40 * PAGE, EngineConfig(attention=attention))
+        runner = ModelRunner(model, 40 * PAGE, GeneratorConfig(attention=attention))
         for slot in range(3):
             runner.open(slot, 200)
         with torch.no_grad():
@@ -191,11 +191,11 @@ def test_paged_step_equals_transformers_forward():
 
 def test_a_shared_engine_serves_several_callers_in_one_pool():
     """Two chunk tasks of a worker feed one slot pool from their own threads; each gets its own documents."""
-    from dreamgen.distributed.pool import SharedEngine
+    from dreamgen.distributed.pool import SharedPool
     from dreamgen.jobs.spec import WorkItem
     from dreamgen.prompts.files import PromptSpec
 
-    engine = SharedEngine(Generator(tiny_model()), slots=4)
+    pool = SharedPool(Generator(tiny_model()), slots=4)
     results = {0: {}, 1: {}}
 
     def caller(n):
@@ -205,7 +205,7 @@ def test_a_shared_engine_serves_several_callers_in_one_pool():
             spec = PromptSpec(line=k, id=f"{n}-{k}", custom_id=None, prompt=req.prompt, title=None, params=req.params)
             items.append(WorkItem(spec, done=lambda doc, k=k: results[n].__setitem__(k, doc),
                                   fail=lambda e, m=None: None))
-        engine.run_items(items)
+        pool.run_items(items)
 
     threads = [threading.Thread(target=caller, args=(n,)) for n in (0, 1)]
     for t in threads:
@@ -231,7 +231,7 @@ def test_a_prompt_longer_than_the_context_fails_alone():
 def test_a_run_cancelled_half_way_leaves_the_next_run_a_whole_pool():
     from dreamgen.errors import GenerationCancelled
 
-    gen = Generator(tiny_model(), config=EngineConfig(kv_tokens=4096))
+    gen = Generator(tiny_model(), config=GeneratorConfig(kv_tokens=4096))
     steps = []
     try:
         gen.run(JOB, on_document=lambda i, d: None, slots=3, should_stop=lambda: len(steps) > 5,
