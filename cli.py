@@ -1035,6 +1035,7 @@ def eval_command(model, dtype, device, count, splits, ablations, batch_size, pro
                    + "".join(f"{100 * s[c]:>14.1f}%" for c in columns))
     used = reports[0].params  # the same for every row; guidance as resolved (the model's own unless given)
     click.echo(f"({used['scheduler']}, {used['steps']} steps, guidance {used['guidance']}"
+               + (f", cache interval {used['cache_interval']}" if used.get("cache_interval", 1) != 1 else "")
                + (f"; prompts drawn with seed {prompt_seed})" if prompt_seed is not None else ")"))
 
 
