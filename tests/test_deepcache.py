@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamgen.errors import ParamsError
+from dreamgen.errors import ParamsError, PromptFileError
 from dreamgen.generation import diffusion
 from dreamgen.generation.deepcache import split_unet, supports_split
 from dreamgen.generation.diffusion import ImageRequest, decode_pictures, denoise_step, start_picture
@@ -20,6 +20,7 @@ from dreamgen.ids import document_id
 from dreamgen.jobs.png import encode_png, read_png_parameters
 from dreamgen.model.loader import load_model
 from dreamgen.params import GenerationParams
+from dreamgen.prompts.files import iter_prompt_file
 from dreamgen.shapes.dataset import eval_prompts
 from tests.helpers import pixels, tiny_model
 
@@ -237,3 +238,15 @@ def test_the_cache_interval_is_recorded_in_the_document_and_its_pngs(make_doc):
     doc.params = GenerationParams(seed=7, guidance=7.5).to_dict()
     assert "Cache interval" not in Image.open(io.BytesIO(encode_png(doc, doc.images[0]))).text["parameters"]
     assert json.loads(json.dumps(doc.params))["cache_interval"] == 1
+
+
+def test_prompt_files_set_the_cache_interval_and_name_a_bad_one(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("id,prompt,cache_interval\na,A red circle,3\nb,A blue square,\n")
+    specs = list(iter_prompt_file(good, None, "shapes"))
+    assert [s.params.cache_interval for s in specs] == [3, 1]
+    for name, content, line in [("bad.csv", "id,prompt,cache_interval\na,A red circle,x\n", 2),
+                                ("bad.jsonl", '{"prompt": "A red circle", "cache_interval": 0}\n', 1)]:
+        (tmp_path / name).write_text(content)
+        with pytest.raises(PromptFileError, match=rf"{name}:{line}: .*cache_interval"):
+            list(iter_prompt_file(tmp_path / name, None, "shapes"))
