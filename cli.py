@@ -27,6 +27,8 @@ PARAM_OPTIONS = [  # (flag, parameter, type, help)
     ("--guidance", "guidance", float, "Classifier-free guidance scale (default: the model's own, 7.5 unless its "
                                       "checkpoint names one; <= 1 turns it off)."),
     ("--scheduler", "scheduler", click.Choice(SCHEDULERS), "Diffusion scheduler (default ddpm)."),
+    ("--cache-interval", "cache_interval", int, "Run the UNet's deep blocks every Nth denoising step only, reusing "
+                                                "their features between (torch backend; default 1 = off)."),
     ("--max-images", "max_images", int, "Most images per document (default 4)."),
     ("--max-new-tokens", "max_new_tokens", int, "Most tokens the model writes per document (default 256)."),
     ("--temperature", "temperature", float, "Sampling temperature; 0 is greedy (default 0)."),
@@ -1170,6 +1172,7 @@ def eval_command(model, dtype, device, count, splits, ablations, batch_size, pro
                    + "".join(f"{100 * s[c]:>14.1f}%" for c in columns))
     used = reports[0].params  # the same for every row; guidance as resolved (the model's own unless given)
     click.echo(f"({used['scheduler']}, {used['steps']} steps, guidance {used['guidance']}"
+               + (f", cache interval {used['cache_interval']}" if used.get("cache_interval", 1) != 1 else "")
                + (f"; prompts drawn with seed {prompt_seed})" if prompt_seed is not None else ")"))
 
 

@@ -23,7 +23,8 @@ REFERENCE_GUIDANCE = 7.5
 class GenerationParams:
     """What decides one document, besides the model and the prompt.
 
-    Defaults follow the reference: DDPM, 50 steps. `guidance=None` means the model's own (the scale its
+    Defaults follow the reference: DDPM, 50 steps. `cache_interval` N > 1 runs the UNet's deep blocks every Nth
+    step only and reuses their features between (generation/deepcache.py; torch backend only). `guidance=None` means the model's own (the scale its
     checkpoint names, else the reference's 7.5): a small model trained here may paint best at another.
     `template` names a prompt template of templates/prompts/ (how a topic becomes an instruction); `chat` the
     chat format around it (vicuna_v1.1 for the released chat models, or none).
@@ -38,6 +39,7 @@ class GenerationParams:
     steps: int = 50
     guidance: float | None = None
     scheduler: str = "ddpm"
+    cache_interval: int = 1  # 1: every denoising step runs the whole UNet; N: every Nth, the deep features reused
     image_size: int | None = None
     negative_prompt: str = ""
     template: str = "none"
@@ -91,6 +93,8 @@ def check_params(p: GenerationParams) -> None:
     need(p.guidance is None or (_is_number(p.guidance) and 0 <= p.guidance <= 50), "guidance",
          "must be a number in [0, 50] (or unset for the model's own)")
     need(p.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+    need(_is_int(p.cache_interval) and 1 <= p.cache_interval <= MAX_STEPS, "cache_interval",
+         f"must be an integer in [1, {MAX_STEPS}] (1 = no cache)")
     need(p.image_size is None or (_is_int(p.image_size) and 8 <= p.image_size <= 2048),
          "image_size", "must be an integer in [8, 2048] (or unset for the model's size)")
     need(isinstance(p.negative_prompt, str), "negative_prompt", "must be a string")

@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 
 from ..model.dreamllm import DreamLLM
+from . import deepcache
 
 
 class Components(Protocol):
@@ -24,6 +25,11 @@ class Components(Protocol):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, h, w) in [0, 1] -> image-block features (N, P, H)."""
+
+    # The UNet cut at deepcache.CACHE_DEPTH (sample, timestep, encoder_hidden_states, full, cached) -> (eps, deep),
+    # or None where the backend runs the whole UNet graph only (ONNX Runtime, TensorRT): the cache then falls back
+    # to full steps.
+    split_unet = None
 
 
 class TorchComponents:
@@ -41,6 +47,7 @@ class TorchComponents:
         self._unet = head.unet
         if compile:  # one compiled graph per batch shape the UNet meets (guards recompile on a new one)
             self._unet = torch.compile(head.unet, fullgraph=False, dynamic=False)
+        self.split_unet = self._split_unet if deepcache.supports_split(head.unet) else None
 
     @torch.no_grad()
     def unet(self, sample, timestep, encoder_hidden_states):
@@ -56,6 +63,11 @@ class TorchComponents:
         if sample.is_cuda:
             sample = sample.contiguous(memory_format=torch.channels_last)
         return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+    def _split_unet(self, sample, timestep, encoder_hidden_states, full, cached):
+        if sample.is_cuda:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        return deepcache.split_unet(self.model.head.unet, sample, timestep, encoder_hidden_states, full, cached)
 
     @torch.no_grad()
     def vae_decode(self, latents):

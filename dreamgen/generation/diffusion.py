@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +18,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from ..errors import ParamsError
+
+log = logging.getLogger(__name__)
 
 SCHEDULER_CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}
 
@@ -53,6 +56,7 @@ class ImageRequest:
     scheduler: str
     height: int
     width: int
+    cache_interval: int = 1  # a full UNet pass every this many steps, the deep features reused between (deepcache.py)
 
 
 VAE_BATCH = 4  # pictures decoded at once: the fp32 VAE at 512 px takes ~0.5 GB a picture
@@ -109,6 +113,7 @@ class Picture:
     noise: torch.Tensor | None  # (noisy steps, 1, C, h, w): DDPM's per-step draws; None for the others
     step_kwargs: dict
     step: int = 0
+    deep: torch.Tensor | None = None  # (rows, C, h, w): the deep feature of its last full pass, rows [uncond?, cond]
 
     @property
     def done(self) -> bool:
@@ -121,6 +126,15 @@ class Picture:
     @property
     def guided(self) -> bool:
         return self.request.guidance > 1.0
+
+    @property
+    def cached(self) -> bool:
+        return self.request.cache_interval > 1
+
+    @property
+    def full_pass(self) -> bool:
+        """Whether this step runs the whole UNet (always, without the cache; every cache_interval-th step with)."""
+        return self.deep is None or self.step % self.request.cache_interval == 0
 
 
 def start_picture(request: ImageRequest, scheduler_config: dict, latent_channels: int, vae_scale: int, device,
@@ -148,17 +162,28 @@ def start_picture(request: ImageRequest, scheduler_config: dict, latent_channels
     return Picture(request, scheduler, latents * scheduler.init_noise_sigma, noise if ddpm else None, step_kwargs)
 
 
-def denoise_step(pictures: list[Picture], unet: Callable) -> None:
+def denoise_step(pictures: list[Picture], unet: Callable, split_unet: Callable | None = None) -> None:
     """One denoising step for every picture (all of one latent size), each at its own timestep with its own
     scheduler, in one UNet call: rows [unconditional of the guided pictures, conditional of all], as diffusers
-    orders them for one picture."""
+    orders them for one picture.
+
+    Pictures with a cache interval go through `split_unet` (deepcache.split_unet's signature, less the UNet), the
+    deep part only for the rows of pictures at a full pass, in the same one call; without `split_unet` (a backend
+    that runs the whole UNet graph only) they take full steps."""
     device, dtype = pictures[0].latents.device, pictures[0].latents.dtype
     inputs = [p.scheduler.scale_model_input(p.latents, p.timestep) for p in pictures]
     guided = [i for i, p in enumerate(pictures) if p.guided]
     rows = [inputs[i] for i in guided] + inputs
     timesteps = torch.stack([pictures[i].timestep for i in guided] + [p.timestep for p in pictures])
     cond = torch.stack([pictures[i].request.uncond for i in guided] + [p.request.cond for p in pictures])
-    eps = unet(torch.cat(rows), timesteps.to(device), cond.to(device=device, dtype=dtype))
+    caching = any(p.cached for p in pictures)
+    if caching and split_unet is None:
+        _warn_no_split()
+    if caching and split_unet is not None:
+        eps = _split_step(pictures, guided, torch.cat(rows), timesteps.to(device),
+                          cond.to(device=device, dtype=dtype), split_unet)
+    else:
+        eps = unet(torch.cat(rows), timesteps.to(device), cond.to(device=device, dtype=dtype))
     eps_uncond, eps_cond = eps[:len(guided)], eps[len(guided):]
     if guided:
         scale = torch.tensor([pictures[i].request.guidance for i in guided], device=device, dtype=dtype)
@@ -173,6 +198,38 @@ def denoise_step(pictures: list[Picture], unet: Callable) -> None:
         else:
             p.latents = p.scheduler.step(e, p.timestep, p.latents, **p.step_kwargs, return_dict=False)[0]
         p.step += 1
+
+
+def _split_step(pictures: list[Picture], guided: list[int], sample, timesteps, cond, split_unet) -> torch.Tensor:
+    """The UNet's noise prediction of the rows, the deep part computed only for pictures at a full pass; each
+    cached picture keeps its rows' deep feature."""
+    owner = guided + list(range(len(pictures)))  # the picture of each row
+    full = torch.tensor([pictures[i].full_pass for i in owner], device=sample.device)
+    cached = None
+    if not bool(full.all()):
+        like = next(p.deep for p in pictures if p.deep is not None)
+        # a guided picture's rows are [uncond, cond]: its uncond row is deep[0], its cond row deep[-1]
+        cached = torch.cat([(pictures[i].deep[:1] if pictures[i].deep is not None else torch.zeros_like(like[:1]))
+                            for i in guided]
+                           + [(p.deep[-1:] if p.deep is not None else torch.zeros_like(like[:1])) for p in pictures])
+    eps, deep = split_unet(sample, timesteps, cond, full, cached)
+    n_guided = len(guided)
+    for k, p in enumerate(pictures):
+        if p.cached and p.full_pass:
+            mine = [guided.index(k)] if p.guided else []
+            p.deep = deep[mine + [n_guided + k]]  # indexing by a list copies
+    return eps
+
+
+_warned_no_split = False
+
+
+def _warn_no_split() -> None:
+    global _warned_no_split
+    if not _warned_no_split:
+        log.warning("cache_interval > 1 needs the torch backend (this backend runs the whole UNet graph only): "
+                    "painting with full UNet steps instead")
+        _warned_no_split = True
 
 
 def decode_pictures(pictures: list[Picture], vae_decode: Callable) -> list[torch.Tensor]:
@@ -192,7 +249,7 @@ def decode_pictures(pictures: list[Picture], vae_decode: Callable) -> list[torch
 
 def denoise_group(requests: list[ImageRequest], unet: Callable, vae_decode: Callable, scheduler_config: dict,
                   latent_channels: int, vae_scale: int, device, dtype,
-                  check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
+                  check_cancel: Callable[[], None] | None = None, split_unet: Callable | None = None) -> torch.Tensor:
     """Paint pictures of one latent size together from start to end; returns (N, 3, H, W) in [0, 1]. Pictures
     with fewer steps leave the UNet batch when they are done."""
     pictures = [start_picture(r, scheduler_config, latent_channels, vae_scale, device, dtype) for r in requests]
@@ -202,5 +259,5 @@ def denoise_group(requests: list[ImageRequest], unet: Callable, vae_decode: Call
             break
         if check_cancel:
             check_cancel()
-        denoise_step(going, unet)
+        denoise_step(going, unet, split_unet)
     return torch.stack(decode_pictures(pictures, vae_decode))

@@ -440,7 +440,7 @@ class Generator:
         size = p.image_size or self.model.head.default_image_size
         return ImageRequest(cond=cond, uncond=self.painter.unconditional(p.negative_prompt),
                             seed=image_seed(p.seed, doc.images_done), steps=p.steps, guidance=p.guidance,
-                            scheduler=p.scheduler, height=size, width=size)
+                            scheduler=p.scheduler, height=size, width=size, cache_interval=p.cache_interval)
 
     def _start_pictures(self, dreamers: list[_Doc]) -> None:
         """Stepwise: the pictures just asked for join the painting at the next generator step."""

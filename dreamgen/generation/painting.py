@@ -47,7 +47,7 @@ class Painter:
         for picture in self.pictures.values():
             by_size.setdefault(tuple(picture.latents.shape), []).append(picture)
         for group in by_size.values():
-            denoise_step(group, self.components.unet)
+            denoise_step(group, self.components.unet, getattr(self.components, "split_unet", None))
         done = [key for key, picture in self.pictures.items() if picture.done]
         if not done:
             return {}
@@ -74,7 +74,8 @@ class Painter:
         for indices in groups.values():
             images = denoise_group([requests[i] for i in indices], self.components.unet, self.components.vae_decode,
                                    head.scheduler_config, head.unet.config.in_channels, head.vae_scale_factor,
-                                   self.model.device, self.model.dtype, check_cancel)
+                                   self.model.device, self.model.dtype, check_cancel,
+                                   getattr(self.components, "split_unet", None))
             for i, image in zip(indices, images):
                 results[i] = image
         return results

@@ -28,7 +28,8 @@ def parameters_line(doc: Document, block: ImageBlock) -> str:
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     fields = [("Steps", params.get("steps")), ("Sampler", str(params.get("scheduler", "")).upper()),
-              ("CFG scale", params.get("guidance")), ("Seed", block.seed), ("Size", f"{block.width}x{block.height}"),
+              ("CFG scale", params.get("guidance")),
+              ("Cache interval", params.get("cache_interval") if params.get("cache_interval", 1) != 1 else None), ("Seed", block.seed), ("Size", f"{block.width}x{block.height}"),
               ("Model hash", doc.model_hash), ("Model", doc.model), ("Document", doc.id),
               ("Image", block.index),
               ("Image only", "yes" if params.get("image_only") else None)]  # text-to-image: `generate --image-only`

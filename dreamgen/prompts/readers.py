@@ -30,7 +30,7 @@ DEFAULT_FIELDS = PARAM_NAMES  # what job defaults and a YAML `defaults:` may set
 ID_FIELDS = ("id", "custom_id")
 FIELDS = ID_FIELDS + ("prompt", "title", "images") + PARAM_NAMES
 
-INT_FIELDS = {"seed", "steps", "max_images", "max_new_tokens", "image_size"}
+INT_FIELDS = {"seed", "steps", "max_images", "max_new_tokens", "image_size", "cache_interval"}
 NUMBER_FIELDS = {"guidance", "temperature", "top_p"}
 STRING_FIELDS = {"id", "custom_id", "prompt", "title", "template", "chat", "negative_prompt", "scheduler"}
 LIST_FIELDS = {"images"}
