@@ -92,3 +92,31 @@ def test_a_dropped_document_takes_its_picture_with_it():
     gen.run([request("quick", seed=2, max_new_tokens=3, max_images=0), doomed], slots=2,
             on_document=lambda i, d: docs.__setitem__(i, d), on_progress=progress)
     assert set(docs) == {0} and not gen.painter.pictures
+
+
+def test_the_scheduler_state_stays_fp32_while_the_unet_runs_bf16():
+    """The reference samples in fp32: latents, noise, the guidance mix and the scheduler's arithmetic; only the
+    UNet (and the LM) run in bf16."""
+    model = tiny_model()
+    head = model.head
+    unet = head.unet.to(torch.bfloat16)
+    seen = []
+
+    def bf16_unet(sample, timestep, cond):
+        seen.append((sample.dtype, cond.dtype))
+        return unet(sample, timestep, encoder_hidden_states=cond, return_dict=False)[0]
+
+    try:
+        cond = torch.randn(model.special.num_dream_queries, head.unet.config.cross_attention_dim)
+        requests = [ImageRequest(cond=cond, uncond=cond * 0.5, seed=s, steps=3, guidance=g, scheduler=k, height=64,
+                                 width=64) for s, g, k in ((1, 7.5, "ddpm"), (2, 1.0, "dpm-solver"))]
+        pictures = [start_picture(r, head.scheduler_config, head.unet.config.in_channels, head.vae_scale_factor,
+                                  model.device, torch.bfloat16) for r in requests]
+        assert all(p.latents.dtype == torch.float32 for p in pictures) and pictures[0].noise.dtype == torch.float32
+        with torch.no_grad():
+            while any(not p.done for p in pictures):
+                denoise_step([p for p in pictures if not p.done], bf16_unet)
+        assert len(seen) == 3 and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+        assert all(p.latents.dtype == torch.float32 and torch.isfinite(p.latents).all() for p in pictures)
+    finally:
+        unet.to(torch.float32)  # tiny_model() is shared

@@ -109,9 +109,10 @@ class Picture:
 
     request: ImageRequest
     scheduler: object
-    latents: torch.Tensor  # (1, C, h, w)
-    noise: torch.Tensor | None  # (noisy steps, 1, C, h, w): DDPM's per-step draws; None for the others
+    latents: torch.Tensor  # (1, C, h, w), fp32
+    noise: torch.Tensor | None  # (noisy steps, 1, C, h, w), fp32: DDPM's per-step draws; None for the others
     step_kwargs: dict
+    unet_dtype: torch.dtype = torch.float32  # what the UNet reads (bf16 on CUDA); everything else here is fp32
     step: int = 0
     deep: torch.Tensor | None = None  # (rows, C, h, w): the deep feature of its last full pass, rows [uncond?, cond]
 
@@ -140,7 +141,9 @@ class Picture:
 def start_picture(request: ImageRequest, scheduler_config: dict, latent_channels: int, vae_scale: int, device,
                   dtype) -> Picture:
     """A picture at its first step: a fresh scheduler of its kind over the model's noise schedule, and all its
-    noise drawn from its own CPU generator (as diffusers' pipeline draws it for this seed)."""
+    noise drawn from its own CPU generator (as diffusers' pipeline draws it for this seed). The latents, the noise,
+    the scheduler's arithmetic and the guidance mix are fp32 whatever the UNet's `dtype` (as the reference samples:
+    only the UNet and the LM run in bf16)."""
     # issue 16: a model's own schedule may allow fewer steps than params.MAX_STEPS
     if request.steps > max_steps(scheduler_config):
         raise ParamsError(f"steps={request.steps}: this model's noise schedule allows at most "
@@ -150,16 +153,17 @@ def start_picture(request: ImageRequest, scheduler_config: dict, latent_channels
     ddpm = isinstance(scheduler, DDPMScheduler) and scheduler.config.variance_type in ("fixed_small", None)
     noisy_steps = int((scheduler.timesteps > 0).sum()) if ddpm else 0
     shape = (latent_channels, request.height // vae_scale, request.width // vae_scale)
-    latents, noise = draw_noise([request.seed], shape, noisy_steps, device, dtype)
+    latents, noise = draw_noise([request.seed], shape, noisy_steps, device, torch.float32)
     step_kwargs = {}
     accepted = set(inspect.signature(scheduler.step).parameters)
     if "generator" in accepted and not ddpm:  # a scheduler that draws noise of its own (none of ours does):
         generator = torch.Generator("cpu").manual_seed(request.seed)  # its stream after the initial latents
-        torch.randn(shape, generator=generator, dtype=dtype)
+        torch.randn(shape, generator=generator, dtype=torch.float32)
         step_kwargs["generator"] = generator
     if "eta" in accepted:
         step_kwargs["eta"] = 0.0
-    return Picture(request, scheduler, latents * scheduler.init_noise_sigma, noise if ddpm else None, step_kwargs)
+    return Picture(request, scheduler, latents * scheduler.init_noise_sigma, noise if ddpm else None, step_kwargs,
+                   unet_dtype=dtype)
 
 
 def denoise_step(pictures: list[Picture], unet: Callable, split_unet: Callable | None = None) -> None:
@@ -170,8 +174,8 @@ def denoise_step(pictures: list[Picture], unet: Callable, split_unet: Callable |
     Pictures with a cache interval go through `split_unet` (deepcache.split_unet's signature, less the UNet), the
     deep part only for the rows of pictures at a full pass, in the same one call; without `split_unet` (a backend
     that runs the whole UNet graph only) they take full steps."""
-    device, dtype = pictures[0].latents.device, pictures[0].latents.dtype
-    inputs = [p.scheduler.scale_model_input(p.latents, p.timestep) for p in pictures]
+    device, dtype = pictures[0].latents.device, pictures[0].unet_dtype
+    inputs = [p.scheduler.scale_model_input(p.latents, p.timestep).to(dtype) for p in pictures]
     guided = [i for i, p in enumerate(pictures) if p.guided]
     rows = [inputs[i] for i in guided] + inputs
     timesteps = torch.stack([pictures[i].timestep for i in guided] + [p.timestep for p in pictures])
@@ -184,9 +188,10 @@ def denoise_step(pictures: list[Picture], unet: Callable, split_unet: Callable |
                           cond.to(device=device, dtype=dtype), split_unet)
     else:
         eps = unet(torch.cat(rows), timesteps.to(device), cond.to(device=device, dtype=dtype))
+    eps = eps.float()  # the guidance mix and the scheduler in fp32
     eps_uncond, eps_cond = eps[:len(guided)], eps[len(guided):]
     if guided:
-        scale = torch.tensor([pictures[i].request.guidance for i in guided], device=device, dtype=dtype)
+        scale = torch.tensor([pictures[i].request.guidance for i in guided], device=device, dtype=torch.float32)
         at = torch.tensor(guided, device=device)
         u, c = eps_uncond, eps_cond.index_select(0, at)
         eps_cond = eps_cond.index_copy(0, at, u + scale.view(-1, 1, 1, 1) * (c - u))
