@@ -1,6 +1,7 @@
 """Pictures on an SD 2.1-shaped UNet and VAE (random weights built on the card, UNet bf16, VAE fp32): a 512 px
 picture, 50 DDPM steps, guidance 7.5, batch 1 and 8, dreamgen's painter against diffusers' StableDiffusionPipeline
-on the same UNet in the same run (eager both; then both on one torch.compile'd UNet, batch 1)."""
+on the same UNet in the same run (eager both; then both on one torch.compile'd UNet, batch 1); and dreamgen's with
+the UNet's deep features reused across steps (cache interval 2 and 3, issue 32), in pictures per minute."""
 from __future__ import annotations
 
 import copy
@@ -48,10 +49,10 @@ def run(table, device: str) -> None:
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
 
-    def ours(components, batch):
+    def ours(components, batch, cache_interval=1):
         painter = Painter(model, components, encoder=None)
         requests = [ImageRequest(cond=cond[i], uncond=uncond, seed=i, steps=steps, guidance=7.5, scheduler="ddpm",
-                                 height=size, width=size) for i in range(batch)]
+                                 height=size, width=size, cache_interval=cache_interval) for i in range(batch)]
         return lambda: painter.paint(requests)
 
     def theirs(batch):
@@ -67,6 +68,11 @@ def run(table, device: str) -> None:
         mine(), peer()  # warm-up (cuDNN picks its kernels)
         a, b = timed(mine, device) / batch, timed(peer, device) / batch
         table.row("eager", batch, a, b, b / a)
+    for interval in (2, 3):  # issue 32: the deep features reused across steps (generation/deepcache.py)
+        mine = ours(eager, batches[-1], cache_interval=interval)
+        mine()
+        a = timed(mine, device) / batches[-1]
+        table.row(f"eager, cache interval {interval}", batches[-1], a, "-", f"{60 / a:.0f} pictures/min")
     if device != "cuda":
         table.note("The compiled rows run on CUDA only (compiling on the CPU takes longer than the dry run).")
         return
