@@ -108,9 +108,12 @@ class FlexAttention:
 
         g, h = self.group, self.kv_heads
         pool = kv.transpose(0, 1)[None].expand(g.rows, -1, -1, -1)  # (rows, 2h, pool rows, D), no copy
-        # the query contiguous: it is a strided slice of the fused qkv, which Inductor's CPU flex template rejects
+        # the query contiguous: it is a strided slice of the fused qkv, which Inductor's CPU flex template rejects.
+        # On CUDA the Triton kernel's tiles are a page (16): its KV tile must divide the block mask's (as vLLM
+        # sets them for 16-token pages); its defaults (64, 128) would not.
+        options = {"BLOCK_M": PAGE, "BLOCK_N": PAGE} if q.is_cuda else None
         out = flex_attention(g.padded(q).contiguous(), pool[:, :h], pool[:, h:], block_mask=self.block_mask,
-                             scale=self.scale, enable_gqa=q.shape[1] != h)
+                             scale=self.scale, enable_gqa=q.shape[1] != h, kernel_options=options)
         return g.flat(out)
 
 
