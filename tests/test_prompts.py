@@ -313,7 +313,7 @@ def test_bad_job_defaults_are_params_errors(tmp_path, defaults, words):
 
 def test_none_in_job_defaults_means_not_given(tmp_path):
     (spec,) = specs(write(tmp_path, "p.txt", "a fox\n"), {"steps": None, "seed": 4})
-    assert (spec.params.steps, spec.params.seed) == (50, 4)
+    assert (spec.params.steps, spec.params.seed) == (None, 4)  # unset: the model's own
 
 
 def test_unsafe_user_ids_become_safe_and_keep_what_the_user_wrote(tmp_path):
