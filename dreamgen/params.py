@@ -81,10 +81,6 @@ class GenerationParams:
         unset = {name: getattr(defaults, name) for name in DEFAULT_FIELDS if getattr(self, name) is None}
         return self.replace(**unset) if unset else self
 
-    @property
-    def is_resolved(self) -> bool:
-        return all(getattr(self, name) is not None for name in DEFAULT_FIELDS)
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
