@@ -23,16 +23,21 @@ from dreamgen.workers.settings import GPU_QUEUE, LIGHT_QUEUE
 PARAM_OPTIONS = [  # (flag, parameter, type, help)
     ("--seed", "seed", int, "Seed of text sampling and of the first image's noise (default: derived from the "
                             "document's id)."),
-    ("--steps", "steps", int, "Denoising steps per image (default 50)."),
-    ("--guidance", "guidance", float, "Classifier-free guidance scale (default: the model's own, 7.5 unless its "
-                                      "checkpoint names one; <= 1 turns it off)."),
-    ("--scheduler", "scheduler", click.Choice(SCHEDULERS), "Diffusion scheduler (default ddpm)."),
+    # The unset ones below take the model's defaults: the released checkpoints the reference scripts' (DDPM, 150
+    # steps, guidance 3.5, temperature 0.2, top_p 1.0, 1024 new tokens), others their own (dreamgen models inspect).
+    ("--steps", "steps", int, "Denoising steps per image (default: the model's, 150 for the released ones)."),
+    ("--guidance", "guidance", float, "Classifier-free guidance scale (default: the model's, 3.5 for the released "
+                                      "ones; <= 1 turns it off)."),
+    ("--scheduler", "scheduler", click.Choice(SCHEDULERS), "Diffusion scheduler (default: the model's, ddpm for "
+                                                           "the released ones)."),
     ("--cache-interval", "cache_interval", int, "Run the UNet's deep blocks every Nth denoising step only, reusing "
                                                 "their features between (torch backend; default 1 = off)."),
     ("--max-images", "max_images", int, "Most images per document (default 4)."),
-    ("--max-new-tokens", "max_new_tokens", int, "Most tokens the model writes per document (default 256)."),
-    ("--temperature", "temperature", float, "Sampling temperature; 0 is greedy (default 0)."),
-    ("--top-p", "top_p", float, "Nucleus sampling mass (default 1.0)."),
+    ("--max-new-tokens", "max_new_tokens", int, "Most tokens the model writes per document (default: the "
+                                                 "model's, 1024 for the released ones)."),
+    ("--temperature", "temperature", float, "Sampling temperature; 0 is greedy (default: the model's, 0.2 for "
+                                            "the released ones)."),
+    ("--top-p", "top_p", float, "Nucleus sampling mass (default: the model's, 1.0 for the released ones)."),
     ("--image-size", "image_size", int, "Image side in pixels, a multiple of 8 (default: the model's)."),
     ("--negative-prompt", "negative_prompt", str, "What the pictures should not show."),
     ("--template", "template", str, f"Prompt template: {', '.join(available_templates())} (default none)."),
@@ -564,7 +569,8 @@ def model_inspect(path, as_json):
             click.echo(f"      {key} {tuple(shape)}")
     click.echo("  special tokens: " + " ".join(f"{t}={i}" for t, i in info["special_tokens"].items()))
     click.echo("  tokenizer files: " + ", ".join(info["tokenizer"]))
-    click.echo(f"  guidance when a request names none: {info['guidance']}")
+    click.echo("  defaults where a request names none: "
+               + ", ".join(f"{k} {v}" for k, v in info["defaults"].items()))
 
 
 @models.command("plan")

@@ -57,7 +57,7 @@ def main() -> None:
     deep, shallow = Rows(head.unet.mid_block), Rows(head.unet.down_blocks[0])
 
     def paint(interval: int) -> float:
-        requests = [ImageRequest(cond=c, uncond=uncond, seed=i, steps=args.steps, guidance=model.info.guidance,
+        requests = [ImageRequest(cond=c, uncond=uncond, seed=i, steps=args.steps, guidance=model.info.defaults.guidance,
                                  scheduler=args.scheduler, height=size, width=size, cache_interval=interval)
                     for i, c in enumerate(conds)]
         start = time.perf_counter()
@@ -76,7 +76,7 @@ def main() -> None:
             best[k] = min(best[k], paint(k))
             counts[k] = (deep.rows, shallow.rows)
     print(f"{args.model}: {args.pictures} pictures of {size} px, {args.scheduler} {args.steps} steps, guidance "
-          f"{model.info.guidance}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{model.info.defaults.guidance}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{platform.processor() or platform.machine()}; best of {args.rounds} rounds")
     print(f"{'interval':>8} {'s/picture':>10} {'vs 1':>6} {'deep rows':>10} {'shallow rows':>13}")
     for k in args.intervals:

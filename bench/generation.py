@@ -56,12 +56,12 @@ class SampleAsDreamgen(LogitsProcessor):
 
 def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentRequest):
     """One document the reference scripts' way; returns (text, number of images, seconds spent in the pipeline)."""
-    model, s, p = gen.model, gen.special, req.params
+    model, s = gen.model, gen.special
+    p = req.params.resolved(model.info.defaults)  # as the generator resolves them
     device = model.device
     context = gen.encode_prompt(req)  # (T, H)
     text_ids, images, new_tokens, pipeline_s = [], 0, 0, 0.0
     size = p.image_size or model.head.default_image_size
-    guidance = p.resolved(model.info.guidance).guidance  # as the generator resolves it
     while new_tokens < p.max_new_tokens:
         allow_dream = images < p.max_images and context.shape[0] + 1 + s.image_cost + 1 <= model.max_positions
         banned = gen.encoder.banned.tolist() + ([] if allow_dream else [s.dream_start])
@@ -86,7 +86,7 @@ def naive_document(gen: Generator, pipe: StableDiffusionPipeline, req: DocumentR
         pipe.scheduler = make_scheduler(p.scheduler, model.head.scheduler_config)
         start = time.perf_counter()
         image = pipe(prompt_embeds=cond, negative_prompt_embeds=gen.unconditional(p.negative_prompt)[None],
-                     num_inference_steps=p.steps, guidance_scale=guidance, height=size, width=size,
+                     num_inference_steps=p.steps, guidance_scale=p.guidance, height=size, width=size,
                      generator=torch.Generator("cpu").manual_seed(image_seed(p.seed, images)), output_type="pil").images[0]
         pipeline_s += time.perf_counter() - start
         images += 1

@@ -129,10 +129,13 @@ def main():
         print(json.dumps(measure(*args.measure)))
         return
 
-    from tests.released_checkpoint import BENCH, TINY, write_released_checkpoint
+    from tests.released_checkpoint import BENCH, TINY, write_model_configs, write_released_checkpoint
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         started = time.perf_counter()
+        # the checkpoints hold what the hub's do (no CLIP/SD configs): their toy tower's and head's configs are
+        # found by hub id here, in every process measured
+        os.environ["DREAMGEN_MODEL_CONFIGS"] = str(write_model_configs(Path(tmp) / "model-configs"))
         big = write_released_checkpoint(Path(tmp) / "big", sizes=BENCH, picture_rate=None)
         tiny = write_released_checkpoint(Path(tmp) / "tiny", sizes=TINY, picture_rate=None)
         llm_bytes = (big / "pytorch_model.bin").stat().st_size

@@ -45,7 +45,7 @@ def document_id(model_id: str, prompt: str, params: GenerationParams, images: It
         del params_dict["cache_interval"]
     # guidance=7 and guidance=7.0 generate the same document, so they must hash the same.
     for name in _FLOAT_PARAMS & params_dict.keys():
-        if params_dict[name] is not None:  # guidance None: the model's own, which the model id pins
+        if params_dict[name] is not None:  # None (unset): the model's own, which the model id pins
             params_dict[name] = float(params_dict[name])
     payload = {"model": model_id, "prompt": prompt, "params": params_dict, "images": list(images)}
     if title is not None:

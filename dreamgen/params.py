@@ -14,31 +14,59 @@ SCHEDULERS = ("ddpm", "ddim", "dpm-solver")
 SD_TRAIN_TIMESTEPS, SD_STEPS_OFFSET = 1000, 1
 MAX_STEPS = SD_TRAIN_TIMESTEPS - SD_STEPS_OFFSET
 CHAT_FORMATS = ("vicuna", "none")
-# The classifier-free guidance of Stable Diffusion and of the reference's pipeline: what a model paints with when
-# neither the request nor the checkpoint names one (a checkpoint may: ModelInfo.guidance).
-REFERENCE_GUIDANCE = 7.5
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model paints and writes with where a request leaves a parameter unset (ModelInfo.defaults): a
+    checkpoint names its own in config.json (checkpoint.DEFAULTS_KEY), the released ones name none."""
+
+    scheduler: str
+    steps: int
+    guidance: float
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The reference scripts' settings (DreamLLM's released sampling scripts): what a checkpoint that names no defaults
+# of its own, as the released ones, paints and writes with.
+REFERENCE_DEFAULTS = ModelDefaults(scheduler="ddpm", steps=150, guidance=3.5, temperature=0.2, top_p=1.0,
+                                   max_new_tokens=1024)
+# What dreamgen painted and wrote with before checkpoints named their defaults: the models it builds (tiny-random,
+# the test models, a model trained from scratch) and the checkpoints it wrote then keep them, so their documents
+# do not change.
+DREAMGEN_DEFAULTS = ModelDefaults(scheduler="ddpm", steps=50, guidance=7.5, temperature=0.0, top_p=1.0,
+                                  max_new_tokens=256)
+DEFAULT_FIELDS = tuple(f.name for f in dataclasses.fields(ModelDefaults))
 
 
 @dataclass(frozen=True)
 class GenerationParams:
     """What decides one document, besides the model and the prompt.
 
-    Defaults follow the reference: DDPM, 50 steps. `cache_interval` N > 1 runs the UNet's deep blocks every Nth
-    step only and reuses their features between (generation/deepcache.py; torch backend only). `guidance=None` means the model's own (the scale its
-    checkpoint names, else the reference's 7.5): a small model trained here may paint best at another.
+    The fields of ModelDefaults left None (unset) take the model's own (ModelInfo.defaults: the ones its
+    checkpoint names, else the reference scripts' DDPM, 150 steps, guidance 3.5, temperature 0.2, top_p 1.0, 1024
+    new tokens): a small model trained here may paint best at another scale. `resolved` fills them in; a
+    document's params are always the resolved ones.
+    `cache_interval` N > 1 runs the UNet's deep blocks every Nth step only and reuses their features between
+    (generation/deepcache.py; torch backend only).
     `template` names a prompt template of templates/prompts/ (how a topic becomes an instruction); `chat` the
     chat format around it (vicuna_v1.1 for the released chat models, or none).
     `image_size=None` means the model's native size (sample_size x VAE factor).
     """
 
     seed: int = 0
-    temperature: float = 0.0  # 0 = greedy, so an unseeded run is still reproducible
-    top_p: float = 1.0
-    max_new_tokens: int = 256
+    temperature: float | None = None  # 0 = greedy
+    top_p: float | None = None
+    max_new_tokens: int | None = None
     max_images: int = 4
-    steps: int = 50
+    steps: int | None = None
     guidance: float | None = None
-    scheduler: str = "ddpm"
+    scheduler: str | None = None
     cache_interval: int = 1  # 1: every denoising step runs the whole UNet; N: every Nth, the deep features reused
     image_size: int | None = None
     negative_prompt: str = ""
@@ -51,9 +79,10 @@ class GenerationParams:
     def replace(self, **changes) -> "GenerationParams":
         return dataclasses.replace(self, **changes)
 
-    def resolved(self, model_guidance: float) -> "GenerationParams":
-        """These params with an unset guidance given the model's own (ModelInfo.guidance), as they are painted."""
-        return self if self.guidance is not None else self.replace(guidance=model_guidance)
+    def resolved(self, defaults: ModelDefaults) -> "GenerationParams":
+        """These params with every unset one given the model's own (ModelInfo.defaults), as they are used."""
+        unset = {name: getattr(defaults, name) for name in DEFAULT_FIELDS if getattr(self, name) is None}
+        return self.replace(**unset) if unset else self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,14 +114,18 @@ def check_params(p: GenerationParams) -> None:
             raise ParamsError(f"{name}={shown}: {rule}", name=name, rule=f"{rule}, got {shown}")
 
     need(_is_int(p.seed) and 0 <= p.seed < 2**63, "seed", "must be an integer in [0, 2^63)")
-    need(_is_number(p.temperature) and 0 <= p.temperature <= 10, "temperature", "must be a number in [0, 10]")
-    need(_is_number(p.top_p) and 0 < p.top_p <= 1, "top_p", "must be a number in (0, 1]")
-    need(_is_int(p.max_new_tokens) and 1 <= p.max_new_tokens <= 32768, "max_new_tokens", "must be an integer in [1, 32768]")
+    # None (unset) is the model's own for the ModelDefaults fields: GenerationParams.resolved fills them in
+    need(p.temperature is None or (_is_number(p.temperature) and 0 <= p.temperature <= 10), "temperature",
+         "must be a number in [0, 10]")
+    need(p.top_p is None or (_is_number(p.top_p) and 0 < p.top_p <= 1), "top_p", "must be a number in (0, 1]")
+    need(p.max_new_tokens is None or (_is_int(p.max_new_tokens) and 1 <= p.max_new_tokens <= 32768), "max_new_tokens",
+         "must be an integer in [1, 32768]")
     need(_is_int(p.max_images) and 0 <= p.max_images <= 64, "max_images", "must be an integer in [0, 64]")
-    need(_is_int(p.steps) and 1 <= p.steps <= MAX_STEPS, "steps", f"must be an integer in [1, {MAX_STEPS}]")
+    need(p.steps is None or (_is_int(p.steps) and 1 <= p.steps <= MAX_STEPS), "steps",
+         f"must be an integer in [1, {MAX_STEPS}]")
     need(p.guidance is None or (_is_number(p.guidance) and 0 <= p.guidance <= 50), "guidance",
-         "must be a number in [0, 50] (or unset for the model's own)")
-    need(p.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+         "must be a number in [0, 50]")
+    need(p.scheduler is None or p.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
     need(_is_int(p.cache_interval) and 1 <= p.cache_interval <= MAX_STEPS, "cache_interval",
          f"must be an integer in [1, {MAX_STEPS}] (1 = no cache)")
     need(p.image_size is None or (_is_int(p.image_size) and 8 <= p.image_size <= 2048),

@@ -42,6 +42,9 @@ DEVICE = Setting("DREAMGEN_DEVICE", "cpu", "device of run and generate: cpu, cud
 BACKEND = Setting("DREAMGEN_BACKEND", "torch", f"where the model runs: {', '.join(BACKENDS)}")
 HOME = Setting("DREAMGEN_HOME", None, "caches: the tiny model, engines, beat's state, inline schedule prompts "
                "(default ~/.cache/dreamgen)")
+MODEL_CONFIGS = Setting("DREAMGEN_MODEL_CONFIGS", None, "a folder of CLIP and SD configs searched before the "
+                        "packaged ones, laid out as dreamgen/model/configs (clip-vit-large-patch14/config.json, "
+                        "sd21-base/unet/...): for a checkpoint that names a tower of another size by the same hub id")
 S3_ENDPOINT_URL = Setting("DREAMGEN_S3_ENDPOINT_URL", None, "endpoint of an S3-compatible server (default: AWS); "
                           "a worker uses its own only, never the one a job was submitted with")
 BROKER_URL = Setting("DREAMGEN_BROKER_URL", "redis://localhost:6379/0",
@@ -90,7 +93,7 @@ WORKER_EVENTS = Setting("DREAMGEN_WORKER_EVENTS", "1", "0: workers send no task 
 ALL = (MODEL, OUT, DTYPE, DEVICE, BACKEND, HOME, S3_ENDPOINT_URL, S3_RETRY_S, BROKER_URL, REDIS_PREFIX, JOB_TTL,
        TASK_TIME_LIMIT, VISIBILITY_TIMEOUT, RESULT_EXPIRES, CHUNK_LOCK_TTL, MAX_ATTEMPTS, WORKER_DEVICE, WORKER_POOL,
        WORKER_SLOTS, KV_TOKENS, KV_MEMORY_FRACTION, KV_CPU_SHARE, COMPILE, PAINTING, WORKER_S3_READ,
-       WORKER_S3_WRITE, WORKER_INPUT_DIRS, WORKER_PRELOAD, WORKER_EVENTS)
+       WORKER_S3_WRITE, WORKER_INPUT_DIRS, WORKER_PRELOAD, WORKER_EVENTS, MODEL_CONFIGS)
 DEFAULT_MODEL = MODEL.default
 
 

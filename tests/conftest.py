@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:  # the tests run from a checkout, installed or not
     sys.path.insert(0, str(ROOT))
 
 from dreamgen.document import Document, ImageBlock, TextBlock  # noqa: E402
-from dreamgen.params import GenerationParams  # noqa: E402
+from dreamgen.params import DREAMGEN_DEFAULTS, GenerationParams  # noqa: E402
 
 # A distinctive fake secret: tests assert it never appears in an error message.
 FAKE_SECRET = "fake-secret-never-print-me-0123456789"
@@ -40,7 +40,7 @@ def make_document(doc_id: str = "doc-1", prompt: str = "A walk through an autumn
             color = ((37 * index + 50) % 256, (91 * index + 120) % 256, (53 * index + 200) % 256)
             blocks.append(ImageBlock(index=index, width=size, height=size, seed=seed + index,
                                      image=Image.new("RGB", (size, size), color)))
-    params = GenerationParams(seed=seed, guidance=7.5).to_dict()
+    params = GenerationParams(seed=seed).resolved(DREAMGEN_DEFAULTS).to_dict()  # as the tiny model resolves them
     return Document(id=doc_id, prompt=prompt, model="tiny-dreamllm", params=params,
                     blocks=blocks, title=title, stop_reason="eos", custom_id=custom_id)
 
@@ -152,6 +152,18 @@ def dreamgen_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DREAMGEN_HOME", str(home))
         yield home
+
+
+@pytest.fixture(autouse=True, scope="session")
+def toy_model_configs(tmp_path_factory):
+    """The toy CLIP and SD configs of tests/released_checkpoint.py's checkpoints, which (as the hub's) hold none
+    and name ViT-L/14 and SD 2.1-base by hub id: found through DREAMGEN_MODEL_CONFIGS before the packaged ones."""
+    from tests.released_checkpoint import write_model_configs
+
+    folder = write_model_configs(tmp_path_factory.mktemp("model-configs"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DREAMGEN_MODEL_CONFIGS", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,15 @@ of its own module tree, in bf16:
 The LLM and CLIP names are written out here by hand, from the 4.35 module structure, so this file does not follow
 whatever the installed transformers calls them. UNet and VAE names come from diffusers' own classes (their names have
 not changed since 0.24; `KNOWN_DIFFUSERS_KEYS` pins a few, so a rename would fail here, loudly). Nothing of dreamgen's
-save code or modules is used. The CLIP tower and the SD head are toy-sized, so their configs sit beside the weights
-(`clip_vision/config.json` in the hub's full CLIPConfig form, `unet/`, `vae/`, `scheduler/`), while the config names
-them by hub-cache snapshot paths, as the released config does for the training platform's cache.
+save code or modules is used.
+
+The checkpoint folder holds what the hub repo holds and nothing more: no CLIP, UNet, VAE or scheduler configs
+beside the weights; config.json names the tower and the head by hub id, with the "none" values the released one
+has, so the loader must take them from the configs it knows by those ids. The tower and the head here are
+toy-sized: `write_model_configs` writes their configs laid out as dreamgen/model/configs, for DREAMGEN_MODEL_CONFIGS
+(tests/conftest.py points it there for every test; the real sizes ship in dreamgen/model/configs).
+`rotary_buffers=True` also writes each layer's `self_attn.rotary_emb.inv_freq`, as the reference's own rotary class
+registers it persistent (some released files have them, some not).
 """
 from __future__ import annotations
 
@@ -33,10 +39,10 @@ import torch
 # The released tokenizer's added tokens, in the order the reference adds them (ids follow the base vocabulary).
 ADDED_TOKENS = ["[PAD]", "<im_start>", "<dream_end>", "<dream_start>", "<im_patch>", "<im_end>", "<image>", "<dream>"]
 PLUGINS = "omni.models.dreamllm.modeling_plugins."
-CLIP_SNAPSHOT = ("/data/hf_cache/hub/models--openai--clip-vit-large-patch14/snapshots/"
-                 "32bd64288804d66eefd0ccbe215aa642df71cc41")
-SD_SNAPSHOT = ("/data/hf_cache/hub/models--stabilityai--stable-diffusion-2-1-base/snapshots/"
-               "5ede9e4bf3e3fd1cb0ef2f7a3fff13ee514fdf06")
+CLIP_HUB_ID = "openai/clip-vit-large-patch14"
+SD_HUB_ID = "stabilityai/stable-diffusion-2-1-base"
+# The folders of dreamgen/model/configs (and of DREAMGEN_MODEL_CONFIGS) these hub ids map to.
+CLIP_CONFIGS, SD_CONFIGS = "clip-vit-large-patch14", "sd21-base"
 KNOWN_DIFFUSERS_KEYS = ("unet.conv_in.weight", "unet.time_embedding.linear_1.weight",
                         "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
                         "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
@@ -87,8 +93,9 @@ def _norm_weight(g: torch.Generator, n: int) -> torch.Tensor:
     return (1 + 0.1 * torch.randn(n, generator=g)).to(torch.bfloat16)
 
 
-def llm_state(s: Sizes, vocab: int, g: torch.Generator) -> dict:
-    """LlamaForCausalLM's state dict as transformers 4.35 names it (rotary inv_freq is not persistent there)."""
+def llm_state(s: Sizes, vocab: int, g: torch.Generator, rotary_buffers: bool = False) -> dict:
+    """LlamaForCausalLM's state dict as transformers 4.35 names it (rotary inv_freq is not persistent there; with
+    `rotary_buffers`, as the reference's own rotary class registers it, it is)."""
     h, i = s.hidden, s.intermediate
     state = {"model.embed_tokens.weight": _normal(g, vocab, h)}
     for n in range(s.layers):
@@ -100,6 +107,10 @@ def llm_state(s: Sizes, vocab: int, g: torch.Generator) -> dict:
         state[f"{p}mlp.down_proj.weight"] = _normal(g, h, i)
         state[f"{p}input_layernorm.weight"] = _norm_weight(g, h)
         state[f"{p}post_attention_layernorm.weight"] = _norm_weight(g, h)
+        if rotary_buffers:
+            d = h // s.heads
+            state[f"{p}self_attn.rotary_emb.inv_freq"] = \
+                (1.0 / 10000.0 ** (torch.arange(0, d, 2).float() / d)).to(torch.bfloat16)
     state["model.norm.weight"] = _norm_weight(g, h)
     state["lm_head.weight"] = _normal(g, vocab, h, std=0.5)  # a spread of logits, so sampling varies
     return state
@@ -202,17 +213,18 @@ def write_tokenizer(out: Path, vocab: int) -> dict:
 def released_config(s: Sizes, vocab: int, ids: dict, clip_name: str, sd_name: str) -> dict:
     """config.json as DreamLLMConfig.save_pretrained writes it (transformers 4.35)."""
     h = s.hidden
+    # "none" where a path is unset: the released config spells it as a string, not null
     clip = {"_target_": PLUGINS + "CLIPVisionEmbedding", "clip_vision_model_name_or_path": clip_name,
             "embed_hidden_size": h, "freeze_clip_vision_model": True, "freeze_embedding_layers": True,
-            "freeze_projector": False, "local_files_only": False, "pretrained_model_name_or_path": None,
-            "projector_depth": 1, "projector_name_or_path": None, "projector_type": "linear", "select_layer": -2,
+            "freeze_projector": False, "local_files_only": False, "pretrained_model_name_or_path": "none",
+            "projector_depth": 1, "projector_name_or_path": "none", "projector_type": "linear", "select_layer": -2,
             "use_additional_post_layernorm": False}
     dream = {"_target_": PLUGINS + "DreamEmbedding", "embed_hidden_size": h, "freeze_dream_queries": False,
-             "num_dream_queries": s.queries, "pretrained_model_name_or_path": None}
+             "num_dream_queries": s.queries, "pretrained_model_name_or_path": "none"}
     head = {"_target_": PLUGINS + "StableDiffusionHead", "center_crop": True, "diffusion_name_or_path": sd_name,
             "drop_prob": 0.1, "embed_hidden_size": h, "freeze_projector": False, "freeze_unet": True,
             "freeze_vae": True, "input_perturbation": 0.0, "local_files_only": False, "noise_offset": 0.0,
-            "pretrained_model_name_or_path": None, "projector_depth": 1, "projector_name_or_path": None,
+            "pretrained_model_name_or_path": "none", "projector_depth": 1, "projector_name_or_path": "none",
             "projector_type": "linear", "random_flip": True, "resolution": 512, "snr_gamma": None}
     return {
         "_name_or_path": "/data/checkpoints/dreamllm/stage3_sft/checkpoint-final",
@@ -248,18 +260,18 @@ def clip_hub_config(s: Sizes) -> dict:
 
 # ------------------------------------------------------------------------------------------------- the whole
 def write_released_checkpoint(out, sizes: Sizes = TINY, seed: int = 0, llm_shards: int = 1,
-                              picture_rate: float | None = 0.3) -> Path:
+                              picture_rate: float | None = 0.3, rotary_buffers: bool = False) -> Path:
     """Write a DreamLLM checkpoint in the released layout into `out`. `llm_shards` > 1 writes the LLM as
     pytorch_model-0000N-of-0000M.bin + index, as save_pretrained shards a large model. `picture_rate` tilts the
     output head so `<dream_start>` wins at about that share of sampled steps (a random LLM would never ask for a
-    picture); None leaves it random."""
+    picture); None leaves it random. Its CLIP and SD configs are not in it (write_model_configs)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     ids = write_tokenizer(out, sizes.vocab)
     vocab = sizes.vocab + len(ADDED_TOKENS)
 
-    llm = llm_state(sizes, vocab, g)
+    llm = llm_state(sizes, vocab, g, rotary_buffers)
     if picture_rate is not None:
         _tilt_towards_pictures(llm, ids["<dream_start>"], picture_rate)
     _save_llm(out, llm, llm_shards)
@@ -268,15 +280,23 @@ def write_released_checkpoint(out, sizes: Sizes = TINY, seed: int = 0, llm_shard
     torch.save({"dream_queries": _normal(g, 1, sizes.queries, sizes.hidden, std=1.0)}, out / "dream_embedding.bin")
     torch.save(head_state(sizes, g), out / "stable_diffusion_head.bin")
 
-    config = released_config(sizes, vocab, ids, CLIP_SNAPSHOT, SD_SNAPSHOT)
+    config = released_config(sizes, vocab, ids, CLIP_HUB_ID, SD_HUB_ID)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    (out / "clip_vision").mkdir(exist_ok=True)
-    (out / "clip_vision" / "config.json").write_text(json.dumps(clip_hub_config(sizes), indent=2))
-    for sub, cfg, name in (("unet", unet_config(sizes), "config.json"), ("vae", vae_config(sizes), "config.json"),
-                           ("scheduler", SCHEDULER_CONFIG, "scheduler_config.json")):
-        (out / sub).mkdir(exist_ok=True)
-        (out / sub / name).write_text(json.dumps(cfg, indent=2))
     return out
+
+
+def write_model_configs(folder, sizes: Sizes = TINY) -> Path:
+    """The toy tower's and head's configs, laid out as dreamgen/model/configs, for DREAMGEN_MODEL_CONFIGS: the
+    CLIP config in the hub's full CLIPConfig form, SD's unet/, vae/ and scheduler/ as its hub repo has them. Every
+    Sizes here shares them (only the LLM's sizes vary)."""
+    folder = Path(folder)
+    files = {f"{CLIP_CONFIGS}/config.json": clip_hub_config(sizes),
+             f"{SD_CONFIGS}/unet/config.json": unet_config(sizes), f"{SD_CONFIGS}/vae/config.json": vae_config(sizes),
+             f"{SD_CONFIGS}/scheduler/scheduler_config.json": SCHEDULER_CONFIG}
+    for name, config in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(config, indent=2))
+    return folder
 
 
 def _tilt_towards_pictures(llm: dict, dream_start: int, rate: float) -> None:

@@ -1,5 +1,6 @@
 """Checkpoints in the released layout: round trips, safetensors, and clear errors for anything missing."""
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import torch
 from dreamgen.errors import CheckpointError
 from dreamgen.model.checkpoint import save_checkpoint
 from dreamgen.model.loader import load_model
+from dreamgen.params import DREAMGEN_DEFAULTS, REFERENCE_DEFAULTS
 from tests.helpers import request, tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,10 +110,11 @@ def test_missing_config_and_tokenizer_are_named(saved, tmp_path):
         load_model(str(broken))
 
 
-def test_released_checkpoints_use_the_packaged_sd21_and_clip_configs(tmp_path):
+def test_released_checkpoints_use_the_packaged_sd21_and_clip_configs(tmp_path, monkeypatch):
     # A checkpoint naming the hub ids, or hub-cache snapshots of them (as the released config does), needs no
     # config files of its own.
     from dreamgen.model.card import find_clip_config, find_diffusion_dir, read_json
+    monkeypatch.delenv("DREAMGEN_MODEL_CONFIGS")  # the tests' toy configs (conftest), searched first when set
     snapshot = "/data/hf/hub/models--{}/snapshots/0123abcd"
     for clip in ("openai/clip-vit-large-patch14", snapshot.format("openai--clip-vit-large-patch14"),
                  "/mnt/models/clip-vit-large-patch14/"):
@@ -128,6 +131,15 @@ def test_released_checkpoints_use_the_packaged_sd21_and_clip_configs(tmp_path):
         find_diffusion_dir(tmp_path, "stabilityai/stable-diffusion-2-1")
     with pytest.raises(CheckpointError, match="not packaged with dreamgen"):
         find_diffusion_dir(tmp_path, "someone/other-diffusion")
+
+
+def test_model_configs_folder_is_searched_before_the_packaged_one(tmp_path, toy_model_configs, monkeypatch):
+    from dreamgen.model.card import find_clip_config, find_diffusion_dir
+    from tests.released_checkpoint import TINY
+    assert find_clip_config(tmp_path, "openai/clip-vit-large-patch14")["hidden_size"] == TINY.clip_hidden
+    assert find_diffusion_dir(tmp_path, "stabilityai/stable-diffusion-2-1-base") == toy_model_configs / "sd21-base"
+    monkeypatch.setenv("DREAMGEN_MODEL_CONFIGS", str(tmp_path / "empty"))  # one without the model: the packaged
+    assert find_clip_config(tmp_path, "openai/clip-vit-large-patch14")["hidden_size"] == 1024
 
 
 def test_configs_beside_the_weights_win_over_the_packaged_ones(tmp_path):
@@ -178,21 +190,40 @@ def test_a_rerun_writes_the_same_config_bytes(tmp_path):
     assert texts[0] == texts[1]
 
 
-def test_a_checkpoint_may_name_the_guidance_it_paints_with(tmp_path):
+def test_a_checkpoint_names_the_defaults_it_paints_and_writes_with(tmp_path):
     model = copy.deepcopy(tiny_model())  # tiny_model() is shared: never change it
-    save_checkpoint(model, tmp_path / "reference")
-    assert "_dreamgen_guidance" not in json.loads((tmp_path / "reference" / "config.json").read_text())
-    assert load_model(str(tmp_path / "reference")).info.guidance == 7.5  # the released checkpoints name none
+    save_checkpoint(model, tmp_path / "ours")
+    config_path = tmp_path / "ours" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["_dreamgen_defaults"] == DREAMGEN_DEFAULTS.to_dict()  # a model built here keeps dreamgen's
+    assert load_model(str(tmp_path / "ours")).info.defaults == DREAMGEN_DEFAULTS
 
-    model.info.guidance = 2.0
+    model.info.defaults = dataclasses.replace(DREAMGEN_DEFAULTS, guidance=2.0, steps=20, scheduler="ddim")
     save_checkpoint(model, tmp_path / "own")
-    config_path = tmp_path / "own" / "config.json"
-    assert json.loads(config_path.read_text())["_dreamgen_guidance"] == 2.0
-    assert load_model(str(tmp_path / "own")).info.guidance == 2.0
+    assert load_model(str(tmp_path / "own")).info.defaults == model.info.defaults
 
-    for bad in ("high", -1, 51, True):
-        config = json.loads(config_path.read_text())
-        config["_dreamgen_guidance"] = bad
-        config_path.write_text(json.dumps(config))
-        with pytest.raises(CheckpointError, match=r"config\.json: _dreamgen_guidance=.* must be a number in \[0, 50\]"):
-            load_model(str(tmp_path / "own"))
+    # the released checkpoints name none (nor a dreamgen name): the reference scripts' settings
+    released = {k: v for k, v in config.items() if not k.startswith("_dreamgen")}
+    config_path.write_text(json.dumps(released))
+    assert load_model(str(tmp_path / "ours")).info.defaults == REFERENCE_DEFAULTS
+    assert (REFERENCE_DEFAULTS.scheduler, REFERENCE_DEFAULTS.steps, REFERENCE_DEFAULTS.guidance) == ("ddpm", 150, 3.5)
+    # a checkpoint may name some; the others are the reference's
+    config_path.write_text(json.dumps({**released, "_dreamgen_defaults": {"steps": 30}}))
+    assert load_model(str(tmp_path / "ours")).info.defaults == dataclasses.replace(REFERENCE_DEFAULTS, steps=30)
+    # one dreamgen wrote before it named them all keeps what it painted and wrote with then
+    config_path.write_text(json.dumps({**released, "_dreamgen_model_name": "old", "_dreamgen_guidance": 2.0}))
+    assert load_model(str(tmp_path / "ours")).info.defaults == dataclasses.replace(DREAMGEN_DEFAULTS, guidance=2.0)
+
+    for bad, message in [({"_dreamgen_guidance": 51}, r"_dreamgen_guidance must be a number in \[0, 50\], got 51"),
+                         ({"_dreamgen_defaults": {"guidance": "high"}},
+                          r'_dreamgen_defaults\.guidance must be a number in \[0, 50\], got "high"'),
+                         ({"_dreamgen_defaults": {"steps": 0}},
+                          r"_dreamgen_defaults\.steps must be an integer in \[1, 999\], got 0"),
+                         ({"_dreamgen_defaults": {"scheduler": "euler"}},
+                          r"_dreamgen_defaults\.scheduler must be one of"),
+                         ({"_dreamgen_defaults": {"temperature": None}}, r"_dreamgen_defaults\.temperature is null"),
+                         ({"_dreamgen_defaults": {"seed": 1}}, r"_dreamgen_defaults has unknown field\(s\) seed"),
+                         ({"_dreamgen_defaults": [150]}, r"_dreamgen_defaults must be an object")]:
+        config_path.write_text(json.dumps({**released, **bad}))
+        with pytest.raises(CheckpointError, match=r"config\.json: " + message):
+            load_model(str(tmp_path / "ours"))

@@ -60,10 +60,13 @@ def test_model_inspect_prints_parts_shapes_and_token_ids(tmp_path):
     assert "    dream_embedding.bin: 1 tensors, 512 parameters, float32" in lines
     assert ("  special tokens: [PAD]=32000 <im_start>=32001 <dream_end>=32002 <dream_start>=32003 <im_patch>=32004 "
             "<im_end>=32005 <image>=32006 <dream>=32007") in lines
-    assert "  guidance when a request names none: 7.5" in lines  # the reference's: this checkpoint names none
+    # a model dreamgen builds keeps the defaults dreamgen painted and wrote with before checkpoints named them
+    assert ("  defaults where a request names none: scheduler ddpm, steps 50, guidance 7.5, temperature 0.0, "
+            "top_p 1.0, max_new_tokens 256") in lines
     data = json.loads(invoke("model", "inspect", str(tmp_path / "ck"), "--json").output)
     assert data["parts"]["stable_diffusion_head"]["shapes"]["projector.projector.weight"] == [32, 64]
-    assert data["guidance"] == 7.5
+    assert data["defaults"] == {"scheduler": "ddpm", "steps": 50, "guidance": 7.5, "temperature": 0.0,
+                                "top_p": 1.0, "max_new_tokens": 256}
 
 
 def test_model_inspect_names_a_missing_part(tmp_path):

@@ -56,7 +56,7 @@ def test_the_split_unet_at_full_passes_is_the_unet():
 
 
 def _documents(model, prompts, steps, interval):
-    params = GenerationParams(steps=steps, cache_interval=interval).resolved(model.info.guidance)
+    params = GenerationParams(steps=steps, cache_interval=interval).resolved(model.info.defaults)
     requests = [DocumentRequest(prompt=p.prompt, params=params, id=f"dc-{i}") for i, p in enumerate(prompts)]
     return Generator(model).generate(requests)
 
@@ -104,7 +104,7 @@ def test_cached_pictures_are_close_to_full_ones_and_run_the_deep_blocks_less():
     firsts = [d.images[0].image for d in full if d.images]
     assert len(firsts) == len(prompts)
     other_seed = Generator(model).generate([DocumentRequest(
-        prompt=prompts[0].prompt, params=GenerationParams(steps=steps, seed=1).resolved(model.info.guidance))])[0]
+        prompt=prompts[0].prompt, params=GenerationParams(steps=steps, seed=1).resolved(model.info.defaults))])[0]
     assert np.abs(pixels(other_seed.images[0].image) - pixels(firsts[0])).max() > CLOSE_MAX  # the bound tells apart
     for interval in (2, 3):
         deep, shallow = count_rows(unet.mid_block), count_rows(unet.down_blocks[0])

@@ -7,7 +7,7 @@ from PIL import Image
 
 from dreamgen.errors import GenerationCancelled, ParamsError
 from dreamgen.generation.generator import DocumentRequest
-from dreamgen.params import GenerationParams
+from dreamgen.params import DREAMGEN_DEFAULTS, GenerationParams
 from tests.helpers import max_pixel_diff, request, tiny_generator, tiny_model
 
 MIXED = [  # documents that differ in everything that may differ inside one batch
@@ -199,20 +199,35 @@ def test_pictures_asked_together_share_each_unet_step():
     assert len(batches) < pictures * 2
 
 
-def test_an_unset_guidance_is_the_models_own_and_the_document_names_it():
+def test_unset_params_are_the_models_own_and_the_document_names_them():
     gen = tiny_generator()
     req = request("a guide to painting a room", seed=7, max_images=1, max_new_tokens=50, steps=3)
-    assert req.params.guidance is None and gen.model.info.guidance == 7.5  # the reference's, unless a checkpoint says
-    gen.model.info = dataclasses.replace(gen.model.info, guidance=2.0)  # as a checkpoint naming 2 would load
+    assert req.params.guidance is None and req.params.temperature is None
+    assert gen.model.info.defaults == DREAMGEN_DEFAULTS  # a model built here: dreamgen's, unless a checkpoint says
+    saved = gen.model.info
+    # as a checkpoint naming these would load; steps and max_new_tokens stay the request's
+    gen.model.info = dataclasses.replace(saved, defaults=dataclasses.replace(
+        DREAMGEN_DEFAULTS, guidance=2.0, scheduler="ddim", temperature=0.7, top_p=0.9, steps=99, max_new_tokens=99))
     try:
         own = gen.generate([req])[0]
-        explicit = gen.generate([DocumentRequest(req.prompt, req.params.replace(guidance=2.0))])[0]
+        explicit = gen.generate([DocumentRequest(req.prompt, req.params.replace(
+            guidance=2.0, scheduler="ddim", temperature=0.7, top_p=0.9))])[0]
         other = gen.generate([DocumentRequest(req.prompt, req.params.replace(guidance=7.5))])[0]
     finally:
-        gen.model.info = dataclasses.replace(gen.model.info, guidance=7.5)  # tiny_model() is shared
+        gen.model.info = saved  # tiny_model() is shared
     assert own.images, "the tiny model should paint here"
     assert len(own.images) == len(explicit.images) == len(other.images)
-    assert own.params["guidance"] == explicit.params["guidance"] == 2.0 and other.params["guidance"] == 7.5
+    assert own.params == explicit.params
+    assert (own.params["guidance"], own.params["scheduler"], own.params["temperature"], own.params["top_p"],
+            own.params["steps"], own.params["max_new_tokens"]) == (2.0, "ddim", 0.7, 0.9, 3, 50)
+    assert other.params["guidance"] == 7.5
+    assert own.text == explicit.text
     for x, y, z in zip(own.images, explicit.images, other.images):
         assert max_pixel_diff(x.image, y.image) == 0
         assert max_pixel_diff(x.image, z.image) > 0  # the scale reached the UNet: another one paints otherwise
+
+
+def test_a_request_naming_nothing_takes_the_models_defaults():
+    gen = tiny_generator()
+    doc = gen.generate([DocumentRequest("a note on tea", GenerationParams(seed=1, max_images=0))])[0]
+    assert {k: doc.params[k] for k in DREAMGEN_DEFAULTS.to_dict()} == DREAMGEN_DEFAULTS.to_dict()

@@ -10,7 +10,7 @@ import pytest
 
 from dreamgen.errors import ParamsError
 from dreamgen.ids import MAX_ID_LENGTH, check_job_id, document_id, is_safe_id, new_job_id, safe_document_id
-from dreamgen.params import GenerationParams
+from dreamgen.params import DREAMGEN_DEFAULTS, GenerationParams
 
 NASTY = [
     "", ".", "..", "...", "../x", "../../etc/passwd", "a/../b", "a/b", "/abs", "a\\b", "C:\\x", "..\\..\\w",
@@ -29,9 +29,12 @@ def test_document_id_is_stable_short_hex_and_known():
     # A fixed value: changing how ids are computed would orphan every stored job, so it must be deliberate.
     assert document_id("tiny", "A fox", GenerationParams()) == document_id("tiny", "A fox", GenerationParams(), [])
     # Changed once, deliberately, on 2026-12-06: an unset guidance became "the model's own" (None, not 7.5),
-    # which another model may set otherwise, so it is no longer the document an explicit 7.5 makes.
-    assert document_id("tiny", "A fox", GenerationParams()) == "f9758e4963aeb286"
-    assert document_id("tiny", "A fox", GenerationParams(guidance=7.5)) == "f378483cc4572efb"  # the old default's
+    # which another model may set otherwise, so it is no longer the document an explicit 7.5 makes. Changed again
+    # on 2026-12-07 for the same reason: steps, scheduler, temperature, top_p and max_new_tokens unset became the
+    # model's own (issue 30: the released checkpoints paint with 150 steps, dreamgen's models with 50).
+    assert document_id("tiny", "A fox", GenerationParams()) == "091c077fdb891680"
+    # the old defaults, all named: the document they made keeps its id
+    assert document_id("tiny", "A fox", GenerationParams().resolved(DREAMGEN_DEFAULTS)) == "f378483cc4572efb"
 
 
 def test_document_id_changes_with_everything_that_makes_the_document():

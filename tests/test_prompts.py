@@ -104,7 +104,7 @@ def test_csv_reads_typed_cells_image_lists_and_quoted_multiline_cells(tmp_path, 
     a, b, c = found
     assert (a.params.steps, a.params.guidance, a.params.image_size) == (20, 6.5, None)
     assert a.images == [str(picture.resolve()), "s3://b/k.png"]
-    assert b.prompt == "A poem\nover two lines" and b.params.steps == 50 and b.params.image_size == 512
+    assert b.prompt == "A poem\nover two lines" and b.params.steps is None and b.params.image_size == 512  # unset: the model's own
     assert b.images == [str(picture.resolve()), "s3://b/x.png"]
     assert c.images == []
 
@@ -313,7 +313,7 @@ def test_bad_job_defaults_are_params_errors(tmp_path, defaults, words):
 
 def test_none_in_job_defaults_means_not_given(tmp_path):
     (spec,) = specs(write(tmp_path, "p.txt", "a fox\n"), {"steps": None, "seed": 4})
-    assert (spec.params.steps, spec.params.seed) == (50, 4)
+    assert (spec.params.steps, spec.params.seed) == (None, 4)  # unset: the model's own
 
 
 def test_unsafe_user_ids_become_safe_and_keep_what_the_user_wrote(tmp_path):

@@ -13,7 +13,9 @@ from PIL import Image
 from dreamgen.cli import cli
 from dreamgen.errors import CheckpointError
 from dreamgen.model.checkpoint import save_checkpoint
+from dreamgen.generation.generator import DocumentRequest, Generator
 from dreamgen.model.loader import load_model
+from dreamgen.params import REFERENCE_DEFAULTS, GenerationParams
 from tests.released_checkpoint import ADDED_TOKENS, TINY, write_released_checkpoint
 
 PARTS = ("pytorch_model.bin", "clip_vision_embedding.bin", "dream_embedding.bin", "stable_diffusion_head.bin")
@@ -51,14 +53,21 @@ def test_the_fixture_is_written_as_the_reference_writes_it(released):
     config = json.loads((released / "config.json").read_text())
     assert (config["model_type"], config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == \
         ("dreamllm", 0, 1, -1)
-    assert "models--openai--clip-vit-large-patch14/snapshots/" in \
-        config["plugins_init_kwargs"]["clip_vision_embedding"]["clip_vision_model_name_or_path"]
-    assert not (released / "tokenizer.json").exists() and (released / "tokenizer.model").exists()
+    plugins = config["plugins_init_kwargs"]
+    assert plugins["clip_vision_embedding"]["clip_vision_model_name_or_path"] == "openai/clip-vit-large-patch14"
+    assert plugins["stable_diffusion_head"]["diffusion_name_or_path"] == "stabilityai/stable-diffusion-2-1-base"
+    assert plugins["stable_diffusion_head"]["pretrained_model_name_or_path"] == "none"
+    # what the hub repo holds, and nothing more: no CLIP, UNet, VAE or scheduler configs beside the weights
+    assert sorted(p.name for p in released.iterdir()) == sorted(
+        [*PARTS, "config.json", "tokenizer.model", "added_tokens.json", "special_tokens_map.json",
+         "tokenizer_config.json"])
+    assert not any(k.endswith("rotary_emb.inv_freq") for k in file_state(released / "pytorch_model.bin"))
 
 
-def test_it_loads_with_the_tokenizers_ids_and_the_configs_beside_it(model):
+def test_it_loads_with_the_tokenizers_ids_and_the_configs_its_hub_ids_name(model):
     assert model.info.dtype == "fp32"  # --dtype auto on the CPU
-    # the config names ViT-L/14 by a hub-cache path, but clip_vision/config.json beside the weights wins
+    # the config names ViT-L/14 and SD 2.1-base by hub id: their configs are the ones known by those ids (here
+    # the toy ones of DREAMGEN_MODEL_CONFIGS, conftest; the real ones ship in dreamgen/model/configs)
     assert model.vision.clip_vision_model.config.hidden_size == TINY.clip_hidden
     assert model.head.unet.config.cross_attention_dim == TINY.cross_dim
     ids = {t: TINY.vocab + k for k, t in enumerate(ADDED_TOKENS)}
@@ -113,12 +122,17 @@ def test_it_writes_interleaved_documents(released, tmp_path):
         kinds = [b["type"] for b in doc["blocks"]]
         assert "image" in kinds and kinds.index("image") > 0 and kinds.count("text") >= 2, kinds
         assert doc["timings"]["dtype"] == "fp32"
+        # what the file names, and the reference scripts' settings for the rest: this checkpoint names none
+        p = doc["params"]
+        assert (p["steps"], p["max_new_tokens"], p["temperature"]) == (2, 40, 1.0)
+        assert (p["scheduler"], p["guidance"], p["top_p"]) == ("ddpm", 3.5, 1.0)
     seeds = [json.loads((tmp_path / "out" / "j" / d / "document.json").read_text())["params"]["seed"]
              for d in ("doc0", "doc1")]
     assert seeds[0] != seeds[1]  # no seed given: each document's own, from its id
 
 
-def _reference_picture(released, caption: str, seed: int, steps: int, guidance: float) -> Image.Image:
+def _reference_picture(released, sd_configs, caption: str, seed: int, steps: int,
+                       guidance: float) -> Image.Image:
     """The picture computed from the checkpoint's files with transformers, sentencepiece and diffusers alone:
     `<s>` + caption + dream block through LlamaForCausalLM, the post-norm states at the queries through the
     condition projector, and StableDiffusionPipeline with DDPM as the reference builds it."""
@@ -148,11 +162,11 @@ def _reference_picture(released, caption: str, seed: int, steps: int, guidance: 
             return (hidden[-1 - len(queries):-1] @ head["projector.projector.weight"].float().T)[None]
 
     def part(name, cls, sub):
-        module = cls.from_config(json.loads((released / sub / "config.json").read_text()))
+        module = cls.from_config(json.loads((sd_configs / sub / "config.json").read_text()))
         module.load_state_dict({k[len(name) + 1:]: v.float() for k, v in head.items() if k.startswith(name + ".")})
         return module
 
-    scheduler = DDPMScheduler.from_config(json.loads((released / "scheduler" / "scheduler_config.json").read_text()))
+    scheduler = DDPMScheduler.from_config(json.loads((sd_configs / "scheduler" / "scheduler_config.json").read_text()))
     pipe = StableDiffusionPipeline(vae=part("vae", AutoencoderKL, "vae"),
                                    unet=part("unet", UNet2DConditionModel, "unet"), scheduler=scheduler,
                                    text_encoder=None, tokenizer=None, safety_checker=None, feature_extractor=None,
@@ -163,18 +177,45 @@ def _reference_picture(released, caption: str, seed: int, steps: int, guidance: 
                 generator=torch.Generator("cpu").manual_seed(seed), output_type="pil").images[0]
 
 
-def test_text_to_image_equals_stable_diffusion_pipeline_from_the_files(released, tmp_path):
+def test_text_to_image_equals_stable_diffusion_pipeline_from_the_files(released, toy_model_configs, tmp_path):
+    sd_configs = toy_model_configs / "sd21-base"  # what the config's SD hub id names (conftest)
     caption = "a red circle on a blue background"
     result = invoke("generate", "--image-only", caption, "--model", released, "--out", tmp_path / "g",
                     "--seed", 7, "--steps", 4, "--guidance", 7.5)
     assert result.exit_code == 0, result.output
     png = tmp_path / "g" / "images" / "00.png"  # generate writes one document folder
     ours = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
-    reference = np.asarray(_reference_picture(released, caption, seed=7, steps=4, guidance=7.5), dtype=np.int16)
+    reference = np.asarray(_reference_picture(released, sd_configs, caption, seed=7, steps=4, guidance=7.5),
+                           dtype=np.int16)
     assert ours.shape == reference.shape and ours.std() > 1
     assert np.abs(ours - reference).max() <= 1  # one level of 255: float rounding
-    other = np.asarray(_reference_picture(released, caption, seed=8, steps=4, guidance=7.5), dtype=np.int16)
+    other = np.asarray(_reference_picture(released, sd_configs, caption, seed=8, steps=4, guidance=7.5),
+                       dtype=np.int16)
     assert np.abs(ours - other).max() > 5  # the comparison can fail: another seed is another picture
+
+
+def test_a_request_naming_nothing_records_the_reference_scripts_settings(model):
+    """The released checkpoints name no defaults: DDPM, 150 steps, guidance 3.5, temperature 0.2, top_p 1.0 and
+    up to 1024 new tokens, as the reference's scripts sample (no picture here, to keep it short)."""
+    assert model.info.defaults == REFERENCE_DEFAULTS
+    doc = Generator(model).generate([DocumentRequest("Write about a red circle", GenerationParams(max_images=0))])[0]
+    assert {k: doc.params[k] for k in ("scheduler", "steps", "guidance", "temperature", "top_p", "max_new_tokens")} \
+        == {"scheduler": "ddpm", "steps": 150, "guidance": 3.5, "temperature": 0.2, "top_p": 1.0,
+            "max_new_tokens": 1024}
+    assert doc.text
+
+
+def test_rotary_buffers_saved_as_the_reference_registers_them_load_the_same(released, model, tmp_path):
+    """The reference's own rotary class registers `inv_freq` as a persistent buffer, so its files may hold one per
+    layer: the loader takes the checkpoint with them as without them."""
+    with_buffers = write_released_checkpoint(tmp_path / "rotary", seed=0, rotary_buffers=True)
+    keys = [k for k in file_state(with_buffers / "pytorch_model.bin") if k.endswith("self_attn.rotary_emb.inv_freq")]
+    assert len(keys) == TINY.layers
+    other = load_model(str(with_buffers))
+    a, b = model.llm.state_dict(), other.llm.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    request = DocumentRequest("Write about a red circle", GenerationParams(seed=3, max_new_tokens=12, max_images=0))
+    assert Generator(model).generate([request])[0].text == Generator(other).generate([request])[0].text
 
 
 def test_sharded_llm_weights_in_the_released_naming_load(released, tmp_path):

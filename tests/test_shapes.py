@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from dreamgen.document import Document, ImageBlock, TextBlock
+from dreamgen.params import ModelDefaults
 from dreamgen.shapes.articles import sample_article, sample_shapes, write_article
 from dreamgen.shapes.checker import last_mention, mentions, read_image
 from dreamgen.shapes.dataset import eval_prompts, write_dataset, write_pictures
@@ -226,7 +227,9 @@ def test_shapes_is_the_default_builtin_model():
 def test_the_shipped_model_paints_at_its_own_guidance():
     from dreamgen.model.loader import load_model
 
-    assert load_model("shapes").info.guidance == GUIDANCE  # so the evals here, with guidance unset, run at it
+    # so the evals here, with guidance unset, run at it; the rest as it painted and wrote before it named them
+    assert load_model("shapes").info.defaults == ModelDefaults(scheduler="ddpm", steps=50, guidance=GUIDANCE,
+                                                                temperature=0.0, top_p=1.0, max_new_tokens=256)
 
 
 def test_shipped_model_writes_the_asked_articles_in_the_right_colours(shipped_summary):

@@ -409,10 +409,10 @@ def test_replace_vae_ships_a_new_decoder_and_the_guidance_but_never_a_new_encode
     vae.save_pretrained(tmp_path / "decoder")
     replace_vae(str(tmp_path / "model"), str(tmp_path / "decoder"), str(tmp_path / "shipped"), guidance=2.0)
     shipped = load_model(str(tmp_path / "shipped"))
-    assert shipped.info.guidance == 2.0
+    assert shipped.info.defaults.guidance == 2.0
     for a, b in zip(shipped.head.vae.decoder.parameters(), vae.decoder.parameters()):
         assert torch.equal(a, b)
-    assert load_model(str(tmp_path / "model")).info.guidance == 7.5
+    assert load_model(str(tmp_path / "model")).info.defaults.guidance == 7.5
 
     with torch.no_grad():
         next(vae.encoder.parameters()).add_(0.01)  # other latents: the UNet never learned them

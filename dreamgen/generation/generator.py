@@ -188,6 +188,7 @@ class Generator:
         """One document per request, `slots` at a time; returned in request order. on_progress(event, index) with
         event in {"image", "document"}; on_document(index, document) as soon as a document is finished;
         should_stop() is polled between decode and denoising steps."""
+        requests = [self.resolved(request) for request in requests]  # the pool is sized from the values used
         for i, request in enumerate(requests):
             self.check_request(request, i)
         finished: dict[int, Document] = {}
@@ -263,6 +264,7 @@ class Generator:
         while True:
             if scheduler.wants_more() and source.ready:
                 index, request = source.take()
+                request = self.resolved(request)  # the model's defaults: the document records the values used
                 try:
                     self.check_request(request, index)
                     feed = self.encoder.prompt(request)
@@ -274,9 +276,6 @@ class Generator:
                         raise
                     on_failure(index, e)
                     continue
-                params = request.params.resolved(self.model.info.guidance)
-                if params is not request.params:  # the model's own scale: the document records the one it used
-                    request = dataclasses.replace(request, params=params)
                 scheduler.offer(Candidate(index, self._reserve(request, feed.shape[0]), feed.shape[0],
                                           payload=(request, feed)))
             candidate = scheduler.waiting
@@ -303,6 +302,11 @@ class Generator:
         self.stats.documents += 1
         progress("document", doc.index)
         on_document(doc.index, self._document(doc, slots))
+
+    def resolved(self, request: DocumentRequest) -> DocumentRequest:
+        """`request` with its unset parameters given the model's defaults (ModelInfo.defaults)."""
+        params = request.params.resolved(self.model.info.defaults)
+        return request if params is request.params else dataclasses.replace(request, params=params)
 
     def check_request(self, request: DocumentRequest, index: int = 0) -> None:
         self.encoder.check(request, index)

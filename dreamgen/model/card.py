@@ -6,8 +6,9 @@
 
 Released checkpoints name their CLIP tower and SD 2.1-base by hub id, or by a path on the machine that trained them
 (`.../models--openai--clip-vit-large-patch14/snapshots/<hash>`); the model is recognised by its name anywhere in
-that path, and its small config files ship in dreamgen/model/configs. Configs kept beside the weights win:
-`clip_vision/config.json`, `unet/`, `vae/`, `scheduler/`.
+that path, and its small config files ship in dreamgen/model/configs (a folder laid out the same way and named by
+DREAMGEN_MODEL_CONFIGS is searched first). Configs kept beside the weights win: `clip_vision/config.json`, `unet/`,
+`vae/`, `scheduler/`; the released checkpoints hold none.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import settings
 from ..errors import CheckpointError
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -32,11 +34,13 @@ def names_model(name_or_path: str, model: str) -> bool:
     return model in _NAME_PARTS.split(str(name_or_path).replace("\\", "/"))
 
 
-def _packaged(name_or_path: str) -> Path | None:
+def _packaged(name_or_path: str) -> list[Path]:
+    """The config folders of the model `name_or_path` names: DREAMGEN_MODEL_CONFIGS's, then the packaged one."""
+    roots = [Path(given)] if (given := settings.MODEL_CONFIGS.given()) else []
     for model, folder in PACKAGED.items():
         if names_model(name_or_path, model):
-            return PACKAGED_CONFIGS / folder
-    return None
+            return [root / folder for root in roots + [PACKAGED_CONFIGS]]
+    return []
 
 
 def read_json(path: Path) -> dict:
@@ -70,9 +74,7 @@ def find_clip_config(ckpt: Path, name_or_path: str) -> dict:
     inside = _inside(ckpt, name_or_path)
     if inside is not None:
         candidates.append(inside / "config.json")
-    packaged = _packaged(name_or_path)
-    if packaged is not None:
-        candidates.append(packaged / "config.json")
+    candidates += [folder / "config.json" for folder in _packaged(name_or_path)]
     for path in candidates:
         if path.exists():
             config = read_json(path)
@@ -86,7 +88,7 @@ def find_diffusion_dir(ckpt: Path, name_or_path: str) -> Path:
     """The folder holding unet/, vae/ and scheduler/ configs: the checkpoint's own, a folder of it the plugin
     names, or the packaged SD 2.1-base configs when its name names them."""
     inside = _inside(ckpt, name_or_path)
-    for folder in (ckpt, inside, _packaged(name_or_path)):
+    for folder in (ckpt, inside, *_packaged(name_or_path)):
         if folder is not None and (folder / "unet" / "config.json").exists():
             return folder
     raise CheckpointError(f"{ckpt}: diffusion head '{name_or_path}' is not packaged with dreamgen; put its "

@@ -24,8 +24,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from .. import settings
-from ..errors import CheckpointError
-from ..params import REFERENCE_GUIDANCE
+from ..errors import CheckpointError, ParamsError
+from ..params import DEFAULT_FIELDS, DREAMGEN_DEFAULTS, REFERENCE_DEFAULTS, GenerationParams, ModelDefaults
 from .card import BESIDE_CLIP, find_clip_config, find_diffusion_dir, load_tokenizer, plugin, read_json
 from .device import check_device
 from .dreamllm import CLIPVisionEmbedding, DreamEmbedding, DreamLLM, ModelInfo, StableDiffusionHead
@@ -37,11 +37,13 @@ log = logging.getLogger(__name__)
 PART_FILES = ("pytorch_model", "clip_vision_embedding", "dream_embedding", "stable_diffusion_head")
 PLUGIN_TARGET = "omni.models.dreamllm.modeling_plugins."
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-GUIDANCE_KEY = "_dreamgen_guidance"  # the scale a model we trained paints best at (ModelInfo.guidance)
+DEFAULTS_KEY = "_dreamgen_defaults"  # what a checkpoint paints and writes with where a request says nothing
+GUIDANCE_KEY = "_dreamgen_guidance"  # how dreamgen named a checkpoint's scale before it named all its defaults
+NAME_KEY = "_dreamgen_model_name"
 # config.json fields that are DreamLLM's or the saving library's, not LlamaConfig's
 NOT_LLAMA = ("plugins_init_kwargs", "plugins_type", "special_tokens2ids_dict", "architectures", "model_type",
-             "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_dreamgen_model_name",
-             GUIDANCE_KEY)
+             "_name_or_path", "transformers_version", "torch_dtype", "dtype", NAME_KEY,
+             GUIDANCE_KEY, DEFAULTS_KEY)
 
 
 def parse_device(name: str) -> torch.device:
@@ -107,8 +109,8 @@ def read_checkpoint(ckpt: Path, name: str | None = None, dtype: str = "auto", de
               lambda key: torch.float32 if key.startswith("vae.") else weights_dtype, torch_device)
 
     special = _special_tokens(config, tokenizer, ckpt, dream.dream_queries.shape[1], vision.num_patches)
-    info = ModelInfo(name=str(config.get("_dreamgen_model_name") or name or ckpt), path=str(ckpt),
-                     dtype=dtype, device=str(torch_device), guidance=read_guidance(config, ckpt),
+    info = ModelInfo(name=str(config.get(NAME_KEY) or name or ckpt), path=str(ckpt),
+                     dtype=dtype, device=str(torch_device), defaults=read_defaults(config, ckpt),
                      hash=weights_hash(ckpt))
     model = DreamLLM(llm, vision, dream, head, tokenizer, special, info, config.get("plugins_init_kwargs", {}))
     model.eval().requires_grad_(False)
@@ -146,12 +148,36 @@ def weights_hash(folder: Path) -> str | None:
     return digest.hexdigest()[:HASH_DIGITS]
 
 
-def read_guidance(config: dict, ckpt: Path) -> float:
-    """The scale a checkpoint paints with when a request names none: its config's GUIDANCE_KEY, else the reference's."""
-    value = config.get(GUIDANCE_KEY, REFERENCE_GUIDANCE)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 50:
-        raise CheckpointError(f"{ckpt / 'config.json'}: {GUIDANCE_KEY}={value!r} must be a number in [0, 50]")
-    return float(value)
+def read_defaults(config: dict, ckpt: Path) -> ModelDefaults:
+    """What a checkpoint paints and writes with where a request leaves a parameter unset: the DEFAULTS_KEY object
+    of its config.json (fields it leaves out are the reference's); else, for a checkpoint dreamgen wrote before
+    it named them, dreamgen's defaults of then (with its GUIDANCE_KEY scale); else, as for the released
+    checkpoints, the reference scripts' settings."""
+    where = ckpt / "config.json"
+    if DEFAULTS_KEY in config:
+        given = config[DEFAULTS_KEY]
+        if not isinstance(given, dict):
+            raise CheckpointError(f"{where}: {DEFAULTS_KEY} must be an object of {', '.join(DEFAULT_FIELDS)}")
+        unknown = sorted(set(given) - set(DEFAULT_FIELDS))
+        if unknown:
+            raise CheckpointError(f"{where}: {DEFAULTS_KEY} has unknown field(s) {', '.join(unknown)}; "
+                                  f"it may name {', '.join(DEFAULT_FIELDS)}")
+        defaults = ModelDefaults(**{**REFERENCE_DEFAULTS.to_dict(), **given})
+    elif GUIDANCE_KEY in config or NAME_KEY in config:
+        guidance = config.get(GUIDANCE_KEY, DREAMGEN_DEFAULTS.guidance)
+        defaults = ModelDefaults(**{**DREAMGEN_DEFAULTS.to_dict(), "guidance": guidance})
+    else:
+        return REFERENCE_DEFAULTS
+    for name, value in defaults.to_dict().items():  # the bounds a request's value has, named against the file
+        field = f"{DEFAULTS_KEY}.{name}" if DEFAULTS_KEY in config else GUIDANCE_KEY
+        if value is None:
+            raise CheckpointError(f"{where}: {field} is null; name a value or leave it out")
+        try:
+            GenerationParams(**{name: value})
+        except ParamsError as e:
+            raise CheckpointError(f"{where}: {field} {e.rule}") from None
+    return ModelDefaults(**{k: float(v) if k in ("guidance", "temperature", "top_p") else v
+                            for k, v in defaults.to_dict().items()})
 
 
 def _llm_config(config: dict, tokenizer) -> LlamaConfig:
@@ -212,9 +238,8 @@ def save_checkpoint(model: DreamLLM, out_dir: str | os.PathLike, safetensors: bo
             "<dream>": model.tokenizer.convert_tokens_to_ids("<dream>")}}
     config.setdefault("loss_weight_lm", 1.0)
     config.setdefault("loss_weight_vm", 10.0)
-    config["_dreamgen_model_name"] = model.info.name
-    if model.info.guidance != REFERENCE_GUIDANCE:  # the released checkpoints name none: keep ours like them
-        config[GUIDANCE_KEY] = model.info.guidance
+    config[NAME_KEY] = model.info.name
+    config[DEFAULTS_KEY] = model.info.defaults.to_dict()  # always: without it, NAME_KEY means dreamgen's old ones
     _write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True))
 
     parts = {"pytorch_model": model.llm, "clip_vision_embedding": model.vision,

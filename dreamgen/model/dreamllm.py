@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
-from ..params import REFERENCE_GUIDANCE
+from ..params import DREAMGEN_DEFAULTS, ModelDefaults
 from .special_tokens import SpecialTokens
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,15 @@ class StableDiffusionHead(nn.Module):
 
 @dataclass
 class ModelInfo:
-    """Where a model came from: its id goes into every document's provenance and id. `guidance` is the scale
-    it paints with when a request names none (its checkpoint's `_dreamgen_guidance`, else the reference's)."""
+    """Where a model came from: its id goes into every document's provenance and id. `defaults` are what it
+    paints and writes with where a request leaves a parameter unset (checkpoint.read_defaults: the released
+    checkpoints take the reference scripts' settings); a model built here keeps dreamgen's."""
 
     name: str
     path: str | None = None
     dtype: str = "fp32"
     device: str = "cpu"
-    guidance: float = REFERENCE_GUIDANCE
+    defaults: ModelDefaults = DREAMGEN_DEFAULTS
     hash: str | None = None  # short sha256 of the checkpoint's weight files, computed once when it loads
 
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .checkpoint import PART_FILES, read_guidance
+from .checkpoint import PART_FILES, read_defaults
 from .locate import resolve_checkpoint
 from .special_tokens import RELEASED_IDS
 from .tensors import CLIP_FLAT, CLIP_RELEASED, open_part
@@ -47,7 +47,7 @@ def inspect_checkpoint(name_or_path: str) -> dict:
         "plugins": {name: {k: v for k, v in kw.items() if k != "_target_"}
                     for name, kw in (config.get("plugins_init_kwargs") or {}).items()},
         "special_tokens": {t: flat.get(t) for t in RELEASED_IDS},
-        "guidance": read_guidance(config, ckpt),  # what it paints with when a request names none
+        "defaults": read_defaults(config, ckpt).to_dict(),  # what it paints and writes with where a request says nothing
         "parts": parts,
         "tokenizer": sorted(p.name for p in Path(ckpt).glob("tokenizer*")) + sorted(
             p.name for name in ("added_tokens.json", "special_tokens_map.json") for p in Path(ckpt).glob(name)),

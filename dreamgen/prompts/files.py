@@ -25,7 +25,7 @@ from .. import pictures
 from ..errors import (DreamgenError, InputImageError, KeyNotFound, ParamsError, PromptFileError, PromptFileProblems,
                       preview, quoted)
 from ..ids import JOB_FILES, derived_seed, document_id, safe_document_id
-from ..params import PARAM_NAMES, GenerationParams
+from ..params import DREAMGEN_DEFAULTS, PARAM_NAMES, REFERENCE_DEFAULTS, GenerationParams
 from .context import ModelContext, context_problem
 from .readers import DEFAULT_FIELDS, EXTENSIONS, FIELDS, FileDefaults, reader_for, type_problem, unknown_field_reason
 from .templates import check_template
@@ -363,6 +363,9 @@ def _image_identity(location: str, mtime_ns: int, size: int) -> str:
 # runs about 50 steps a second with guidance. A step costs at least in proportion to the pixels (attention more).
 FASTEST_STEP_S_512 = 0.02
 _DEFAULT_SIDE = 512  # image_size unset: the model's, 512 for the released checkpoints
+# steps unset: the model's, not known when a file is checked; the fewest of the defaults dreamgen knows, so that no
+# document that could finish is refused
+_FEWEST_STEPS = min(REFERENCE_DEFAULTS.steps, DREAMGEN_DEFAULTS.steps)
 
 
 def worst_case_problem(params: GenerationParams, time_limit_s: float) -> tuple[str, str] | None:
@@ -370,14 +373,15 @@ def worst_case_problem(params: GenerationParams, time_limit_s: float) -> tuple[s
     painted within `time_limit_s` even at the fastest: it would only ever be killed by the time limit, holding a
     worker's slots meanwhile (issue 33). The field named is the one furthest above its default."""
     side = params.image_size or _DEFAULT_SIDE
-    least_s = params.max_images * params.steps * FASTEST_STEP_S_512 * (side / _DEFAULT_SIDE) ** 2
+    steps = params.steps if params.steps is not None else _FEWEST_STEPS
+    least_s = params.max_images * steps * FASTEST_STEP_S_512 * (side / _DEFAULT_SIDE) ** 2
     if least_s <= time_limit_s:
         return None
     defaults = GenerationParams()
-    excess = {"max_images": params.max_images / defaults.max_images, "steps": params.steps / defaults.steps,
+    excess = {"max_images": params.max_images / defaults.max_images, "steps": steps / _FEWEST_STEPS,
               "image_size": (side / _DEFAULT_SIDE) ** 2}
     field_name = max(excess, key=excess.get)
-    return field_name, (f"max_images {params.max_images} x steps {params.steps} x image_size {side} px take at least "
+    return field_name, (f"max_images {params.max_images} x steps {steps} x image_size {side} px take at least "
                         f"{least_s:,.0f} s to paint (a 512 px step in {FASTEST_STEP_S_512 * 1000:.0f} ms at the "
                         f"fastest), over a chunk's time limit of {time_limit_s:,.0f} s; lower {field_name}")
 

@@ -158,7 +158,7 @@ def ablate(model: DreamLLM, ablation: str) -> DreamLLM:
 def evaluate(model: DreamLLM, prompts: list[EvalPrompt], params: GenerationParams, batch_size: int = 8,
              ablation: str = "none", on_document=None, split: str = "combos") -> EvalReport:
     """Generate a document per prompt (in lockstep batches) and score it. `on_document(doc, score)` sees each."""
-    params = params.resolved(model.info.guidance)  # the report names the scale used
+    params = params.resolved(model.info.defaults)  # the report names the settings used
     generator = Generator(model)
     scores = []
     for start in range(0, len(prompts), batch_size):

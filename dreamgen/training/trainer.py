@@ -3,6 +3,7 @@ layout (loadable by `load_model` and every dreamgen command), resumable from its
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def replace_vae(checkpoint: str, vae_dir: str, out_dir: str, dtype: str = "fp32"
     model = load_model(checkpoint)
     if guidance is not None:
         GenerationParams(guidance=guidance)  # the same bounds a request's scale has
-        model.info.guidance = float(guidance)
+        model.info.defaults = dataclasses.replace(model.info.defaults, guidance=float(guidance))
     vae = load_vae(vae_dir)
     old = model.head.vae
     same_encoder = all(torch.equal(a, b) for a, b in zip(old.encoder.state_dict().values(),
