@@ -22,6 +22,20 @@ BUDGET_S = 60
 TOPICS = ("rivers", "bread", "trains", "the moon", "winter", "the sea", "tomatoes", "bird houses")
 
 
+def timed(generator: Generator, requests: list, device: str):
+    """(documents, seconds, stats) of one run of `requests`, after a warm-up of two of them (compiling and
+    capturing the buckets it meets)."""
+    generator.generate(requests[:2])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    docs = generator.generate(requests)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    assert len(docs) == len(requests)
+    return docs, time.perf_counter() - started, generator.stats
+
+
 def run(table, device: str) -> None:
     if device == "cuda":
         model = fill_random(build_released_shape(torch.bfloat16), device)
@@ -35,16 +49,7 @@ def run(table, device: str) -> None:
     table.header("way", "documents", "docs/min", "new tokens/s", "ratio")
     baseline = None
     for name, slots, requests in (("one at a time", 1, job[:alone_count]), (f"{documents} slots", documents, job)):
-        generator = Generator(model, config=GeneratorConfig(slots=slots))
-        generator.generate(requests[:1])  # warm-up: compiles and captures this slot count's buckets
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        docs = generator.generate(requests)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        assert len(docs) == len(requests)
+        docs, seconds, _ = timed(Generator(model, config=GeneratorConfig(slots=slots)), requests, device)
         rate = 60 * len(docs) / seconds
         baseline = baseline or rate
         table.row(name, len(docs), rate, sum(d.timings["new_tokens"] for d in docs) / seconds, rate / baseline)
@@ -53,16 +58,8 @@ def run(table, device: str) -> None:
     pictures = [DocumentRequest(r.prompt, r.params.replace(**picture), image_only=i % 3 == 0)
                 for i, r in enumerate(job)]
     for painting in ("gather", "stepwise"):
-        generator = Generator(model, config=GeneratorConfig(slots=documents, painting=painting))
-        generator.generate(pictures[:2])  # warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        docs = generator.generate(pictures)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        stats = generator.stats
+        docs, seconds, stats = timed(Generator(model, config=GeneratorConfig(slots=documents, painting=painting)),
+                                     pictures, device)
         table.row(f"{documents} slots, a third pictures, {painting} (stalled {100 * stats.stall_share:.0f}%, "
                   f"picture wait p50 {stats.wait(0.5)[0]:.2f} s)", len(docs), 60 * len(docs) / seconds,
                   sum(d.timings["new_tokens"] for d in docs) / seconds, "-")
