@@ -178,7 +178,6 @@ class Generator:
         self.slots = self.config.slots_for(model.device)
         self._cuda_steps: dict[int, tuple[int, int, int]] = {}  # slots -> (free, step, card) bytes, measured once
         self._runner: ModelRunner | None = None  # kept across runs: its pool and compiled buckets are costly
-        self._feeders_waiting = False  # this step has documents ready to write (gather painting stalls them)
         self.stats = GeneratorStats()
 
     # ------------------------------------------------------------------------------------------ public API
@@ -243,11 +242,11 @@ class Generator:
             plan = scheduler.schedule(more_waiting=source.ready)
             stats.count_step(scheduler.busy, source.ready)
             after: dict[int, object] = {}
-            self._feeders_waiting = bool(plan.runs)
             if self.painter.pictures:  # stepwise: one denoising step for every picture in flight
                 after.update(self._paint_step(docs, progress))
             if plan.paint:  # gather: the waiting pictures, start to end
-                after.update(self._paint([docs[s.index] for s in plan.paint], check_cancel, progress))
+                after.update(self._paint([docs[s.index] for s in plan.paint], check_cancel, progress,
+                                         writers_wait=bool(plan.runs)))
             if plan.runs:
                 after.update(self._step([(docs[s.index], n) for s, n in plan.runs], runner))
             for seq in scheduler.update(plan, after):
@@ -463,14 +462,14 @@ class Generator:
         return self._feed_back(finished, [doc.picture for doc in finished], [done[d.index] for d in finished],
                                progress)
 
-    def _paint(self, dreamers: list[_Doc], check_cancel, progress) -> dict[int, object]:
+    def _paint(self, dreamers: list[_Doc], check_cancel, progress, writers_wait: bool) -> dict[int, object]:
         """Gather: paint every waiting picture start to end while the text waits; each is fed back, as an image
         block, to its own document only."""
         started = time.perf_counter()
         conds = self.model.condition(torch.stack([d.query_states for d in dreamers]))  # (N, Q, cross_dim)
         requests = [self._image_request(doc, cond) for doc, cond in zip(dreamers, conds)]
         after = self._feed_back(dreamers, requests, self.painter.paint(requests, check_cancel), progress)
-        if self._feeders_waiting:  # documents ready to write waited for these pictures
+        if writers_wait:  # documents ready to write waited for these pictures
             self.stats.stalled_seconds += time.perf_counter() - started
         return after
 
