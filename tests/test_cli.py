@@ -157,3 +157,27 @@ def test_command_groups_are_plural_nouns_that_list_by_default_and_old_names_stil
         assert result.exit_code == 1 and "Error: cannot reach the broker at redis://127.0.0.1:1/0" in result.output
     typo = CliRunner().invoke(cli, ["models", "lst"])
     assert typo.exit_code == 2 and typo.output.startswith("Error: No such command 'lst'.")
+
+
+def test_old_names_of_run_flags_still_work_and_say_they_are_old(tmp_path, installed_tiny):
+    """`run -b` (the old name of --slots) and `--schedule` (of --batching) work, each with one warning; the job
+    records the batching policy under its own name."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Write about a red circle\n")
+    result = CliRunner().invoke(cli, ["run", str(prompts), "--out", str(tmp_path / "out"), "--job-id", "old",
+                                      "--model", str(installed_tiny), "-b", "2", "--schedule", "lockstep",
+                                      "--max-new-tokens", "4", "--max-images", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "warning: -b/--batch-size is deprecated; use --slots" in result.output
+    assert "warning: --schedule is deprecated; use --batching" in result.output
+    record = json.loads((tmp_path / "out" / "old" / "job.json").read_text())
+    assert record["slots"] == 2 and record["batching"] == "lockstep" and "schedule" not in record
+
+
+def test_a_job_json_written_before_batching_had_its_name_resumes_with_its_policy(tmp_path):
+    from dreamgen.jobs.spec import JobConfig
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Write about a red circle\n")
+    assert JobConfig.from_record({"prompts": str(prompts), "schedule": "lockstep"}).batching == "lockstep"
+    assert JobConfig.from_record({"prompts": str(prompts)}).batching == "continuous"
