@@ -121,7 +121,6 @@ class ModelRunner:
         self.buckets_on = self.attention == "flex" and (config.compiles(self.device) or config.captures(self.device))
         self.buckets: dict[int, _Bucket] = {}
         self._compiled = None
-        self._staging = torch.empty(0, dtype=torch.int64)  # pinned host memory for the eager step's indices
         self.page_slot = torch.from_numpy(self.pool.page_slot).to(self.device)
         self.page_index = torch.from_numpy(self.pool.page_index).to(self.device)
         self.graph_pool = torch.cuda.graph_pool_handle() if config.captures(self.device) else None
@@ -149,17 +148,13 @@ class ModelRunner:
         return self.pool.stats
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
-        """An int64 array on the device: on CUDA through a pinned staging buffer, without blocking (reusing it is
-        safe: every step ends waiting for its sampled tokens)."""
+        """An int64 array on the device: on CUDA copied from pinned memory without blocking. pin_memory() takes its
+        block from torch's caching host allocator, which hands a block out again only once the copies reading it
+        are done, so several arrays of one step never overwrite each other in flight."""
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
         if self.device.type != "cuda":
             return tensor
-        if self._staging.numel() < tensor.numel():
-            self._staging = torch.empty(max(tensor.numel(), 2 * self._staging.numel()), dtype=torch.int64,
-                                        pin_memory=True)
-        staged = self._staging[:tensor.numel()].view(tensor.shape)
-        staged.copy_(tensor)
-        return staged.to(self.device, non_blocking=True)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _sync_pages(self) -> None:
         if self.pool.changed:  # the flex mask reads page owners on the device
