@@ -334,7 +334,7 @@ class Generator:
     def _runner_for(self, kv_tokens: int) -> ModelRunner:
         """The runner of this run: the last one if its pool is the size asked (its pages are all free between
         runs), else a new one (the old pool is freed first, so two never coexist)."""
-        if self._runner is not None and self._runner.pool_tokens != -(-kv_tokens // PAGE) * PAGE:
+        if self._runner is not None and self._runner.pool_tokens != _whole_pages(kv_tokens):
             self._runner = None
         if self._runner is None:
             self._runner = ModelRunner(self.model, kv_tokens, self.config)
