@@ -335,11 +335,17 @@ class Generator:
         """The runner of this run: the last one if its pool is the size asked (its pages are all free between
         runs), else a new one (the old pool is freed first, so two never coexist)."""
         if self._runner is not None and self._runner.pool_tokens != _whole_pages(kv_tokens):
-            self._runner = None
+            self.release()
         if self._runner is None:
             self._runner = ModelRunner(self.model, kv_tokens, self.config)
         self._runner.pool.reset()
         return self._runner
+
+    def release(self) -> None:
+        """Give back the KV pool (most of a card's memory) now; the next run makes a new one."""
+        if self._runner is not None:
+            self._runner.release()
+            self._runner = None
 
     def _reserve(self, request: DocumentRequest, prompt_tokens: int) -> int:
         """A document's worst case in the pool: its prompt and all it may add, capped at the context."""

@@ -19,6 +19,8 @@ the rows are free (a decode step reads the weights once whatever the rows).
 """
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import torch
 
@@ -135,6 +137,18 @@ class ModelRunner:
         if self._compiled is None:
             self._compiled = torch.compile(self.bucket_compute, fullgraph=True)
         return self._compiled
+
+    def release(self) -> None:
+        """Free the pool now, before another runner takes the memory: its compiled step and captured graphs hold
+        it (dynamo's cache keeps the compiled step's `self` alive), so dropping the runner alone does not."""
+        self.buckets.clear()
+        self._compiled = None
+        self.pool.kv = None
+        if self.config.compiles(self.device):
+            torch._dynamo.reset()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------------------------------- the pool
     def open(self, slot: int, reserve: int) -> None:

@@ -6,7 +6,6 @@ the eager gather + SDPA step at 64 documents beside it. Every document decodes e
 not looked at: random weights make lengths arbitrary)."""
 from __future__ import annotations
 
-import gc
 import time
 
 import numpy as np
@@ -64,19 +63,8 @@ def decode(model, config: GeneratorConfig, documents: int, prompt: int, new: int
             tokens = logits.argmax(dim=-1)
             tokens.tolist()  # the generator's one read-back a step
         seconds = time.perf_counter() - started
-    release(runner)
+    runner.release()
     return seconds, documents * (prompt + warm + (prompt + new)) / 2
-
-
-def release(runner) -> None:
-    """Free a runner's pool before the next one is made: its compiled step and captured graphs hold it."""
-    runner.buckets.clear()
-    runner._compiled = None
-    runner.pool.kv = None
-    torch._dynamo.reset()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def run(table, device: str) -> None:

@@ -6,7 +6,6 @@ Then pictures beside the text (issue 32): the same 64 documents with a third of 
 against gathered while the text waits."""
 from __future__ import annotations
 
-import gc
 import time
 
 import torch
@@ -23,16 +22,6 @@ BUDGET_S = 60
 TOPICS = ("rivers", "bread", "trains", "the moon", "winter", "the sea", "tomatoes", "bird houses")
 
 
-def release(runner) -> None:
-    """Free a runner's pool: its compiled step and captured graphs hold it until dropped."""
-    runner.buckets.clear()
-    runner._compiled = None
-    runner.pool.kv = None
-    torch._dynamo.reset()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
 
 def timed(generator: Generator, requests: list, device: str):
     """(documents, seconds, stats) of one run of `requests`, after a warm-up of two of them (compiling and
@@ -46,9 +35,7 @@ def timed(generator: Generator, requests: list, device: str):
         torch.cuda.synchronize()
     assert len(docs) == len(requests)
     seconds, stats = time.perf_counter() - started, generator.stats
-    if generator._runner is not None:  # its pool is most of the card: freed before the next generator's
-        release(generator._runner)
-        generator._runner = None
+    generator.release()  # its pool is most of the card: freed before the next generator's
     return docs, seconds, stats
 
 
