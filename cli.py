@@ -1109,11 +1109,11 @@ def train(config, steps, output_dir, fresh):
 @model_options
 @click.option("-n", "--prompts", "count", default=40, show_default=True, type=click.IntRange(min=1),
               help="How many held-out prompts per split.")
-@click.option("--split", "splits", type=click.Choice(["combos", "phrasings"]), multiple=True,
-              default=("combos", "phrasings"), show_default=True,
+@click.option("--split", "splits", type=click.Choice(["combos", "phrasings", "pairs"]), multiple=True,
+              default=("combos", "phrasings", "pairs"), show_default=True,
               help="combos: shapes of colour-kind pairs never seen in training, in the first five verbs; "
-                   "phrasings: training pairs asked in phrasings and verbs never seen in training. Repeat for "
-                   "several.")
+                   "phrasings: training pairs asked in phrasings and verbs never seen in training; pairs: two "
+                   "shapes, each asked its own size (and often place), in those phrasings. Repeat for several.")
 @click.option("--ablate", "ablations", type=click.Choice(["none", "queries", "condition"]), multiple=True,
               default=("none",), show_default=True,
               help="Cut a path from text to pictures: queries (zero the dream queries), condition (zero the "
@@ -1169,7 +1169,7 @@ def eval_command(model, dtype, device, count, splits, ablations, batch_size, pro
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
         return
     columns = ("follows_prompt", "colour", "shape", "size", "position", "size_asked", "position_asked",
-               "background", "well_formed")
+               "colour_asked", "background", "well_formed")
     header = "".join(f"{c.replace('_', ' '):>15}" for c in columns)
     click.echo(f"{'model':<14}{'split':<11}{'ablation':<10}{'docs':>5}{'images':>7}{header}")
     for report in reports:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the built-in `shapes` model from nothing, on CPU (60 to 100 minutes on a 2-core machine; docs/shapes-model.md):
+# Reproduce the built-in `shapes` model from nothing, on CPU (about 100 minutes on a 2-core machine; docs/shapes-model.md):
 #   1. write the shapes world's training set      runs/shapes/data/train.jsonl
 #      (prompts from the phrasing grammar's training part; pictures seeded apart from words, so a change to
 #      the wording never changes a picture; no held-out pair), and pictures of the whole world, held-out
@@ -15,12 +15,16 @@
 #   7. and again on the whole world's pictures,    runs/shapes/vae-decoder-world/final/
 #      so it draws the held-out pairs too          (configs/shapes-vae-decoder-world.yaml)
 #      (4 to 7 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
-#   8. ship stage 3's model with stage 7's decoder dreamgen/model/weights/shapes/
+#   8. binding: train stage 3's model on, on the first set beside documents of two and three shapes that ask
+#      each shape its own size and place, and prompts inside dreamgen's templates
+#                                                  runs/shapes/binding/final/     (configs/shapes-binding.yaml)
+#      (on the first core after stage 3; it reads only the VAE's encoder, which the decoder stages keep)
+#   9. ship stage 8's model with stage 7's decoder dreamgen/model/weights/shapes/
 #      and the guidance it paints with when a request names none (GUIDANCE: chosen on validation prompts, seeds
 #      of their own, not the eval's; docs/shapes-model.md has the sweep)
-#   9. evaluate it on both held-out splits (unseen colour-kind pairs, unseen phrasings; nothing here chooses on
-#      them, though docs/shapes-model.md's candidate runs, which set configs/shapes.yaml, were compared on them), and with
-#      the paths from text to picture cut
+#  10. evaluate it on the three held-out splits (unseen colour-kind pairs, unseen phrasings, two shapes with
+#      their own sizes; nothing here chooses on them, though docs/shapes-model.md's candidate runs, which set
+#      configs/shapes.yaml, were compared on them), and with the paths from text to picture cut
 # Every stage is seeded, single-threaded (so deterministic) and resumable: run the script again after a stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +34,8 @@ RUNS=runs/shapes
 PICTURES=15000  # of the whole world, for the last decoder stage
 GUIDANCE=3  # the shipped model's own classifier-free guidance (the reference's 7.5 turns green on black blue)
 
-if [ ! -s "$RUNS/data/train.jsonl" ] || [ ! -s "$RUNS/data/pictures/$(printf %06d $((PICTURES - 1))).png" ]; then
-  $PY -m dreamgen.shapes "$RUNS/data" --documents 10000 --pictures $PICTURES --seed 0
+if [ ! -s "$RUNS/data/binding.jsonl" ] || [ ! -s "$RUNS/data/pictures/$(printf %06d $((PICTURES - 1))).png" ]; then
+  $PY -m dreamgen.shapes "$RUNS/data" --documents 10000 --binding 6000 --pictures $PICTURES --seed 0
 fi
 [ -f "$RUNS/vae/final/config.json" ] || $DREAMGEN train configs/shapes-vae.yaml
 sharpen_decoder() {
@@ -43,12 +47,13 @@ sharpen_decoder() {
 sharpen_decoder > "$RUNS/decoder.log" 2>&1 &
 decoder=$!
 [ -f "$RUNS/model/final/config.json" ] || $DREAMGEN train configs/shapes.yaml
+[ -f "$RUNS/binding/final/config.json" ] || $DREAMGEN train configs/shapes-binding.yaml
 wait $decoder || { echo "decoder stages failed; see $RUNS/decoder.log"; exit 1; }
 
 if [ ! -d "$RUNS/shipped" ]; then  # written aside, then moved: a stop never leaves half a model
   rm -rf "$RUNS/shipped.partial"
   $PY -c "from dreamgen.training.trainer import replace_vae; \
-replace_vae('$RUNS/model/final', '$RUNS/vae-decoder-world/final', '$RUNS/shipped.partial', guidance=$GUIDANCE)"
+replace_vae('$RUNS/binding/final', '$RUNS/vae-decoder-world/final', '$RUNS/shipped.partial', guidance=$GUIDANCE)"
   mv "$RUNS/shipped.partial" "$RUNS/shipped"
 fi
 

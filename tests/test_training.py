@@ -421,3 +421,36 @@ def test_replace_vae_ships_a_new_decoder_and_the_guidance_but_never_a_new_encode
         replace_vae(str(tmp_path / "model"), str(tmp_path / "encoder"), str(tmp_path / "other"))
     with pytest.raises(ParamsError, match="guidance"):
         replace_vae(str(tmp_path / "model"), str(tmp_path / "decoder"), str(tmp_path / "other"), guidance=-1)
+
+
+def test_training_on_from_a_checkpoint_reads_only_its_vae_encoder(tmp_path, data_file):
+    """scripts/train_shapes.sh trains the binding stage on stage 3's model (the first VAE's decoder) and ships it
+    with stage 7's decoder; the shipped model was trained on from stage 3 already carrying stage 7's decoder and its
+    guidance. Both give the same weights only if training on never reads the decoder (its latents come from the
+    encoder alone) nor the guidance: held here, byte for byte."""
+    from dreamgen.training.trainer import replace_vae
+
+    base = train(load_config(_config(tmp_path, data_file, tmp_path / "base", steps=2))).output
+    vae = load_model(str(base)).head.vae
+    with torch.no_grad():
+        for p in vae.decoder.parameters():
+            p.mul_(1.5)  # a sharpened decoder, as the decoder-only stages write
+    vae.save_pretrained(tmp_path / "decoder")
+    replace_vae(str(base), str(tmp_path / "decoder"), str(tmp_path / "shipped"), guidance=3.0)
+
+    def train_on(init, name):
+        config = _config(tmp_path, data_file, tmp_path / name, steps=2)
+        return train(load_config(config, {"model.init": str(init), "model.vae": None})).output
+
+    recipe = load_model(str(train_on(base, "recipe")))  # stage 8 on stage 3, then shipped with the decoder
+    replace_vae(str(tmp_path / "recipe" / "final"), str(tmp_path / "decoder"), str(tmp_path / "recipe-shipped"),
+                guidance=3.0)
+    recipe = load_model(str(tmp_path / "recipe-shipped"))
+    shipped = load_model(str(train_on(tmp_path / "shipped", "on-shipped")))  # how the shipped model was made
+    assert shipped.info.defaults == recipe.info.defaults and shipped.info.defaults.guidance == 3.0
+    a, b = recipe.state_dict(), shipped.state_dict()
+    assert len(a) == len(b) > 50 and a.keys() == b.keys()
+    changed = [k for k in a if not torch.equal(a[k], b[k])]
+    assert changed == [], changed
+    trained = load_model(str(base)).state_dict()
+    assert any(not torch.equal(trained[k], a[k]) for k in a if "vae" not in k)  # training on did move weights

@@ -10,7 +10,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .phrasing import Asked, ask, phrase_prompt, with_article
+from ..prompts.templates import available as available_templates
+from ..prompts.templates import render as render_template
+from .phrasing import Asked, ask, phrase_prompt, things_phrase, with_article
 from .world import BACKGROUNDS, CORNERS, POSITIONS, SIZES, Shape
 
 STYLES = ("plain", "lesson", "story")
@@ -149,3 +151,53 @@ def sample_article(pictures: random.Random, words: random.Random, combos: list[t
     article.asked = asked
     return article
 
+
+
+# ---------------------------------------------------------------------------------------------- binding
+# The first training set asks for a size in 40% of shapes and has two or more shapes in 45% of documents, so a
+# prompt asking two shapes for two different sizes was about 1 document in 35: the model learned that "small"
+# follows "small" and wrote it for both shapes ("a small blue square and a large yellow triangle" -> "Picture two
+# shows a small yellow triangle"). The binding set asks each shape's attributes most of the time, in documents of
+# two and three shapes mostly, so the article can only be right by copying each shape's own words in order.
+BINDING_COUNTS = {1: 0.3, 2: 0.5, 3: 0.2}
+BINDING_SIZE_RATE, BINDING_POSITION_RATE = 0.8, 0.6
+TEMPLATE_RATE = 0.4  # binding prompts wrapped in one of dreamgen's prompt templates (templates/prompts/)
+# How people put a topic into a template: the things alone, or a short frame of their own ("How to draw ...").
+TOPIC_FRAMES = ("{x}", "{x}", "{x}", "how to draw {x}", "how to paint {x}", "how to make {x}", "drawing {x}",
+                "painting {x}", "the story of {x}", "news about {x}", "all about {x}", "{x} explained")
+
+
+def template_topic(asked: list[Asked], background: str | None, rng: random.Random) -> str:
+    """A topic for a template: "a small red circle and a big square in blue on a grey background", "how to draw
+    green diamond in the middle" (people drop the article), or a whole prompt of the grammar's training part."""
+    if rng.random() < 0.3:
+        return phrase_prompt(asked, background, rng).rstrip(".!? ")
+    things = things_phrase(asked, rng, articles=rng.random() < 0.7)
+    if background:
+        things += f" on a {background} background"
+    topic = rng.choice(TOPIC_FRAMES).replace("{x}", things)
+    style = rng.choices(("sentence", "lower", "title"), weights=(0.5, 0.3, 0.2))[0]
+    if style == "sentence":
+        return topic[:1].upper() + topic[1:]
+    return topic if style == "lower" else " ".join(w[:1].upper() + w[1:] for w in topic.split(" "))
+
+
+def binding_prompt(asked: list[Asked], background: str | None, rng: random.Random) -> str:
+    """The prompt of a binding document: the grammar's training part, or a template around a topic."""
+    if rng.random() < TEMPLATE_RATE:
+        return render_template(rng.choice(available_templates()[1:]), template_topic(asked, background, rng))
+    return phrase_prompt(asked, background, rng)
+
+
+def sample_binding_article(pictures: random.Random, words: random.Random,
+                           combos: list[tuple[str, str]]) -> Article:
+    """One document of the binding set (see BINDING_COUNTS): pictures from `pictures`, words from `words`."""
+    count = pictures.choices(list(BINDING_COUNTS), weights=list(BINDING_COUNTS.values()))[0]
+    shapes = sample_shapes(pictures, combos, count, pictures.choice(list(BACKGROUNDS)))
+    asked = [ask(s, words, size_rate=BINDING_SIZE_RATE, position_rate=BINDING_POSITION_RATE,
+                 stand_in_rate=STAND_IN_RATE) for s in shapes]
+    background = shapes[0].background if words.random() < 0.5 else None
+    prompt = binding_prompt(asked, background, words)
+    article = write_article(prompt, shapes, words.choice(STYLES), stand_in_note(asked))
+    article.asked = asked
+    return article

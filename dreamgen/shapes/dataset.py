@@ -3,7 +3,9 @@
     OUT/train.jsonl     {"prompt": ..., "blocks": [{"type": "text", "text": ...},
                                            {"type": "image", "path": ..., "labels": {"position": ..., ...}}],
                          "meta": {"style": ..., "shapes": [...]}}
-    OUT/images/NNNNNN-K.png
+    OUT/images/train-NNNNNN-K.png
+    OUT/binding.jsonl   the same, for the binding stage (articles.sample_binding_article): documents of two and
+                        three shapes that ask each its own size and place, and prompts inside dreamgen's templates
 
 Image paths are relative to the JSONL file, as the training loader expects.
 """
@@ -14,7 +16,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .articles import Article, prompt_for, sample_article, sample_shapes
+from .articles import Article, prompt_for, sample_article, sample_binding_article, sample_shapes
 from .phrasing import Asked, ask, phrase_prompt
 from .render import render
 from .world import BACKGROUNDS, HELD_OUT, Shape, all_combos, training_combos
@@ -25,7 +27,10 @@ PHRASINGS_SEED = 20261203
 #   combos     shapes of (colour, kind) pairs no training document has, asked in the first prompts' five verbs
 #   phrasings  shapes of training pairs, asked only in the grammar's held-out part (frames, politeness, fillers
 #              and openings no training prompt uses)
-SPLITS = ("combos", "phrasings")
+#   pairs      two shapes of training pairs, each asked its own size (and often its own place), in the held-out
+#              phrasings: does each shape get what was asked for it, not its neighbour's words?
+SPLITS = ("combos", "phrasings", "pairs")
+PAIRS_SEED = 20261207
 
 
 def picture_labels(shape: Shape) -> dict[str, str]:
@@ -43,17 +48,21 @@ def article_record(article: Article, image_paths: list[str]) -> dict:
             "meta": {"style": article.style, "shapes": [asdict(s) for s in article.shapes]}}
 
 
-def write_dataset(out_dir: str | Path, documents: int, seed: int = 0, name: str = "train") -> Path:
-    """Write `documents` training articles (held-out pairs excluded) and their pictures; returns the JSONL path."""
+def write_dataset(out_dir: str | Path, documents: int, seed: int = 0, name: str = "train",
+                  sampler=sample_article) -> Path:
+    """Write `documents` training articles (held-out pairs excluded) and their pictures; returns the JSONL path.
+    `sampler(pictures_rng, words_rng, combos)` draws one (sample_article, or sample_binding_article)."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     combos = training_combos()
     path = out / f"{name}.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for n in range(documents):
-            # Seeded per document and per stream (string seeds hash the same on every machine and run).
-            article = sample_article(random.Random(f"{seed}-{n}-pictures"), random.Random(f"{seed}-{n}-words"),
-                                     combos)
+            # Seeded per document and per stream (string seeds hash the same on every machine and run); the
+            # binding set's streams are named apart, so its documents are never the first set's.
+            tag = "" if name == "train" else f"{name}-"
+            article = sampler(random.Random(f"{seed}-{tag}{n}-pictures"), random.Random(f"{seed}-{tag}{n}-words"),
+                              combos)
             paths = []
             for k, shape in enumerate(article.shapes):
                 rel = f"images/{name}-{n:06d}-{k}.png"
@@ -96,15 +105,21 @@ class EvalPrompt:
 
 
 def eval_prompts(count: int, split: str = "combos", seed: int | None = None) -> list[EvalPrompt]:
-    """`count` prompts of `split` about one or two shapes each; `seed` None takes the split's own."""
+    """`count` prompts of `split` about one or two shapes each (pairs: two); `seed` None takes the split's own."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: use one of {', '.join(SPLITS)}")
-    rng = random.Random((EVAL_SEED if split == "combos" else PHRASINGS_SEED) if seed is None else seed)
+    own_seed = {"combos": EVAL_SEED, "phrasings": PHRASINGS_SEED, "pairs": PAIRS_SEED}[split]
+    rng = random.Random(own_seed if seed is None else seed)
     combos = list(HELD_OUT) if split == "combos" else training_combos()
     prompts = []
     for _ in range(count):
-        shapes = sample_shapes(rng, combos, rng.choice((1, 1, 2)), rng.choice(list(BACKGROUNDS)))
-        if split == "combos":
+        shapes = sample_shapes(rng, combos, 2 if split == "pairs" else rng.choice((1, 1, 2)),
+                               rng.choice(list(BACKGROUNDS)))
+        if split == "pairs":
+            background = shapes[0].background if rng.random() < 0.5 else None
+            asked = [ask(s, rng, size_rate=1.0, position_rate=0.5) for s in shapes]
+            prompt = phrase_prompt(asked, background, rng, held_out=True)
+        elif split == "combos":
             prompt, asked = prompt_for(shapes, rng, with_background=rng.random() < 0.5)
         else:
             background = shapes[0].background if rng.random() < 0.5 else None
@@ -112,3 +127,8 @@ def eval_prompts(count: int, split: str = "combos", seed: int | None = None) -> 
             prompt = phrase_prompt(asked, background, rng, held_out=True)
         prompts.append(EvalPrompt.of(prompt, asked))
     return prompts
+
+
+def write_binding(out_dir: str | Path, documents: int, seed: int = 0) -> Path:
+    """The binding stage's documents (articles.sample_binding_article) beside the training set."""
+    return write_dataset(out_dir, documents, seed=seed, name="binding", sampler=sample_binding_article)

@@ -1,5 +1,6 @@
 """`dreamgen eval`: does a model follow its prompt and draw what its text says? Measured on the shapes world's
-held-out prompts, in two splits (dataset.SPLITS): unseen colour-kind pairs, and unseen phrasings.
+held-out prompts, in three splits (dataset.SPLITS): unseen colour-kind pairs, unseen phrasings, and two shapes
+each asked its own size and place (in unseen phrasings).
 
 For every generated picture, the checker (shapes/checker.py) reads its colour, kind and background from the
 pixels, and the text before the picture is read for the colour and kind it names last. Reported over all pictures
@@ -8,7 +9,9 @@ and documents:
     shape         pictures whose kind is the one the text names
     background    pictures whose background is the one the text names
     size, position  pictures whose size / position is the one the text names
-    size asked, position asked  pictures whose size / position is the one the prompt asked for, where it asked
+    size asked, position asked, colour asked  pictures whose size / position / colour is the one the prompt asked
+                  for that shape (the k-th picture: the k-th shape asked), where it asked
+    size said, position said  the same read in the text before the picture (JSON report only)
     well formed   documents that end with </s>, have one picture per shape asked for, and name a shape
                   (colour + kind) before each picture
     follows prompt  documents whose named shapes are, in order, the ones the prompt asked for
@@ -49,6 +52,7 @@ class ImageScore:
     named_position: str | None = None
     asked_size: str | None = None  # what the prompt asked of this picture's shape, where it said
     asked_position: str | None = None
+    asked_colour: str | None = None
 
     # Each check: the picture shows what was named (by the text, or by the prompt), where something was.
     colour_ok = property(lambda self: _shows(self.named_colour, self.reading.colour))
@@ -58,6 +62,10 @@ class ImageScore:
     position_ok = property(lambda self: _shows(self.named_position, self.reading.position))
     asked_size_ok = property(lambda self: _shows(self.asked_size, self.reading.size))
     asked_position_ok = property(lambda self: _shows(self.asked_position, self.reading.position))
+    asked_colour_ok = property(lambda self: _shows(self.asked_colour, self.reading.colour))
+    # the text carries what was asked: it names, for this shape, the size and place the prompt asked for it
+    said_size_ok = property(lambda self: _shows(self.asked_size, self.named_size))
+    said_position_ok = property(lambda self: _shows(self.asked_position, self.named_position))
 
 
 def _shows(named: str | None, read: str | None) -> bool:
@@ -92,7 +100,8 @@ def score_document(doc: Document, asked: list[tuple[str, str]], positions: tuple
             images.append(ImageScore(colour, kind, _last(_BACKGROUND, text), read_image(block.image),
                                      named_size=_last(_SIZE, text), named_position=_last(_POSITION, text),
                                      asked_size=sizes[k] if k < len(sizes) else None,
-                                     asked_position=positions[k] if k < len(positions) else None))
+                                     asked_position=positions[k] if k < len(positions) else None,
+                                     asked_colour=asked[k][0] if k < len(asked) else None))
             if colour is None or kind is None:
                 problems.append(f"picture {len(images)} follows no named shape")
             named.append((colour, kind))
@@ -135,6 +144,10 @@ class EvalReport:
             # and draws one place scores well above, not here)
             "size_asked": self._rate([im.asked_size_ok for im in images if im.asked_size]),
             "position_asked": self._rate([im.asked_position_ok for im in images if im.asked_position]),
+            "colour_asked": self._rate([im.asked_colour_ok for im in images if im.asked_colour]),
+            # the same in the text before each picture (a miss here is the LM's; above, the LM's or the UNet's)
+            "size_said": self._rate([im.said_size_ok for im in images if im.asked_size]),
+            "position_said": self._rate([im.said_position_ok for im in images if im.asked_position]),
             "well_formed": self._rate([d.well_formed for d in self.documents]),
             "follows_prompt": self._rate([d.follows_prompt for d in self.documents]),
         }

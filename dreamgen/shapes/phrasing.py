@@ -153,13 +153,13 @@ class Asked:
     size_word: str | None = None  # None: the prompt leaves it to the article
     position_word: str | None = None
 
-    def phrase(self, rng: random.Random) -> str:
+    def phrase(self, rng: random.Random, article: bool = True) -> str:
         colour, kind = self.colour_word, self.kind_word
         core = rng.choices((f"{colour} {kind}", f"{kind} in {colour}", f"{colour}-coloured {kind}"),
                            weights=(0.8, 0.12, 0.08))[0]
         if self.size_word:  # size leads: "a big circle in red"
             core = f"{self.size_word} {core}"
-        text = with_article(core)
+        text = with_article(core) if article else core
         return text + (f" {self.position_word}" if self.position_word else "")
 
     @property
@@ -188,8 +188,10 @@ def ask(shape: Shape, rng: random.Random, size_rate: float = 0.4, position_rate:
     return Asked(shape, colour, kind, size, position)
 
 
-def _things(asked: list[Asked], rng: random.Random) -> str:
-    phrases = [a.phrase(rng) for a in asked]
+def things_phrase(asked: list[Asked], rng: random.Random, articles: bool = True) -> str:
+    """The things asked for, joined: "a red circle and then a big square in blue" (without articles, "red
+    circle and big square in blue", as people write a topic)."""
+    phrases = [a.phrase(rng, articles) for a in asked]
     text = phrases[0]
     for i, phrase in enumerate(phrases[1:], 1):
         text += (" and " if i == len(phrases) - 1 and rng.random() < 0.6 else rng.choice(JOINS)) + phrase
@@ -212,7 +214,7 @@ def phrase_prompt(asked: list[Asked], background: str | None, rng: random.Random
     """One prompt for the shapes `asked` (and the background, when given), from the TRAIN part of the grammar,
     or from the HELD_OUT part alone."""
     part = "held_out" if held_out else "train"
-    things = _things(asked, rng)
+    things = things_phrase(asked, rng)
     groups = FRAME_GROUPS[part]
     # one group draws no group: the held-out part's prompts stay those its figures were first measured on
     frame = rng.choice(groups[0] if len(groups) == 1 else rng.choice(groups))
