@@ -37,11 +37,12 @@ def document_id(model_id: str, prompt: str, params: GenerationParams, images: It
     """The id of the document this model, prompt, params and input images produce (16 hex chars).
 
     `images` are stable identities of the input pictures (e.g. a content hash or an s3:// URL).
-    A title, text-to-image and a cache interval take part only when given, so documents without them keep their
+    A title, text-to-image and a cache interval take part only when given (an explicit cache interval 1 too: unset
+    is the model's own, which may be another), so documents without them keep their
     old ids.
     """
     params_dict = {name: getattr(params, name) for name in PARAM_NAMES}  # asdict() is 10x slower
-    if params_dict.get("cache_interval") == 1:  # no cache: documents keep the ids they had before the parameter
+    if params_dict.get("cache_interval") is None:  # unset: documents keep the ids they had before the parameter
         del params_dict["cache_interval"]
     # guidance=7 and guidance=7.0 generate the same document, so they must hash the same.
     for name in _FLOAT_PARAMS & params_dict.keys():

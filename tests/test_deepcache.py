@@ -76,8 +76,10 @@ def test_cache_interval_1_paints_todays_pictures():
         assert a.text == b.text and len(a.images) == len(b.images)
         for x, y in zip(a.images, b.images):
             assert np.array_equal(pixels(x.image), pixels(y.image))
-    # documents without a cache keep the ids they had before the parameter existed
-    assert document_id("m", "p", GenerationParams()) == document_id("m", "p", GenerationParams(cache_interval=1))
+    # documents that leave it unset keep the ids they had before the parameter existed; an explicit 1 is
+    # another document where a model's own interval is not 1 (the shapes model's may be another)
+    assert document_id("m", "p", GenerationParams()) == document_id("m", "p", GenerationParams(cache_interval=None))
+    assert document_id("m", "p", GenerationParams()) != document_id("m", "p", GenerationParams(cache_interval=1))
     assert document_id("m", "p", GenerationParams()) != document_id("m", "p", GenerationParams(cache_interval=2))
 
 
@@ -219,7 +221,7 @@ def test_a_backend_without_the_split_paints_full_steps_and_says_so(monkeypatch, 
         "painting with full UNet steps instead"]
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1000, 2.0, "2", True, None])
+@pytest.mark.parametrize("bad", [0, -1, 1000, 2.0, "2", True])
 def test_a_bad_cache_interval_is_named(bad):
     with pytest.raises(ParamsError, match=r"^cache_interval=.*must be an integer in \[1, 999\]") as raised:
         GenerationParams(cache_interval=bad)
@@ -237,16 +239,47 @@ def test_the_cache_interval_is_recorded_in_the_document_and_its_pngs(make_doc):
     assert "CFG scale: 7.5, Cache interval: 3, Seed: 7" in line
     doc.params = GenerationParams(seed=7, guidance=7.5).to_dict()
     assert "Cache interval" not in Image.open(io.BytesIO(encode_png(doc, doc.images[0]))).text["parameters"]
-    assert json.loads(json.dumps(doc.params))["cache_interval"] == 1
+    assert json.loads(json.dumps(doc.params))["cache_interval"] is None  # unset: the model's own, resolved when run
 
 
 def test_prompt_files_set_the_cache_interval_and_name_a_bad_one(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("id,prompt,cache_interval\na,A red circle,3\nb,A blue square,\n")
     specs = list(iter_prompt_file(good, None, "shapes"))
-    assert [s.params.cache_interval for s in specs] == [3, 1]
+    assert [s.params.cache_interval for s in specs] == [3, None]  # empty: the model's own
     for name, content, line in [("bad.csv", "id,prompt,cache_interval\na,A red circle,x\n", 2),
                                 ("bad.jsonl", '{"prompt": "A red circle", "cache_interval": 0}\n', 1)]:
         (tmp_path / name).write_text(content)
         with pytest.raises(PromptFileError, match=rf"{name}:{line}: .*cache_interval"):
             list(iter_prompt_file(tmp_path / name, None, "shapes"))
+
+
+def test_a_checkpoint_may_name_its_own_cache_interval_and_fast_is_one_flag(tmp_path, installed_tiny):
+    """Issue 32: the cheaper way is a model's default where its eval says so (the shapes model's config.json), and
+    one flag elsewhere; a request's own values win, and the document and its PNGs record what was used."""
+    from click.testing import CliRunner
+
+    from dreamgen.cli import cli
+    from dreamgen.model.checkpoint import DEFAULTS_KEY, read_defaults
+    from dreamgen.params import FAST
+
+    assert read_defaults({DEFAULTS_KEY: {"steps": 25, "cache_interval": 2}}, tmp_path).cache_interval == 2
+    assert read_defaults({}, tmp_path).cache_interval == 1  # the released checkpoints: the whole UNet every step
+    with pytest.raises(Exception, match="cache_interval"):
+        read_defaults({DEFAULTS_KEY: {"cache_interval": 0}}, tmp_path)
+    assert GenerationParams(steps=30).resolved(
+        read_defaults({DEFAULTS_KEY: {"cache_interval": 2}}, tmp_path)).cache_interval == 2
+
+    def generate(*flags):
+        out = tmp_path / "-".join(flags or ("plain",))
+        result = CliRunner().invoke(cli, ["generate", "A red circle", "--model", "tiny-random", "--seed", "1",
+                                          "--max-new-tokens", "12", "--out", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "document.json").read_text())["params"]
+
+    fast = generate("--fast")
+    assert {k: fast[k] for k in FAST} == {"scheduler": "ddpm", "steps": 25, "cache_interval": 2}
+    plain = generate()
+    assert plain["steps"] == 50 and plain["cache_interval"] == 1  # the tiny model's own: dreamgen's defaults
+    mixed = generate("--fast", "--steps", "10")
+    assert mixed["steps"] == 10 and mixed["cache_interval"] == 2

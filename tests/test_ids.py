@@ -34,7 +34,13 @@ def test_document_id_is_stable_short_hex_and_known():
     # model's own (issue 30: the released checkpoints paint with 150 steps, dreamgen's models with 50).
     assert document_id("tiny", "A fox", GenerationParams()) == "091c077fdb891680"
     # the old defaults, all named: the document they made keeps its id
-    assert document_id("tiny", "A fox", GenerationParams().resolved(DREAMGEN_DEFAULTS)) == "f378483cc4572efb"
+    named = {k: v for k, v in DREAMGEN_DEFAULTS.to_dict().items() if k != "cache_interval"}
+    assert document_id("tiny", "A fox", GenerationParams(**named)) == "f378483cc4572efb"
+    # An unset cache interval (the model's own since issue 32: the shapes model paints with 2) hashes as before
+    # the parameter existed; an explicit 1 is another document where the model's own is not 1.
+    assert document_id("tiny", "A fox", GenerationParams(cache_interval=1)) != "091c077fdb891680"
+    assert document_id("tiny", "A fox", GenerationParams(cache_interval=2)) != \
+        document_id("tiny", "A fox", GenerationParams(cache_interval=1))
 
 
 def test_document_id_changes_with_everything_that_makes_the_document():
