@@ -10,7 +10,10 @@ Run: .venv/bin/python bench/submit_memory.py [--prompts 200000] [--before main] 
 Needs Redis at 127.0.0.1:6379 (database 14 is used, under a unique key prefix, and cleaned).
 
 Measured on the 2-core dev machine (2026-12-07), 200,000 prompts, chunks of 8 (25,000 chunk tasks):
-see the figures in workers/dispatch.py's header (they are printed by this script).
+    before (main 3f3b6c6): RSS before submit 49, peak 399 (+350 during submit), 38.8 s
+        after (this tree): RSS before submit 49, peak 124 (+75 during submit), 30.3 s
+At 20,000 prompts: before +421, after +50. What still grows after is the set of ids validation keeps to find
+repeats (~0.14 KB a prompt).
 """
 from __future__ import annotations
 
