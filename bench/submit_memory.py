@@ -80,7 +80,7 @@ def run_version(code_root: Path, prompts: Path, out: Path, batch_size: int) -> d
     try:
         done = subprocess.run([sys.executable, __file__, "--child", str(prompts), "--out", str(out),
                                "--batch-size", str(batch_size)], env=env, cwd=code_root, capture_output=True,
-                              text=True)
+                              text=True, check=False)
         if done.returncode:
             raise SystemExit(f"the submit of {code_root} failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])

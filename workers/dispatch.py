@@ -2,8 +2,8 @@
 
 Submit streams (issue 33): each chunk task is sent as its specs are read from the prompt file, over one producer
 connection, and nothing of it is kept. A chord would need its whole header in memory (Celery 5.7 materialises a
-generator header), which grew with the file (figures below). Instead the job's Redis record counts the chunks that have
-ended, once per chunk key (JobRecord.chunk_ended: a redelivered task counts once), and submit "seals" the round
+generator header), which grew with the file (figures below). Instead the job's Redis record counts the chunks
+that have ended, once per chunk key (JobRecord.chunk_ended: a redelivered task counts once), and submit "seals" the round
 with the number of chunks once it has sent them all (JobRecord.seal). Of the chunk ends and the seal, the one that
 sees every chunk of the sealed round ended sends the finalize task, once (a field taken with HSETNX, in the same
 Lua step). A chunk task that fails outside run_chunk's bookkeeping (killed by the hard time limit) counts its end
@@ -50,7 +50,8 @@ def send_chunks(url: str, job: JobWire, chunks: Iterable[list[dict]]) -> tuple[i
                               producer=producer, add_to_parent=False)
                 n_chunks += 1
                 documents += len(specs)
-        if n_chunks and JobRecord(connect(url, check=False, patient=False), job.id).seal(job.round, n_chunks, documents):
+        record = JobRecord(connect(url, check=False, patient=False), job.id)
+        if n_chunks and record.seal(job.round, n_chunks, documents):
             send_finalize(app, job_dict, token)  # every chunk ended while the rest were being sent
     except OperationalError as e:
         raise unavailable(url, e) from None

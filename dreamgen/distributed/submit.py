@@ -106,9 +106,10 @@ def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, s
 
 
 def finalize_job(job: JobWire, client, output: JobOutput | None = None) -> dict:
-    """Close a round of a job (the finalize task, once every chunk of the round has ended): rebuild manifest, errors and index from the markers,
-    write job.json's status and counts, mark the record finished or cancelled. Idempotent. When the storage
-    refuses (S3 past its retries, a full disk), the record says the job failed and why: never "running" forever."""
+    """Close a round of a job (the finalize task, once every chunk of the round has ended): rebuild manifest,
+    errors and index from the markers, write job.json's status and counts, mark the record finished or cancelled.
+    Idempotent. When the storage refuses (S3 past its retries, a full disk), the record says the job failed and
+    why: never "running" forever."""
     record = JobRecord(client, job.id)
     try:
         output = output or job.output()  # a worker's: as its settings allow (access.py), or refused
