@@ -1,7 +1,7 @@
 """The distributed path's cost, measured in one run on this machine.
 
 1. Overhead: the same job (tiny model, 32 documents, chunks of 8) run by `run_job` in this process and by one
-   real `celery worker` process (prefork, one child) through submit_job -> Redis -> chord -> finalize, both with
+   real `celery worker` process (prefork, one child) through submit_job -> Redis -> chunks -> finalize, both with
    the model loaded and warmed up, torch on one thread; rounds alternate, and wall clock and CPU time of each
    side are compared. Target (issue 4): distributed / embedded <= 1.10.
 2. Submit throughput: a 100,000-prompt file submitted in chunks of 8 (12,500 tasks) to a throwaway namespace of

@@ -54,7 +54,7 @@ def celery_settings(url: str | None = None, client: bool = False) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # Issue 16: a running chunk goes on through a broker restart (its record client retries; storage is the
-        # truth). Cancelling it would fail the chord and strand its message until the visibility timeout.
+        # truth). Cancelling it would end it as failed and strand its message until the visibility timeout.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_deduplicate_successful_tasks": True,
         "task_track_started": True,

@@ -6,11 +6,15 @@ image must be readable at that same path on every worker (a shared folder), or l
 
 Running a chunk is idempotent, because Celery redelivers (late ack, lost workers, visibility timeouts):
 
-    already ended?  -> return the result it ended with (the chord counts a task id once)
+    already ended?  -> return the result it ended with (its end is counted once per chunk key)
     job cancelled?  -> end as cancelled, generate nothing
     lock (SET NX with expiry, kept alive while generating); held by another worker -> ChunkBusy, try later
     count the attempt; past the limit -> record its documents as failed (it keeps killing workers)
     skip documents already stored -> the rest through the worker's pool (pool.py), stored as each ends
+
+Whatever way a chunk ends (run_chunk's result, or its task failing: killed by the hard time limit, see
+`chunk_failed`), the task shell counts its end once in the job's record (JobRecord.chunk_ended); the one end that
+completes a sealed round sends the finalize task.
 """
 from __future__ import annotations
 
@@ -166,6 +170,21 @@ def run_chunk(job: JobWire, chunk: str, specs: list[PromptSpec], client, worker:
             lock.release()
         except Exception:  # expired meanwhile: nothing to release
             pass
+
+
+def chunk_failed(job: JobWire, chunk: str, client, worker: str, error: str, timed_out: bool) -> bool:
+    """A chunk whose task failed outside run_chunk's own bookkeeping: killed by the hard time limit (Celery calls the
+    task's on_failure in the worker's main process then, the child being gone), or an error run_chunk could not
+    record. Its state says so, unless it had ended already (a kill after its end), and its end is counted, so the
+    job is still closed. Its documents not stored stay as they are (no storage is touched from the main process):
+    neither done nor failed, `retry` queues them. Returns whether the caller sends the finalize task."""
+    record = JobRecord(client, job.id)
+    previous = record.chunk_state(chunk) or {}
+    if not (previous and ChunkState(previous["state"]).final):
+        state = ChunkState.TIMED_OUT if timed_out else ChunkState.ERROR
+        record.set_chunk_state(chunk, {**previous, "job": job.id, "chunk": chunk, "state": state.value,
+                                       "worker": previous.get("worker") or worker, "error": error})
+    return record.chunk_ended(chunk, job.round)
 
 
 class _ChunkRun:

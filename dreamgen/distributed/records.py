@@ -71,6 +71,46 @@ return {1, rnd}
 """
 
 
+# The end of a job's chunks is counted here (issue 33: submit streams its chunks, no chord holds them). Each chunk
+# key counts once however often its task is delivered; the round is closed once the count reaches the total, which
+# only submit knows, when it has sent everything (it "seals" the round). Of the chunk ends and the seal, exactly
+# one sees the count complete first: it takes the `finalizer` field (HSETNX) and sends the finalize task. The same
+# taker asking again gets yes while the round is not closed: had it been killed between this step and its send,
+# its redelivery sends it (finalize_job is idempotent), so the job is never left open.
+_FINALIZE_DUE = """
+local total = tonumber(redis.call('HGET', KEYS[1], 'sealed') or '')
+if not total or redis.call('SCARD', KEYS[2]) < total then
+  return 0
+end
+if redis.call('HSETNX', KEYS[1], 'finalizer', ARGV[2]) == 1 then
+  return 1
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if redis.call('HGET', KEYS[1], 'finalizer') == ARGV[2] and status ~= 'finished' and status ~= 'cancelled'
+   and status ~= 'failed' then
+  return 1
+end
+return 0
+"""
+
+# KEYS: the job's hash, its set of ended chunks; ARGV: round, chunk key, ttl. A chunk of another round is ignored.
+_CHUNK_ENDED = """
+if redis.call('HGET', KEYS[1], 'round') ~= ARGV[1] then
+  return 0
+end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+""" + _FINALIZE_DUE
+
+# KEYS: the job's hash, its set of ended chunks; ARGV: round, "submit", chunks, documents queued.
+_SEAL = """
+if redis.call('HGET', KEYS[1], 'round') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'chunks', ARGV[3], 'queued', ARGV[4], 'sealed', ARGV[3])
+""" + _FINALIZE_DUE
+
+
 class JobActive(Exception):
     """A round of the job is under way: it cannot be started again now."""
 
@@ -89,6 +129,9 @@ class JobRecord:
         <prefix>:job:<id>:failed      hash: document id -> its last error (removed when it later succeeds)
         <prefix>:job:<id>:chunks      hash: chunk key "<round>.<n>" -> JSON state (state, worker, counts, result)
         <prefix>:job:<id>:attempts    hash: chunk key -> how many times a worker started it
+        <prefix>:job:<id>:ended       set of the current round's chunk keys that have ended (the hash's `sealed`:
+                                      how many there are, set once submit sent them all; `finalizer`: who
+                                      sent the finalize task)
         <prefix>:job:<id>:cancel      set while the job is being cancelled
         <prefix>:job:<id>:lock:<key>  held by the worker running a chunk (SET NX with expiry)
     """
@@ -102,6 +145,7 @@ class JobRecord:
         self.chunks_key = f"{self.key}:chunks"
         self.attempts_key = f"{self.key}:attempts"
         self.cancel_key = f"{self.key}:cancel"
+        self.ended_key = f"{self.key}:ended"
 
     def lock_key(self, chunk: str) -> str:
         return f"{self.key}:lock:{chunk}"
@@ -109,7 +153,7 @@ class JobRecord:
     @property
     def _record_keys(self) -> list[str]:
         """The keys that live as long as the record (the cancel flag and the locks have their own expiry)."""
-        return [self.key, self.done_key, self.failed_key, self.chunks_key, self.attempts_key]
+        return [self.key, self.done_key, self.failed_key, self.chunks_key, self.attempts_key, self.ended_key]
 
     # ------------------------------------------------------------------------------------ the job
     def exists(self) -> bool:
@@ -144,8 +188,9 @@ class JobRecord:
         if isinstance(values.get("config"), dict):
             values["config"] = json.dumps(values["config"])
         pipe.hset(self.key, mapping={k: ("" if v is None else v) for k, v in values.items()})
-        pipe.hdel(self.key, "started", "finished", "done", "failed", "error")
-        pipe.delete(self.cancel_key, self.failed_key)  # every document not done is queued again
+        pipe.hdel(self.key, "started", "finished", "done", "failed", "error", "sealed", "finalizer")
+        # every document not done is queued again; the ends counted are the new round's
+        pipe.delete(self.cancel_key, self.failed_key, self.ended_key)
         ids = list(done_ids)
         for start in range(0, len(ids), 5000):
             pipe.sadd(self.done_key, *ids[start:start + 5000])
@@ -183,6 +228,19 @@ class JobRecord:
             pipe.expire(key, record_ttl())
         pipe.execute()
         return True
+
+    def seal(self, rnd: int, chunks: int, queued: int) -> bool:
+        """Submit has sent all `chunks` (`queued` documents) of round `rnd`: from now on the round closes when that
+        many have ended. True when they all have already: the caller sends the finalize task (only it was told)."""
+        return bool(self.client.eval(_SEAL, 2, self.key, self.ended_key, str(rnd), "submit", chunks, queued))
+
+    def chunk_ended(self, chunk: str, rnd: int) -> bool:
+        """Count the end of `chunk` of round `rnd` (once, however often it is delivered). True when the caller is
+        the one to send the finalize task: the round is sealed and every chunk of it has ended."""
+        return bool(self.client.eval(_CHUNK_ENDED, 2, self.key, self.ended_key, str(rnd), chunk, record_ttl()))
+
+    def ended_chunks(self) -> int:
+        return self.client.scard(self.ended_key)
 
     # ------------------------------------------------------------------------------------ cancel
     def request_cancel(self) -> None:

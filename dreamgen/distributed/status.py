@@ -186,7 +186,8 @@ def redelivery_by(state: dict) -> float:
 
 def _note_a_lost_queue(report: JobReport, client, out: str) -> None:
     """A job submitted to the workers whose job.json says it has not ended, while Redis has no record of it:
-    nothing will run it again (its queue and chord went with the record). Say why, and how to resume it."""
+    nothing will run it again (its queue and its count of ended chunks went with the record). Say why, and how to
+    resume it."""
     stored_status = report.status
     if report.submitted is None or stored_status in (JobStatus.FINISHED.value, JobStatus.CANCELLED.value,
                                                      JobStatus.FAILED.value):

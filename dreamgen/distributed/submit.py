@@ -1,9 +1,11 @@
 """Distributed jobs: a prompt file submitted to Celery workers, retried, and finalized when its chunks end.
 
     submit_job    validate the whole file (jobs.spec.check_job) -> a new round in Redis, claimed in one step (two
-                  submits of one job id at once: one is refused) -> job.json -> chunks of batch_size, sent
-                  by the caller's ChunkSender (workers.dispatch.send_chunks: a chord of chunk tasks)
-    workers       run each chunk (chunks.run_chunk) -> the chord's callback calls finalize_job
+                  submits of one job id at once: one is refused) -> job.json -> chunks of batch_size, streamed
+                  from the prompt file and sent one by one by the caller's ChunkSender (workers.dispatch.send_chunks),
+                  which then seals the round with their number (JobRecord.seal); memory stays flat
+    workers       run each chunk (chunks.run_chunk) and count its end (JobRecord.chunk_ended) -> the end that
+                  completes the sealed round (or the seal itself) sends the task that calls finalize_job
     retry_job     the same, for the documents of an ended job that are not done
 
 Nothing here imports Celery or workers/: the sender is passed in, so the library never reaches up into the
@@ -25,8 +27,9 @@ from .chunks import JobWire, spec_to_wire
 from .records import JobActive, JobRecord, JobStatus
 from .status import active_error, not_found, refuse_if_active
 
-# Queues a job's chunks (lists of wire specs) for the workers; returns (chunks, documents) queued. With no
-# chunks it sends nothing (the job is then finalized by the caller).
+# Queues a job's chunks (lists of wire specs) for the workers as they come, keeping none, then seals the round
+# (JobRecord.seal, sending the finalize task if told to); returns (chunks, documents) queued. With no chunks it sends
+# and seals nothing (the job is then finalized by the caller).
 ChunkSender = Callable[[str, JobWire, Iterable[list[dict]]], tuple[int, int]]
 
 
@@ -97,16 +100,16 @@ def _queue(client, url: str, config: JobConfig, output: JobOutput, total: int, s
         record.request_cancel()
         record.finish(JobStatus.CANCELLED, {}, rnd)
         raise
-    record.set_fields(chunks=n_chunks, queued=n_docs)
     if n_chunks == 0:  # everything was stored already
         finalize_job(job, client, output)  # here, with the submitter's own access
     return n_docs
 
 
 def finalize_job(job: JobWire, client, output: JobOutput | None = None) -> dict:
-    """Close a round of a job (the chord's callback): rebuild manifest, errors and index from the markers,
-    write job.json's status and counts, mark the record finished or cancelled. Idempotent. When the storage
-    refuses (S3 past its retries, a full disk), the record says the job failed and why: never "running" forever."""
+    """Close a round of a job (the finalize task, once every chunk of the round has ended): rebuild manifest,
+    errors and index from the markers, write job.json's status and counts, mark the record finished or cancelled.
+    Idempotent. When the storage refuses (S3 past its retries, a full disk), the record says the job failed and
+    why: never "running" forever."""
     record = JobRecord(client, job.id)
     try:
         output = output or job.output()  # a worker's: as its settings allow (access.py), or refused
