@@ -10,7 +10,7 @@ from ..model.dreamllm import DreamLLM
 from .cache import CachedEngine, EngineCache, onnx_entry
 from .export import EXPORT_OPSET, GRAPH_FILE, export_part, exporter_version
 from .fingerprint import model_fingerprint
-from .graphs import PARTS, graph_io, part_flavor, part_precision
+from .graphs import graph_io, model_parts, part_flavor, part_precision
 
 
 def default_precision(model: DreamLLM) -> str:
@@ -22,7 +22,7 @@ def onnx_entries(model: DreamLLM, precision: str, opset: int = EXPORT_OPSET, fin
                  flavor: str = "onnxruntime") -> dict:
     fingerprint = fingerprint or model_fingerprint(model)
     return {part: onnx_entry(fingerprint, part, part_precision(part, precision), opset, exporter_version(),
-                             part_flavor(part, flavor), label=model.info.name) for part in PARTS}
+                             part_flavor(part, flavor), label=model.info.name) for part in model_parts(model)}
 
 
 def ensure_onnx_graphs(model: DreamLLM, precision: str = "fp32", cache: EngineCache | None = None,
