@@ -184,7 +184,8 @@ class CompiledSplitUnet:
 
     def _run(self, part: str, available: dict, shapes: dict) -> dict:
         io = self.io[part]
-        return self.run(part, {name: available[name] for name in io.inputs}, {name: shapes[name] for name in io.outputs})
+        feeds = {name: available[name] for name in io.inputs}
+        return self.run(part, feeds, {name: shapes[name] for name in io.outputs})
 
     @torch.no_grad()
     def __call__(self, sample, timestep, encoder_hidden_states, full, cached):
