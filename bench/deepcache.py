@@ -9,6 +9,7 @@ and the shallow one (the first down block, or the shallow-down graph); a full UN
     python bench/deepcache.py                                  # shapes, DDPM 50, 8 pictures, intervals 1 2 3 5
     python bench/deepcache.py --intervals 1 2 --steps 20 --scheduler dpm-solver --rounds 5
     OMP_NUM_THREADS=1 python bench/deepcache.py --backends torch onnx --intervals 1 2 3 --steps 50 25 --rounds 5
+    OMP_NUM_THREADS=1 python bench/deepcache.py --backends torch onnx --calls 30   # one UNet call: whole, cut, reused
 Quality is `dreamgen eval --cache-interval N` (docs/pictures.md has both).
 """
 from __future__ import annotations
@@ -81,6 +82,9 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--backends", nargs="+", default=["torch"], choices=["torch", "onnx"])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=0,
+                        help="instead: time one UNet call of 2x--pictures rows, whole, cut at a full pass, and cut "
+                             "reusing the deep feature (the shallow part alone), best of this many interleaved")
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -105,6 +109,9 @@ def main() -> None:
                           head.unet.config.in_channels, head.vae_scale_factor, model.device, model.dtype,
                           split_unet=components.split_unet)
         return time.perf_counter() - start
+
+    if args.calls:
+        return time_calls(model, {b: backends[b][0] for b in args.backends}, 2 * args.pictures, args.calls)
 
     settings = [(b, steps, k) for b in args.backends for steps in args.steps for k in args.intervals]
     for backend in args.backends:
@@ -132,6 +139,34 @@ def main() -> None:
         print(f"{backend:>7} {steps:>5} {k:>8} {best[(backend, steps, k)] / args.pictures:>10.4f} "
               f"{first / best[(backend, steps, k)]:>5.2f}x {counts[(backend, steps, k)][0]:>10} "
               f"{counts[(backend, steps, k)][1]:>13}")
+
+
+def time_calls(model, backends: dict, rows: int, calls: int) -> None:
+    unet = model.head.unet.config
+    side = model.head.default_image_size // model.head.vae_scale_factor
+    g = torch.Generator().manual_seed(1)
+    sample = torch.randn(rows, unet.in_channels, side, side, generator=g)
+    cond = torch.randn(rows, model.special.num_dream_queries, unet.cross_attention_dim, generator=g)
+    t = torch.full((rows,), 500)
+    every, none = torch.ones(rows, dtype=torch.bool), torch.zeros(rows, dtype=torch.bool)
+    with torch.no_grad():
+        _, deep = backends[next(iter(backends))].split_unet(sample, t, cond, every, None)
+    runs = {}
+    for name, c in backends.items():
+        runs[(name, "whole")] = lambda c=c: c.unet(sample, t, cond)
+        runs[(name, "cut, full pass")] = lambda c=c: c.split_unet(sample, t, cond, every, None)
+        runs[(name, "cut, reused")] = lambda c=c: c.split_unet(sample, t, cond, none, deep)
+    best = {k: float("inf") for k in runs}
+    with torch.no_grad():
+        for _ in range(calls):
+            for k, run in runs.items():
+                start = time.perf_counter()
+                run()
+                best[k] = min(best[k], time.perf_counter() - start)
+    print(f"one UNet call of {rows} rows at {side}x{side} latents, {torch.get_num_threads()} thread(s); "
+          f"best of {calls}")
+    for (name, what), seconds in best.items():
+        print(f"{name:>7} {what:<15} {seconds * 1000:8.2f} ms  {seconds / best[(name, 'whole')]:5.0%} of whole")
 
 
 if __name__ == "__main__":
