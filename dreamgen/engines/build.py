@@ -11,8 +11,8 @@ import logging
 
 import torch
 
-from ..model.dreamllm import DreamLLM
 from ..errors import EngineError
+from ..model.dreamllm import DreamLLM
 from .cache import CachedEngine, EngineCache, onnx_entry
 from .export import EXPORT_OPSET, GRAPH_FILE, export_part, exporter_version
 from .fingerprint import model_fingerprint
