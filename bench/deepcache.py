@@ -141,6 +141,22 @@ def main() -> None:
               f"{counts[(backend, steps, k)][1]:>13}")
 
 
+def graph_runs(model, components, sample, t, cond) -> dict:
+    from dreamgen.engines.split_graphs import SPLIT_PARTS, split_io, split_shapes
+
+    rows, _, h, w = sample.shape
+    shapes = {**split_shapes(model.head.unet, rows, h, w), "out_sample": tuple(sample.shape)}
+    given = {"sample": sample, "timestep": t.float(), "encoder_hidden_states": cond}
+    runs = {}
+    for part in SPLIT_PARTS:
+        io = split_io(model, part)
+        feeds, outputs = {k: given[k] for k in io.inputs}, {k: shapes[k] for k in io.outputs}
+        given.update(components.sessions[part].run(feeds, outputs))  # the next graph's inputs
+        runs[("onnx", part)] = lambda part=part, feeds=feeds, outputs=outputs: \
+            components.sessions[part].run(feeds, outputs)
+    return runs
+
+
 def time_calls(model, backends: dict, rows: int, calls: int) -> None:
     unet = model.head.unet.config
     side = model.head.default_image_size // model.head.vae_scale_factor
@@ -156,6 +172,8 @@ def time_calls(model, backends: dict, rows: int, calls: int) -> None:
         runs[(name, "whole")] = lambda c=c: c.unet(sample, t, cond)
         runs[(name, "cut, full pass")] = lambda c=c: c.split_unet(sample, t, cond, every, None)
         runs[(name, "cut, reused")] = lambda c=c: c.split_unet(sample, t, cond, none, deep)
+        if hasattr(c, "sessions"):  # ONNX Runtime: each graph of the cut alone, on the tensors it is given
+            runs.update(graph_runs(model, c, sample, t, cond))
     best = {k: float("inf") for k in runs}
     with torch.no_grad():
         for _ in range(calls):

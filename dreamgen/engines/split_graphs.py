@@ -200,16 +200,12 @@ class CompiledSplitUnet:
         if len(at) == n:
             deep = self._run(DEEP, available, shapes)["deep"]
         else:
-            rows = {}
+            deep = cached.to(self.device, copy=True)  # the rows that reuse keep theirs; the caller keeps `cached`
             if len(at):
                 subset = {name: available[name].index_select(0, at.to(available[name].device))
                           for name in self.io[DEEP].inputs}
-                rows = self._run(DEEP, subset, split_shapes(self.unet, len(at), h, w))
-            like = rows.get("deep")
-            deep = cached.to(device=like.device if like is not None else self.device,
-                             dtype=like.dtype if like is not None else cached.dtype, copy=True)
-            if like is not None:
-                deep.index_copy_(0, at.to(deep.device), like)
+                rows = self._run(DEEP, subset, split_shapes(self.unet, len(at), h, w))["deep"]
+                deep = deep.to(rows.dtype).index_copy_(0, at.to(rows.device), rows)
         available["deep"] = deep
         eps = self._run(SHALLOW_UP, available, shapes)["out_sample"]
         return eps.to(device=sample.device, dtype=sample.dtype), deep
