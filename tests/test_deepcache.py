@@ -213,11 +213,11 @@ def test_a_backend_without_the_split_paints_full_steps_and_says_so(monkeypatch, 
 
     monkeypatch.setattr(diffusion, "_warned_no_split", False)
     with caplog.at_level(logging.WARNING, logger="dreamgen.generation.diffusion"):
-        fallback = paint(3, None)  # as ONNX Runtime and TensorRT components have it: split_unet None
+        fallback = paint(3, None)  # as components without the cut have it (engines built without it)
     assert torch.equal(fallback, paint(1, gen.components.split_unet))
     assert not torch.equal(fallback, paint(3, gen.components.split_unet))
     assert [r.message for r in caplog.records if "cache_interval" in r.message] == [
-        "cache_interval > 1 needs the torch backend (this backend runs the whole UNet graph only): "
+        "cache_interval > 1 needs the UNet cut in two (split_unet), which this backend lacks: "
         "painting with full UNet steps instead"]
 
 

@@ -10,6 +10,7 @@ from dreamgen.engines.build import onnx_entries
 from dreamgen.engines.cache import MANIFEST
 from dreamgen.engines.fingerprint import checkpoint_fingerprint, weights_fingerprint
 from dreamgen.engines.profiles import profiles_for
+from dreamgen.engines.split_graphs import SPLIT_PARTS
 from dreamgen.errors import EngineError
 from dreamgen.model.tiny import build_tiny_model
 from tests.helpers import tiny_model
@@ -61,7 +62,9 @@ def test_onnx_keys_of_a_model_follow_its_weights():
     portable = onnx_entries(model, "fp32", flavor="portable")  # TensorRT's graphs
     assert portable["unet"].key != same["unet"].key  # only the UNet has an ONNX Runtime flavour
     assert all(portable[p].key == same[p].key for p in ("vae_decoder", "vision"))
-    assert set(portable) == set(same) == {"unet", "vae_decoder", "vision"}
+    assert all(portable[p].key != same[p].key for p in SPLIT_PARTS)  # the cut's graphs attend too
+    # the UNet cut for cache_interval: three graphs of their own
+    assert set(portable) == set(same) == {"unet", "vae_decoder", "vision", *SPLIT_PARTS}
 
 
 def test_fingerprints_see_weight_changes(tmp_path):

@@ -12,6 +12,7 @@ from dreamgen.engines.build import graph_files
 from dreamgen.engines.cache import sha256_files
 from dreamgen.engines.graphs import export_latent_size, unet_downsamples
 from dreamgen.engines.onnx_backend import GraphSession
+from dreamgen.engines.split_graphs import SPLIT_PARTS
 from dreamgen.engines.verify import TOLERANCE, scaled_error, verify_components
 from dreamgen.errors import EngineError
 from dreamgen.generation.components import TorchComponents
@@ -99,10 +100,12 @@ def test_unet_exported_at_a_divisible_size_breaks_at_odd_sizes(tmp_path):
 def test_the_portable_unet_for_tensorrt_matches_torch_too(cache, graphs, torch_parts):
     model = tiny_model()
     portable = ensure_onnx_graphs(model, "fp32", cache, flavor="portable")
-    assert {p for p, g in portable.items() if g.path != graphs["fp32"][p].path} == {"unet"}  # the rest is shared
-    ops = {p: {n.op_type for n in onnx.load(str(g["unet"].file("model.onnx"))).graph.node}
-           for p, g in (("portable", portable), ("onnxruntime", graphs["fp32"]))}
-    assert "MultiHeadAttention" in ops["onnxruntime"] and "MultiHeadAttention" not in ops["portable"]
+    # the UNet's graphs, whole and cut, come in two flavours; the rest is shared
+    assert {p for p, g in portable.items() if g.path != graphs["fp32"][p].path} == {"unet", *SPLIT_PARTS}
+    for part in ("unet", "unet_shallow_down", "unet_shallow_up"):  # the deep graph's blocks attend too (mid block)
+        ops = {p: {n.op_type for n in onnx.load(str(g[part].file("model.onnx"))).graph.node}
+               for p, g in (("portable", portable), ("onnxruntime", graphs["fp32"]))}
+        assert "MultiHeadAttention" in ops["onnxruntime"] and "MultiHeadAttention" not in ops["portable"], part
     session = GraphSession(portable["unet"].file("model.onnx"), ["CPUExecutionProvider"])
     for batch, side in ((2, 8), (4, 9)):
         sample, cond = randn(batch, 4, side, side), randn(batch, 8, 32, seed=1)
@@ -135,11 +138,13 @@ def test_fp16_graphs_carry_their_precision_and_stay_within_tolerance(graphs):
     elem = {part: onnx.load(str(g.file("model.onnx")), load_external_data=False).graph.input[0].type.tensor_type.elem_type
             for part, g in fp16.items()}
     assert elem == {"unet": onnx.TensorProto.FLOAT16, "vision": onnx.TensorProto.FLOAT16,
-                    "vae_decoder": onnx.TensorProto.FLOAT}  # the VAE stays fp32
+                    "vae_decoder": onnx.TensorProto.FLOAT,  # the VAE stays fp32
+                    **{part: onnx.TensorProto.FLOAT16 for part in SPLIT_PARTS}}  # the cut's first inputs
     assert fp16["vae_decoder"].path == graphs["fp32"]["vae_decoder"].path  # one fp32 VAE graph serves both
     checks = verify_components(model, OnnxComponents(model, graph_files(fp16), threads=2), "onnx", "fp16")
     assert TOLERANCE["fp16"] == 1e-2
     assert all(check.ok for check in checks), [check.line() for check in checks]
+    assert [check.part for check in checks] == ["unet", "vae_decoder", "vision", "unet_cut"]
 
 
 # ------------------------------------------------------------------------------------------------ documents

@@ -12,6 +12,8 @@ from dreamgen.errors import EngineError
 from tests.helpers import tiny_model
 
 INSTALL = "pip install 'dreamgen[tensorrt]' --extra-index-url https://pypi.nvidia.com"
+# the graphs of a model that deepcache can cut (engines/split_graphs.py)
+ALL_PARTS = ("unet", "vae_decoder", "vision", "unet_shallow_down", "unet_deep", "unet_shallow_up")
 QUICK = ["--steps", "2", "--max-new-tokens", "12", "--max-images", "1", "--model", "tiny-random"]  # the engines built
 
 
@@ -36,6 +38,7 @@ def built_home(tmp_path_factory):
         result = CliRunner().invoke(cli, ["engines", "build", "--model", "tiny-random", "--backend", "onnx"])
     assert result.exit_code == 0, result.output
     return home, result.output
+
 
 
 def test_tensorrt_absent_fails_clearly(home, tmp_path):
@@ -73,8 +76,7 @@ def test_auto_falls_back_to_torch_when_nothing_is_built(home, tmp_path):
 def test_engines_build_makes_every_graph(built_home):
     home, output = built_home
     lines = output.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["onnx unet (fp32)", "onnx vae_decoder (fp32)",
-                                                     "onnx vision (fp32)"]
+    assert [line.split(":")[0] for line in lines] == [f"onnx {part} (fp32)" for part in ALL_PARTS]
     assert all(": built in " in line and str(home / "engines" / "onnx") in line for line in lines)
 
 
@@ -85,16 +87,19 @@ def test_engines_list_and_verify(built_home, monkeypatch):
     assert listed.exit_code == 0
     header, *rows = listed.output.splitlines()
     assert header.split() == ["BACKEND", "PART", "PRECISION", "FLAVOR", "MODEL", "SIZE", "CREATED", "PATH"]
-    assert sorted(line.split()[1] for line in rows) == ["unet", "vae_decoder", "vision"]
+    assert sorted(line.split()[1] for line in rows) == sorted(ALL_PARTS)
     assert all(line.split()[0] == "onnx" and line.split()[2] == "fp32" and line.split()[4] == "tiny-random"
                for line in rows)
     assert all(line.index(" MB") + 3 == header.index("SIZE") + 4 for line in rows)  # sizes right-aligned
     flavors = {line.split()[1]: line.split()[3] for line in rows}
-    assert flavors == {"unet": "onnxruntime", "vae_decoder": "portable", "vision": "portable"}
+    assert flavors == {"unet": "onnxruntime", "vae_decoder": "portable", "vision": "portable",
+                       "unet_shallow_down": "onnxruntime", "unet_deep": "onnxruntime", "unet_shallow_up": "onnxruntime"}
     verified = CliRunner().invoke(cli, ["engines", "verify", "--model", "tiny-random"])
     assert verified.exit_code == 0, verified.output
     lines = verified.output.splitlines()
-    assert [line.split()[:3] for line in lines] == [["onnx", p, "fp32"] for p in ("unet", "vae_decoder", "vision")]
+    # the cut's three graphs are checked together, as split_unet against torch's
+    assert [line.split()[:3] for line in lines] == [["onnx", p, "fp32"] for p in ("unet", "vae_decoder", "vision",
+                                                                                 "unet_cut")]
     assert all(line.endswith("(tolerance 1e-04) ok") for line in lines)
 
 

@@ -3,6 +3,7 @@ into TensorRT engines, kept in a keyed cache under `home()/engines`. The LM is n
 on every backend, over the paged KV pool (dreamgen/generation/runner.py).
 
     graphs.py            the three graphs: wrapper modules, input/output names, dynamic axes
+    split_graphs.py      the UNet cut for cache_interval (deepcache.py) as three more graphs, and their runner
     fused_attention.py   the UNet's attention as ONNX Runtime's fused MultiHeadAttention (onnxruntime flavour)
     export.py            ONNX export (legacy exporter), external data for graphs over 2 GB
     cache.py             the engine cache: keys, manifests, locked atomic builds

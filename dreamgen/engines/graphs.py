@@ -4,6 +4,9 @@
     vae_decoder   latents (N, 4, h, w), scaled as the scheduler leaves them                    -> images in [0, 1]
     vision        pixel_values (N, 3, S, S), CLIP-normalised                                    -> image_features (N, P, H)
 
+A UNet that deepcache can cut also gets the three graphs of its cut (split_graphs.py: SPLIT_PARTS), so
+`cache_interval` works on the compiled backends too; `model_parts` names a model's graphs.
+
 The same graphs feed ONNX Runtime and TensorRT, but for the UNet's attention (see FLAVORS). The LM is not among
 them: it runs on torch on every backend, over the paged KV pool (dreamgen/generation/runner.py). Dream queries,
 the condition projector and CLIP's resize stay in torch too: they are cheap.
@@ -36,8 +39,20 @@ def part_precision(part: str, precision: str) -> str:
 
 
 def part_flavor(part: str, flavor: str) -> str:
-    """Only the UNet has an ONNX Runtime flavour; one portable graph of every other part serves both backends."""
-    return flavor if part == "unet" else "portable"
+    """Only the UNet (whole or cut) has an ONNX Runtime flavour; one portable graph of every other part serves both
+    backends."""
+    return flavor if is_unet_part(part) else "portable"
+
+
+def is_unet_part(part: str) -> bool:
+    return part == "unet" or part.startswith("unet_")
+
+
+def model_parts(model: DreamLLM) -> tuple[str, ...]:
+    """The graphs a model is exported as: PARTS, and the UNet's cut where deepcache can cut it."""
+    from .split_graphs import SPLIT_PARTS, has_split
+
+    return PARTS + SPLIT_PARTS if has_split(model) else PARTS
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,10 @@ def timestep_input(timestep, batch: int, device: torch.device) -> torch.Tensor:
 
 
 def graph_io(model: DreamLLM, part: str) -> GraphIO:
+    from .split_graphs import SPLIT_PARTS, split_io
+
+    if part in SPLIT_PARTS:
+        return split_io(model, part)
     if part == "unet":
         image = {0: "batch", 2: "height", 3: "width"}
         return GraphIO(("sample", "timestep", "encoder_hidden_states"), ("out_sample",),
@@ -125,6 +144,10 @@ def sample_inputs(model: DreamLLM, part: str, precision: str, batch: int = 2, la
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(dtype)
 
+    from .split_graphs import SPLIT_PARTS, split_sample_inputs
+
+    if part in SPLIT_PARTS:
+        return split_sample_inputs(model, part, dtype, batch, latent or export_latent_size(model), g)
     if part == "unet":
         unet = model.head.unet
         side = latent or export_latent_size(model)
@@ -146,16 +169,21 @@ def graph_module(model: DreamLLM, part: str, precision: str, flavor: str = "port
     used when their dtype already matches; otherwise a converted copy (an fp16 graph carries fp16 weights and
     fp16 inputs and outputs: the precision lives in the graph, as TensorRT's strongly typed networks want)."""
     dtype = TORCH_DTYPES[part_precision(part, precision)]
-    source = {"unet": model.head.unet, "vae_decoder": model.head.vae, "vision": model.vision}[part]
+    from .split_graphs import SPLIT_PARTS, SplitPartGraph
+
+    source = model.head.unet if part in SPLIT_PARTS else \
+        {"unet": model.head.unet, "vae_decoder": model.head.vae, "vision": model.vision}[part]
     if next(source.parameters()).dtype == dtype:
         module = source
     else:
         with _quiet("diffusers"):  # it warns on every .to(fp16) of a UNet; the graph is meant to be all fp16
             module = copy.deepcopy(source).to(dtype)
-    wrapper = {"unet": UNetGraph, "vae_decoder": VaeDecoderGraph, "vision": VisionGraph}[part]
     fused = part_flavor(part, flavor) == "onnxruntime"
     with fused_attention(module) if fused else contextlib.nullcontext():
-        yield wrapper(module).eval()
+        if part in SPLIT_PARTS:
+            yield SplitPartGraph(module, part, graph_io(model, part).inputs).eval()
+        else:
+            yield {"unet": UNetGraph, "vae_decoder": VaeDecoderGraph, "vision": VisionGraph}[part](module).eval()
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import torch
 from ..errors import EngineError
 from ..model.dreamllm import DreamLLM
 from .graphs import PARTS, timestep_input
+from .split_graphs import SPLIT_PARTS, CompiledSplitUnet
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def _cuda_index(providers: list) -> int:
 
 class OnnxComponents:
     """DreamLLM's picture side (UNet, VAE decoder, vision encoder) on ONNX Runtime; the LM, embeddings, queries
-    and projectors stay on the torch model."""
+    and projectors stay on the torch model. Given the three graphs of the UNet's cut too (split_graphs.py), it has
+    a `split_unet` and paints with `cache_interval`; without them split_unet is None (full steps)."""
 
     name = "onnx"
 
@@ -119,14 +121,18 @@ class OnnxComponents:
             raise EngineError(f"OnnxComponents needs a graph for every part; missing: {', '.join(missing)}")
         self.model = model
         providers = providers or default_providers(model.device)
-        self.sessions = {part: GraphSession(graphs[part], providers, threads) for part in PARTS}
+        parts = PARTS + (SPLIT_PARTS if all(part in graphs for part in SPLIT_PARTS) else ())
+        self.sessions = {part: GraphSession(graphs[part], providers, threads) for part in parts}
+        self.split_unet = CompiledSplitUnet(model, self._run_part, self.sessions[SPLIT_PARTS[0]].device) \
+            if SPLIT_PARTS[0] in self.sessions else None
         self.provider = self.sessions["unet"].provider
         self.precision = "fp16" if self.sessions["unet"].input_dtypes["sample"] == torch.float16 else "fp32"
 
     def describe(self) -> str:
         import onnxruntime as ort
 
-        return f"ONNX Runtime {ort.__version__} on {self.provider}, {self.precision} graphs (VAE fp32)"
+        cut = ", the UNet's cut for cache_interval" if self.split_unet is not None else ""
+        return f"ONNX Runtime {ort.__version__} on {self.provider}, {self.precision} graphs (VAE fp32){cut}"
 
     # -------------------------------------------------------------------------------------------- pictures
     def unet(self, sample, timestep, encoder_hidden_states):
@@ -136,6 +142,9 @@ class OnnxComponents:
              "encoder_hidden_states": encoder_hidden_states},
             {"out_sample": tuple(sample.shape)})
         return out["out_sample"].to(device=sample.device, dtype=sample.dtype)
+
+    def _run_part(self, part, feeds, output_shapes):
+        return self.sessions[part].run(feeds, output_shapes)
 
     def vae_decode(self, latents):
         n, _, h, w = latents.shape

@@ -52,6 +52,25 @@ def unet_profiles(model: DreamLLM, limits: EngineLimits) -> list[dict]:
     }]
 
 
+def split_profiles(model: DreamLLM, part: str, limits: EngineLimits) -> list[dict]:
+    """A graph of the UNet's cut: the whole UNet's batch and latent range, every skip at its own resolution. The
+    deep graph sees a subset of the rows (those at a full pass): one row is its smallest batch too."""
+    from .split_graphs import split_io, split_shapes
+
+    lo, opt, hi = latent_range(model, limits)
+    unet = model.head.unet.config
+    channels, queries, cross = unet.in_channels, model.special.num_dream_queries, unet.cross_attention_dim
+
+    def shapes(batch: int, side: int) -> dict:
+        named = split_shapes(model.head.unet, batch, side, side)
+        named.update({"sample": (batch, channels, side, side), "timestep": (batch,),
+                      "encoder_hidden_states": (batch, queries, cross)})
+        return named
+
+    ends = [shapes(b, side) for b, side in zip((1, 2, 2 * limits.max_batch), (lo, opt, hi))]
+    return [{name: [end[name] for end in ends] for name in split_io(model, part).inputs}]
+
+
 def vae_profiles(model: DreamLLM, limits: EngineLimits) -> list[dict]:
     lo, opt, hi = latent_range(model, limits)
     channels = model.head.vae.config.latent_channels
@@ -65,6 +84,8 @@ def vision_profiles(model: DreamLLM, limits: EngineLimits) -> list[dict]:
 
 def profiles_for(model: DreamLLM, part: str, limits: EngineLimits) -> list[dict]:
     limits.check(model)
+    if part.startswith("unet_"):
+        return split_profiles(model, part, limits)
     return {"unet": unet_profiles, "vae_decoder": vae_profiles, "vision": vision_profiles}[part](model, limits)
 
 

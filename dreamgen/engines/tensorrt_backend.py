@@ -10,6 +10,8 @@ EngineError that says what is missing and how to get it.
     run     one execution context per profile; inputs and outputs are torch CUDA tensors bound by address
             (set_tensor_address) and run with execute_async_v3 on torch's current stream. The UNet, whose shapes
             hold for every step of a picture, is replayed from a captured CUDA graph into preallocated buffers.
+            The UNet's cut (split_graphs.py, for cache_interval) runs plainly: its deep graph sees a different
+            subset of rows from step to step, so its shapes do not hold for a graph to replay.
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ import torch
 
 from ..errors import EngineError
 from ..model.dreamllm import DreamLLM
-from .build import ensure_onnx_graphs
+from .build import WITHOUT_CUT, ensure_onnx_graphs
 from .cache import CachedEngine, CacheEntry, EngineCache, tensorrt_entry
 from .export import GRAPH_FILE
 from .graphs import PARTS, part_precision, timestep_input
+from .split_graphs import SPLIT_PARTS, CompiledSplitUnet
 from .profiles import EngineLimits, outside_profile, profiles_for
 
 log = logging.getLogger(__name__)
@@ -112,16 +115,17 @@ def ensure_tensorrt_engines(model: DreamLLM, precision: str = "fp16", cache: Eng
     cache = cache or EngineCache()
     graphs = ensure_onnx_graphs(model, precision, cache, no_build=no_build, flavor="portable")
     capability = compute_capability(model.device if model.device.type == "cuda" else None)
+    parts = tuple(graphs)  # model_parts: the UNet's cut among them where it could be exported (cache_interval)
     if limits is None:
         found = built_tensorrt_engines(cache, graphs, trt.__version__, capability)
-        if len(found) == len(PARTS):
+        if all(part in found for part in parts):
             return found
         limits = EngineLimits()
     timing_cache = cache.root / "tensorrt" / f"timing-{trt.__version__}-{capability}.cache"
     hint = (f"build them with: dreamgen engines build --model {model.info.name} --backend tensorrt "
             f"--precision {precision}")
     engines = {}
-    for part in PARTS:
+    for part in parts:
         profiles = profiles_for(model, part, limits)
         entry = tensorrt_entry(graphs[part].content_sha256, part, part_precision(part, precision), trt.__version__,
                                capability, profiles, BUILDER_FLAGS, label=model.info.name)
@@ -131,7 +135,13 @@ def ensure_tensorrt_engines(model: DreamLLM, precision: str = "fp16", cache: Eng
             build_engine(trt, graphs[part].file(GRAPH_FILE), directory / ENGINE_FILE, profiles, timing_cache)
             return {"engine_file": ENGINE_FILE, "limits": limits.as_dict(model), "onnx": str(graphs[part].path)}
 
-        engines[part] = cache.ensure(entry, build, no_build=no_build, hint=hint)
+        try:
+            engines[part] = cache.ensure(entry, build, no_build=no_build, hint=hint)
+        except EngineError as e:
+            if part not in SPLIT_PARTS:
+                raise
+            log.warning("%s; %s", e, WITHOUT_CUT)
+            return {p: engine for p, engine in engines.items() if p not in SPLIT_PARTS}  # the cut whole or not at all
     return engines
 
 
@@ -266,7 +276,8 @@ class CudaGraphRunner:
 
 class TensorRTComponents:
     """DreamLLM's picture side (UNet, VAE decoder, vision encoder) on TensorRT engines; the LM, embeddings,
-    queries and projectors stay on the torch model."""
+    queries and projectors stay on the torch model. Given the engines of the UNet's cut too, it has a `split_unet`
+    (cache_interval); without them split_unet is None and such pictures take full steps."""
 
     name = "tensorrt"
 
@@ -276,7 +287,10 @@ class TensorRTComponents:
         if missing:
             raise EngineError(f"TensorRTComponents needs an engine for every part; missing: {', '.join(missing)}")
         self.model = model
-        self.runners = {part: EngineRunner(trt, Path(engines[part]), model.device) for part in PARTS}
+        parts = PARTS + (SPLIT_PARTS if all(part in engines for part in SPLIT_PARTS) else ())
+        self.runners = {part: EngineRunner(trt, Path(engines[part]), model.device) for part in parts}
+        self.split_unet = CompiledSplitUnet(model, self._run_part, model.device) if SPLIT_PARTS[0] in self.runners \
+            else None
         self._unet = CudaGraphRunner(self.runners["unet"]) if cuda_graphs else self.runners["unet"].run
         self.version = trt.__version__
 
@@ -290,6 +304,9 @@ class TensorRTComponents:
         out = self._unet({"sample": sample, "timestep": timestep_input(timestep, sample.shape[0], self.model.device),
                           "encoder_hidden_states": encoder_hidden_states})
         return out["out_sample"].to(sample.dtype)
+
+    def _run_part(self, part, feeds, output_shapes):
+        return self.runners[part].run(feeds)  # TensorRT sizes its outputs itself
 
     @torch.no_grad()
     def vae_decode(self, latents):

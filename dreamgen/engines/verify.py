@@ -61,7 +61,31 @@ def verify_components(model: DreamLLM, components: Components, backend: str, pre
     for part in PARTS:
         errors = [scaled_error(a, b) for a, b in _probe(part, model, components, reference, randn, g)]
         checks.append(PartCheck(backend, part, precision, error=max(errors)))
+    if getattr(components, "split_unet", None) is not None and reference.split_unet is not None:
+        errors = [scaled_error(a, b) for a, b in _probe_cut(model, components, reference, randn)]
+        checks.append(PartCheck(backend, CUT, precision, error=max(errors)))
     return checks
+
+
+CUT = "unet_cut"  # the three graphs of the UNet's cut (split_graphs.py), checked together as split_unet
+
+
+def _probe_cut(model, components, reference, randn):
+    """(engine, torch) pairs of split_unet: every row at a full pass, then rows at mixed phases reusing torch's
+    deep features (the noise predictions and the deep features alike)."""
+    unet = model.head.unet.config
+    for batch, side in ((2, export_latent_size(model)), (4, unet.sample_size), (3, unet.sample_size + 3)):
+        sample = randn(batch, unet.in_channels, side, side)
+        cond = randn(batch, model.special.num_dream_queries, unet.cross_attention_dim)
+        t = torch.linspace(21, 981, batch).round().long()
+        every = torch.ones(batch, dtype=torch.bool, device=model.device)
+        want_eps, want_deep = reference.split_unet(sample, t, cond, every, None)
+        got_eps, got_deep = components.split_unet(sample, t, cond, every, None)
+        yield got_eps, want_eps
+        yield got_deep, want_deep
+        mixed = torch.arange(batch, device=model.device) % 2 == 1
+        yield components.split_unet(sample, t, cond, mixed, want_deep)[0], \
+            reference.split_unet(sample, t, cond, mixed, want_deep)[0]
 
 
 def _probe(part, model, components, reference, randn, g):
@@ -99,7 +123,7 @@ def verify_cache(model: DreamLLM, cache=None, precisions=("fp32", "fp16"),
         graphs, _ = find_onnx_graphs(model, precision, cache)
         if graphs is not None:
             damaged = {part: cache.problem(entry, verify_files=True)
-                       for part, entry in onnx_entries(model, precision).items()}
+                       for part, entry in onnx_entries(model, precision).items() if part in graphs}
             damaged = {part: problem for part, problem in damaged.items() if problem}
             if damaged:
                 checks += [PartCheck("onnx", part, precision, skipped=problem) for part, problem in damaged.items()]
@@ -129,7 +153,7 @@ def _verify_tensorrt(model, cache, precision, graphs) -> list[PartCheck]:
     if problem:
         return [PartCheck("tensorrt", part, precision, skipped=problem) for part in sorted(built_anywhere)]
     found = built_tensorrt_engines(cache, graphs, import_tensorrt().__version__, compute_capability(model.device))
-    if len(found) < len(PARTS):
+    if not all(part in found for part in PARTS):
         reason = "no complete engine set for this TensorRT version and GPU"
         return [PartCheck("tensorrt", part, precision, skipped=reason) for part in sorted(built_anywhere)]
     components = TensorRTComponents(model, {part: cached.file(ENGINE_FILE) for part, cached in found.items()})

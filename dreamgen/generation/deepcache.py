@@ -27,16 +27,16 @@ def supports_split(unet) -> bool:
             and getattr(unet, "class_embedding", None) is None and getattr(unet, "add_embedding", None) is None
             and getattr(unet, "encoder_hid_proj", None) is None and config.time_cond_proj_dim is None
             and config.addition_embed_type is None and unet.mid_block is not None
-            and _shallow_skips(unet) >= _shallow_reads(unet))
+            and shallow_skips(unet) >= shallow_reads(unet))
 
 
-def _shallow_reads(unet) -> int:
+def shallow_reads(unet) -> int:
     """How many skip features the shallow up blocks read: the first ones the shallow down part gives (the last it
     gives, its downsampler's output, is read by the deep up blocks, at full passes)."""
     return sum(len(b.resnets) for b in unet.up_blocks[len(unet.up_blocks) - CACHE_DEPTH:])
 
 
-def _shallow_skips(unet) -> int:
+def shallow_skips(unet) -> int:
     """How many skip features conv_in and the shallow down blocks give: what the shallow up blocks must read."""
     return 1 + sum(len(b.resnets) + (1 if getattr(b, "downsamplers", None) else 0)
                    for b in unet.down_blocks[:CACHE_DEPTH])
@@ -57,39 +57,48 @@ def split_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidde
     the deep feature of their last full pass (rows of full passes may hold anything there). Returns
     (eps (N, C, h, w), deep (N, C', h', w')): each row's deep feature as computed now or as reused.
     """
-    n_blocks = len(unet.down_blocks)
-    if unet.config.center_input_sample:
-        sample = 2 * sample - 1.0
     # upsamplers need the skip's size when the latents are not a multiple of their overall factor (diffusers' rule)
     forward_upsample_size = any(dim % 2 ** unet.num_upsamplers for dim in sample.shape[-2:])
+    emb, skips = shallow_down(unet, sample, timestep, encoder_hidden_states)
+
+    # deep: only the rows that take a full pass
+    at = full.nonzero().flatten()
+    if len(at) == len(full):
+        deep = deep_part(unet, emb, encoder_hidden_states, skips, forward_upsample_size)
+    else:
+        deep = cached.clone()
+        if len(at):
+            rows = deep_part(unet, emb.index_select(0, at), encoder_hidden_states.index_select(0, at),
+                             tuple(s.index_select(0, at) for s in skips), forward_upsample_size)
+            deep.index_copy_(0, at, rows)
+    return shallow_up(unet, deep, emb, encoder_hidden_states, skips[:shallow_reads(unet)], forward_upsample_size), deep
+
+
+# The three parts below are what the ONNX graphs of the cut are exported from (dreamgen/engines/split_graphs.py),
+# so the torch and the compiled cache compute the same thing.
+def shallow_down(unet, sample, timestep, encoder_hidden_states) -> tuple[torch.Tensor, tuple]:
+    """Every row: (the time embedding (N, E), the skips of conv_in and the first CACHE_DEPTH down blocks). The last
+    skip is also the hidden state the deep part starts from."""
+    if unet.config.center_input_sample:
+        sample = 2 * sample - 1.0
     if timestep.dim() == 0:
         timestep = timestep[None]
     emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep.to(sample.device)))
     if unet.time_embed_act is not None:
         emb = unet.time_embed_act(emb)
-
-    # shallow down: every row
     hidden = unet.conv_in(sample)
     skips: tuple = (hidden,)
     for block in unet.down_blocks[:CACHE_DEPTH]:
         hidden, res = _call_block(block, hidden, emb, encoder_hidden_states)
         skips += res
+    return emb, skips
 
-    # deep: only the rows that take a full pass
-    at = full.nonzero().flatten()
-    if len(at) == len(full):
-        deep_rows = _deep(unet, hidden, emb, encoder_hidden_states, skips, forward_upsample_size)
-        deep = deep_rows
-    else:
-        deep = cached.clone()
-        if len(at):
-            rows = _deep(unet, hidden.index_select(0, at), emb.index_select(0, at),
-                         encoder_hidden_states.index_select(0, at), tuple(s.index_select(0, at) for s in skips),
-                         forward_upsample_size)
-            deep.index_copy_(0, at, rows)
 
-    # shallow up: every row, from its deep feature and its skips
-    hidden, skips = deep, skips[:_shallow_reads(unet)]
+def shallow_up(unet, deep, emb, encoder_hidden_states, skips, forward_upsample_size) -> torch.Tensor:
+    """Every row: the last CACHE_DEPTH up blocks from the deep feature and the first `shallow_reads` skips, then
+    conv_out: the noise prediction."""
+    n_blocks = len(unet.down_blocks)
+    hidden = deep
     for i, block in enumerate(unet.up_blocks[n_blocks - CACHE_DEPTH:], start=n_blocks - CACHE_DEPTH):
         res, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
         upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < n_blocks - 1 else None
@@ -97,13 +106,16 @@ def split_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidde
                              upsample_size=upsample_size)
     if unet.conv_norm_out:
         hidden = unet.conv_act(unet.conv_norm_out(hidden))
-    return unet.conv_out(hidden), deep
+    return unet.conv_out(hidden)
 
 
-def _deep(unet, hidden, emb, encoder_hidden_states, skips, forward_upsample_size) -> torch.Tensor:
+def deep_part(unet, emb, encoder_hidden_states, skips, forward_upsample_size) -> torch.Tensor:
     """The deep part: down blocks below the cut, the mid block, up blocks above it; the feature entering the
-    shallow up blocks. `skips` are the shallow down part's: the deep up blocks read the last of them."""
+    shallow up blocks. `skips` are the shallow down part's: the deep part starts from the last of them, its up
+    blocks read the ones after the first `shallow_reads`, and (when forward_upsample_size) the last of its
+    upsamplers takes its size from skip `shallow_reads - 1`."""
     n_blocks = len(unet.down_blocks)
+    hidden = skips[-1]  # a down block's output is its last skip
     deep_skips: tuple = ()
     for block in unet.down_blocks[CACHE_DEPTH:]:
         hidden, res = _call_block(block, hidden, emb, encoder_hidden_states)

@@ -172,8 +172,8 @@ def denoise_step(pictures: list[Picture], unet: Callable, split_unet: Callable |
     orders them for one picture.
 
     Pictures with a cache interval go through `split_unet` (deepcache.split_unet's signature, less the UNet), the
-    deep part only for the rows of pictures at a full pass, in the same one call; without `split_unet` (a backend
-    that runs the whole UNet graph only) they take full steps."""
+    deep part only for the rows of pictures at a full pass, in the same one call; without `split_unet` (a UNet
+    deepcache cannot cut, or compiled engines built without the cut's graphs) they take full steps."""
     device, dtype = pictures[0].latents.device, pictures[0].unet_dtype
     inputs = [p.scheduler.scale_model_input(p.latents, p.timestep).to(dtype) for p in pictures]
     guided = [i for i, p in enumerate(pictures) if p.guided]
@@ -232,7 +232,7 @@ _warned_no_split = False
 def _warn_no_split() -> None:
     global _warned_no_split
     if not _warned_no_split:
-        log.warning("cache_interval > 1 needs the torch backend (this backend runs the whole UNet graph only): "
+        log.warning("cache_interval > 1 needs the UNet cut in two (split_unet), which this backend lacks: "
                     "painting with full UNet steps instead")
         _warned_no_split = True
 

@@ -1,0 +1,211 @@
+"""The UNet cut at deepcache.CACHE_DEPTH as three graphs, so `cache_interval` works on ONNX Runtime and TensorRT:
+
+    unet_shallow_down  sample, timestep (N,), [encoder_hidden_states]          -> emb (N, E), skip_0 ... skip_{k-1}
+    unet_deep          emb, [encoder_hidden_states], skip_{r-1} ... skip_{k-1} -> deep
+    unet_shallow_up    deep, emb, [encoder_hidden_states], skip_0 ... skip_{r-1} -> out_sample
+
+k skips come out of conv_in and the shallow down blocks (deepcache.shallow_skips); the shallow up blocks read the
+first r of them (deepcache.shallow_reads), the deep part starts from the last and its up blocks read those after the
+first r. skip_{r-1} goes into the deep graph for its size only: the deep part's last upsampler takes the size of the
+skip beside it (diffusers' rule at latent sides its downsampling does not divide, traced that way as the whole UNet
+graph is). encoder_hidden_states is an input only of the graphs whose blocks attend to it.
+
+Each graph is deepcache's torch code for that part (shallow_down, deep_part, shallow_up), so the torch backend and
+the compiled ones compute the same cut. `CompiledSplitUnet` runs the three in deepcache.split_unet's one-call
+shape: the shallow graphs on every row, the deep graph only on the rows at a full pass.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..generation import deepcache
+from .graphs import GraphIO, timestep_input
+
+SHALLOW_DOWN, DEEP, SHALLOW_UP = "unet_shallow_down", "unet_deep", "unet_shallow_up"
+SPLIT_PARTS = (SHALLOW_DOWN, DEEP, SHALLOW_UP)
+CONDITION = "encoder_hidden_states"
+
+
+def has_split(model) -> bool:
+    """Whether this model's UNet can be cut (deepcache.supports_split): then its graphs include SPLIT_PARTS."""
+    return deepcache.supports_split(model.head.unet)
+
+
+def _attends(blocks) -> bool:
+    return any(getattr(block, "has_cross_attention", False) for block in blocks)
+
+
+def _reads_condition(unet, part: str) -> bool:
+    n, depth = len(unet.down_blocks), deepcache.CACHE_DEPTH
+    if part == SHALLOW_DOWN:
+        return _attends(unet.down_blocks[:depth])
+    if part == DEEP:
+        return _attends([*unet.down_blocks[depth:], unet.mid_block, *unet.up_blocks[:n - depth]])
+    return _attends(unet.up_blocks[n - depth:])
+
+
+def skip_name(i: int) -> str:
+    return f"skip_{i}"
+
+
+def deep_skip_indices(unet) -> range:
+    """The shallow skips the deep graph takes: skip_{r-1} (for its size) to the last."""
+    return range(deepcache.shallow_reads(unet) - 1, deepcache.shallow_skips(unet))
+
+
+def split_io(model, part: str) -> GraphIO:
+    unet = model.head.unet
+    condition = (CONDITION,) if _reads_condition(unet, part) else ()
+    levels = skip_levels(unet)
+    reads = deepcache.shallow_reads(unet)
+
+    def spatial(level: int) -> dict:
+        suffix = "" if level == 0 else f"_{level}"  # equal names: equal sizes (skips at one resolution)
+        return {0: "batch", 2: f"height{suffix}", 3: f"width{suffix}"}
+
+    axes = {skip_name(i): spatial(level) for i, level in enumerate(levels)}
+    axes.update({"emb": {0: "batch"}, CONDITION: {0: "batch"}, "deep": spatial(levels[reads - 1]),
+                 "sample": spatial(0), "timestep": {0: "batch"}, "out_sample": spatial(0)})
+    if part == SHALLOW_DOWN:
+        inputs, outputs = ("sample", "timestep", *condition), ("emb", *(skip_name(i) for i in range(len(levels))))
+    elif part == DEEP:
+        inputs, outputs = ("emb", *condition, *(skip_name(i) for i in deep_skip_indices(unet))), ("deep",)
+    elif part == SHALLOW_UP:
+        inputs, outputs = ("deep", "emb", *condition, *(skip_name(i) for i in range(reads))), ("out_sample",)
+    else:
+        raise ValueError(f"unknown split part {part!r}: use one of {', '.join(SPLIT_PARTS)}")
+    return GraphIO(inputs, outputs, {name: axes[name] for name in inputs + outputs})
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+def skip_levels(unet) -> list[int]:
+    """How many times each shallow skip has been downsampled."""
+    levels, level = [0], 0
+    for block in unet.down_blocks[:deepcache.CACHE_DEPTH]:
+        levels += [level] * len(block.resnets)
+        for _ in getattr(block, "downsamplers", None) or []:
+            level += 1
+            levels.append(level)
+    return levels
+
+
+def _downsampled(downsampler, side: int) -> int:
+    """A side after one of diffusers' Downsample2D: a strided conv (padded by one on the far side when its padding
+    is 0), or an average pool."""
+    op = downsampler.conv
+    if isinstance(op, nn.Conv2d):
+        k, s, p, d = op.kernel_size[0], op.stride[0], op.padding[0], op.dilation[0]
+        if getattr(downsampler, "use_conv", True) and getattr(downsampler, "padding", 1) == 0:
+            side += 1
+        return (side + 2 * p - d * (k - 1) - 1) // s + 1
+    k, s = (op.kernel_size, op.stride) if isinstance(op.kernel_size, int) else (op.kernel_size[0], op.stride[0])
+    return (side - k) // s + 1
+
+
+def split_shapes(unet, batch: int, height: int, width: int) -> dict[str, tuple]:
+    """The shape of every tensor passed between the three graphs for `batch` rows of latents height x width:
+    emb, skip_i and deep (ONNX Runtime is given its outputs' shapes up front)."""
+    shapes = {"emb": (batch, unet.time_embedding.linear_2.out_features)}
+    h, w = height, width
+    skips = [(batch, unet.conv_in.out_channels, h, w)]
+    for block in unet.down_blocks[:deepcache.CACHE_DEPTH]:
+        skips += [(batch, resnet.out_channels, h, w) for resnet in block.resnets]
+        for downsampler in getattr(block, "downsamplers", None) or []:
+            h, w = _downsampled(downsampler, h), _downsampled(downsampler, w)
+            skips.append((batch, downsampler.out_channels, h, w))
+    shapes.update({skip_name(i): shape for i, shape in enumerate(skips)})
+    beside = skips[deepcache.shallow_reads(unet) - 1]  # the skip the first shallow up resnet reads with `deep`
+    first_up = unet.up_blocks[len(unet.up_blocks) - deepcache.CACHE_DEPTH]
+    shapes["deep"] = (batch, first_up.resnets[0].in_channels - beside[1], *beside[2:])
+    return shapes
+
+
+def split_sample_inputs(model, part: str, dtype: torch.dtype, batch: int, side: int,
+                        generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random inputs of one split graph, in `split_io` order: the tracing example and verify's probes."""
+    unet = model.head.unet
+    shapes = split_shapes(unet, batch, side, side)
+    shapes.update({"sample": (batch, unet.config.in_channels, side, side),
+                   CONDITION: (batch, model.special.num_dream_queries, unet.config.cross_attention_dim)})
+    inputs = []
+    for name in split_io(model, part).inputs:
+        if name == "timestep":
+            inputs.append(torch.linspace(501.0, 901.0, batch))  # fp32 in every precision, one per sample
+        else:
+            inputs.append(torch.randn(*shapes[name], generator=generator).to(dtype))
+    return tuple(inputs)
+
+
+# ------------------------------------------------------------------------------------------------ export
+class SplitPartGraph(nn.Module):
+    """One part of the cut as a module of named positional inputs (split_io's order)."""
+
+    def __init__(self, unet, part: str, inputs: tuple[str, ...]):
+        super().__init__()
+        self.unet, self.part, self.inputs = unet, part, inputs
+
+    def forward(self, *tensors):
+        unet = self.unet
+        given = dict(zip(self.inputs, tensors))
+        condition = given.get(CONDITION)
+        if self.part == SHALLOW_DOWN:
+            emb, skips = deepcache.shallow_down(unet, given["sample"], given["timestep"], condition)
+            return (emb, *skips)
+        # Traced at a latent side the downsampling does not divide (graphs.export_latent_size): upsamplers take
+        # their skip's size, which is also exact at every other side.
+        if self.part == DEEP:
+            first = deep_skip_indices(unet).start
+            skips = (None,) * first + tuple(given[skip_name(i)] for i in deep_skip_indices(unet))
+            return deepcache.deep_part(unet, given["emb"], condition, skips, forward_upsample_size=True)
+        reads = deepcache.shallow_reads(unet)
+        skips = tuple(given[skip_name(i)] for i in range(reads))
+        return deepcache.shallow_up(unet, given["deep"], given["emb"], condition, skips, forward_upsample_size=True)
+
+
+# ------------------------------------------------------------------------------------------------ running
+# run(part, feeds, output_shapes) -> {output name: tensor}: one graph of the cut on a backend (an ONNX Runtime
+# session, a TensorRT engine); output_shapes are what it will return, for runtimes that want them up front.
+RunPart = Callable[[str, dict, dict], dict]
+
+
+class CompiledSplitUnet:
+    """deepcache.split_unet's interface (Components.split_unet) on the three compiled graphs of the cut: one call a
+    step serves rows at different phases; the shallow graphs run on every row, the deep graph only on the rows at a
+    full pass. Deep features are kept in the graphs' dtype on their device, as they come out."""
+
+    def __init__(self, model, run: RunPart, device: torch.device):
+        self.unet = model.head.unet
+        self.run = run
+        self.device = device
+        self.io = {part: split_io(model, part) for part in SPLIT_PARTS}
+
+    def _run(self, part: str, available: dict, shapes: dict) -> dict:
+        io = self.io[part]
+        feeds = {name: available[name] for name in io.inputs}
+        return self.run(part, feeds, {name: shapes[name] for name in io.outputs})
+
+    @torch.no_grad()
+    def __call__(self, sample, timestep, encoder_hidden_states, full, cached):
+        n, _, h, w = sample.shape
+        available = {"sample": sample, "timestep": timestep_input(timestep, n, self.device),
+                     CONDITION: encoder_hidden_states}
+        shapes = split_shapes(self.unet, n, h, w)
+        shapes["out_sample"] = tuple(sample.shape)
+        available.update(self._run(SHALLOW_DOWN, available, shapes))
+
+        at = full.to(self.device).nonzero().flatten()
+        if len(at) == n:
+            deep = self._run(DEEP, available, shapes)["deep"]
+        else:
+            deep = cached.to(self.device, copy=True)  # the rows that reuse keep theirs; the caller keeps `cached`
+            if len(at):
+                subset = {name: available[name].index_select(0, at.to(available[name].device))
+                          for name in self.io[DEEP].inputs}
+                rows = self._run(DEEP, subset, split_shapes(self.unet, len(at), h, w))["deep"]
+                deep = deep.to(rows.dtype).index_copy_(0, at.to(rows.device), rows)
+        available["deep"] = deep
+        eps = self._run(SHALLOW_UP, available, shapes)["out_sample"]
+        return eps.to(device=sample.device, dtype=sample.dtype), deep
