@@ -15,7 +15,7 @@ from dreamgen import settings
 from dreamgen.exporters import FORMATS, KNOWN_FORMATS, RESULTS, parse_formats
 from dreamgen.generation.config import BATCHING
 from dreamgen.model.sizes import MODEL_SIZES
-from dreamgen.params import CHAT_FORMATS, SCHEDULERS
+from dreamgen.params import CHAT_FORMATS, FAST, SCHEDULERS
 from dreamgen.prompts.templates import available as available_templates
 from dreamgen.workers.launcher import POOLS
 from dreamgen.workers.settings import GPU_QUEUE, LIGHT_QUEUE
