@@ -1,24 +1,33 @@
-"""Documents per minute: dreamgen's lockstep batch vs the naive way, in one run, on the same model and prompts.
+"""Documents and pictures per minute: dreamgen at its default settings vs the naive way, in one run, on the same
+model and prompts.
 
 The naive way is what the reference scripts do: one prompt at a time, `LlamaForCausalLM.generate` until
-`<dream_start>` or `</s>`, then a separate diffusers `StableDiffusionPipeline` call per image, the context
-re-encoded from scratch after each picture. Both write the same documents (checked below): the naive way samples
-through a logits processor that draws from the document's own generator exactly as dreamgen does, so the work
-is the same token for token and picture for picture (temperature 1, so random models still place pictures).
+`<dream_start>` or `</s>`, then a separate diffusers `StableDiffusionPipeline` call per image at DDPM 50 steps
+(the reference's scheduler at dreamgen's step count), the context re-encoded from scratch after each picture. It
+samples through a logits processor that draws from the document's own generator exactly as dreamgen does
+(temperature 1, so random models still place pictures).
 
-    python bench/generation.py [--config tiny|small|both] [--docs 8] [--steps 10] [--threads 1] [--onnx]
+dreamgen's side is `Generator(model)` as `dreamgen run` builds it: the slot pool, painting as configured
+(DREAMGEN_PAINTING), and the parameters a request leaves unset taken from dreamgen's own model's defaults
+(`--ours default`: the shipped `shapes` model's, e.g. DDPM 25 at cache interval 2), or given (`--ours 50` paints
+DDPM 50 without the cache: the same pictures as the naive way). Where the two paint with different settings their
+documents differ after the first picture (the text reads it back), so both documents/minute and pictures/minute
+are printed, and the pictures each side painted.
 
---onnx adds a column: the same lockstep loop on the ONNX Runtime backend (graphs exported to a temporary engine
-cache first, not timed), as `dreamgen run --backend onnx` runs it.
+    python bench/generation.py [--config tiny|small|shapes] [--docs 8] [--ours default|50] [--threads 1] [--onnx]
+    python bench/generation.py --config shapes --against gather50   # issue 32: against DDPM 50 painted by gather
 
-"pictures" is the share of the naive way's time spent inside the diffusers pipeline. Denoising is the same
-arithmetic however the pictures are grouped, so where a UNet step is compute-bound (a CPU at 64x64 latents)
-batching on the same torch UNet cannot beat 1 / that share, however fast the text goes; only a faster UNet can
-(another backend, a GPU). Where the step is overhead-bound (the tiny model) batching pictures does pay.
+--against gather50 replaces the naive way by dreamgen as it was before issue 32 (DDPM 50, no cache, pictures
+gathered while the text waits).
+--onnx adds a column: dreamgen's side on the ONNX Runtime backend (graphs exported to a temporary engine cache
+first, not timed), as `dreamgen run --backend onnx` runs it.
+
+"pictures" is the share of the naive way's time spent inside the diffusers pipeline.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 
@@ -31,7 +40,7 @@ from dreamgen.generation.generator import DocumentRequest, Generator
 from dreamgen.generation.images import pil_to_tensor
 from dreamgen.generation.sampling import sample_one
 from dreamgen.model.tiny import SMALL_SIZES, build_tiny_model
-from dreamgen.params import GenerationParams
+from dreamgen.params import GenerationParams, ModelDefaults
 
 TOPICS = ["how to build a bird house", "the history of the river", "a story about the moon", "growing tomatoes",
           "learning to swim", "a guide to painting a room", "travel by train", "baking bread at home"]
@@ -107,80 +116,127 @@ def onnx_generator(model, workdir: str, threads: int) -> Generator:
     return Generator(reloaded, OnnxComponents(reloaded, graph_files(graphs), threads=threads))
 
 
-def same_documents(a: list[tuple[str, int, float]], b) -> int:
-    # Blocks are decoded one by one (a block's leading space is dropped), so compare without whitespace.
-    return sum("".join(t.split()) == "".join(d.text.split()) and n == len(d.images) for (t, n, _), d in zip(a, b))
+def dreamgen_defaults() -> ModelDefaults:
+    """The defaults of dreamgen's own default model (the shipped `shapes`), read from its checkpoint."""
+    from dreamgen.model.builtin import builtin_model_dir
+    from dreamgen.model.checkpoint import read_defaults
+
+    folder = builtin_model_dir("shapes")
+    return read_defaults(json.loads((folder / "config.json").read_text()), folder)
 
 
-def bench(name: str, sizes: dict | None, docs: int, steps: int, max_new_tokens: int, max_images: int = 3,
-          onnx: bool = False, threads: int = 1, device: str = "cpu") -> dict:
+def painting(params: GenerationParams) -> dict:
+    return {"scheduler": params.scheduler, "steps": params.steps, "cache_interval": params.cache_interval}
+
+
+def bench(name: str, docs: int, ours: str = "default", against: str = "naive", max_new_tokens: int = 96,
+          max_images: int = 3, onnx: bool = False, threads: int = 1, device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    model = build_tiny_model(seed=0, sizes=sizes, name=name).to(device)
-    gen = Generator(model)
+    if name == "shapes":  # dreamgen's default model, on prompts of its eval's phrasings split
+        from dreamgen.model.loader import load_model
+        from dreamgen.shapes.dataset import eval_prompts
+        model = load_model("shapes", device=device)
+        topics, temperature = [p.prompt for p in eval_prompts(docs, "pairs", seed=1001)], None  # the model's own
+    else:
+        model = build_tiny_model(seed=0, sizes=SIZES_OF[name], name=name).to(device)
+        topics, temperature = [TOPICS[i % len(TOPICS)] for i in range(docs)], 1.0
+    reference = {"scheduler": "ddpm", "steps": 50, "cache_interval": 1}
+    if ours == "default":
+        d = dreamgen_defaults()
+        mine = {"scheduler": d.scheduler, "steps": d.steps, "cache_interval": d.cache_interval}
+    else:
+        mine = {"scheduler": "ddpm", "steps": int(ours), "cache_interval": 1}
+
+    def requests(settings: dict) -> list[DocumentRequest]:
+        return [DocumentRequest(prompt=topic, params=GenerationParams(
+            seed=i, max_new_tokens=max_new_tokens, max_images=max_images, temperature=temperature, **settings))
+            for i, topic in enumerate(topics)]
+
+    gen = Generator(model)  # as `dreamgen run` builds it (painting: DREAMGEN_PAINTING)
     workdir = tempfile.TemporaryDirectory()
     onnx_gen = onnx_generator(model, workdir.name, threads) if onnx else None
-    pipe = StableDiffusionPipeline(vae=model.head.vae, text_encoder=None, tokenizer=None, unet=model.head.unet,
-                                   scheduler=make_scheduler("ddpm", model.head.scheduler_config), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    params = [GenerationParams(seed=i, steps=steps, max_new_tokens=max_new_tokens, max_images=max_images, temperature=1.0)
-              for i in range(docs)]
-    requests = [DocumentRequest(prompt=TOPICS[i % len(TOPICS)], params=p) for i, p in enumerate(params)]
     gen.unconditional()  # computed once per model by both ways; keep it out of both timings
     if onnx_gen:
         onnx_gen.unconditional()
+    with torch.no_grad():  # warm both ways up (first calls allocate and pick kernels): one short document each
+        warm = DocumentRequest(prompt=topics[0], params=GenerationParams(seed=99, max_new_tokens=40, steps=2,
+                                                                           max_images=1))
+        gen.generate([warm])
+        Generator(model).generate([warm])
 
-    def lockstep(generator: Generator) -> tuple[list, float]:
+    def streamed(generator: Generator, settings: dict) -> tuple[list, float]:
         start = time.perf_counter()
-        out = []
-        for i in range(0, docs, 8):
-            out += generator.generate(requests[i:i + 8])
+        out = generator.generate(requests(settings))
         return out, time.perf_counter() - start
 
     with torch.no_grad():
-        start = time.perf_counter()
-        naive = [naive_document(gen, pipe, r) for r in requests]
-        naive_s = time.perf_counter() - start
-        ours, ours_s = lockstep(gen)
-        ours_onnx, onnx_s = lockstep(onnx_gen) if onnx_gen else (None, None)
+        if against == "naive":
+            pipe = StableDiffusionPipeline(vae=model.head.vae, text_encoder=None, tokenizer=None, unet=model.head.unet,
+                                           scheduler=make_scheduler("ddpm", model.head.scheduler_config),
+                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            pipe.set_progress_bar_config(disable=True)
+            start = time.perf_counter()
+            naive = [naive_document(gen, pipe, r) for r in requests(reference)]
+            base_s = time.perf_counter() - start
+            base_images = sum(n for _, n, _ in naive)
+            share = sum(s for _, _, s in naive) / base_s
+            base_texts = [(t, n) for t, n, _ in naive]
+            base_painting = "naive"
+        else:  # dreamgen before issue 32: DDPM 50, no cache, pictures gathered while the text waits
+            from dreamgen.generation.config import generator_config
+            old = Generator(model, config=generator_config(painting="gather"))
+            old_docs, base_s = streamed(old, reference)
+            base_images, share = sum(len(d.images) for d in old_docs), None
+            base_texts = [(d.text, len(d.images)) for d in old_docs]
+            base_painting = "gather"
+        out, ours_s = streamed(gen, mine)
+        ours_onnx, onnx_s = streamed(onnx_gen, mine) if onnx_gen else (None, None)
     workdir.cleanup()
 
-    images = sum(len(d.images) for d in ours)
-    result = {"config": name + ("" if max_images else " text"), "docs": docs, "images": images,
-              "same_documents": f"{same_documents(naive, ours)}/{docs}",
-              "naive_docs_per_min": 60 * docs / naive_s, "ours_docs_per_min": 60 * docs / ours_s,
-              "naive_images_per_min": 60 * images / naive_s, "ours_images_per_min": 60 * images / ours_s,
-              "speedup": naive_s / ours_s,
-              "pictures_share": sum(s for _, _, s in naive) / naive_s}
+    images = sum(len(d.images) for d in out)
+    same = sum("".join(t.split()) == "".join(d.text.split()) and n == len(d.images) for (t, n), d in zip(base_texts, out))
+    result = {"config": name + ("" if max_images else " text"), "docs": docs, "base_images": base_images,
+              "ours_images": images, "same_documents": f"{same}/{docs}",
+              "base": f"{base_painting}, " + ", ".join(f"{k} {v}" for k, v in reference.items()),
+              "ours": f"{gen.config.painting}, " + ", ".join(f"{k} {v}" for k, v in mine.items()),
+              "base_docs_per_min": 60 * docs / base_s, "ours_docs_per_min": 60 * docs / ours_s,
+              "base_images_per_min": 60 * base_images / base_s, "ours_images_per_min": 60 * images / ours_s,
+              "speedup": base_s / ours_s, "pictures_share": share}
     if ours_onnx is not None:
-        result.update(onnx_same_documents=f"{same_documents(naive, ours_onnx)}/{docs}", onnx_speedup=naive_s / onnx_s)
+        result.update(onnx_images=sum(len(d.images) for d in ours_onnx), onnx_speedup=base_s / onnx_s)
     return result
+
+
+SIZES_OF = {"tiny": None, "small": SMALL_SIZES}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", choices=["tiny", "small", "both"], default="both")
+    ap.add_argument("--config", choices=["tiny", "small", "shapes"], nargs="+", default=["small"])
     ap.add_argument("--docs", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--ours", default="default", help="default (dreamgen's own model's settings) or a DDPM step count")
+    ap.add_argument("--against", choices=["naive", "gather50"], default="naive")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--max-images", type=int, default=3, help="0 measures the text side alone")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of torch (and ONNX Runtime)")
-    ap.add_argument("--onnx", action="store_true", help="also time the lockstep loop on the ONNX Runtime backend")
+    ap.add_argument("--onnx", action="store_true", help="also time dreamgen's side on the ONNX Runtime backend")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    configs = {"tiny": None, "small": SMALL_SIZES}
-    names = ["tiny", "small"] if args.config == "both" else [args.config]
-    print(f"{args.device}, {args.threads} thread(s); {args.docs} documents, {args.steps} denoising steps, "
-          f"<= {args.max_new_tokens} tokens and <= {args.max_images} images each")
-    print(f"{'config':12} {'docs':>4} {'images':>6} {'same':>6} {'naive docs/min':>15} {'ours docs/min':>14} "
-          f"{'naive img/min':>14} {'ours img/min':>13} {'pictures':>8} {'speedup':>8}" + (f" {'onnx same':>9} {'onnx speedup':>12}" if args.onnx else ""))
-    for name in names:
-        r = bench(name, configs[name], args.docs, args.steps, args.max_new_tokens, args.max_images, args.onnx, args.threads,
-                  args.device)
-        print(f"{r['config']:12} {r['docs']:>4} {r['images']:>6} {r['same_documents']:>6} {r['naive_docs_per_min']:>15.1f} "
-              f"{r['ours_docs_per_min']:>14.1f} {r['naive_images_per_min']:>14.1f} {r['ours_images_per_min']:>13.1f} "
-              f"{r['pictures_share']:>8.0%} {r['speedup']:>7.2f}x" + (f" {r['onnx_same_documents']:>9} {r['onnx_speedup']:>11.2f}x" if args.onnx else ""))
+    print(f"{args.device}, {args.threads} thread(s); {args.docs} documents, <= {args.max_new_tokens} tokens and "
+          f"<= {args.max_images} images each")
+    for name in args.config:
+        r = bench(name, args.docs, args.ours, args.against, args.max_new_tokens, args.max_images, args.onnx,
+                  args.threads, args.device)
+        print(f"{r['config']}: {args.against} ({r['base']}) against dreamgen ({r['ours']})")
+        print(f"  {args.against:>8}: {r['base_docs_per_min']:8.1f} docs/min {r['base_images_per_min']:8.1f} pictures/min "
+              f"({r['base_images']} pictures)" + (f", {r['pictures_share']:.0%} of its time painting"
+                                                  if r["pictures_share"] is not None else ""))
+        print(f"  {'dreamgen':>8}: {r['ours_docs_per_min']:8.1f} docs/min {r['ours_images_per_min']:8.1f} pictures/min "
+              f"({r['ours_images']} pictures); {r['speedup']:.2f}x documents/minute, "
+              f"{r['ours_images_per_min'] / r['base_images_per_min']:.2f}x pictures/minute; same text {r['same_documents']}")
+        if args.onnx:
+            print(f"  onnx: {r['onnx_speedup']:.2f}x documents/minute ({r['onnx_images']} pictures)")
 
 
 if __name__ == "__main__":
