@@ -454,3 +454,21 @@ def test_training_on_from_a_checkpoint_reads_only_its_vae_encoder(tmp_path, data
     assert changed == [], changed
     trained = load_model(str(base)).state_dict()
     assert any(not torch.equal(trained[k], a[k]) for k in a if "vae" not in k)  # training on did move weights
+
+
+def test_replace_vae_may_name_other_defaults_and_refuses_unknown_ones(tmp_path):
+    from dreamgen.model.checkpoint import save_checkpoint
+    from dreamgen.training.trainer import replace_vae
+    from tests.helpers import tiny_model
+
+    model = tiny_model()
+    save_checkpoint(model, tmp_path / "model")
+    model.head.vae.save_pretrained(tmp_path / "vae")
+    replace_vae(str(tmp_path / "model"), str(tmp_path / "vae"), str(tmp_path / "fast"), guidance=3.0,
+                defaults={"steps": 25, "cache_interval": 2})
+    defaults = load_model(str(tmp_path / "fast")).info.defaults
+    assert (defaults.guidance, defaults.steps, defaults.cache_interval) == (3.0, 25, 2)
+    with pytest.raises(ParamsError, match="colour is not a model default"):
+        replace_vae(str(tmp_path / "model"), str(tmp_path / "vae"), str(tmp_path / "x"), defaults={"colour": 1})
+    with pytest.raises(ParamsError, match="cache_interval"):
+        replace_vae(str(tmp_path / "model"), str(tmp_path / "vae"), str(tmp_path / "x"), defaults={"cache_interval": 0})

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TrainingError
+from ..errors import ParamsError, TrainingError
 from ..model.checkpoint import save_checkpoint
 from ..model.dreamllm import DreamLLM
 from ..model.loader import load_model
 from ..model.tokenizer import build_tokenizer
-from ..params import GenerationParams
+from ..params import DEFAULT_FIELDS, GenerationParams
 from ..prompts.templates import CHAT_TEMPLATES
 from .architecture import apply_freeze, build_model, build_vae
 from .config import IGPTConfig, VAEArchitectureConfig
@@ -82,14 +82,19 @@ def initial_model(config: IGPTConfig) -> DreamLLM:
 
 
 def replace_vae(checkpoint: str, vae_dir: str, out_dir: str, dtype: str = "fp32",
-                guidance: float | None = None) -> Path:
+                guidance: float | None = None, defaults: dict | None = None) -> Path:
     """Write `checkpoint` again with the VAE of `vae_dir` (e.g. a decoder sharpened after the I-GPT stage: its
     encoder, hence every latent the UNet learned, must be the one the model was trained with), and with
-    `guidance`, where given, as the scale it paints with when a request names none."""
+    `guidance`, where given, as the scale it paints with when a request names none; `defaults` likewise names
+    others of its defaults (params.ModelDefaults: steps, cache_interval, ...)."""
     model = load_model(checkpoint)
-    if guidance is not None:
-        GenerationParams(guidance=guidance)  # the same bounds a request's scale has
-        model.info.defaults = dataclasses.replace(model.info.defaults, guidance=float(guidance))
+    given = {**(defaults or {}), **({"guidance": float(guidance)} if guidance is not None else {})}
+    if given:
+        unknown = sorted(set(given) - set(DEFAULT_FIELDS))
+        if unknown:
+            raise ParamsError(f"defaults: {', '.join(unknown)} is not a model default ({', '.join(DEFAULT_FIELDS)})")
+        GenerationParams(**given)  # the same bounds a request's values have
+        model.info.defaults = dataclasses.replace(model.info.defaults, **given)
     vae = load_vae(vae_dir)
     old = model.head.vae
     same_encoder = all(torch.equal(a, b) for a, b in zip(old.encoder.state_dict().values(),
