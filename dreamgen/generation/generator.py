@@ -546,8 +546,9 @@ class Generator:
         conds = self.model.condition(torch.stack([d.query_states for d in dreamers]))  # (N, Q, cross_dim)
         requests = [self._image_request(doc, cond) for doc, cond in zip(dreamers, conds)]
         after = self._feed_back(dreamers, requests, self.painter.paint(requests, check_cancel), progress)
-        if writers_wait:  # documents ready to write waited for these pictures
+        if writers_wait:  # documents ready to write waited for these pictures, in this thread
             self.stats.stalled_seconds += time.perf_counter() - started
+            self.stats.held_seconds += time.perf_counter() - started
         return after
 
     def _feed_back(self, docs: list[_Doc], requests: list[ImageRequest], images: list[torch.Tensor],
