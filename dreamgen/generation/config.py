@@ -30,8 +30,9 @@ class GeneratorConfig:
     graphs: bool | None = None  # replay decode buckets as CUDA graphs; None: on CUDA
     attention: str = "auto"  # auto | sdpa | flex (attention.py)
     # overlap: pictures painted in a thread of their own beside the LM (painter_thread.py); stepwise: a denoising
-    # step each generator step, in the generator's thread; gather: all at once, later, while the text waits
-    painting: str = "stepwise"
+    # step each generator step, in the generator's thread; gather: all at once, later, while the text waits.
+    # overlap by default: measured with bench/painting.py (docs/pictures.md#painting-beside-the-text)
+    painting: str = "overlap"
 
     def __post_init__(self):
         if self.batching not in BATCHING:
