@@ -129,22 +129,25 @@ def test_each_picture_of_a_unet_batch_is_at_its_own_step():
 @pytest.mark.parametrize("painting", ["stepwise", "overlap"])
 def test_a_dropped_document_takes_its_picture_with_it(painting):
     gen = Generator(tiny_model(), config=GeneratorConfig(painting=painting))
-    calls = []
-    unet_wrapped(gen, lambda sample: (calls.append(1), time.sleep(0.005)))
+    sizes = []  # the latent width of every UNet call: 4 for 32 px, 8 for 64 px
+    unet_wrapped(gen, lambda sample: (sizes.append(sample.shape[-1]), time.sleep(0.005)))
     stopped = [False]
-    doomed = request("doomed", seed=1, max_new_tokens=40, max_images=1, steps=200, image_size=32)
-    doomed.should_stop = lambda: stopped[0]
+    doomed = request("doomed", seed=1, steps=200, image_size=32)
     doomed.image_only = True  # it asks for its picture at once
+    doomed.should_stop = lambda: stopped[0]
+    after = request("after", seed=3, steps=40, image_size=64)  # takes the slot the quick one frees
+    after.image_only = True
 
     def progress(kind, index):
-        if kind == "document":
+        if kind == "document" and index == 0:
             stopped[0] = True
 
     docs = {}
-    gen.run([request("quick", seed=2, max_new_tokens=20, max_images=0), doomed], slots=2,
+    gen.run([request("quick", seed=2, max_new_tokens=20, max_images=0), doomed, after], slots=2,
             on_document=lambda i, d: docs.__setitem__(i, d), on_progress=progress)
-    assert set(docs) == {0} and not gen.painter.pictures and not painter_threads()
-    assert 0 < len(calls) < 200  # its picture was started and not painted to the end
+    assert set(docs) == {0, 2} and not gen.painter.pictures and not painter_threads()
+    assert 0 < sizes.count(4) < 200 and sizes.count(8) == 40  # its picture was started, not painted to the end
+    assert sizes[sizes.index(8):].count(4) <= 1  # and not painted further once dropped, while the run went on
 
 
 def test_the_painter_steps_a_small_picture_while_a_big_one_takes_a_step():
