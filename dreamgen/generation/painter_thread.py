@@ -79,7 +79,6 @@ class PainterThread:
         # the thread's own, never read elsewhere
         self._pictures: dict[int, Picture] = {}
         self._charged: dict[tuple, float] = {}  # seconds of painting charged to each latent size in flight
-        self.steps_by_size: dict[tuple, int] = {}  # UNet calls per latent size (for the tests and the bench)
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -213,7 +212,6 @@ class PainterThread:
         if done:
             self._hand_back(self._finish(done))
         self._charged[size] = self._charged.get(size, 0.0) + time.perf_counter() - started
-        self.steps_by_size[size] = self.steps_by_size.get(size, 0) + 1
 
     def _finish(self, done: list[tuple[int, Picture]]) -> list[Painted]:
         for key, _ in done:
