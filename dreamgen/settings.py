@@ -76,8 +76,9 @@ KV_CPU_SHARE = Setting("DREAMGEN_KV_CPU_SHARE", "0.5", "CPU: the most of availab
                        "never takes more than the job's documents can use)")
 COMPILE = Setting("DREAMGEN_COMPILE", None, "1: torch.compile the decode buckets and the UNet; 0: never "
                   "(default: on CUDA only)")
-PAINTING = Setting("DREAMGEN_PAINTING", "stepwise", "stepwise: pictures take a denoising step each generator step "
-                   "beside the text; gather: every waiting picture painted at once while the text waits")
+PAINTING = Setting("DREAMGEN_PAINTING", "overlap", "overlap: pictures painted in a thread of their own (on CUDA a "
+                   "stream of their own) while the LM writes; stepwise: a denoising step each generator step, in "
+                   "the generator's thread; gather: every waiting picture painted at once while the text waits")
 # What a worker may touch on behalf of whoever submits to its queue (issue 33): its own credentials and endpoint
 # serve only these; anything else a task names is refused with an error naming it.
 WORKER_S3_READ = Setting("DREAMGEN_WORKER_S3_READ", None, "buckets a worker reads input pictures from, "

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from dreamgen.errors import GenerationCancelled, ParamsError
-from dreamgen.generation.generator import DocumentRequest
+from dreamgen.generation.config import GeneratorConfig
+from dreamgen.generation.generator import DocumentRequest, Generator
 from dreamgen.params import DREAMGEN_DEFAULTS, GenerationParams
 from tests.helpers import max_pixel_diff, request, tiny_generator, tiny_model
 
@@ -173,7 +174,9 @@ def test_pictures_of_different_sizes_in_one_step():
 
 
 def test_pictures_asked_together_share_each_unet_step():
-    gen = tiny_generator()
+    # stepwise: which pictures share a UNet call is then decided by the generator's steps, not by the painter
+    # thread's timing (overlap)
+    gen = Generator(tiny_model(), config=GeneratorConfig(painting="stepwise"))
     batches = []
     unet = gen.components.unet
 

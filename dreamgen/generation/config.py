@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # the CLI reads the choices here before torch is imported
 # 5.0x at 16, 6.0x at 32. GPU: scripts/gpu_run.sh's engine section measures it.
 DEFAULT_SLOTS = {"cpu": 32, "cuda": 64}
 BATCHING = ("continuous", "lockstep")
-PAINTING = ("stepwise", "gather")  # painting.py
+PAINTING = ("overlap", "stepwise", "gather")  # painter_thread.py, painting.py
 PREFILL_CHUNK = 64  # tokens of a long feed per step: a newcomer delays the others' next token by about this many
 STEP_TOKENS = 256  # tokens of long feeds per step at most, besides one per decoding document
 
@@ -29,7 +29,10 @@ class GeneratorConfig:
     compile: bool | None = None  # torch.compile the decode buckets (and the UNet); None: on CUDA only
     graphs: bool | None = None  # replay decode buckets as CUDA graphs; None: on CUDA
     attention: str = "auto"  # auto | sdpa | flex (attention.py)
-    painting: str = "stepwise"  # stepwise: pictures take a step each generator step; gather: all at once, later
+    # overlap: pictures painted in a thread of their own beside the LM (painter_thread.py); stepwise: a denoising
+    # step each generator step, in the generator's thread; gather: all at once, later, while the text waits.
+    # overlap by default: measured with bench/painting.py (docs/pictures.md#painting-beside-the-text)
+    painting: str = "overlap"
 
     def __post_init__(self):
         if self.batching not in BATCHING:

@@ -6,8 +6,11 @@ Documents stream through a pool of slots (continuous batching, as vLLM does for 
                  (the scheduler decides, scheduler.py; the generator prepares their prompts)
     2. schedule  the scheduler picks who feeds what: decoding documents one token each, newcomers a chunk of their
                  prompt, others a dream block or the image block of a picture just painted
-    3. paint     if it is time (nobody else can go on, or a picture has waited long enough), every waiting picture
-                 is painted in one UNet batch and fed back, as an image block, to its own document only
+    3. paint     overlap (painter_thread.py): the pictures the painter thread has finished since the last step are
+                 fed back, as image blocks, to their own documents; when every document waits for a picture the
+                 generator waits for the painter's next one instead. stepwise (painting.py): every picture in
+                 flight takes one denoising step here, in this thread. gather: if it is time (nobody else can go
+                 on, or a picture has waited long enough), every waiting picture is painted start to end here
     4. forward   one LM step over all the runs (runner.py), writing their keys and values in place
     5. sample    every document whose feed is done draws its next token on the device (sampling.py); the
                  step's one wait is the copy of those tokens to the host
@@ -40,17 +43,19 @@ from .kv import PAGE
 from .lm import Run
 from .memory import (MemoryPlan, available_host_memory, cuda_budget, kv_bytes_per_token, measure_cuda_step,
                      plan_pool, weights_bytes)
+from .painter_thread import Failed, Painted, PainterThread
 from .painting import Painter
 from .prompting import DocumentRequest, Encoder
 from .runner import ModelRunner
 from .sampling import SamplingRows, row_key, sample
-from .scheduler import DREAM, FINISH, Candidate, Scheduler, Seq
+from .scheduler import DREAM, FINISH, Candidate, Scheduler, Seq, StepPlan
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SLOTS", "NOTHING_YET", "DocumentRequest", "GeneratorStats", "Generator"]
 
 NOTHING_YET = object()  # a live source of requests has none right now: ask again at the next step
+PICTURE_POLL_S = 0.05  # overlap, everyone waiting for a picture: how often the wait looks up (cancel, new requests)
 
 
 @dataclass
@@ -69,8 +74,13 @@ class GeneratorStats:
     busy: int = 0
     started: float = field(default_factory=time.perf_counter)
     kv: object = None  # KVStats of the runner's pool
-    picture_waits: list = field(default_factory=list)  # (seconds, generator steps) from a dream block to its picture
-    stalled_seconds: float = 0.0  # time documents ready to write waited for pictures (gather painting)
+    # (seconds, generator steps) from a document's dream block being fed to its picture being fed back; overlap
+    # counts only the steps that ran the LM (the generator does not step while it waits for the painter)
+    picture_waits: list = field(default_factory=list)
+    stalled_seconds: float = 0.0  # time documents ready to write waited for whole pictures (gather painting)
+    # time documents ready to write waited while the generator's thread painted: gather's whole pictures, stepwise's
+    # denoising step of every generator step; none with overlap (the painter has a thread of its own)
+    held_seconds: float = 0.0
 
     def count_step(self, busy: int, more_waiting: bool) -> None:
         self.steps += 1
@@ -99,6 +109,11 @@ class GeneratorStats:
         return self.stalled_seconds / self.seconds if self.seconds else 0.0
 
     @property
+    def held_share(self) -> float:
+        """Share of the run's time in which documents ready to write waited while the generator's thread painted."""
+        return self.held_seconds / self.seconds if self.seconds else 0.0
+
+    @property
     def occupancy(self) -> float:
         """Share of the slots holding a document while the job still had documents waiting."""
         return self.full_slot_steps / (self.slots * self.full_steps) if self.full_steps else 1.0
@@ -117,7 +132,7 @@ class _Doc:
     text_ids: list = field(default_factory=list)
     blocks: list = field(default_factory=list)
     query_states: torch.Tensor | None = None  # (Q, H) post-norm states at the queries of the last dream block
-    picture: ImageRequest | None = None  # stepwise: the picture being painted for it
+    picture: ImageRequest | None = None  # stepwise, overlap: the picture being painted for it, until fed back
     dreamed_at: tuple = (0.0, 0)  # (time, generator step) its dream block was fed: how long its picture took
     stop_reason: str = ""
     started: float = field(default_factory=time.perf_counter)
@@ -175,6 +190,7 @@ class Generator:
         self.special = model.special
         self.encoder = Encoder(model, self.components.encode_images)
         self.painter = Painter(model, self.components, self.encoder)
+        self._painter_thread: PainterThread | None = None  # overlap: started at a run's first picture, stopped at its end
         self.slots = self.config.slots_for(model.device)
         self._cuda_steps: dict[int, tuple[int, int, int]] = {}  # slots -> (free, step, card) bytes, measured once
         self._runner: ModelRunner | None = None  # kept across runs: its pool and compiled buckets are costly
@@ -222,38 +238,57 @@ class Generator:
         scheduler = Scheduler(slots, kv_tokens, config.prefill_chunk, config.step_tokens, config.batching,
                               config.painting)
         self.painter.clear()  # pictures of a run that was cancelled
+        self._stop_painter()  # (a run always stops its own; this is in case one was left)
         runner = self._runner_for(kv_tokens)
         stats = self.stats = GeneratorStats(slots=slots)
         docs: dict[int, _Doc] = {}
         source = _Source(requests)
+        overlap = config.painting == "overlap"
 
         def check_cancel():
             if should_stop and should_stop():
                 raise GenerationCancelled("generation cancelled")
 
-        while True:
-            check_cancel()
-            self._admit(source, scheduler, runner, docs, on_failure)
-            self._drop_stopped(scheduler, runner, docs, progress)
-            if not scheduler.live:
-                if source.exhausted:
-                    return stats
-                continue  # a live source, empty now: it waits a little itself
-            plan = scheduler.schedule(more_waiting=source.ready)
-            stats.count_step(scheduler.busy, source.ready)
-            after: dict[int, object] = {}
-            if self.painter.pictures:  # stepwise: one denoising step for every picture in flight
-                after.update(self._paint_step(docs, progress))
-            if plan.paint:  # gather: the waiting pictures, start to end
-                after.update(self._paint([docs[s.index] for s in plan.paint], check_cancel, progress,
-                                         writers_wait=bool(plan.runs)))
-            if plan.runs:
-                after.update(self._step([(docs[s.index], n) for s, n in plan.runs], runner))
-            for seq in scheduler.update(plan, after):
+        def painted(items: list) -> None:
+            """Overlap: what the painter thread finished goes back to its documents now."""
+            after = self._take_painted(items, scheduler, runner, docs, progress, on_failure)
+            for seq in scheduler.update(StepPlan(), after):  # nothing was fed: only who goes on, who ended
                 self._hand_over(docs.pop(seq.index), runner, slots, progress, on_document)
-            stats.busy, stats.kv = scheduler.busy, runner.kv_stats
-            if on_stats:
-                on_stats(stats)
+
+        try:
+            while True:
+                check_cancel()
+                self._admit(source, scheduler, runner, docs, on_failure)
+                self._drop_stopped(scheduler, runner, docs, progress)
+                if overlap and self._painter_thread is not None:
+                    painted(self._painter_thread.collect())
+                if not scheduler.live:
+                    if source.exhausted:
+                        return stats
+                    continue  # a live source, empty now: it waits a little itself
+                plan = scheduler.schedule(more_waiting=source.ready)
+                if overlap and not plan.runs:  # every document waits for a picture: wait for the painter's next
+                    painted(self._painter_thread.wait(PICTURE_POLL_S))
+                    continue
+                stats.count_step(scheduler.busy, source.ready)
+                after: dict[int, object] = {}
+                if self.painter.pictures:  # stepwise: one denoising step for every picture in flight
+                    started = time.perf_counter()
+                    after.update(self._paint_step(docs, progress))
+                    if plan.runs:
+                        stats.held_seconds += time.perf_counter() - started
+                if plan.paint:  # gather: the waiting pictures, start to end
+                    after.update(self._paint([docs[s.index] for s in plan.paint], check_cancel, progress,
+                                             writers_wait=bool(plan.runs)))
+                if plan.runs:
+                    after.update(self._step([(docs[s.index], n) for s, n in plan.runs], runner))
+                for seq in scheduler.update(plan, after):
+                    self._hand_over(docs.pop(seq.index), runner, slots, progress, on_document)
+                stats.busy, stats.kv = scheduler.busy, runner.kv_stats
+                if on_stats:
+                    on_stats(stats)
+        finally:  # however the run ends (done, cancelled, an error here or in the painter): no thread outlives it
+            self._stop_painter()
 
     def _admit(self, source: "_Source", scheduler: Scheduler, runner: ModelRunner, docs: dict,
                on_failure: Callable[[int, Exception], None] | None) -> None:
@@ -287,10 +322,13 @@ class Generator:
 
     def _drop_stopped(self, scheduler: Scheduler, runner: ModelRunner, docs: dict, progress) -> None:
         for seq in list(scheduler.live):
-            request = docs[seq.index].request
+            doc = docs[seq.index]
+            request = doc.request
             if request.should_stop and request.should_stop():
                 runner.close(seq.slot)
                 self.painter.drop(seq.index)
+                if self._painter_thread is not None and doc.picture is not None:
+                    self._painter_thread.drop(seq.index)
                 scheduler.drop(seq)
                 del docs[seq.index]
                 progress("dropped", seq.index)
@@ -342,7 +380,9 @@ class Generator:
         return self._runner
 
     def release(self) -> None:
-        """Give back the KV pool (most of a card's memory) now; the next run makes a new one."""
+        """Give back the KV pool (most of a card's memory) now, and stop the painter thread if one is left; the
+        next run makes new ones."""
+        self._stop_painter()
         if self._runner is not None:
             self._runner.release()
             self._runner = None
@@ -390,7 +430,7 @@ class Generator:
                     doc.query_states[lo - first:hi - first] = hidden[at + lo - doc.seq.fed:at + hi - doc.seq.fed]
             at += n
         dreamers = [doc for doc, _ in runs if after.get(doc.index) == DREAM]
-        if dreamers and self.config.painting == "stepwise":
+        if dreamers and self.config.painting in ("stepwise", "overlap"):
             self._start_pictures(dreamers)
         if samplers:
             after.update(self._sample([runs[i][0] for i in samplers], [runs[i][1] for i in samplers], logits))
@@ -452,12 +492,43 @@ class Generator:
                             scheduler=p.scheduler, height=size, width=size, cache_interval=p.cache_interval)
 
     def _start_pictures(self, dreamers: list[_Doc]) -> None:
-        """Stepwise: the pictures just asked for join the painting at the next generator step."""
+        """Stepwise: the pictures just asked for join the painting at the next generator step. Overlap: they go
+        to the painter thread (started at the run's first picture) and the generator goes on."""
         conds = self.model.condition(torch.stack([d.query_states for d in dreamers]))  # (N, Q, cross_dim)
+        painter = self.painter
+        if self.config.painting == "overlap":
+            if self._painter_thread is None:
+                self._painter_thread = PainterThread(self.model, self.components)
+            painter = self._painter_thread
         for doc, cond in zip(dreamers, conds):
             request = self._image_request(doc, cond)
-            self.painter.start(doc.index, request)
+            painter.start(doc.index, request)
             doc.picture = request
+
+    def _stop_painter(self) -> None:
+        if self._painter_thread is not None:
+            self._painter_thread.stop()
+            self._painter_thread = None
+
+    def _take_painted(self, items: list, scheduler: Scheduler, runner: ModelRunner, docs: dict, progress,
+                      on_failure: Callable[[int, Exception], None] | None) -> dict[int, object]:
+        """Overlap: the painter thread's finished pictures fed back to their documents (a picture that could not
+        start fails its document alone, through on_failure, or the run without one)."""
+        items = [item for item in items if item.key in docs]  # (a dropped document's picture is never handed back)
+        for item in items:
+            if isinstance(item, Failed):
+                if on_failure is None:
+                    raise item.error
+                doc = docs.pop(item.key)
+                runner.close(doc.seq.slot)
+                scheduler.drop(doc.seq)
+                on_failure(item.key, item.error)
+        items = [item for item in items if isinstance(item, Painted)]
+        if not items:
+            return {}
+        finished = [docs[item.key] for item in items]
+        return self._feed_back(finished, [doc.picture for doc in finished], [item.image for item in items],
+                               progress, pils=[item.pil for item in items])
 
     def _paint_step(self, docs: dict, progress) -> dict[int, object]:
         """Stepwise: every picture in flight takes one denoising step; the finished ones are fed back."""
@@ -475,14 +546,18 @@ class Generator:
         conds = self.model.condition(torch.stack([d.query_states for d in dreamers]))  # (N, Q, cross_dim)
         requests = [self._image_request(doc, cond) for doc, cond in zip(dreamers, conds)]
         after = self._feed_back(dreamers, requests, self.painter.paint(requests, check_cancel), progress)
-        if writers_wait:  # documents ready to write waited for these pictures
+        if writers_wait:  # documents ready to write waited for these pictures, in this thread
             self.stats.stalled_seconds += time.perf_counter() - started
+            self.stats.held_seconds += time.perf_counter() - started
         return after
 
     def _feed_back(self, docs: list[_Doc], requests: list[ImageRequest], images: list[torch.Tensor],
-                   progress) -> dict[int, object]:
-        """Each picture into its document's blocks and, read by the vision encoder, back into its context."""
-        # Fed back as stored (8-bit), so a resumed or re-read document sees the same pixels.
+                   progress, pils: list | None = None) -> dict[int, object]:
+        """Each picture into its document's blocks and, read by the vision encoder, back into its context.
+        `pils`: the pictures' host copies when the painter made them (overlap: its own thread waited for the copy,
+        so this one does not)."""
+        # Fed back as stored (8-bit), so a resumed or re-read document sees the same pixels (rounding a rounded
+        # picture again changes nothing).
         images = [(image * 255).round() / 255 for image in images]
         readers = [k for k, d in enumerate(docs) if not d.request.image_only]
         features = dict(zip(readers, self.encoder.read_images([images[k] for k in readers])))
@@ -490,7 +565,8 @@ class Generator:
         now = time.perf_counter()
         for k, (doc, request) in enumerate(zip(docs, requests)):
             doc.blocks.append(ImageBlock(index=doc.images_done, width=request.width, height=request.height,
-                                         seed=request.seed, image=tensor_to_pil(images[k])))
+                                         seed=request.seed, image=pils[k] if pils else tensor_to_pil(images[k])))
+            doc.picture = None
             self.stats.pictures += 1
             self.stats.picture_waits.append((now - doc.dreamed_at[0], self.stats.steps - doc.dreamed_at[1]))
             progress("image", doc.index)

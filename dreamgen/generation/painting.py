@@ -1,9 +1,12 @@
 """Pictures: the guidance condition, and denoising, either step by step beside the text or all at once.
 
-    stepwise  (the generator's default) a picture asked for starts at the next generator step; every generator step, all
+    overlap   a thread of its own paints the pictures while the generator writes: painter_thread.py
+    stepwise  a picture asked for starts at the next generator step; every generator step, all
               pictures in flight take one denoising step together, in one UNet call per latent size, each at
               its own timestep with its own scheduler; a finished picture is decoded and fed back to its own
-              document while the others go on. Nobody's decoding waits for a picture.
+              document while the others go on. Nobody's decoding waits for a picture to be done, but every
+              generator step waits for one denoising step of every size in flight (issue 33: a 1024 px picture
+              sets everyone's pace).
     gather    every waiting picture is painted from start to end in one go (paint()), as the generator did before;
               kept for comparison (bench/painting.py) and for `generate --image-only`.
 """

@@ -73,7 +73,9 @@ class _Bucket:
                 self.compute(*self._inputs())
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=runner.graph_pool):
+        # thread_local: the painter thread (painting="overlap") may allocate, launch or copy on its own stream
+        # while this thread captures; "global" would fail the capture on those calls from another thread
+        with torch.cuda.graph(self.graph, pool=runner.graph_pool, capture_error_mode="thread_local"):
             self.outputs = self.compute(*self._inputs())
 
     def fill(self, runner, runs: list[Run], embeds: torch.Tensor | None = None) -> None:

@@ -23,7 +23,8 @@ its neighbours.
 
 A document that asks for a picture waits (DREAMING) while the others go on. Painting "stepwise", its picture
 takes a denoising step each generator step beside the others' decoding (the generator drives it) until it is fed
-back; painting "gather", the scheduler has the waiting pictures painted together, start to end, once nobody else
+back; painting "overlap", the painter thread paints it and the generator feeds it back when it is done (the
+scheduler hears of it as of any new feed); painting "gather", the scheduler has the waiting pictures painted together, start to end, once nobody else
 can go on or one has waited PAINT_GATHER_STEPS steps.
 """
 from __future__ import annotations
@@ -80,7 +81,7 @@ class StepPlan:
 
 class Scheduler:
     def __init__(self, slots: int, kv_tokens: int, prefill_chunk: int = 64, step_tokens: int = 256,
-                 batching: str = "continuous", painting: str = "stepwise"):
+                 batching: str = "continuous", painting: str = "overlap"):
         if batching not in BATCHING or painting not in PAINTING:
             raise ValueError(f"batching={batching!r}, painting={painting!r}: use one of {', '.join(BATCHING)}; "
                              f"{', '.join(PAINTING)}")

@@ -17,7 +17,7 @@ from dreamgen.model.sizes import SMALL_SIZES
 from dreamgen.model.tiny import build_tiny_model
 from dreamgen.params import GenerationParams
 
-TITLE = "Continuous generator: 64 documents at 64 slots vs one at a time; pictures stepwise vs gathered (7B-shaped)"
+TITLE = "Continuous generator: 64 documents at 64 slots vs one at a time; pictures gathered vs stepwise vs overlap (7B-shaped)"
 BUDGET_S = 60
 TOPICS = ("rivers", "bread", "trains", "the moon", "winter", "the sea", "tomatoes", "bird houses")
 
@@ -60,7 +60,7 @@ def run(table, device: str) -> None:
     picture = dict(steps=20) if device == "cuda" else dict(steps=2, image_size=64)  # the CPU: a dry run
     pictures = [DocumentRequest(r.prompt, r.params.replace(**picture), image_only=i % 3 == 0)
                 for i, r in enumerate(job)]
-    for painting in ("gather", "stepwise"):
+    for painting in ("gather", "stepwise", "overlap"):
         docs, seconds, stats = timed(Generator(model, config=GeneratorConfig(slots=documents, painting=painting)),
                                      pictures, device)
         table.row(f"{documents} slots, a third pictures, {painting} (stalled {100 * stats.stall_share:.0f}%, "
