@@ -20,7 +20,7 @@
 #                                                  runs/shapes/binding/final/     (configs/shapes-binding.yaml)
 #      (on the first core after stage 3; it reads only the VAE's encoder, which the decoder stages keep)
 #   9. ship stage 8's model with stage 7's decoder dreamgen/model/weights/shapes/
-#      and the guidance it paints with when a request names none (GUIDANCE: chosen on validation prompts, seeds
+#      and the guidance and steps it paints with when a request names none (GUIDANCE: chosen on validation prompts, seeds
 #      of their own, not the eval's; docs/shapes-model.md has the sweep)
 #  10. evaluate it on the three held-out splits (unseen colour-kind pairs, unseen phrasings, two shapes with
 #      their own sizes; nothing here chooses on them, though docs/shapes-model.md's candidate runs, which set
@@ -33,6 +33,7 @@ DREAMGEN="$PY cli.py"
 RUNS=runs/shapes
 PICTURES=15000  # of the whole world, for the last decoder stage
 GUIDANCE=3  # the shipped model's own classifier-free guidance (the reference's 7.5 turns green on black blue)
+STEPS=25  # its own DDPM steps: every eval column within 1 point of 50 steps at half the UNet work (docs/pictures.md)
 
 if [ ! -s "$RUNS/data/binding.jsonl" ] || [ ! -s "$RUNS/data/pictures/$(printf %06d $((PICTURES - 1))).png" ]; then
   $PY -m dreamgen.shapes "$RUNS/data" --documents 10000 --binding 6000 --pictures $PICTURES --seed 0
@@ -53,7 +54,8 @@ wait $decoder || { echo "decoder stages failed; see $RUNS/decoder.log"; exit 1; 
 if [ ! -d "$RUNS/shipped" ]; then  # written aside, then moved: a stop never leaves half a model
   rm -rf "$RUNS/shipped.partial"
   $PY -c "from dreamgen.training.trainer import replace_vae; \
-replace_vae('$RUNS/binding/final', '$RUNS/vae-decoder-world/final', '$RUNS/shipped.partial', guidance=$GUIDANCE)"
+replace_vae('$RUNS/binding/final', '$RUNS/vae-decoder-world/final', '$RUNS/shipped.partial', guidance=$GUIDANCE, \
+defaults={'steps': $STEPS})"
   mv "$RUNS/shipped.partial" "$RUNS/shipped"
 fi
 

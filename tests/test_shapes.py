@@ -167,7 +167,8 @@ PHRASING_TARGETS = {"follows_prompt": 0.95, "colour": 0.95, "shape": 0.90, "posi
 # The picture's size and place against the prompt's words, where it asked for them (the text can say "large" for a
 # prompt that asked "small", and the picture then follows the text): 89% and 100% on these prompts, 53-59% for size
 # before loss.word_weights (and 64% on phrasings for the recipe's run on another CPU, docs/shapes-model.md's R).
-ASKED_TARGETS = {"size_asked": 0.80, "position_asked": 0.90}
+# Issue 35 (the binding stage): >= 95% on every split (400 prompts: combos 100.0 / 100.0, phrasings 99.6 / 99.3).
+ASKED_TARGETS = {"size_asked": 0.95, "position_asked": 0.95}
 # The combos targets are held on docs/shapes-model.md's eval (200 held-out prompts), the phrasing targets on its
 # first 100 prompts: a few minutes on one thread.
 PROMPTS = 200
@@ -228,8 +229,10 @@ def test_the_shipped_model_paints_at_its_own_guidance():
     from dreamgen.model.loader import load_model
 
     # so the evals here, with guidance unset, run at it; the rest as it painted and wrote before it named them
-    assert load_model("shapes").info.defaults == ModelDefaults(scheduler="ddpm", steps=50, guidance=GUIDANCE,
-                                                                temperature=0.0, top_p=1.0, max_new_tokens=256)
+    # DDPM 25 since issue 32: every eval column within 1 point of 50 steps at half the UNet work (docs/pictures.md)
+    assert load_model("shapes").info.defaults == ModelDefaults(scheduler="ddpm", steps=25, guidance=GUIDANCE,
+                                                                temperature=0.0, top_p=1.0, max_new_tokens=256,
+                                                                cache_interval=1)
 
 
 def test_shipped_model_writes_the_asked_articles_in_the_right_colours(shipped_summary):
