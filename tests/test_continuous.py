@@ -212,6 +212,7 @@ def test_a_shared_engine_serves_several_callers_in_one_pool():
         t.start()
     for t in threads:
         t.join(timeout=120)
+    pool.close()  # its run ends, and with it the run's painter thread
     alone = stream(Generator(tiny_model()), JOB[:6], slots=1)
     for n in (0, 1):
         assert sorted(results[n]) == [0, 1, 2]

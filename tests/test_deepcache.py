@@ -84,17 +84,16 @@ def test_cache_interval_1_paints_todays_pictures():
 
 
 # Measured on the shapes model, DDPM 50 steps, its guidance 3.0, 12 validation prompts (seed 1001, not the eval's),
-# the first picture of each document against the one painted without the cache, in 0-255 steps:
+# the first picture of each document against the one painted without the cache, in 0-255 steps (the model shipped
+# with the binding stage, 2026-12-07; the one before gave 0.17-0.57 / 6-35 at interval 2, 0.83-4.14 / 28-224 for
+# another seed):
 #                      mean |difference| per picture   largest pixel difference
-#   interval 2         0.17 - 0.57                     6 - 35
-#   interval 3         0.14 - 0.75                     5 - 53
-#   interval 5         0.98 - 2.54                     24 - 145
-#   another seed       0.83 - 4.14                     28 - 224 (10 of 12 above 64)
-#   another prompt     0.23 - 214                      14 - 248
-# A shapes-world picture is one shape on a plain ground, so a new seed moves only edges: the mean alone hardly tells
-# pictures apart, the largest difference does (an edge moved by a pixel). Within a mean of 1 and no pixel off by more
-# than 64, the cached picture is the full one with its edges shaded a little differently.
-CLOSE_MEAN, CLOSE_MAX = 1.0, 64
+#   interval 2         0.20 - 0.86                     11 - 79
+#   interval 3         0.22 - 0.98                     12 - 74
+#   another seed       2.08 - 7.93                     68 - 210 (10 of 12 above 96)
+# A shapes-world picture is one shape on a plain ground, so a new seed moves only edges: the mean tells pictures apart
+# (a new seed's is twice the bound at least); the largest difference bounds how far an edge's shading may go.
+CLOSE_MEAN, CLOSE_MAX = 1.25, 96
 
 
 def test_cached_pictures_are_close_to_full_ones_and_run_the_deep_blocks_less():
@@ -107,7 +106,7 @@ def test_cached_pictures_are_close_to_full_ones_and_run_the_deep_blocks_less():
     assert len(firsts) == len(prompts)
     other_seed = Generator(model).generate([DocumentRequest(
         prompt=prompts[0].prompt, params=GenerationParams(steps=steps, seed=1).resolved(model.info.defaults))])[0]
-    assert np.abs(pixels(other_seed.images[0].image) - pixels(firsts[0])).max() > CLOSE_MAX  # the bound tells apart
+    assert np.abs(pixels(other_seed.images[0].image) - pixels(firsts[0])).mean() > CLOSE_MEAN  # the bound tells apart
     for interval in (2, 3):
         deep, shallow = count_rows(unet.mid_block), count_rows(unet.down_blocks[0])
         try:

@@ -39,8 +39,19 @@ def assert_same_documents(docs, reference):
             assert (x.width, x.seed) == (y.width, y.seed) and max_pixel_diff(x.image, y.image) <= 1
 
 
+_EARLIER: set = set()  # painter threads of runs still going in other tests (a worker's pool left open)
+
+
+@pytest.fixture(autouse=True)
+def earlier_painters():
+    _EARLIER.clear()
+    _EARLIER.update(t for t in threading.enumerate() if t.name == "dreamgen-painter")
+    yield
+
+
 def painter_threads() -> list:
-    return [t for t in threading.enumerate() if t.name == "dreamgen-painter"]
+    """Painter threads started during this test and still alive."""
+    return [t for t in threading.enumerate() if t.name == "dreamgen-painter" and t not in _EARLIER]
 
 
 def unet_wrapped(gen: Generator, before_call) -> None:

@@ -168,3 +168,20 @@ def test_a_schedule_skips_a_firing_while_its_previous_job_is_under_way(ns, tmp_p
     finally:
         worker.stop()
         del ns.workers["w1"]
+
+
+def test_stopping_check_ins_from_a_signal_handler_takes_no_lock():
+    """A worker's warm shutdown hung 1 time in 4 (tests/test_workers.py's launched worker): SIGTERM reached the
+    celery worker twice (its process group's, and the launcher's passing it on), and the second handler ran inside
+    the first's Event.set, which holds a lock. stop_soon must take none: here it returns while that lock is held."""
+    from dreamgen.distributed.consumers import CheckIns
+
+    check_ins = CheckIns(client=None, worker="w@h", queues=[])
+    with check_ins._stop._cond:  # as when a signal arrives inside Event.set
+        stopper = threading.Thread(target=check_ins.stop_soon, daemon=True)
+        stopper.start()
+        stopper.join(timeout=2)
+        assert not stopper.is_alive()
+    check_ins.start()  # stopped before it started: the thread checks in no more and ends
+    check_ins._thread.join(timeout=5)
+    assert not check_ins._thread.is_alive()

@@ -328,13 +328,14 @@ def test_cli_eval_prints_one_row_per_ablation(installed_tiny):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()  # the table; the progress bars go to stderr
     assert lines[0].split() == ["model", "split", "ablation", "docs", "images", "follows", "prompt", "colour",
-                                "shape", "size", "position", "size", "asked", "position", "asked", "background",
-                                "well", "formed"]
+                                "shape", "size", "position", "size", "asked", "position", "asked", "colour", "asked",
+                                "background", "well", "formed"]
     assert lines[-1] == "(ddpm, 2 steps, guidance 7.5)"  # tiny-random names no guidance: the reference's
-    # both splits by default, for each ablation
+    # every split by default, for each ablation
     assert [line.split()[:4] for line in lines[1:-1]] == [
         ["tiny-random", "combos", "none", "2"], ["tiny-random", "phrasings", "none", "2"],
-        ["tiny-random", "combos", "condition", "2"], ["tiny-random", "phrasings", "condition", "2"]]
+        ["tiny-random", "pairs", "none", "2"], ["tiny-random", "combos", "condition", "2"],
+        ["tiny-random", "phrasings", "condition", "2"], ["tiny-random", "pairs", "condition", "2"]]
     one = CliRunner().invoke(cli, ["eval", "-m", "tiny-random", "-n", "1", "--steps", "2", "--max-new-tokens", "4",
                                    "--split", "phrasings"])
     assert one.exit_code == 0, one.output

@@ -61,6 +61,7 @@ class CheckIns:
         self.worker = worker
         self.consumers = [QueueConsumers(client, q) for q in queues]
         self._stop = threading.Event()
+        self._stopping = False  # set by stop_soon, from a signal handler
         self._thread = threading.Thread(target=self._run, name="dreamgen-check-ins", daemon=True)
 
     def start(self) -> "CheckIns":
@@ -68,8 +69,10 @@ class CheckIns:
         return self
 
     def stop_soon(self) -> None:
-        """Check in no more (safe in a signal handler: talks to nothing)."""
-        self._stop.set()
+        """Check in no more, from the next beat on (safe in a signal handler: talks to nothing and takes no lock.
+        Event.set takes one, and a second SIGTERM arriving while the first handler held it deadlocked the worker's
+        warm shutdown: the launcher passes SIGTERM on to a worker that its process group's signal also reached)."""
+        self._stopping = True
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,7 +84,7 @@ class CheckIns:
                 pass
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not (self._stopping or self._stop.is_set()):
             try:
                 for consumers in self.consumers:
                     consumers.check_in(self.worker)

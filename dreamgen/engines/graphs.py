@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..model.dreamllm import DreamLLM
 from .fused_attention import fused_attention
+from .graph_io import GraphIO, timestep_input  # noqa: F401 (re-exported: the backends take them from here)
 
 PARTS = ("unet", "vae_decoder", "vision")
 from ..settings import PRECISIONS  # noqa: F401 (re-exported: the graphs come in these precisions)
@@ -55,13 +55,6 @@ def model_parts(model: DreamLLM) -> tuple[str, ...]:
     return PARTS + SPLIT_PARTS if has_split(model) else PARTS
 
 
-@dataclass(frozen=True)
-class GraphIO:
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    dynamic_axes: dict  # name -> {axis: symbolic name}; equal names tell the runtime the sizes are equal
-
-
 # ------------------------------------------------------------------------------------------------ wrappers
 class UNetGraph(nn.Module):
     def __init__(self, unet):
@@ -92,17 +85,6 @@ class VisionGraph(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ per part
-def timestep_input(timestep, batch: int, device: torch.device) -> torch.Tensor:
-    """The timestep as the UNet graph takes it: one per sample, shape (batch,), fp32 in every precision. One value
-    (the scheduler's 0-d timestep: the whole batch at one step) is repeated; (batch,) values are taken as they are,
-    so samples at different steps can share a batch."""
-    timestep = torch.as_tensor(timestep)
-    if timestep.numel() == 1:
-        timestep = timestep.reshape(1).expand(batch)
-    elif tuple(timestep.shape) != (batch,):
-        raise ValueError(f"timestep must hold one value or one per sample ({batch},), got shape "
-                         f"{tuple(timestep.shape)}")
-    return timestep.to(device=device, dtype=torch.float32).contiguous()
 
 
 def graph_io(model: DreamLLM, part: str) -> GraphIO:

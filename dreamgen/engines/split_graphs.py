@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..generation import deepcache
-from .graphs import GraphIO, timestep_input
+from .graph_io import GraphIO, timestep_input
 
 SHALLOW_DOWN, DEEP, SHALLOW_UP = "unet_shallow_down", "unet_deep", "unet_shallow_up"
 SPLIT_PARTS = (SHALLOW_DOWN, DEEP, SHALLOW_UP)
