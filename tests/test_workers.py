@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,6 +250,19 @@ def test_chunk_of_a_worker_killed_whole_comes_back_after_the_visibility_timeout(
     survivor.stop()
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc: no pgrep needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_worker_command_starts_a_celery_worker(ns, tmp_path):
     """`dreamgen worker` on a CPU machine: one celery worker process, which finishes a job."""
     import subprocess
@@ -273,13 +287,13 @@ def test_worker_command_starts_a_celery_worker(ns, tmp_path):
         os.killpg(launcher.pid, signal.SIGTERM)  # the launcher passes it on: a warm shutdown
         assert launcher.wait(timeout=60) == 0
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.wait()
-        try:
-            os.killpg(launcher.pid, signal.SIGKILL)  # anything left in its group
-        except ProcessLookupError:
-            pass
+        # its workers run in process groups of their own (launcher.py): find them before the launcher goes
+        for pid in [launcher.pid] + children_of(launcher.pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)  # it and anything left in its group
+            except ProcessLookupError:
+                pass
+        launcher.wait()
         log.close()
     text = (tmp_path / "launcher.log").read_text()
     assert "launched@" in text and "starting launched" in text

@@ -89,7 +89,10 @@ def run_workers(plan: list[WorkerProcess], echo=print) -> int:
     children = []
     for worker in plan:
         echo(f"starting {worker.name}: {worker.describe()}")
-        children.append(subprocess.Popen(worker.argv, env={**os.environ, **worker.env}))
+        # Each in a process group of its own, so a signal reaches it once, passed on by stop() below: a terminal's
+        # Ctrl-C (or a kill of this group) also reached it directly, and celery's handler, run a second time
+        # inside the first, deadlocked its warm shutdown now and then.
+        children.append(subprocess.Popen(worker.argv, env={**os.environ, **worker.env}, process_group=0))
     requested = []
 
     def stop(signum=None, frame=None):
