@@ -194,7 +194,8 @@ def bench(name: str, docs: int, ours: str = "default", against: str = "naive", m
     workdir.cleanup()
 
     images = sum(len(d.images) for d in out)
-    same = sum("".join(t.split()) == "".join(d.text.split()) and n == len(d.images) for (t, n), d in zip(base_texts, out))
+    same = sum("".join(t.split()) == "".join(d.text.split()) and n == len(d.images)
+               for (t, n), d in zip(base_texts, out))
     result = {"config": name + ("" if max_images else " text"), "docs": docs, "base_images": base_images,
               "ours_images": images, "same_documents": f"{same}/{docs}",
               "base": f"{base_painting}, " + ", ".join(f"{k} {v}" for k, v in reference.items()),
@@ -229,12 +230,14 @@ def main():
         r = bench(name, args.docs, args.ours, args.against, args.max_new_tokens, args.max_images, args.onnx,
                   args.threads, args.device)
         print(f"{r['config']}: {args.against} ({r['base']}) against dreamgen ({r['ours']})")
-        print(f"  {args.against:>8}: {r['base_docs_per_min']:8.1f} docs/min {r['base_images_per_min']:8.1f} pictures/min "
+        print(f"  {args.against:>8}: {r['base_docs_per_min']:8.1f} docs/min "
+              f"{r['base_images_per_min']:8.1f} pictures/min "
               f"({r['base_images']} pictures)" + (f", {r['pictures_share']:.0%} of its time painting"
                                                   if r["pictures_share"] is not None else ""))
         print(f"  {'dreamgen':>8}: {r['ours_docs_per_min']:8.1f} docs/min {r['ours_images_per_min']:8.1f} pictures/min "
               f"({r['ours_images']} pictures); {r['speedup']:.2f}x documents/minute, "
-              f"{r['ours_images_per_min'] / r['base_images_per_min']:.2f}x pictures/minute; same text {r['same_documents']}")
+              f"{r['ours_images_per_min'] / r['base_images_per_min']:.2f}x pictures/minute; "
+              f"same text {r['same_documents']}")
         if args.onnx:
             print(f"  onnx: {r['onnx_speedup']:.2f}x documents/minute ({r['onnx_images']} pictures)")
 

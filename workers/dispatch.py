@@ -3,8 +3,8 @@
 Submit streams (issue 33): each chunk task is sent as its specs are read from the prompt file, over one producer
 connection, and nothing of it is kept. A chord would need its whole header in memory (Celery 5.7 materialises a
 generator header), which grew with the file (figures below). Instead the job's Redis record counts the chunks
-that have ended, once per chunk key (JobRecord.chunk_ended: a redelivered task counts once), and submit "seals" the round
-with the number of chunks once it has sent them all (JobRecord.seal). Of the chunk ends and the seal, the one that
+that have ended, once per chunk key (JobRecord.chunk_ended: a redelivered task counts once), and submit "seals" the
+round with the number of chunks once it has sent them all (JobRecord.seal). Of the chunk ends and the seal, the one that
 sees every chunk of the sealed round ended sends the finalize task, once (a field taken with HSETNX, in the same
 Lua step). A chunk task that fails outside run_chunk's bookkeeping (killed by the hard time limit) counts its end
 from its on_failure hook (workers.tasks), so the job is still closed.

@@ -57,7 +57,8 @@ def asked_of(prompt: str) -> AskedPrompt:
     shapes = []
     for i, m in enumerate(kinds):
         before = text[kinds[i - 1].end() if i else 0:m.start()]
-        before = re.sub(r"^\s+in\s+(" + "|".join(COLOURS) + r")\b", " ", before)  # the shape before's: "a circle in red"
+        # "in red" right after the kind before is that shape's colour: "a circle in red and a blue cross"
+        before = re.sub(r"^\s+in\s+(" + "|".join(COLOURS) + r")\b", " ", before)
         after = text[m.end():kinds[i + 1].start() if i + 1 < len(kinds) else len(text)]
         colour = [c for c in re.findall(r"[a-z]+", before) if c in COLOURS]
         # "a circle in red": the colour may follow the kind
