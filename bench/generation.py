@@ -152,7 +152,8 @@ def bench(name: str, docs: int, ours: str = "default", against: str = "naive", m
             seed=i, max_new_tokens=max_new_tokens, max_images=max_images, temperature=temperature, **settings))
             for i, topic in enumerate(topics)]
 
-    gen = Generator(model)  # as `dreamgen run` builds it (painting: DREAMGEN_PAINTING)
+    from dreamgen.generation.config import generator_config
+    gen = Generator(model, config=generator_config())  # as `dreamgen run` builds it (painting: DREAMGEN_PAINTING)
     workdir = tempfile.TemporaryDirectory()
     onnx_gen = onnx_generator(model, workdir.name, threads) if onnx else None
     gen.unconditional()  # computed once per model by both ways; keep it out of both timings
@@ -183,7 +184,6 @@ def bench(name: str, docs: int, ours: str = "default", against: str = "naive", m
             base_texts = [(t, n) for t, n, _ in naive]
             base_painting = "naive"
         else:  # dreamgen before issue 32: DDPM 50, no cache, pictures gathered while the text waits
-            from dreamgen.generation.config import generator_config
             old = Generator(model, config=generator_config(painting="gather"))
             old_docs, base_s = streamed(old, reference)
             base_images, share = sum(len(d.images) for d in old_docs), None
