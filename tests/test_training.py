@@ -440,7 +440,8 @@ def test_training_on_from_a_checkpoint_reads_only_its_vae_encoder(tmp_path, data
 
     def train_on(init, name):
         config = _config(tmp_path, data_file, tmp_path / name, steps=2)
-        return train(load_config(config, {"model.init": str(init), "model.vae": None})).output
+        # with the readout loss, as the binding stage: its heads are drawn afresh, and must be drawn alike
+        return train(load_config(config, {"model.init": str(init), "model.vae": None, "loss.w_readout": 1.0})).output
 
     recipe = load_model(str(train_on(base, "recipe")))  # stage 8 on stage 3, then shipped with the decoder
     replace_vae(str(tmp_path / "recipe" / "final"), str(tmp_path / "decoder"), str(tmp_path / "recipe-shipped"),

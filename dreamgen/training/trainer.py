@@ -127,6 +127,11 @@ def train_igpt(config: IGPTConfig, on_event: OnEvent | None = None, resume: bool
         log.info("resuming from %s (step %d)", latest, state["step"])
     else:
         model = initial_model(config)
+        if config.model.init != "new":
+            # A new model's build seeds torch, so what is drawn after it (the readout heads) repeats; a checkpoint's
+            # load draws nothing, and the heads were drawn from wherever the global generator stood: two runs of
+            # the binding stage gave other weights (found 2026-12-07, after the shipped run).
+            torch.manual_seed(config.seed)
     start = state["step"] if state else 0
     model.train()
     trainable = apply_freeze(model, config.freeze)
