@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/generation.py --config shapes --docs 24
 
 # The GPU machine's CPU simulation: scripts/gpu_run.sh in its package set must stop cleanly at "no CUDA".
 gpu-sim:
