@@ -31,19 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
-def write_big_prompts(path: Path, count: int) -> Path:
-    """As bench/distributed.py: an id on some lines, a few parameters, a sentence or two."""
-    with open(path, "w") as f:
-        for i in range(count):
-            item = {"prompt": f"An illustrated guide to topic number {i}: its history, how it works, and why "
-                              "people care about it today.", "seed": i, "steps": 30 + i % 20,
-                    "guidance": 5 + (i % 7) / 2, "max_images": 1 + i % 4}
-            if i % 3 == 0:
-                item["id"] = f"doc-{i:06d}"
-            f.write(json.dumps(item) + "\n")
-    return path
-
-
 def status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -115,6 +102,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.out, args.batch_size)
+
+    # Here, not at the top: the child (above) must import dreamgen from the tree it measures, not from this one.
+    sys.path.insert(0, str(ROOT))
+    from bench.distributed import write_big_prompts  # the prompt file the distributed bench submits
 
     with tempfile.TemporaryDirectory(prefix="dreamgen-submit-memory-") as tmp:
         folder = Path(tmp)
