@@ -2,10 +2,9 @@
 graphs (engines/split_graphs.py) and run by ONNX Runtime in split_unet's one-call shape. Against the torch cut: each
 call at odd shapes and mixed phases, whole documents at intervals 2 and 3, pictures at different phases in one call;
 the engine cache keeps the graphs; a cache without them paints full steps and says so; TensorRT's engines of the
-cut are built from the portable graphs (against a recording stand-in for `tensorrt`, as test_tensorrt_backend.py)."""
+cut are built from the portable graphs (against tests/tensorrt_standin.py)."""
 import logging
 import shutil
-from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -26,6 +25,7 @@ from dreamgen.generation.diffusion import ImageRequest, decode_pictures, denoise
 from dreamgen.generation.generator import Generator
 from dreamgen.jobs.png import encode_png, read_png_parameters
 from tests.helpers import max_pixel_diff, request, tiny_model
+from tests.tensorrt_standin import StandInTensorRT
 
 FP32 = TOLERANCE["fp32"]
 
@@ -257,97 +257,8 @@ def test_cut_profiles_bound_every_input_and_the_portable_graphs_run_at_their_end
         session.run(feeds, {name: outputs[name] for name in split_io(model, part).outputs})
 
 
-class FakeTensorRT:
-    """The builder API build_engine uses: the network's inputs read from the ONNX graph it parses (a dynamic size
-    is -1, as TensorRT reports it); `unparsable` names graphs (by part directory) whose parse fails."""
-
-    __version__ = "10.0.fake"
-
-    def __init__(self, unparsable=()):
-        self.built, self.unparsable = [], unparsable
-        trt = self
-
-        class Network:
-            def __init__(self):
-                self.inputs = []
-
-            @property
-            def num_inputs(self):
-                return len(self.inputs)
-
-            def get_input(self, i):
-                return self.inputs[i]
-
-        class Parser:
-            num_errors = 1
-
-            def __init__(self, network, logger):
-                self.network = network
-
-            def parse_from_file(self, path):
-                if any(name in path for name in trt.unparsable):
-                    return False
-                for i in onnx.load(path, load_external_data=False).graph.input:
-                    dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim)
-                    self.network.inputs.append(SimpleNamespace(name=i.name, shape=dims))
-                trt.built.append(path)
-                return True
-
-            def get_error(self, i):
-                return "Unsupported operator Foo"
-
-        class Profile:
-            def __init__(self):
-                self.shapes = {}
-
-            def set_shape(self, name, lo, opt, hi):
-                self.shapes[name] = (lo, opt, hi)
-
-        class Config:
-            builder_optimization_level = None
-
-            def create_timing_cache(self, data):
-                return SimpleNamespace(serialize=lambda: b"timing")
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                self.cache = cache
-
-            def add_optimization_profile(self, profile):
-                self.profiles = getattr(self, "profiles", []) + [profile]
-
-            def get_timing_cache(self):
-                return self.cache
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                return Network()
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                unbounded = {i.name for i in network.inputs if -1 in i.shape} - set(config.profiles[0].shapes)
-                assert not unbounded, unbounded  # every dynamic input has its range
-                return b"plan of " + ",".join(sorted(config.profiles[0].shapes)).encode()
-
-        class Logger:
-            WARNING = "warning"
-
-            def __init__(self, severity):
-                pass
-
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, Parser
-        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=5)
-
-
 @pytest.fixture
-def fake_tensorrt(monkeypatch):
+def standin_tensorrt(monkeypatch):
     def install(trt):
         monkeypatch.setattr(tensorrt_backend, "require_tensorrt", lambda model=None: trt)
         monkeypatch.setattr(tensorrt_backend, "compute_capability", lambda device=None: "sm_90")
@@ -355,20 +266,20 @@ def fake_tensorrt(monkeypatch):
     return install
 
 
-def test_tensorrt_engines_of_the_cut_are_built_from_the_portable_graphs_once(cache, fake_tensorrt):
-    trt = fake_tensorrt(FakeTensorRT())
+def test_tensorrt_engines_of_the_cut_are_built_from_the_portable_graphs_once(cache, standin_tensorrt):
+    trt = standin_tensorrt(StandInTensorRT())
     engines = tensorrt_backend.ensure_tensorrt_engines(tiny_model(), "fp32", cache, limits=EngineLimits(max_batch=2))
     assert tuple(engines) == model_parts(tiny_model()) and all(e.built for e in engines.values())
     portable = ensure_onnx_graphs(tiny_model(), "fp32", cache, no_build=True, flavor="portable")
-    assert trt.built == [str(portable[part].file("model.onnx")) for part in engines]
+    assert trt.parsed == [str(portable[part].file("model.onnx")) for part in engines]
     assert engines[DEEP].file("engine.plan").read_bytes() == b"plan of emb,encoder_hidden_states,skip_1,skip_2"
     again = tensorrt_backend.ensure_tensorrt_engines(tiny_model(), "fp32", cache, no_build=True)
     assert set(again) == set(engines) and not any(e.built for e in again.values())
-    assert len(trt.built) == len(engines)  # nothing parsed or built again
+    assert len(trt.parsed) == len(engines)  # nothing parsed or built again
 
 
-def test_a_cut_tensorrt_cannot_build_leaves_the_engines_without_it(tmp_path, fake_tensorrt, caplog):
-    fake_tensorrt(FakeTensorRT(unparsable=("unet_deep",)))
+def test_a_cut_tensorrt_cannot_build_leaves_the_engines_without_it(tmp_path, standin_tensorrt, caplog):
+    standin_tensorrt(StandInTensorRT(unparsable=("unet_deep",)))
     with caplog.at_level(logging.WARNING):
         engines = tensorrt_backend.ensure_tensorrt_engines(tiny_model(), "fp32", EngineCache(tmp_path),
                                                            limits=EngineLimits(max_batch=2))

@@ -1,8 +1,6 @@
 """What of the TensorRT backend runs without a GPU: its profiles match the graphs, and the builder is driven as
-NVIDIA's API wants it (checked against a recording stand-in for `tensorrt`, since the real one cannot be
+NVIDIA's API wants it (checked against tests/tensorrt_standin.py, a recording stand-in for `tensorrt`, since the real one cannot be
 installed here). The engines themselves run only on a GPU machine with TensorRT (not the one scripts/gpu_run.sh runs on)."""
-from types import SimpleNamespace
-
 import pytest
 
 from dreamgen.engines import EngineLimits
@@ -11,6 +9,7 @@ from dreamgen.engines.profiles import outside_profile, profiles_for
 from dreamgen.engines.tensorrt_backend import build_engine
 from dreamgen.errors import EngineError
 from tests.helpers import tiny_model
+from tests.tensorrt_standin import StandInTensorRT
 
 
 @pytest.mark.parametrize("part", PARTS)
@@ -31,89 +30,9 @@ def test_a_shape_outside_the_profile_is_named():
         "sample has shape (6, 4, 8, 8); the engine takes (1, 4, 2, 2) to (4, 4, 8, 8)"
 
 
-class RecordingTensorRT:
-    """Just the builder API build_engine uses, recording each call."""
-
-    def __init__(self, inputs, parse_ok=True):
-        self.calls, self.inputs, self.parse_ok = [], inputs, parse_ok
-        trt = self
-
-        class Logger:
-            WARNING = "warning"
-
-            def __init__(self, severity):
-                pass
-
-        class Network:
-            num_inputs = len(inputs)
-
-            def get_input(self, i):
-                return SimpleNamespace(name=inputs[i][0], shape=inputs[i][1])
-
-        class Profile:
-            def set_shape(self, name, lo, opt, hi):
-                trt.calls.append(("set_shape", name, lo, opt, hi))
-
-        class TimingCache:
-            def __init__(self, data):
-                self.data = data
-
-            def serialize(self):
-                return self.data + b"+new"
-
-        class Config:
-            def create_timing_cache(self, data):
-                trt.calls.append(("timing_cache_in", data))
-                self.cache = TimingCache(data)
-                return self.cache
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                trt.calls.append(("set_timing_cache", ignore_mismatch))
-
-            def add_optimization_profile(self, profile):
-                trt.calls.append(("profile",))
-
-            def get_timing_cache(self):
-                return self.cache
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                trt.calls.append(("network", flags))
-                return Network()
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                trt.calls.append(("build", config.builder_optimization_level))
-                return b"serialized plan"
-
-        class OnnxParser:
-            num_errors = 1
-
-            def __init__(self, network, logger):
-                pass
-
-            def parse_from_file(self, path):
-                trt.calls.append(("parse", path))
-                return trt.parse_ok
-
-            def get_error(self, i):
-                return "Unsupported operator Foo"
-
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
-        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=5)
-
-
 def test_build_engine_drives_the_builder_as_documented(tmp_path):
     # a static input (here a timestep traced as (1,), as graphs-v1 had it) gets no profile; the dynamic ones do
-    trt = RecordingTensorRT([("sample", (-1, 4, -1, -1)), ("timestep", (1,)), ("encoder_hidden_states", (-1, 8, 32))])
+    trt = StandInTensorRT([("sample", (-1, 4, -1, -1)), ("timestep", (1,)), ("encoder_hidden_states", (-1, 8, 32))])
     profiles = profiles_for(tiny_model(), "unet", EngineLimits(max_batch=2))
     timing = tmp_path / "timing.cache"
     timing.write_bytes(b"old")
@@ -124,12 +43,12 @@ def test_build_engine_drives_the_builder_as_documented(tmp_path):
     shaped = [call[1] for call in trt.calls if call[0] == "set_shape"]
     assert shaped == ["sample", "encoder_hidden_states"]
     assert trt.calls[-1] == ("build", 3)
-    assert (tmp_path / "engine.plan").read_bytes() == b"serialized plan"
+    assert (tmp_path / "engine.plan").read_bytes() == b"plan of encoder_hidden_states,sample"
     assert timing.read_bytes() == b"old+new"  # the timing cache grows for the next build
     assert [p.name for p in tmp_path.iterdir()].count("timing.cache") == 1  # no partial file left behind
 
 
 def test_a_graph_tensorrt_cannot_parse_is_an_error_naming_the_cause(tmp_path):
-    trt = RecordingTensorRT([], parse_ok=False)
+    trt = StandInTensorRT([], unparsable=("model.onnx",))
     with pytest.raises(EngineError, match=r"TensorRT cannot parse .*model.onnx: Unsupported operator Foo"):
         build_engine(trt, tmp_path / "model.onnx", tmp_path / "engine.plan", [], tmp_path / "timing.cache")
