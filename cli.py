@@ -33,6 +33,10 @@ PARAM_OPTIONS = [  # (flag, parameter, type, help)
     ("--cache-interval", "cache_interval", int, "Run the UNet's deep blocks every Nth denoising step only, reusing "
                                                 "their features between (default: the model's, 1 = off for the "
                                                 "released ones)."),
+    ("--cache-until", "cache_until", float, "With a cache interval: reuse the deep features through this share of "
+                                            "the steps only, full UNet passes after (default: the model's, 1)."),
+    ("--guidance-until", "guidance_until", float, "Guide through this share of the denoising steps only, the "
+                                                  "rest unguided at half the UNet work (default: the model's, 1)."),
     ("--max-images", "max_images", int, "Most images per document (default 4)."),
     ("--max-new-tokens", "max_new_tokens", int, "Most tokens the model writes per document (default: the "
                                                  "model's, 1024 for the released ones)."),
@@ -1184,9 +1188,13 @@ def eval_command(model, dtype, device, count, splits, ablations, batch_size, pro
         click.echo(f"{s['model'][:13]:<14}{s['split']:<11}{s['ablation']:<10}{s['documents']:>5}{s['images']:>7}"
                    + "".join(f"{100 * s[c]:>14.1f}%" for c in columns))
     used = reports[0].params  # the same for every row; guidance as resolved (the model's own unless given)
-    click.echo(f"({used['scheduler']}, {used['steps']} steps, guidance {used['guidance']}"
-               + (f", cache interval {used['cache_interval']}" if used.get("cache_interval") not in (None, 1) else "")
-               + (f"; prompts drawn with seed {prompt_seed})" if prompt_seed is not None else ")"))
+    said = [used["scheduler"], f"{used['steps']} steps", f"guidance {used['guidance']}"]
+    if used.get("guidance_until") not in (None, 1):
+        said[-1] += f" through {used['guidance_until']:g} of the steps"
+    if used.get("cache_interval") not in (None, 1):
+        said.append(f"cache interval {used['cache_interval']}" + (
+            f" through {used['cache_until']:g} of the steps" if used.get("cache_until") not in (None, 1) else ""))
+    click.echo(f"({', '.join(said)}" + (f"; prompts drawn with seed {prompt_seed})" if prompt_seed is not None else ")"))
 
 
 def main():

@@ -9,10 +9,10 @@ samples through a logits processor that draws from the document's own generator 
 
 dreamgen's side is `Generator(model)` as `dreamgen run` builds it: the slot pool, painting as configured
 (DREAMGEN_PAINTING), and the parameters a request leaves unset taken from dreamgen's own model's defaults
-(`--ours default`: the shipped `shapes` model's, e.g. DDPM 25 at cache interval 2), or given (`--ours 50` paints
-DDPM 50 without the cache: the same pictures as the naive way). Where the two paint with different settings their
-documents differ after the first picture (the text reads it back), so both documents/minute and pictures/minute
-are printed, and the pictures each side painted.
+(`--ours default`: the shipped `shapes` model's), some of them changed (`--ours guidance_until=0.75`), or given
+(`--ours 50` paints DDPM 50 without the cache: the same pictures as the naive way). Where the two paint with
+different settings their documents differ after the first picture (the text reads it back), so both
+documents/minute and pictures/minute are printed, and the pictures each side painted.
 
     python bench/generation.py [--config tiny|small|shapes] [--docs 8] [--ours default|50] [--threads 1] [--onnx]
     python bench/generation.py --config shapes --against gather50   # issue 32: against DDPM 50 painted by gather
@@ -125,8 +125,7 @@ def dreamgen_defaults() -> ModelDefaults:
     return read_defaults(json.loads((folder / "config.json").read_text()), folder)
 
 
-def painting(params: GenerationParams) -> dict:
-    return {"scheduler": params.scheduler, "steps": params.steps, "cache_interval": params.cache_interval}
+PAINTING = ("scheduler", "steps", "cache_interval", "cache_until", "guidance_until")  # what decides a picture's cost
 
 
 def bench(name: str, docs: int, ours: str = "default", against: str = "naive", max_new_tokens: int = 96,
@@ -140,12 +139,14 @@ def bench(name: str, docs: int, ours: str = "default", against: str = "naive", m
     else:
         model = build_tiny_model(seed=0, sizes=SIZES_OF[name], name=name).to(device)
         topics, temperature = [TOPICS[i % len(TOPICS)] for i in range(docs)], 1.0
-    reference = {"scheduler": "ddpm", "steps": 50, "cache_interval": 1}
-    if ours == "default":
-        d = dreamgen_defaults()
-        mine = {"scheduler": d.scheduler, "steps": d.steps, "cache_interval": d.cache_interval}
-    else:
-        mine = {"scheduler": "ddpm", "steps": int(ours), "cache_interval": 1}
+    reference = {"scheduler": "ddpm", "steps": 50, "cache_interval": 1, "cache_until": 1.0, "guidance_until": 1.0}
+    if ours.isdigit():
+        mine = {**reference, "steps": int(ours)}
+    else:  # the model's own, or them with some changed: "guidance_until=0.75,cache_until=0.6"
+        mine = {name: getattr(dreamgen_defaults(), name) for name in PAINTING}
+        for change in filter(None, ours.removeprefix("default").split(",")):
+            name, value = change.split("=")
+            mine[name] = type(mine[name])(value)
 
     def requests(settings: dict) -> list[DocumentRequest]:
         return [DocumentRequest(prompt=topic, params=GenerationParams(
@@ -213,7 +214,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=["tiny", "small", "shapes"], nargs="+", default=["small"])
     ap.add_argument("--docs", type=int, default=8)
-    ap.add_argument("--ours", default="default", help="default (dreamgen's own model's settings) or a DDPM step count")
+    ap.add_argument("--ours", default="default", help="default (dreamgen's own model's settings), a DDPM step count, "
+                                                      "or changes to the defaults: steps=20,guidance_until=0.75")
     ap.add_argument("--against", choices=["naive", "gather50"], default="naive")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--max-images", type=int, default=3, help="0 measures the text side alone")

@@ -24,7 +24,9 @@ _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10))
 # Files a job folder owns (jobs.output); a document folder with one of these names would collide with them, so
 # a prompt file's id equal to one is refused (prompts.files), compared ignoring case.
 JOB_FILES = ("job.json", "manifest.jsonl", "errors.jsonl", "index.html", "results.jsonl")
-_FLOAT_PARAMS = {"temperature", "top_p", "guidance"}
+_FLOAT_PARAMS = {"temperature", "top_p", "guidance", "cache_until", "guidance_until"}
+# Parameters added after documents had ids: they take part in an id only when given.
+NEWER_PARAMS = ("cache_interval", "cache_until", "guidance_until")
 
 
 def canonical_json(value) -> str:
@@ -37,13 +39,14 @@ def document_id(model_id: str, prompt: str, params: GenerationParams, images: It
     """The id of the document this model, prompt, params and input images produce (16 hex chars).
 
     `images` are stable identities of the input pictures (e.g. a content hash or an s3:// URL).
-    A title, text-to-image and a cache interval take part only when given (an explicit cache interval 1 too: unset
-    is the model's own, which may be another), so documents without them keep their
-    old ids.
+    A title, text-to-image and the painting parameters added later (NEWER_PARAMS) take part only when given (an
+    explicit cache interval 1 too: unset is the model's own, which may be another), so documents without them keep
+    their old ids.
     """
     params_dict = {name: getattr(params, name) for name in PARAM_NAMES}  # asdict() is 10x slower
-    if params_dict.get("cache_interval") is None:  # unset: documents keep the ids they had before the parameter
-        del params_dict["cache_interval"]
+    for name in NEWER_PARAMS:  # unset: documents keep the ids they had before the parameter
+        if params_dict.get(name) is None:
+            del params_dict[name]
     # guidance=7 and guidance=7.0 generate the same document, so they must hash the same.
     for name in _FLOAT_PARAMS & params_dict.keys():
         if params_dict[name] is not None:  # None (unset): the model's own, which the model id pins

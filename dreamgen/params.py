@@ -28,6 +28,8 @@ class ModelDefaults:
     top_p: float
     max_new_tokens: int
     cache_interval: int = 1  # 1: the whole UNet every step (the reference's); N: the deep blocks every Nth only
+    cache_until: float = 1.0  # the share of the steps, from the first, that may reuse the deep features
+    guidance_until: float = 1.0  # the share of the steps, from the first, that are guided (1: all, the reference's)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -57,7 +59,10 @@ class GenerationParams:
     new tokens): a small model trained here may paint best at another scale. `resolved` fills them in; a
     document's params are always the resolved ones.
     `cache_interval` N > 1 runs the UNet's deep blocks every Nth step only and reuses their features between
-    (generation/deepcache.py); unset, the model's own (1 unless its checkpoint names another).
+    (generation/deepcache.py); unset, the model's own (1 unless its checkpoint names another). `cache_until` ends
+    the reuse after that share of the steps (the late, low-noise steps are where a stale deep feature costs the
+    most); `guidance_until` paints the steps after that share unguided, the conditional row alone (guidance shapes
+    a picture while it is noisy; late steps only sharpen it). Both are 1 (off) unless the model names others.
     `template` names a prompt template of templates/prompts/ (how a topic becomes an instruction); `chat` the
     chat format around it (vicuna_v1.1 for the released chat models, or none).
     `image_size=None` means the model's native size (sample_size x VAE factor).
@@ -73,6 +78,8 @@ class GenerationParams:
     scheduler: str | None = None
     cache_interval: int | None = None  # 1: every denoising step runs the whole UNet; N: every Nth, the deep
     # features reused between
+    cache_until: float | None = None  # the cache works through this share of the steps; full passes after
+    guidance_until: float | None = None  # guided through this share of the steps; the rest unguided (one UNet row)
     image_size: int | None = None
     negative_prompt: str = ""
     template: str = "none"
@@ -134,6 +141,10 @@ def check_params(p: GenerationParams) -> None:
     need(p.cache_interval is None or (_is_int(p.cache_interval) and 1 <= p.cache_interval <= MAX_STEPS),
          "cache_interval",
          f"must be an integer in [1, {MAX_STEPS}] (1 = no cache)")
+    for name in ("cache_until", "guidance_until"):
+        value = getattr(p, name)
+        need(value is None or (_is_number(value) and 0 < value <= 1), name,
+             "must be a number in (0, 1] (a share of the denoising steps)")
     need(p.image_size is None or (_is_int(p.image_size) and 8 <= p.image_size <= 2048),
          "image_size", "must be an integer in [8, 2048] (or unset for the model's size)")
     need(isinstance(p.negative_prompt, str), "negative_prompt", "must be a string")

@@ -155,6 +155,33 @@ def test_documents_with_a_cache_interval_paint_on_onnx_as_on_torch(onnx_fp32, in
     assert counter.rows[DEEP] * 6 == counter.rows[SHALLOW_DOWN] * len(range(0, 6, interval))
 
 
+def test_documents_guided_and_cached_part_of_the_way_paint_on_onnx_as_on_torch(onnx_fp32):
+    """guidance_until and cache_until (issue 32) change which rows and graphs a step runs, on ONNX Runtime too."""
+    model = tiny_model()
+    reqs = [request("how to grow tomatoes", seed=11, max_new_tokens=40, max_images=2, steps=8, cache_interval=2,
+                    cache_until=0.5, guidance_until=0.75),
+            request("how to bake bread", seed=5, max_new_tokens=30, max_images=1, steps=8, guidance_until=0.25)]
+    want = Generator(model).generate(reqs)
+    got = Generator(model, components=onnx_fp32).generate(reqs)
+    assert sum(len(d.images) for d in want) >= 2 and all(d.images for d in want)
+    for a, b in zip(got, want, strict=True):
+        assert a.text == b.text and len(a.images) == len(b.images)
+        assert (a.params["guidance_until"], a.params["cache_until"]) == \
+            (b.params["guidance_until"], b.params["cache_until"])
+        for x, y in zip(a.images, b.images, strict=True):
+            assert max_pixel_diff(x.image, y.image) <= 2  # of 255, as the ONNX-vs-torch document test
+    # each picture of the first document alone: steps 0-5 guided (two rows), steps 1 and 3 reuse the deep feature
+    counter = count_rows(onnx_fp32)
+    try:
+        alone = Generator(model, components=onnx_fp32).generate(reqs[:1])[0]
+    finally:
+        counter.close()
+    pictures = len(alone.images)
+    assert pictures == len(want[0].images) and pictures > 0
+    assert counter.rows[SHALLOW_DOWN] == counter.rows[SHALLOW_UP] == pictures * (6 * 2 + 2 * 1)
+    assert counter.rows[DEEP] == pictures * (4 * 2 + 2 * 1)  # full passes at steps 0, 2, 4, 5 (guided), 6, 7
+
+
 def test_pictures_at_different_phases_in_one_call_end_as_each_alone_and_as_on_torch(onnx_fp32, torch_parts):
     model = tiny_model()
     gen = Generator(model)

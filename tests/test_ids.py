@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 import pytest
 
 from dreamgen.errors import ParamsError
-from dreamgen.ids import MAX_ID_LENGTH, check_job_id, document_id, is_safe_id, new_job_id, safe_document_id
+from dreamgen.ids import (MAX_ID_LENGTH, NEWER_PARAMS, check_job_id, document_id, is_safe_id, new_job_id,
+                          safe_document_id)
 from dreamgen.params import DREAMGEN_DEFAULTS, GenerationParams
 
 NASTY = [
@@ -34,13 +35,17 @@ def test_document_id_is_stable_short_hex_and_known():
     # model's own (issue 30: the released checkpoints paint with 150 steps, dreamgen's models with 50).
     assert document_id("tiny", "A fox", GenerationParams()) == "091c077fdb891680"
     # the old defaults, all named: the document they made keeps its id
-    named = {k: v for k, v in DREAMGEN_DEFAULTS.to_dict().items() if k != "cache_interval"}
+    named = {k: v for k, v in DREAMGEN_DEFAULTS.to_dict().items() if k not in NEWER_PARAMS}
     assert document_id("tiny", "A fox", GenerationParams(**named)) == "f378483cc4572efb"
     # An unset cache interval (the model's own since issue 32: the shapes model paints with 2) hashes as before
     # the parameter existed; an explicit 1 is another document where the model's own is not 1.
     assert document_id("tiny", "A fox", GenerationParams(cache_interval=1)) != "091c077fdb891680"
     assert document_id("tiny", "A fox", GenerationParams(cache_interval=2)) != \
         document_id("tiny", "A fox", GenerationParams(cache_interval=1))
+    # so do cache_until and guidance_until (issue 32), and 1 and 1.0 are the same document
+    for name in ("cache_until", "guidance_until"):
+        ids = {document_id("tiny", "A fox", GenerationParams(**{name: value})) for value in (0.5, 1, 1.0)}
+        assert len(ids) == 2 and "091c077fdb891680" not in ids, name
 
 
 def test_document_id_changes_with_everything_that_makes_the_document():

@@ -131,7 +131,8 @@ def test_every_bad_schedule_is_reported_at_once(tmp_path):
         f"{path}: schedule 'b': field 'cron': '@reboot' is not a time; use five fields (minute hour day-of-month "
         "month day-of-week) or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly",
         f"{path}: schedule 'c': field 'params.stepz': unknown parameter; known: seed, temperature, top_p, "
-        "max_new_tokens, max_images, steps, guidance, scheduler, cache_interval, image_size, negative_prompt, template, chat",
+        "max_new_tokens, max_images, steps, guidance, scheduler, cache_interval, cache_until, guidance_until, "
+        "image_size, negative_prompt, template, chat",
         f"{path}: schedule 'fine': field 'name': duplicate name: schedule #1 has it"]
 
 

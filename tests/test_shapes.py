@@ -331,6 +331,12 @@ def test_cli_eval_prints_one_row_per_ablation(installed_tiny):
                                 "shape", "size", "position", "size", "asked", "position", "asked", "colour", "asked",
                                 "background", "well", "formed"]
     assert lines[-1] == "(ddpm, 2 steps, guidance 7.5)"  # tiny-random names no guidance: the reference's
+    shares = CliRunner().invoke(cli, ["eval", "-m", "tiny-random", "-n", "1", "--steps", "4", "--max-new-tokens",
+                                      "12", "--split", "combos", "--guidance-until", "0.5", "--cache-interval", "2",
+                                      "--cache-until", "0.75"])
+    assert shares.exit_code == 0, shares.output
+    assert shares.stdout.splitlines()[-1] == \
+        "(ddpm, 4 steps, guidance 7.5 through 0.5 of the steps, cache interval 2 through 0.75 of the steps)"
     # every split by default, for each ablation
     assert [line.split()[:4] for line in lines[1:-1]] == [
         ["tiny-random", "combos", "none", "2"], ["tiny-random", "phrasings", "none", "2"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,6 +58,14 @@ class ImageRequest:
     height: int
     width: int
     cache_interval: int = 1  # a full UNet pass every this many steps, the deep features reused between (deepcache.py)
+    cache_until: float = 1.0  # the reuse stops after this share of the steps: full passes after
+    guidance_until: float = 1.0  # guided through this share of the steps, unguided (one UNet row) after
+
+
+def steps_in(share: float, steps: int) -> int:
+    """How many of `steps` steps, from the first, a share (0, 1] covers: at least one, rounded up, so 0.6 of 25 is
+    15 (not the 16 that 0.6 * 25 = 15.000000000000002 would round up to)."""
+    return max(1, math.ceil(round(share * steps, 9)))
 
 
 VAE_BATCH = 4  # pictures decoded at once: the fp32 VAE at 512 px takes ~0.5 GB a picture
@@ -126,7 +135,9 @@ class Picture:
 
     @property
     def guided(self) -> bool:
-        return self.request.guidance > 1.0
+        """Whether this step runs the unconditional row too: from the first step through guidance_until of them."""
+        return self.request.guidance > 1.0 and self.step < steps_in(self.request.guidance_until,
+                                                                     len(self.scheduler.timesteps))
 
     @property
     def cached(self) -> bool:
@@ -134,8 +145,10 @@ class Picture:
 
     @property
     def full_pass(self) -> bool:
-        """Whether this step runs the whole UNet (always, without the cache; every cache_interval-th step with)."""
-        return self.deep is None or self.step % self.request.cache_interval == 0
+        """Whether this step runs the whole UNet: always without the cache; with it, every cache_interval-th step
+        and every step after cache_until of them."""
+        return (self.deep is None or self.step % self.request.cache_interval == 0
+                or self.step >= steps_in(self.request.cache_until, len(self.scheduler.timesteps)))
 
 
 def start_picture(request: ImageRequest, scheduler_config: dict, latent_channels: int, vae_scale: int, device,

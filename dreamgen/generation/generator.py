@@ -489,7 +489,8 @@ class Generator:
         size = p.image_size or self.model.head.default_image_size
         return ImageRequest(cond=cond, uncond=self.painter.unconditional(p.negative_prompt),
                             seed=image_seed(p.seed, doc.images_done), steps=p.steps, guidance=p.guidance,
-                            scheduler=p.scheduler, height=size, width=size, cache_interval=p.cache_interval)
+                            scheduler=p.scheduler, height=size, width=size, cache_interval=p.cache_interval,
+                            cache_until=p.cache_until, guidance_until=p.guidance_until)
 
     def _start_pictures(self, dreamers: list[_Doc]) -> None:
         """Stepwise: the pictures just asked for join the painting at the next generator step. Overlap: they go

@@ -21,6 +21,11 @@ def image_metadata(doc: Document, block: ImageBlock) -> dict:
             "input_images": [i.to_dict() for i in doc.input_images]}
 
 
+def unless_one(value):
+    """A painting parameter whose 1 is the reference's way (the whole UNet, guided, every step): written otherwise."""
+    return None if value in (None, 1) else value
+
+
 def parameters_line(doc: Document, block: ImageBlock) -> str:
     """A1111's layout: prompt, then 'Negative prompt:', then 'Key: value, ...'."""
     params = doc.params
@@ -29,7 +34,11 @@ def parameters_line(doc: Document, block: ImageBlock) -> str:
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     fields = [("Steps", params.get("steps")), ("Sampler", str(params.get("scheduler", "")).upper()),
               ("CFG scale", params.get("guidance")),
-              ("Cache interval", params.get("cache_interval") if params.get("cache_interval", 1) != 1 else None), ("Seed", block.seed), ("Size", f"{block.width}x{block.height}"),
+              ("Guidance until", unless_one(params.get("guidance_until"))),
+              ("Cache interval", unless_one(params.get("cache_interval"))),
+              ("Cache until", unless_one(params.get("cache_until")) if unless_one(params.get("cache_interval"))
+               else None),  # where the cache ends says nothing without one
+              ("Seed", block.seed), ("Size", f"{block.width}x{block.height}"),
               ("Model hash", doc.model_hash), ("Model", doc.model), ("Document", doc.id),
               ("Image", block.index),
               ("Image only", "yes" if params.get("image_only") else None)]  # text-to-image: `generate --image-only`

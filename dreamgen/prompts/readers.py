@@ -31,7 +31,7 @@ ID_FIELDS = ("id", "custom_id")
 FIELDS = ID_FIELDS + ("prompt", "title", "images") + PARAM_NAMES
 
 INT_FIELDS = {"seed", "steps", "max_images", "max_new_tokens", "image_size", "cache_interval"}
-NUMBER_FIELDS = {"guidance", "temperature", "top_p"}
+NUMBER_FIELDS = {"guidance", "temperature", "top_p", "cache_until", "guidance_until"}
 STRING_FIELDS = {"id", "custom_id", "prompt", "title", "template", "chat", "negative_prompt", "scheduler"}
 LIST_FIELDS = {"images"}
 
