@@ -62,11 +62,12 @@ def test_model_inspect_prints_parts_shapes_and_token_ids(tmp_path):
             "<im_end>=32005 <image>=32006 <dream>=32007") in lines
     # a model dreamgen builds keeps the defaults dreamgen painted and wrote with before checkpoints named them
     assert ("  defaults where a request names none: scheduler ddpm, steps 50, guidance 7.5, temperature 0.0, "
-            "top_p 1.0, max_new_tokens 256, cache_interval 1") in lines
+            "top_p 1.0, max_new_tokens 256, cache_interval 1, cache_until 1.0, guidance_until 1.0") in lines
     data = json.loads(invoke("model", "inspect", str(tmp_path / "ck"), "--json").output)
     assert data["parts"]["stable_diffusion_head"]["shapes"]["projector.projector.weight"] == [32, 64]
     assert data["defaults"] == {"scheduler": "ddpm", "steps": 50, "guidance": 7.5, "temperature": 0.0,
-                                "top_p": 1.0, "max_new_tokens": 256, "cache_interval": 1}
+                                "top_p": 1.0, "max_new_tokens": 256, "cache_interval": 1,
+                                "cache_until": 1.0, "guidance_until": 1.0}
 
 
 def test_model_inspect_names_a_missing_part(tmp_path):

@@ -56,7 +56,9 @@ def test_the_split_unet_at_full_passes_is_the_unet():
 
 
 def _documents(model, prompts, steps, interval):
-    params = GenerationParams(steps=steps, cache_interval=interval).resolved(model.info.defaults)
+    # the shares named: the shapes model's own (guided through 0.75, cached through 0.6) would change the rows
+    params = GenerationParams(steps=steps, cache_interval=interval, cache_until=1.0,
+                              guidance_until=1.0).resolved(model.info.defaults)
     requests = [DocumentRequest(prompt=p.prompt, params=params, id=f"dc-{i}") for i, p in enumerate(prompts)]
     return Generator(model).generate(requests)
 
@@ -105,7 +107,8 @@ def test_cached_pictures_are_close_to_full_ones_and_run_the_deep_blocks_less():
     firsts = [d.images[0].image for d in full if d.images]
     assert len(firsts) == len(prompts)
     other_seed = Generator(model).generate([DocumentRequest(
-        prompt=prompts[0].prompt, params=GenerationParams(steps=steps, seed=1).resolved(model.info.defaults))])[0]
+        prompt=prompts[0].prompt, params=GenerationParams(steps=steps, seed=1, cache_interval=1, cache_until=1.0,
+                                                      guidance_until=1.0).resolved(model.info.defaults))])[0]
     assert np.abs(pixels(other_seed.images[0].image) - pixels(firsts[0])).mean() > CLOSE_MEAN  # the bound tells apart
     for interval in (2, 3):
         deep, shallow = count_rows(unet.mid_block), count_rows(unet.down_blocks[0])
@@ -277,7 +280,8 @@ def test_a_checkpoint_may_name_its_own_cache_interval_and_fast_is_one_flag(tmp_p
         return json.loads((out / "document.json").read_text())["params"]
 
     fast = generate("--fast")
-    assert {k: fast[k] for k in FAST} == {"scheduler": "ddpm", "steps": 25, "cache_interval": 2}
+    assert {k: fast[k] for k in FAST} == {"scheduler": "ddpm", "steps": 25, "cache_interval": 2, "cache_until": 1.0,
+                                          "guidance_until": 0.5}
     plain = generate()
     assert plain["steps"] == 50 and plain["cache_interval"] == 1  # the tiny model's own: dreamgen's defaults
     mixed = generate("--fast", "--steps", "10")
