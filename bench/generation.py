@@ -145,8 +145,8 @@ def bench(name: str, docs: int, ours: str = "default", against: str = "naive", m
     else:  # the model's own, or them with some changed: "guidance_until=0.75,cache_until=0.6"
         mine = {name: getattr(dreamgen_defaults(), name) for name in PAINTING}
         for change in filter(None, ours.removeprefix("default").split(",")):
-            name, value = change.split("=")
-            mine[name] = type(mine[name])(value)
+            key, value = change.split("=")
+            mine[key] = type(mine[key])(value)
 
     def requests(settings: dict) -> list[DocumentRequest]:
         return [DocumentRequest(prompt=topic, params=GenerationParams(
