@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the built-in `shapes` model from nothing, on CPU (about 100 minutes on a 2-core machine; docs/shapes-model.md):
+# Reproduce the built-in `shapes` model from nothing, on CPU (82 minutes to the shipped files on a 2-core machine, 2026-12-08; docs/shapes-model.md):
 #   1. write the shapes world's training set      runs/shapes/data/train.jsonl
 #      (prompts from the phrasing grammar's training part; pictures seeded apart from words, so a change to
 #      the wording never changes a picture; no held-out pair), and pictures of the whole world, held-out
@@ -35,7 +35,7 @@ PICTURES=15000  # of the whole world, for the last decoder stage
 GUIDANCE=3  # the shipped model's own classifier-free guidance (the reference's 7.5 turns green on black blue)
 STEPS=25  # its own DDPM steps: every eval column within 1 point of 50 steps at half the UNet work (docs/pictures.md)
 # and its own way through them: guided through the first 75% of the steps, the UNet's deep features reused every
-# other step through the first 60% (a quarter less UNet work again; every eval column within 1.5 points of DDPM 50)
+# other step through the first 60% (a quarter less UNet work again; every eval column within 1 point of DDPM 50)
 GUIDANCE_UNTIL=0.75
 CACHE_INTERVAL=2
 CACHE_UNTIL=0.6
