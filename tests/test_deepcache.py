@@ -14,7 +14,7 @@ from PIL import Image
 from dreamgen.errors import ParamsError, PromptFileError
 from dreamgen.generation import diffusion
 from dreamgen.generation.deepcache import split_unet, supports_split
-from dreamgen.generation.diffusion import ImageRequest, decode_pictures, denoise_step, start_picture
+from dreamgen.generation.diffusion import ImageRequest, denoise_step, start_picture
 from dreamgen.generation.generator import DocumentRequest, Generator
 from dreamgen.ids import document_id
 from dreamgen.jobs.png import encode_png, read_png_parameters
@@ -22,7 +22,7 @@ from dreamgen.model.loader import load_model
 from dreamgen.params import GenerationParams
 from dreamgen.prompts.files import iter_prompt_file
 from dreamgen.shapes.dataset import eval_prompts
-from tests.helpers import pixels, tiny_model
+from tests.helpers import paint_alone, paint_joined, pixels, tiny_model
 
 
 class count_rows:
@@ -137,30 +137,11 @@ def test_pictures_at_different_cache_phases_in_one_call_end_as_each_alone():
                              height=64, width=64, cache_interval=(2, 3, 1, 3)[i]) for i in range(4)]
     components = gen.components
     assert components.split_unet is not None
-
-    def start(r):
-        return start_picture(r, head.scheduler_config, head.unet.config.in_channels, head.vae_scale_factor,
-                             model.device, model.dtype)
-
     with torch.no_grad():
-        alone = []
-        for r in requests:
-            p = start(r)
-            while not p.done:
-                denoise_step([p], components.unet, components.split_unet)
-            alone.append(p)
-        pictures = [start(r) for r in requests]
-        phases = set()
+        by_itself = paint_alone(model, requests, components)
         # they join one, two, three steps apart: every call mixes full passes and reused features
-        for joined in range(1, len(pictures) + 1):
-            denoise_step([p for p in pictures[:joined] if not p.done], components.unet, components.split_unet)
-        while any(not p.done for p in pictures):
-            going = [p for p in pictures if not p.done]
-            phases.add(tuple(p.full_pass for p in going))
-            denoise_step(going, components.unet, components.split_unet)
-        assert any(len(set(phase)) == 2 for phase in phases)  # some calls had both kinds of rows
-        together, by_itself = decode_pictures(pictures, components.vae_decode), \
-            decode_pictures(alone, components.vae_decode)
+        together, phases = paint_joined(model, requests, components, lambda p: p.full_pass)
+    assert any(len(set(phase)) == 2 for phase in phases)  # some calls had both kinds of rows
     for a, b in zip(together, by_itself):
         assert int(((a - b).abs() * 255).max().round()) <= 1
 

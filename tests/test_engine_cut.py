@@ -21,10 +21,10 @@ from dreamgen.engines.split_graphs import DEEP, SHALLOW_DOWN, SHALLOW_UP, SPLIT_
 from dreamgen.engines.verify import TOLERANCE, scaled_error
 from dreamgen.generation import diffusion
 from dreamgen.generation.components import TorchComponents
-from dreamgen.generation.diffusion import ImageRequest, decode_pictures, denoise_step, start_picture
+from dreamgen.generation.diffusion import ImageRequest
 from dreamgen.generation.generator import Generator
 from dreamgen.jobs.png import encode_png, read_png_parameters
-from tests.helpers import max_pixel_diff, request, tiny_model
+from tests.helpers import max_pixel_diff, paint_alone, paint_joined, request, tiny_model
 from tests.tensorrt_standin import StandInTensorRT
 
 FP32 = TOLERANCE["fp32"]
@@ -191,30 +191,12 @@ def test_pictures_at_different_phases_in_one_call_end_as_each_alone_and_as_on_to
                              guidance=(7.5, 1.0, 3.0, 2.0)[i], scheduler=("ddpm", "ddim", "dpm-solver", "ddpm")[i],
                              height=64, width=64, cache_interval=(2, 3, 1, 3)[i]) for i in range(4)]
 
-    def start(r):
-        return start_picture(r, head.scheduler_config, head.unet.config.in_channels, head.vae_scale_factor,
-                             model.device, model.dtype)
-
-    def together(components):
-        pictures, phases = [start(r) for r in requests], set()
-        for joined in range(1, len(pictures) + 1):  # they join a step apart: calls mix full passes and reuse
-            denoise_step([p for p in pictures[:joined] if not p.done], components.unet, components.split_unet)
-        while any(not p.done for p in pictures):
-            going = [p for p in pictures if not p.done]
-            phases.add(tuple(p.full_pass for p in going))
-            denoise_step(going, components.unet, components.split_unet)
-        assert any(len(set(phase)) == 2 for phase in phases)
-        return decode_pictures(pictures, components.vae_decode)
-
     with torch.no_grad():
-        alone = []
-        for r in requests:
-            p = start(r)
-            while not p.done:
-                denoise_step([p], onnx_fp32.unet, onnx_fp32.split_unet)
-            alone.append(p)
-        by_itself = decode_pictures(alone, onnx_fp32.vae_decode)
-        on_onnx, on_torch = together(onnx_fp32), together(torch_parts)
+        by_itself = paint_alone(model, requests, onnx_fp32)
+        # they join a step apart: calls mix full passes and reuse
+        (on_onnx, onnx_phases), (on_torch, torch_phases) = (paint_joined(model, requests, parts, lambda p: p.full_pass)
+                                                            for parts in (onnx_fp32, torch_parts))
+    assert any(len(set(phase)) == 2 for phase in onnx_phases) and onnx_phases == torch_phases
     for a, b, c in zip(on_onnx, by_itself, on_torch):
         assert int(((a - b).abs() * 255).max().round()) <= 1
         assert int(((a - c).abs() * 255).max().round()) <= 2

@@ -11,13 +11,13 @@ from PIL import Image
 
 from dreamgen.errors import ParamsError, PromptFileError
 from dreamgen.generation.deepcache import split_unet
-from dreamgen.generation.diffusion import ImageRequest, decode_pictures, denoise_step, start_picture, steps_in
+from dreamgen.generation.diffusion import ImageRequest, denoise_step, steps_in
 from dreamgen.generation.generator import Generator
 from dreamgen.jobs.png import encode_png, read_png_parameters
 from dreamgen.model.checkpoint import DEFAULTS_KEY, read_defaults
 from dreamgen.params import GenerationParams
 from dreamgen.prompts.files import iter_prompt_file
-from tests.helpers import tiny_model
+from tests.helpers import paint_alone, paint_joined, started, tiny_model
 from tests.test_deepcache import count_rows
 
 
@@ -28,10 +28,7 @@ def _cond(seed, rows=None):
 
 
 def _start(request):
-    model = tiny_model()
-    head = model.head
-    return start_picture(request, head.scheduler_config, head.unet.config.in_channels, head.vae_scale_factor,
-                         model.device, model.dtype)
+    return started(request, tiny_model())
 
 
 def test_a_share_of_steps_counts_from_the_first_rounding_up_and_is_one_step_at_least():
@@ -103,23 +100,9 @@ def test_pictures_of_other_shares_in_one_call_end_as_each_alone():
                              height=64, width=64, cache_interval=(2, 3, 2, 1)[i], guidance_until=shares[i][0],
                              cache_until=shares[i][1]) for i in range(4)]
     with torch.no_grad():
-        alone = []
-        for r in requests:
-            p = _start(r)
-            while not p.done:
-                denoise_step([p], components.unet, components.split_unet)
-            alone.append(p)
-        pictures = [_start(r) for r in requests]
-        mixes = set()
-        for joined in range(1, len(pictures) + 1):  # they join a step apart
-            denoise_step([p for p in pictures[:joined] if not p.done], components.unet, components.split_unet)
-        while any(not p.done for p in pictures):
-            going = [p for p in pictures if not p.done]
-            mixes.add(tuple(p.guided for p in going))
-            denoise_step(going, components.unet, components.split_unet)
-        assert any(len(set(mix)) == 2 for mix in mixes)  # some calls had guided and unguided pictures
-        together, by_itself = (decode_pictures(pictures, components.vae_decode),
-                               decode_pictures(alone, components.vae_decode))
+        by_itself = paint_alone(model, requests, components)
+        together, mixes = paint_joined(model, requests, components, lambda p: p.guided)
+    assert any(len(set(mix)) == 2 for mix in mixes)  # some calls had guided and unguided pictures
     assert len(together) == len(by_itself) == 4
     for a, b in zip(together, by_itself):
         assert int(((a - b).abs() * 255).max().round()) <= 1
