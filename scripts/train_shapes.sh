@@ -6,7 +6,8 @@
 #      pairs too, for the VAE's last stage         runs/shapes/data/pictures/
 #   2. train its VAE                               runs/shapes/vae/final/          (configs/shapes-vae.yaml)
 #   3. train the whole DreamLLM (I-GPT, with the readout loss that reads each picture's attributes back from
-#      its condition)                              runs/shapes/model/final/        (configs/shapes.yaml)
+#      its condition) on the first set and the binding set together
+#                                                  runs/shapes/model/final/        (configs/shapes.yaml)
 #   4. sharpen the VAE's decoder, encoder fixed    runs/shapes/vae-decoder/final/  (configs/shapes-vae-decoder.yaml)
 #   5. sharpen it further, weighing the shapes'    runs/shapes/vae-decoder-edges/final/
 #      pixels more (small diamonds and crosses)    (configs/shapes-vae-decoder-edges.yaml)
@@ -15,8 +16,8 @@
 #   7. and again on the whole world's pictures,    runs/shapes/vae-decoder-world/final/
 #      so it draws the held-out pairs too          (configs/shapes-vae-decoder-world.yaml)
 #      (4 to 7 need only stage 2's VAE: they run on the second core while stage 3 runs on the first)
-#   8. binding: train stage 3's model on, on the first set beside documents of two and three shapes that ask
-#      each shape its own size and place, and prompts inside dreamgen's templates
+#   8. binding: train stage 3's model on at a third of its rate, on the same two sets (documents of two and
+#      three shapes that ask each shape its own size and place, and prompts inside dreamgen's templates)
 #                                                  runs/shapes/binding/final/     (configs/shapes-binding.yaml)
 #      (on the first core after stage 3; it reads only the VAE's encoder, which the decoder stages keep)
 #   9. ship stage 8's model with stage 7's decoder dreamgen/model/weights/shapes/
