@@ -4,12 +4,14 @@ together as the engine paints them (one UNet call per step for all, then the VAE
 --backends torch onnx, on ONNX Runtime too (the UNet's cut as three graphs: engines/split_graphs.py; exported into a
 temporary engine cache first, not timed). Rounds alternate the settings so a busy machine weighs on all alike; each
 setting's best round is reported. Also counts the rows that ran the deep part (the mid block, or the deep graph)
-and the shallow one (the first down block, or the shallow-down graph); a full UNet call counts in both.
+and the shallow one (conv_in, or the shallow-down graph); a full UNet call counts in both. --model small builds the
+benchmarks' random small configuration (512 px pictures).
 
     python bench/deepcache.py                                  # shapes, DDPM 50, 8 pictures, intervals 1 2 3 5
     python bench/deepcache.py --intervals 1 2 --steps 20 --scheduler dpm-solver --rounds 5
     OMP_NUM_THREADS=1 python bench/deepcache.py --backends torch onnx --intervals 1 2 3 --steps 50 25 --rounds 5
     OMP_NUM_THREADS=1 python bench/deepcache.py --backends torch onnx --calls 30   # one UNet call: whole, cut, reused
+    OMP_NUM_THREADS=1 python bench/deepcache.py --model small --pictures 1 --calls 3  # ... and reused at every cut
 Quality is `dreamgen eval --cache-interval N` (docs/pictures.md has both).
 """
 from __future__ import annotations
@@ -28,9 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dreamgen.generation import deepcache  # noqa: E402
 from dreamgen.generation.diffusion import ImageRequest, denoise_group  # noqa: E402
 from dreamgen.generation.generator import Generator  # noqa: E402
 from dreamgen.model.loader import load_model  # noqa: E402
+from dreamgen.model.sizes import SIZES  # noqa: E402
+from dreamgen.model.tiny import build_tiny_model  # noqa: E402
 
 
 class Rows:
@@ -87,14 +92,17 @@ def main() -> None:
                              "reusing the deep feature (the shallow part alone), best of this many interleaved")
     args = parser.parse_args()
 
-    model = load_model(args.model)
+    if args.model in SIZES:  # a random model of the benchmarks' sizes (dreamgen/model/sizes.py)
+        model = build_tiny_model(seed=0, sizes=SIZES[args.model], name=args.model)
+    else:
+        model = load_model(args.model)
     generator = Generator(model)
     head = model.head
     size = head.default_image_size
     uncond = generator.painter.unconditional()
     g = torch.Generator().manual_seed(0)
     conds = [uncond + 0.1 * torch.randn(uncond.shape, generator=g) for _ in range(args.pictures)]
-    backends = {"torch": (generator.components, Rows(head.unet.mid_block), Rows(head.unet.down_blocks[0]))}
+    backends = {"torch": (generator.components, Rows(head.unet.mid_block), Rows(head.unet.conv_in))}
     if "onnx" in args.backends:
         backends["onnx"] = onnx_components(model, torch.get_num_threads())
 
@@ -174,6 +182,11 @@ def time_calls(model, backends: dict, rows: int, calls: int) -> None:
         runs[(name, "cut, reused")] = lambda c=c: c.split_unet(sample, t, cond, none, deep)
         if hasattr(c, "sessions"):  # ONNX Runtime: each graph of the cut alone, on the tensors it is given
             runs.update(graph_runs(model, c, sample, t, cond))
+    unet_module = model.head.unet
+    for cut in range(1, len(deepcache.down_layers(unet_module)) + 1):  # torch, reusing at each place the UNet can be cut
+        _, kept = deepcache.split_unet(unet_module, sample, t, cond, every, None, cut)
+        runs[("torch", f"reused, cut {cut}")] = lambda cut=cut, kept=kept: \
+            deepcache.split_unet(unet_module, sample, t, cond, none, kept, cut)
     best = {k: float("inf") for k in runs}
     with torch.no_grad():
         for _ in range(calls):

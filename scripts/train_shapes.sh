@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the built-in `shapes` model from nothing, on CPU (82 minutes to the shipped files on a 2-core machine, 2026-12-08; docs/shapes-model.md):
+# Reproduce the built-in `shapes` model from nothing, on CPU (80 minutes to the shipped files on a 2-core machine, 2026-12-08; docs/shapes-model.md):
 #   1. write the shapes world's training set      runs/shapes/data/train.jsonl
 #      (prompts from the phrasing grammar's training part; pictures seeded apart from words, so a change to
 #      the wording never changes a picture; no held-out pair), and pictures of the whole world, held-out

@@ -34,6 +34,12 @@ def test_onnx_key_changes_with_each_keyed_input(name):
     assert onnx_entry(**{**ONNX_KEYED, name: ONNX_CHANGED[name]}).key != onnx_entry(**ONNX_KEYED).key
 
 
+def test_a_graph_of_the_cut_keys_on_where_it_was_cut():
+    whole = onnx_entry(**ONNX_KEYED)
+    assert onnx_entry(**ONNX_KEYED, cut=None).key == whole.key  # graphs not of the cut keep their keys
+    assert len({whole.key, onnx_entry(**ONNX_KEYED, cut=1).key, onnx_entry(**ONNX_KEYED, cut=2).key}) == 3
+
+
 @pytest.mark.parametrize("name", sorted(TRT_KEYED))
 def test_tensorrt_key_changes_with_each_keyed_input(name):
     assert tensorrt_entry(**{**TRT_KEYED, name: TRT_CHANGED[name]}).key != tensorrt_entry(**TRT_KEYED).key

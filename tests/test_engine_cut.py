@@ -79,10 +79,11 @@ def test_a_model_that_can_be_cut_is_exported_with_its_cut(graphs):
     assert model_parts(tiny_model()) == ("unet", "vae_decoder", "vision", *SPLIT_PARTS) == tuple(graphs)
     inputs = {part: [i.name for i in onnx.load(str(graphs[part].file("model.onnx"))).graph.input]
               for part in SPLIT_PARTS}
-    assert inputs == {SHALLOW_DOWN: ["sample", "timestep", "encoder_hidden_states"],
-                      # skip_1 gives the deep part's last upsampler its size; skip_2 is where it starts
-                      DEEP: ["emb", "encoder_hidden_states", "skip_1", "skip_2"],
-                      SHALLOW_UP: ["deep", "emb", "encoder_hidden_states", "skip_0", "skip_1"]}
+    # cut at conv_in (deepcache.SHALLOW_SKIPS = 1): the shallow down graph attends to nothing; skip_0 is where the deep
+    # part starts and gives its last upsampler its size
+    assert inputs == {SHALLOW_DOWN: ["sample", "timestep"],
+                      DEEP: ["emb", "encoder_hidden_states", "skip_0"],
+                      SHALLOW_UP: ["deep", "emb", "encoder_hidden_states", "skip_0"]}
     # the cut's graphs hold the UNet's weights once between them (only what each part uses)
     sizes = {part: graphs[part].file("model.onnx").stat().st_size for part in ("unet", *SPLIT_PARTS)}
     assert abs(sum(sizes[p] for p in SPLIT_PARTS) - sizes["unet"]) < 0.05 * sizes["unet"]
@@ -281,7 +282,7 @@ def test_tensorrt_engines_of_the_cut_are_built_from_the_portable_graphs_once(cac
     assert tuple(engines) == model_parts(tiny_model()) and all(e.built for e in engines.values())
     portable = ensure_onnx_graphs(tiny_model(), "fp32", cache, no_build=True, flavor="portable")
     assert trt.parsed == [str(portable[part].file("model.onnx")) for part in engines]
-    assert engines[DEEP].file("engine.plan").read_bytes() == b"plan of emb,encoder_hidden_states,skip_1,skip_2"
+    assert engines[DEEP].file("engine.plan").read_bytes() == b"plan of emb,encoder_hidden_states,skip_0"
     again = tensorrt_backend.ensure_tensorrt_engines(tiny_model(), "fp32", cache, no_build=True)
     assert set(again) == set(engines) and not any(e.built for e in again.values())
     assert len(trt.parsed) == len(engines)  # nothing parsed or built again

@@ -102,7 +102,7 @@ def test_the_portable_unet_for_tensorrt_matches_torch_too(cache, graphs, torch_p
     portable = ensure_onnx_graphs(model, "fp32", cache, flavor="portable")
     # the UNet's graphs, whole and cut, come in two flavours; the rest is shared
     assert {p for p, g in portable.items() if g.path != graphs["fp32"][p].path} == {"unet", *SPLIT_PARTS}
-    for part in ("unet", "unet_shallow_down", "unet_shallow_up"):  # the deep graph's blocks attend too (mid block)
+    for part in ("unet", "unet_deep", "unet_shallow_up"):  # the shallow down graph is conv_in alone
         ops = {p: {n.op_type for n in onnx.load(str(g[part].file("model.onnx"))).graph.node}
                for p, g in (("portable", portable), ("onnxruntime", graphs["fp32"]))}
         assert "MultiHeadAttention" in ops["onnxruntime"] and "MultiHeadAttention" not in ops["portable"], part

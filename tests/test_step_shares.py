@@ -44,7 +44,7 @@ def test_the_rows_each_step_runs_follow_the_shares():
     request = ImageRequest(cond=_cond(1), uncond=gen.painter.unconditional(), seed=3, steps=8, guidance=3.0,
                            scheduler="ddpm", height=64, width=64, cache_interval=2, cache_until=0.5,
                            guidance_until=0.5)
-    deep, shallow = count_rows(unet.mid_block), count_rows(unet.down_blocks[0])
+    deep, shallow = count_rows(unet.mid_block), count_rows(unet.conv_in)
     try:
         with torch.no_grad():
             picture = _start(request)

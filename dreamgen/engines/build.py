@@ -12,6 +12,7 @@ import logging
 import torch
 
 from ..errors import EngineError
+from ..generation import deepcache
 from ..model.dreamllm import DreamLLM
 from .cache import CachedEngine, EngineCache, onnx_entry
 from .export import EXPORT_OPSET, GRAPH_FILE, export_part, exporter_version
@@ -32,7 +33,9 @@ def onnx_entries(model: DreamLLM, precision: str, opset: int = EXPORT_OPSET, fin
                  flavor: str = "onnxruntime") -> dict:
     fingerprint = fingerprint or model_fingerprint(model)
     return {part: onnx_entry(fingerprint, part, part_precision(part, precision), opset, exporter_version(),
-                             part_flavor(part, flavor), label=model.info.name) for part in model_parts(model)}
+                             part_flavor(part, flavor), label=model.info.name,
+                             cut=deepcache.SHALLOW_SKIPS if part in SPLIT_PARTS else None)
+            for part in model_parts(model)}
 
 
 def ensure_onnx_graphs(model: DreamLLM, precision: str = "fp32", cache: EngineCache | None = None,

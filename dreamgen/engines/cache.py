@@ -77,9 +77,10 @@ class CacheEntry:
 
 
 def onnx_entry(fingerprint: str, part: str, precision: str, opset: int, exporter: str, flavor: str = "portable",
-               label: str = "") -> CacheEntry:
-    return CacheEntry("onnx", part, precision, {"model_fingerprint": fingerprint, "opset": opset,
-                                                "exporter": exporter, "flavor": flavor}, label)
+               label: str = "", cut: int | None = None) -> CacheEntry:
+    """cut: where a graph of the UNet's cut was cut (deepcache.SHALLOW_SKIPS), so graphs cut elsewhere never match."""
+    keyed = {"model_fingerprint": fingerprint, "opset": opset, "exporter": exporter, "flavor": flavor}
+    return CacheEntry("onnx", part, precision, keyed if cut is None else {**keyed, "cut": cut}, label)
 
 
 def tensorrt_entry(onnx_sha256: str, part: str, precision: str, trt_version: str, compute_capability: str,

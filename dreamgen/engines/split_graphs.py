@@ -1,14 +1,13 @@
-"""The UNet cut at deepcache.CACHE_DEPTH as three graphs, so `cache_interval` works on ONNX Runtime and TensorRT:
+"""The UNet cut at deepcache.SHALLOW_SKIPS as three graphs, so `cache_interval` works on ONNX Runtime and TensorRT:
 
-    unet_shallow_down  sample, timestep (N,), [encoder_hidden_states]          -> emb (N, E), skip_0 ... skip_{k-1}
-    unet_deep          emb, [encoder_hidden_states], skip_{r-1} ... skip_{k-1} -> deep
-    unet_shallow_up    deep, emb, [encoder_hidden_states], skip_0 ... skip_{r-1} -> out_sample
+    unet_shallow_down  sample, timestep (N,), [encoder_hidden_states]           -> emb (N, E), skip_0 ... skip_{k-1}
+    unet_deep          emb, [encoder_hidden_states], skip_{k-1}                 -> deep
+    unet_shallow_up    deep, emb, [encoder_hidden_states], skip_0 ... skip_{k-1} -> out_sample
 
-k skips come out of conv_in and the shallow down blocks (deepcache.shallow_skips); the shallow up blocks read the
-first r of them (deepcache.shallow_reads), the deep part starts from the last and its up blocks read those after the
-first r. skip_{r-1} goes into the deep graph for its size only: the deep part's last upsampler takes the size of the
-skip beside it (diffusers' rule at latent sides its downsampling does not divide, traced that way as the whole UNet
-graph is). encoder_hidden_states is an input only of the graphs whose blocks attend to it.
+k = deepcache.SHALLOW_SKIPS skips come out of conv_in and the shallow down layers; the shallow up layers read all of
+them, and the deep part starts from the last (its last upsampler, at latent sides its downsampling does not divide,
+takes that skip's size: diffusers' rule, traced that way as the whole UNet graph is). encoder_hidden_states is an
+input only of the graphs whose layers attend to it.
 
 Each graph is deepcache's torch code for that part (shallow_down, deep_part, shallow_up), so the torch backend and
 the compiled ones compute the same cut. `CompiledSplitUnet` runs the three in deepcache.split_unet's one-call
@@ -34,47 +33,39 @@ def has_split(model) -> bool:
     return deepcache.supports_split(model.head.unet)
 
 
-def _attends(blocks) -> bool:
-    return any(getattr(block, "has_cross_attention", False) for block in blocks)
-
-
 def _reads_condition(unet, part: str) -> bool:
-    n, depth = len(unet.down_blocks), deepcache.CACHE_DEPTH
+    cut = deepcache.SHALLOW_SKIPS
     if part == SHALLOW_DOWN:
-        return _attends(unet.down_blocks[:depth])
+        return deepcache.layers_attend(deepcache.down_layers(unet)[:cut - 1])
     if part == DEEP:
-        return _attends([*unet.down_blocks[depth:], unet.mid_block, *unet.up_blocks[:n - depth]])
-    return _attends(unet.up_blocks[n - depth:])
+        return (deepcache.layers_attend(deepcache.down_layers(unet)[cut - 1:] + deepcache.up_layers(unet)[:-cut])
+                or getattr(unet.mid_block, "has_cross_attention", False))
+    return deepcache.layers_attend(deepcache.up_layers(unet)[-cut:])
 
 
 def skip_name(i: int) -> str:
     return f"skip_{i}"
 
 
-def deep_skip_indices(unet) -> range:
-    """The shallow skips the deep graph takes: skip_{r-1} (for its size) to the last."""
-    return range(deepcache.shallow_reads(unet) - 1, deepcache.shallow_skips(unet))
-
-
 def split_io(model, part: str) -> GraphIO:
     unet = model.head.unet
     condition = (CONDITION,) if _reads_condition(unet, part) else ()
     levels = skip_levels(unet)
-    reads = deepcache.shallow_reads(unet)
+    last = skip_name(len(levels) - 1)  # where the deep part starts
 
     def spatial(level: int) -> dict:
         suffix = "" if level == 0 else f"_{level}"  # equal names: equal sizes (skips at one resolution)
         return {0: "batch", 2: f"height{suffix}", 3: f"width{suffix}"}
 
     axes = {skip_name(i): spatial(level) for i, level in enumerate(levels)}
-    axes.update({"emb": {0: "batch"}, CONDITION: {0: "batch"}, "deep": spatial(levels[reads - 1]),
+    axes.update({"emb": {0: "batch"}, CONDITION: {0: "batch"}, "deep": spatial(levels[-1]),
                  "sample": spatial(0), "timestep": {0: "batch"}, "out_sample": spatial(0)})
     if part == SHALLOW_DOWN:
         inputs, outputs = ("sample", "timestep", *condition), ("emb", *(skip_name(i) for i in range(len(levels))))
     elif part == DEEP:
-        inputs, outputs = ("emb", *condition, *(skip_name(i) for i in deep_skip_indices(unet))), ("deep",)
+        inputs, outputs = ("emb", *condition, last), ("deep",)
     elif part == SHALLOW_UP:
-        inputs, outputs = ("deep", "emb", *condition, *(skip_name(i) for i in range(reads))), ("out_sample",)
+        inputs, outputs = ("deep", "emb", *condition, *(skip_name(i) for i in range(len(levels)))), ("out_sample",)
     else:
         raise ValueError(f"unknown split part {part!r}: use one of {', '.join(SPLIT_PARTS)}")
     return GraphIO(inputs, outputs, {name: axes[name] for name in inputs + outputs})
@@ -83,12 +74,9 @@ def split_io(model, part: str) -> GraphIO:
 # ------------------------------------------------------------------------------------------------ shapes
 def skip_levels(unet) -> list[int]:
     """How many times each shallow skip has been downsampled."""
-    levels, level = [0], 0
-    for block in unet.down_blocks[:deepcache.CACHE_DEPTH]:
-        levels += [level] * len(block.resnets)
-        for _ in getattr(block, "downsamplers", None) or []:
-            level += 1
-            levels.append(level)
+    levels = [0]
+    for _, i in deepcache.down_layers(unet)[:deepcache.SHALLOW_SKIPS - 1]:
+        levels.append(levels[-1] + (i is None))
     return levels
 
 
@@ -111,15 +99,16 @@ def split_shapes(unet, batch: int, height: int, width: int) -> dict[str, tuple]:
     shapes = {"emb": (batch, unet.time_embedding.linear_2.out_features)}
     h, w = height, width
     skips = [(batch, unet.conv_in.out_channels, h, w)]
-    for block in unet.down_blocks[:deepcache.CACHE_DEPTH]:
-        skips += [(batch, resnet.out_channels, h, w) for resnet in block.resnets]
-        for downsampler in getattr(block, "downsamplers", None) or []:
-            h, w = _downsampled(downsampler, h), _downsampled(downsampler, w)
-            skips.append((batch, downsampler.out_channels, h, w))
+    for block, i in deepcache.down_layers(unet)[:deepcache.SHALLOW_SKIPS - 1]:
+        if i is None:
+            for downsampler in block.downsamplers:
+                h, w = _downsampled(downsampler, h), _downsampled(downsampler, w)
+            skips.append((batch, block.downsamplers[-1].out_channels, h, w))
+        else:
+            skips.append((batch, block.resnets[i].out_channels, h, w))
     shapes.update({skip_name(i): shape for i, shape in enumerate(skips)})
-    beside = skips[deepcache.shallow_reads(unet) - 1]  # the skip the first shallow up resnet reads with `deep`
-    first_up = unet.up_blocks[len(unet.up_blocks) - deepcache.CACHE_DEPTH]
-    shapes["deep"] = (batch, first_up.resnets[0].in_channels - beside[1], *beside[2:])
+    block, i = deepcache.up_layers(unet)[-deepcache.SHALLOW_SKIPS]  # the first shallow up layer: deep beside a skip
+    shapes["deep"] = (batch, block.resnets[i].in_channels - skips[-1][1], *skips[-1][2:])
     return shapes
 
 
@@ -157,11 +146,9 @@ class SplitPartGraph(nn.Module):
         # Traced at a latent side the downsampling does not divide (graphs.export_latent_size): upsamplers take
         # their skip's size, which is also exact at every other side.
         if self.part == DEEP:
-            first = deep_skip_indices(unet).start
-            skips = (None,) * first + tuple(given[skip_name(i)] for i in deep_skip_indices(unet))
-            return deepcache.deep_part(unet, given["emb"], condition, skips, forward_upsample_size=True)
-        reads = deepcache.shallow_reads(unet)
-        skips = tuple(given[skip_name(i)] for i in range(reads))
+            start = given[skip_name(deepcache.SHALLOW_SKIPS - 1)]
+            return deepcache.deep_part(unet, given["emb"], condition, start, forward_upsample_size=True)
+        skips = tuple(given[skip_name(i)] for i in range(deepcache.SHALLOW_SKIPS))
         return deepcache.shallow_up(unet, given["deep"], given["emb"], condition, skips, forward_upsample_size=True)
 
 

@@ -26,7 +26,7 @@ class Components(Protocol):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, h, w) in [0, 1] -> image-block features (N, P, H)."""
 
-    # The UNet cut at deepcache.CACHE_DEPTH (sample, timestep, encoder_hidden_states, full, cached) -> (eps, deep):
+    # The UNet cut at deepcache.SHALLOW_SKIPS (sample, timestep, encoder_hidden_states, full, cached) -> (eps, deep):
     # deepcache.split_unet on torch, the cut's three graphs on ONNX Runtime and TensorRT (engines/split_graphs.py).
     # None where the UNet cannot be cut or the engines lack the cut: the cache then falls back to full steps.
     split_unet = None
