@@ -81,8 +81,8 @@ def param_options(f):
     """The generation parameters as flags, and --fast; only the ones given become job defaults."""
     f = click.option("--fast", is_flag=True, default=False,
                      help="Paint cheaper: DDPM at 25 steps, the UNet's deep blocks every 2nd step, guided through the "
-                          "first half of the steps (about 3.4x less UNet work a picture than DDPM 50; what it "
-                          "costs in quality: docs/pictures.md). Painting flags given too win.")(f)
+                          "first half of the steps (about a quarter of DDPM 50's UNet work a picture at 512 px; "
+                          "what it costs in quality: docs/pictures.md). Painting flags given too win.")(f)
     for flag, name, type_, help_ in reversed(PARAM_OPTIONS):
         f = click.option(flag, name, type=type_, default=None, help=help_)(f)
     return f

@@ -46,9 +46,9 @@ DREAMGEN_DEFAULTS = ModelDefaults(scheduler="ddpm", steps=50, guidance=7.5, temp
                                   max_new_tokens=256)
 DEFAULT_FIELDS = tuple(f.name for f in dataclasses.fields(ModelDefaults))
 # `--fast`: DDPM at 25 steps, the UNet's deep features reused every other step throughout, guided through the first
-# half of the steps only: about 3.4x less UNet work a picture than DDPM 50 (what it costs on the shapes model's eval:
-# docs/pictures.md). Every painting parameter is named, so no model's own default makes it slower or faster;
-# parameters given explicitly win.
+# half of the steps only: about a quarter of DDPM 50's UNet work a picture at 512 px (what it costs on the shapes
+# model's eval: docs/pictures.md). Every painting parameter is named, so no model's own default makes it slower or
+# faster; parameters given explicitly win.
 FAST = {"scheduler": "ddpm", "steps": 25, "cache_interval": 2, "cache_until": 1.0, "guidance_until": 0.5}
 
 

@@ -34,13 +34,12 @@ def has_split(model) -> bool:
 
 
 def _reads_condition(unet, part: str) -> bool:
-    cut = deepcache.SHALLOW_SKIPS
+    layers = deepcache.cut_layers(unet)
     if part == SHALLOW_DOWN:
-        return deepcache.layers_attend(deepcache.down_layers(unet)[:cut - 1])
+        return deepcache.layers_attend(layers.shallow_down)
     if part == DEEP:
-        return (deepcache.layers_attend(deepcache.down_layers(unet)[cut - 1:] + deepcache.up_layers(unet)[:-cut])
-                or getattr(unet.mid_block, "has_cross_attention", False))
-    return deepcache.layers_attend(deepcache.up_layers(unet)[-cut:])
+        return deepcache.layers_attend(layers.deep_down + layers.deep_up) or deepcache.attends(unet.mid_block)
+    return deepcache.layers_attend(layers.shallow_up)
 
 
 def skip_name(i: int) -> str:
@@ -75,7 +74,7 @@ def split_io(model, part: str) -> GraphIO:
 def skip_levels(unet) -> list[int]:
     """How many times each shallow skip has been downsampled."""
     levels = [0]
-    for _, i in deepcache.down_layers(unet)[:deepcache.SHALLOW_SKIPS - 1]:
+    for _, i in deepcache.cut_layers(unet).shallow_down:
         levels.append(levels[-1] + (i is None))
     return levels
 
@@ -99,7 +98,8 @@ def split_shapes(unet, batch: int, height: int, width: int) -> dict[str, tuple]:
     shapes = {"emb": (batch, unet.time_embedding.linear_2.out_features)}
     h, w = height, width
     skips = [(batch, unet.conv_in.out_channels, h, w)]
-    for block, i in deepcache.down_layers(unet)[:deepcache.SHALLOW_SKIPS - 1]:
+    layers = deepcache.cut_layers(unet)
+    for block, i in layers.shallow_down:
         if i is None:
             for downsampler in block.downsamplers:
                 h, w = _downsampled(downsampler, h), _downsampled(downsampler, w)
@@ -107,7 +107,7 @@ def split_shapes(unet, batch: int, height: int, width: int) -> dict[str, tuple]:
         else:
             skips.append((batch, block.resnets[i].out_channels, h, w))
     shapes.update({skip_name(i): shape for i, shape in enumerate(skips)})
-    block, i = deepcache.up_layers(unet)[-deepcache.SHALLOW_SKIPS]  # the first shallow up layer: deep beside a skip
+    block, i = layers.shallow_up[0]  # the first shallow up layer: deep beside the last skip
     shapes["deep"] = (batch, block.resnets[i].in_channels - skips[-1][1], *skips[-1][2:])
     return shapes
 

@@ -18,6 +18,8 @@ phases: the shallow part runs on every row, the deep part only on the rows that 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 # How many skips the shallow part makes and reads: conv_in's, and one per down layer after it. Changing it changes
@@ -58,25 +60,42 @@ def up_layers(unet) -> list[tuple]:
     return [(block, i) for block in unet.up_blocks for i in range(len(block.resnets))]
 
 
-def _attends(block) -> bool:
+class CutLayers(NamedTuple):
+    """The down and up layers on each side of a cut, in order."""
+    shallow_down: list  # after conv_in, every step: they make skips 1 .. cut-1
+    deep_down: list  # full passes only, before the mid block
+    deep_up: list  # full passes only, after it
+    shallow_up: list  # every step: the last `cut` up layers, reading the shallow skips
+
+
+def cut_layers(unet, cut: int = SHALLOW_SKIPS) -> CutLayers:
+    down, up = down_layers(unet), up_layers(unet)
+    return CutLayers(down[:cut - 1], down[cut - 1:], up[:-cut], up[-cut:])
+
+
+def attends(block) -> bool:
+    """Whether a block's layers read the condition (encoder_hidden_states)."""
     return getattr(block, "has_cross_attention", False)
 
 
 def layers_attend(layers) -> bool:
-    """Whether any of these layers reads the condition (encoder_hidden_states)."""
-    return any(_attends(block) and i is not None for block, i in layers)
+    """Whether any of these layers reads the condition (a downsampler never does)."""
+    return any(attends(block) and i is not None for block, i in layers)
 
 
-def _down(layer, hidden, emb, condition):
-    block, i = layer
-    if i is None:
-        for downsampler in block.downsamplers:
-            hidden = downsampler(hidden)
-        return hidden
-    hidden = block.resnets[i](hidden, emb)
-    if _attends(block):
-        hidden = block.attentions[i](hidden, encoder_hidden_states=condition, return_dict=False)[0]
-    return hidden
+def _down(layers, hidden, emb, condition) -> tuple[torch.Tensor, tuple]:
+    """Runs down `layers` from `hidden`: (the last output, the skip each made)."""
+    skips: tuple = ()
+    for block, i in layers:
+        if i is None:
+            for downsampler in block.downsamplers:
+                hidden = downsampler(hidden)
+        else:
+            hidden = block.resnets[i](hidden, emb)
+            if attends(block):
+                hidden = block.attentions[i](hidden, encoder_hidden_states=condition, return_dict=False)[0]
+        skips += (hidden,)
+    return hidden, skips
 
 
 def _up(layers, hidden, skips, emb, condition, forward_upsample_size, beside=None):
@@ -85,7 +104,7 @@ def _up(layers, hidden, skips, emb, condition, forward_upsample_size, beside=Non
     for block, i in layers:
         skip, skips = skips[-1], skips[:-1]
         hidden = block.resnets[i](torch.cat([hidden, skip], dim=1), emb)
-        if _attends(block):
+        if attends(block):
             hidden = block.attentions[i](hidden, encoder_hidden_states=condition, return_dict=False)[0]
         if i == len(block.resnets) - 1 and block.upsamplers is not None:
             following = skips[-1] if skips else beside
@@ -135,33 +154,28 @@ def shallow_down(unet, sample, timestep, encoder_hidden_states, cut: int = SHALL
     if unet.time_embed_act is not None:
         emb = unet.time_embed_act(emb)
     hidden = unet.conv_in(sample)
-    skips: tuple = (hidden,)
-    for layer in down_layers(unet)[:cut - 1]:
-        hidden = _down(layer, hidden, emb, encoder_hidden_states)
-        skips += (hidden,)
-    return emb, skips
+    _, skips = _down(cut_layers(unet, cut).shallow_down, hidden, emb, encoder_hidden_states)
+    return emb, (hidden, *skips)
 
 
 def deep_part(unet, emb, encoder_hidden_states, start, forward_upsample_size, cut: int = SHALLOW_SKIPS) -> torch.Tensor:
     """The deep part: the down layers below the cut, the mid block, the up layers above it; returns the feature
     entering the shallow up layers. `start` is the shallow part's last skip: the deep part begins from it, and its
     last upsampler (when forward_upsample_size) takes its size, as the first shallow up layer reads it."""
-    hidden, skips = start, ()
-    for layer in down_layers(unet)[cut - 1:]:
-        hidden = _down(layer, hidden, emb, encoder_hidden_states)
-        skips += (hidden,)
-    if _attends(unet.mid_block):
+    layers = cut_layers(unet, cut)
+    hidden, skips = _down(layers.deep_down, start, emb, encoder_hidden_states)
+    if attends(unet.mid_block):
         hidden = unet.mid_block(hidden, emb, encoder_hidden_states=encoder_hidden_states)
     else:
         hidden = unet.mid_block(hidden, emb)
-    return _up(up_layers(unet)[:-cut], hidden, skips, emb, encoder_hidden_states, forward_upsample_size, start)
+    return _up(layers.deep_up, hidden, skips, emb, encoder_hidden_states, forward_upsample_size, start)
 
 
 def shallow_up(unet, deep, emb, encoder_hidden_states, skips, forward_upsample_size,
                cut: int = SHALLOW_SKIPS) -> torch.Tensor:
     """Every row: the last `cut` up layers from the deep feature and the shallow skips, then conv_out: the noise
     prediction."""
-    hidden = _up(up_layers(unet)[-cut:], deep, skips, emb, encoder_hidden_states, forward_upsample_size)
+    hidden = _up(cut_layers(unet, cut).shallow_up, deep, skips, emb, encoder_hidden_states, forward_upsample_size)
     if unet.conv_norm_out:
         hidden = unet.conv_act(unet.conv_norm_out(hidden))
     return unet.conv_out(hidden)
